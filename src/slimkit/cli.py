@@ -1,0 +1,167 @@
+"""The ``slimkit`` command line: run, demo, validate, ls, measure."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from slimkit.core.errors import SlimkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make neural networks smaller, faster and cheaper; measure what each step buys.")
+console = Console()
+err_console = Console(stderr=True)
+DEMO_RECIPE = Path(__file__).parent / "recipes" / "builtin" / "demo.yaml"
+
+
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a slimkit error as one line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SlimkitError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: rerun the same command to resume from the last finished step")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _run(recipe: Path, out: Path, overwrite: bool, quiet: bool) -> None:
+    from slimkit.recipes.report import rich_table
+    from slimkit.recipes.runner import run_recipe
+
+    say = (lambda text: None) if quiet else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
+    result = run_recipe(recipe, out, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), report=say)
+    console.print(rich_table(result.results))
+    console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'} (and report.md, pareto.png)")
+
+
+@app.command()
+@_clean_errors
+def run(recipe: Path = typer.Argument(..., help="recipe YAML file"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder (rerun to resume)"),
+        overwrite: bool = typer.Option(False, help="replace an earlier run of another recipe in --out"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output")) -> None:
+    """Run a recipe: baseline, each step, measured the same way; writes results and a report."""
+    _run(recipe, out, overwrite, quiet)
+
+
+@app.command()
+@_clean_errors
+def demo(out: Path = typer.Option(Path("slimkit-demo"), "--out", "-o", help="output folder"),
+         overwrite: bool = typer.Option(False, help="replace an earlier demo run in --out"),
+         quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Run the built-in demo recipe on digits-cnn (a few minutes on 2 cores)."""
+    console.print(f"demo recipe: {DEMO_RECIPE}")
+    _run(DEMO_RECIPE, out, overwrite, quiet)
+
+
+@app.command()
+@_clean_errors
+def validate(recipe: Path = typer.Argument(..., help="recipe YAML file")) -> None:
+    """Check a recipe completely (names, fields, types, files) without running it."""
+    from slimkit.recipes.schema import load_recipe
+
+    r = load_recipe(recipe)
+    console.print(f"[green]ok[/]: {recipe}: task {r.task.to_json_dict()['name']!r}, {len(r.steps)} step(s): "
+                  + ", ".join(s.name for s in r.steps), highlight=False)
+
+
+@app.command("ls")
+@_clean_errors
+def ls(as_json: bool = typer.Option(False, "--json", help="machine-readable, with parameters")) -> None:
+    """List tasks, steps (techniques), models and backends."""
+    from slimkit.core.registry import BACKENDS, MODELS, STEPS, TASKS
+
+    catalog = registry_catalog()
+    if as_json:
+        sys.stdout.write(json.dumps(catalog, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    for title, reg in (("tasks", TASKS), ("steps", STEPS), ("models", MODELS), ("backends", BACKENDS)):
+        table = Table(title=title, title_justify="left")
+        table.add_column("name")
+        table.add_column("summary")
+        if title == "steps":
+            table.add_column("parameters")
+        for e in reg:
+            row = [e.name, e.summary]
+            if title == "steps":
+                from slimkit.core.config import parameter_table
+
+                row.append(", ".join(f"{p['name']}={p['default']}" for p in parameter_table(e.config)))
+            table.add_row(*row)
+        console.print(table)
+
+
+def registry_catalog() -> dict[str, Any]:
+    """Every task, step, model and backend with its parameters, types and defaults."""
+    from slimkit.core.config import parameter_table
+    from slimkit.core.registry import BACKENDS, MODELS, STEPS, TASKS
+
+    def backend_row(e):
+        return {"name": e.name, "summary": e.summary, "available": bool(e.obj.available())}
+
+    return {
+        "tasks": [{"name": e.name, "summary": e.summary, "parameters": parameter_table(e.config)} for e in TASKS],
+        "steps": [{"name": e.name, "summary": e.summary, "parameters": parameter_table(e.config)} for e in STEPS],
+        "models": [{"name": e.name, "summary": e.summary} for e in MODELS],
+        "backends": [backend_row(e) for e in BACKENDS],
+    }
+
+
+@app.command()
+@_clean_errors
+def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
+            weights: Optional[Path] = typer.Option(None, help="safetensors weights instead of training the baseline"),
+            batch_n: int = typer.Option(64, help="the larger batch size"),
+            repeats: int = typer.Option(30, help="timed repeats per latency figure"),
+            threads: int = typer.Option(2, help="intra-op threads"),
+            device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+            as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON")) -> None:
+    """Train (or load) a task's baseline and print every metric."""
+    from slimkit.core.config import parse_config
+    from slimkit.measure.config import MeasureConfig
+    from slimkit.recipes.measure_task import measure_task
+
+    cfg = parse_config(MeasureConfig, {"batch_n": batch_n, "repeats": repeats, "threads": threads, "device": device},
+                       "measure options")
+    say = (lambda text: None) if as_json else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
+    metrics = measure_task(task, cfg, weights=weights, progress=not as_json and sys.stderr.isatty(), report=say)
+    if as_json:
+        sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{task} baseline", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b:.4g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items())
+        elif isinstance(v, float):
+            v = f"{v:.4f}"
+        elif isinstance(v, int):
+            v = f"{v:,}"
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

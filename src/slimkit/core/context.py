@@ -1,0 +1,58 @@
+"""What a step may use besides the model: the task and its data, device, seed, output folder,
+and the training function (slimkit's loop unless the user passes their own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from slimkit.data.base import DataSplits
+    from slimkit.tasks.base import Task
+    from slimkit.train.callbacks import Callback
+    from slimkit.train.config import TrainConfig
+    from slimkit.train.loop import FitResult
+    from slimkit.train.objectives import LossTerm
+
+
+def _default_train_fn():
+    from slimkit.train.loop import fit
+
+    return fit
+
+
+@dataclass
+class Context:
+    task: "Task"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    out_dir: Path | None = None
+    progress: bool = False
+    train_fn: Callable[..., "FitResult"] = field(default_factory=_default_train_fn)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data(self) -> "DataSplits":
+        return self.task.data
+
+    def validate(self, model: nn.Module) -> float:
+        """The task's quality on the validation split (never the test split)."""
+        from slimkit.measure.quality import predict
+
+        outputs = predict(model.eval(), self.data.val, 256, self.device)
+        return self.task.evaluate(outputs, self.data.val.targets)["quality"]
+
+    def train(self, model: nn.Module, cfg: "TrainConfig", *, loss_terms: Sequence["LossTerm"] = (),
+              callbacks: Sequence["Callback"] = (), task_loss_weight: float = 1.0,
+              description: str = "train") -> "FitResult":
+        """Train with the task's loss (weighted) plus ``loss_terms``, validating every epoch."""
+        from slimkit.train.objectives import TaskLoss
+
+        terms = [TaskLoss(self.task.loss, weight=task_loss_weight), *loss_terms] if task_loss_weight else list(loss_terms)
+        return self.train_fn(model, self.data, cfg, loss_terms=terms, validate=self.validate,
+                             callbacks=callbacks, device=self.device, seed=self.seed,
+                             progress=self.progress, description=description)

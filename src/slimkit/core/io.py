@@ -1,0 +1,125 @@
+"""Atomic file writes and safe (pickle-free) tensor serialization.
+
+Every file slimkit writes goes to a temporary sibling first and is renamed into place, so a
+killed run never leaves a half-written artifact. Tensors are stored with safetensors; nothing
+here unpickles data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from slimkit.core.errors import CheckpointError
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+
+
+def tensors_for_saving(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies, with tensors that share storage (tied weights) stored once.
+
+    safetensors refuses aliased tensors; a tied weight is saved under its first name and
+    restored through ``load_state_dict`` of the model that ties it again.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() > 0 and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().to("cpu").contiguous()
+    return out
+
+
+def state_dict_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors serialization of a state dict: the bytes a user would ship."""
+    from safetensors.torch import save
+
+    return save(tensors_for_saving(state), metadata=dict(metadata) if metadata else None)
+
+
+def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor],
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    return atomic_write_bytes(path, state_dict_bytes(state, metadata))
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or foreign file is a CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: not a valid safetensors checkpoint ({err})") from None
+
+
+def load_into_(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> torch.nn.Module:
+    """Load ``state`` into ``model`` strictly; mismatched names or shapes name the first culprits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not _is_tied_alias(model, k, state)]
+    unexpected = [k for k in state if k not in own]
+    bad_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        problems = []
+        if missing:
+            problems.append(f"missing {missing[:3]}")
+        if unexpected:
+            problems.append(f"unexpected {unexpected[:3]}")
+        if bad_shape:
+            k = bad_shape[0]
+            problems.append(f"shape of {k!r} is {tuple(state[k].shape)}, model has {tuple(own[k].shape)}")
+        raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(dict(state), strict=False)
+    return model
+
+
+def _is_tied_alias(model: torch.nn.Module, key: str, state: Mapping[str, torch.Tensor]) -> bool:
+    """True when ``key`` shares storage with a tensor that ``state`` holds under another name."""
+    own = model.state_dict(keep_vars=True)
+    ptr = own[key].untyped_storage().data_ptr()
+    return any(k in state for k, v in own.items() if k != key and v.untyped_storage().data_ptr() == ptr)

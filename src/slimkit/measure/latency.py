@@ -1,0 +1,66 @@
+"""Wall-clock latency: warm up, fix the thread count, take the median of repeats, report spread."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    min_ms: float
+    repeats: int
+    batch_size: int
+    threads: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with a fixed intra-op thread count, restoring the previous one afterwards."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure_latency(fn: Callable[..., object], inputs: Sequence[torch.Tensor], *, warmup: int = 5,
+                    repeats: int = 30, threads: int | None = None, sync: Callable[[], None] | None = None,
+                    max_seconds: float | None = None) -> LatencyStats:
+    """Time ``fn(*inputs)``; ``sync`` (e.g. ``torch.cuda.synchronize``) is called around each run.
+
+    ``max_seconds`` caps the timed loop for slow models (at least 3 repeats are always taken).
+    """
+    sync = sync or (lambda: None)
+    times: list[float] = []
+    with torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            fn(*inputs)
+        sync()
+        budget_end = None if max_seconds is None else time.perf_counter() + max_seconds
+        for i in range(repeats):
+            start = time.perf_counter_ns()
+            fn(*inputs)
+            sync()
+            times.append((time.perf_counter_ns() - start) / 1e6)
+            if budget_end is not None and i >= 2 and time.perf_counter() > budget_end:
+                break
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
+    return LatencyStats(median_ms=statistics.median(times), p25_ms=q[0], p75_ms=q[2], min_ms=min(times),
+                        repeats=len(times), batch_size=len(inputs[0]) if inputs else 0,
+                        threads=torch.get_num_threads() if threads is None else threads)

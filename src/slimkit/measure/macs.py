@@ -1,0 +1,32 @@
+"""Multiply-accumulates counted from the executed graph with ``torch.utils.flop_counter``."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
+    """MACs of one forward pass on ``example_inputs`` (FLOPs of matmuls/convs/attention / 2).
+
+    Element-wise ops (activations, bias adds, normalisation) are not counted, as in the
+    papers' MAC figures. PyTorch's fused multi-head-attention fast path is invisible to the
+    counter, and so is the fused CPU kernel of scaled-dot-product attention: both are switched
+    to their plain-math forms while counting (same arithmetic, visible matmuls).
+    """
+    was_training = model.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    model.eval()
+    try:
+        torch.backends.mha.set_fastpath_enabled(False)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(*example_inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2

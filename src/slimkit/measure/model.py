@@ -1,0 +1,77 @@
+"""Measure one model on one task: every figure of a results.json step comes from here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from slimkit.data.base import DataSplits
+from slimkit.measure.config import MeasureConfig
+from slimkit.measure.latency import measure_latency
+from slimkit.measure.macs import count_macs
+from slimkit.measure.memory import peak_inference_bytes
+from slimkit.measure.quality import predict
+from slimkit.measure.size import count_nonzero_params, count_params, dense_fp32_bytes, file_bytes, serialized_bytes
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' (an error if absent) or 'auto' (cuda when present)."""
+    from slimkit.core.errors import BackendUnavailableError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("measure.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None, *,
+                  data: DataSplits | None = None, artifact: str | os.PathLike[str] | None = None,
+                  backend: str = "eager") -> dict[str, Any]:
+    """All metrics of ``model`` on ``task``'s held-out test split.
+
+    ``size_bytes`` is the size of ``artifact`` when given (the file the run wrote), else of the
+    model's safetensors serialization. ``task`` is a Task (or a task name).
+    """
+    if isinstance(task, (str, dict)):
+        from slimkit.tasks import build_task
+
+        task = build_task(task)
+    cfg = cfg or MeasureConfig()
+    data = data or task.data
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    x1 = tuple(t.to(device) for t in data.test.example_inputs(1))
+    xn = tuple(t.to(device) for t in data.test.example_inputs(cfg.batch_n))
+    timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
+                  max_seconds=cfg.max_seconds)
+    lat1 = measure_latency(model, x1, **timing)
+    latn = measure_latency(model, xn, **timing)
+    outputs = predict(model, data.test, cfg.eval_batch_size, device)
+    quality = task.evaluate(outputs, data.test.targets)
+    size = file_bytes(artifact) if artifact is not None else serialized_bytes(model)
+    metrics: dict[str, Any] = {
+        "quality": quality["quality"],
+        "size_bytes": size,
+        "dense_fp32_bytes": dense_fp32_bytes(model),
+        "params": count_params(model),
+        "nonzero_params": count_nonzero_params(model),
+        "macs": count_macs(model, x1),
+        "latency_ms_b1": lat1.median_ms,
+        "latency_ms_bN": latn.median_ms,
+        "batch_N": cfg.batch_n,
+        "backend": backend,
+        "device": str(device),
+        "latency_b1": lat1.to_dict(),
+        "latency_bN": latn.to_dict(),
+        "quality_metrics": {k: v for k, v in quality.items() if k != "quality"},
+        "artifact": Path(artifact).name if artifact is not None else None,
+    }
+    if cfg.memory:
+        metrics["peak_memory_bytes"] = peak_inference_bytes(model, xn)
+    return metrics

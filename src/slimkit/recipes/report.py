@@ -1,0 +1,161 @@
+"""Render results.json as a table (terminal, Markdown, HTML) and a Pareto plot."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from slimkit.core.io import atomic_write_bytes, atomic_write_text
+
+COLUMNS = ("step", "technique", "quality", "Δ quality", "size", "× smaller", "params (nonzero)",
+           "MACs", "× fewer MACs", "latency b1 ms", "× faster b1", "latency bN ms", "× faster bN", "backend")
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row of formatted cells per step, ratios against the baseline (the first step)."""
+    steps = results["steps"]
+    if not steps:
+        return []
+    base = steps[0]["metrics"]
+    rows = []
+    for s in steps:
+        m = s["metrics"]
+        b1, bn = m["latency_b1"], m["latency_bN"]
+        rows.append([
+            s["name"], s["technique"], f"{m['quality']:.4f}", f"{m['quality'] - base['quality']:+.4f}",
+            _bytes(m["size_bytes"]), _ratio(base["size_bytes"], m["size_bytes"]),
+            f"{m['params']:,} ({m['nonzero_params']:,})", _count(m["macs"]), _ratio(base["macs"], m["macs"]),
+            f"{b1['median_ms']:.3f} ({b1['p25_ms']:.3f}–{b1['p75_ms']:.3f})",
+            _ratio(base["latency_ms_b1"], m["latency_ms_b1"]),
+            f"{bn['median_ms']:.3f} ({bn['p25_ms']:.3f}–{bn['p75_ms']:.3f})",
+            _ratio(base["latency_ms_bN"], m["latency_ms_bN"]), f"{m['backend']} ({m['device']})",
+        ])
+    return rows
+
+
+def caption(results: dict[str, Any]) -> str:
+    steps = results["steps"]
+    n = steps[0]["metrics"]["batch_N"] if steps else "?"
+    env = results.get("environment", {})
+    return (f"task {results['task']}; quality = {results['quality_metric']} on the held-out test split; "
+            f"size = bytes of each step's saved artifact; latency = median (p25–p75) at batch 1 and batch {n}, "
+            f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}; ratios are against the baseline.")
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    lines = [f"# slimkit report: {results['task']}", "", caption(results), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    lines += ["", "![quality vs latency](pareto.png)", ""]
+    extras = [(s["name"], s["metrics"].get("quality_metrics", {}), s["metrics"].get("peak_memory_bytes"))
+              for s in results["steps"]]
+    lines += ["## Other metrics", "", "| step | peak memory (b N) | task metrics |", "|---|---|---|"]
+    for name, qm, mem in extras:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in qm.items())
+        lines.append(f"| {name} | {_bytes(mem) if mem is not None else '—'} | {metrics} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(results: dict[str, Any], plot_png: bytes | None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in table_rows(results))
+    img = (f'<img alt="quality vs latency" src="data:image/png;base64,{base64.b64encode(plot_png).decode()}">'
+           if plot_png else "")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>slimkit report: {html.escape(results['task'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
+td:first-child,td:nth-child(2){{text-align:left}}img{{max-width:760px;margin-top:1em}}</style></head>
+<body><h1>slimkit report: {html.escape(results['task'])}</h1><p>{html.escape(caption(results))}</p>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{img}</body></html>
+"""
+
+
+def pareto_png(results: dict[str, Any]) -> bytes:
+    """Quality against batch-1 latency; marker area by artifact bytes; the Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    steps = results["steps"]
+    lat = [s["metrics"]["latency_ms_b1"] for s in steps]
+    qual = [s["metrics"]["quality"] for s in steps]
+    size = [s["metrics"]["size_bytes"] for s in steps]
+    biggest = max(size) or 1
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.scatter(lat, qual, s=[40 + 900 * (b / biggest) for b in size], alpha=0.55,
+               c=range(len(steps)), cmap="viridis", edgecolors="black")
+    for s, x, y, b in zip(steps, lat, qual, size):
+        ax.annotate(f"{s['name']}\n{_bytes(b)}", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+    front = _pareto_front(lat, qual)
+    ax.plot([lat[i] for i in front], [qual[i] for i in front], "--", color="gray", linewidth=1, label="Pareto front")
+    ax.set_xlabel(f"latency at batch 1 (ms, median; {steps[0]['metrics']['backend'] if steps else ''})")
+    ax.set_ylabel(f"{results['quality_metric']} (test)")
+    ax.set_title(f"{results['task']}: quality vs latency (marker area ~ bytes)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    png = pareto_png(results) if results["steps"] else None
+    if png is not None:
+        atomic_write_bytes(out / "pareto.png", png)
+    atomic_write_text(out / "report.md", render_markdown(results))
+    atomic_write_text(out / "report.html", render_html(results, png))
+
+
+def rich_table(results: dict[str, Any]):
+    """The terminal table: fewer, denser columns than the report (ratio beside each figure)."""
+    from rich.table import Table
+
+    table = Table(title=f"slimkit: {results['task']}", caption=caption(results), caption_justify="left")
+    for c in ("step", results["quality_metric"], "size", "MACs", "b1 ms", f"b{_batch_n(results)} ms"):
+        table.add_column(c, justify="left" if c == "step" else "right")
+    for r in table_rows(results):
+        table.add_row(r[0], f"{r[2]} ({r[3]})", f"{r[4]} {r[5]}", f"{r[7]} {r[8]}",
+                      f"{r[9].split(' ')[0]} {r[10]}", f"{r[11].split(' ')[0]} {r[12]}")
+    return table
+
+
+def _batch_n(results: dict[str, Any]) -> Any:
+    return results["steps"][0]["metrics"]["batch_N"] if results["steps"] else "N"
+
+
+def _pareto_front(lat: list[float], qual: list[float]) -> list[int]:
+    """Indices not dominated (lower latency and higher quality), sorted by latency."""
+    order = sorted(range(len(lat)), key=lambda i: (lat[i], -qual[i]))
+    front, best = [], float("-inf")
+    for i in order:
+        if qual[i] > best:
+            front.append(i)
+            best = qual[i]
+    return front
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _ratio(base: float, value: float) -> str:
+    return f"{base / value:.2f}×" if value else "—"

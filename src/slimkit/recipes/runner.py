@@ -1,0 +1,178 @@
+"""Run a recipe: train or load the baseline, apply each step, measure everything the same way,
+checkpoint after each step, and resume an interrupted run from its last finished step.
+
+Output folder::
+
+    recipe.yaml          the resolved recipe (every default filled in)
+    run-state.json       fingerprint of the recipe and the finished steps (for resume)
+    steps/NN-name/model.safetensors   each step's model
+    results.json         the results contract (see docs/ARCHITECTURE.md)
+    report.md, report.html, pareto.png
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError, SlimkitError
+from slimkit.core.io import atomic_write_json, atomic_write_text, load_into_, load_state_dict, read_json, save_state_dict
+from slimkit.core.registry import STEPS
+from slimkit.measure.latency import torch_threads
+from slimkit.measure.model import measure_model, resolve_device
+from slimkit.recipes.report import write_report
+from slimkit.recipes.schema import Recipe, dump_yaml, load_recipe
+from slimkit.tasks.base import Task, build_task
+
+STATE_FILE = "run-state.json"
+STATE_VERSION = 1
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    results: dict[str, Any]
+    resumed_steps: int  # how many finished steps were taken from an earlier run
+
+
+def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *, overwrite: bool = False,
+               progress: bool = False, train_fn: Callable[..., Any] | None = None,
+               report: Reporter | None = None) -> RunResult:
+    """Run ``recipe`` into ``out``; rerunning the same command continues where it stopped."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    say = report or (lambda text: None)
+    out = Path(out)
+    state = _prepare_out_dir(out, recipe, overwrite)
+    task = build_task(recipe.task)
+    device = resolve_device(recipe.measure.device)
+    records: list[dict[str, Any]] = state["steps"]
+    resumed = len(records)
+    with torch_threads(recipe.measure.threads):
+        if records:
+            say(f"resuming: {resumed} finished step(s) found in {out}")
+            model = _restore(task, records, out)
+        else:
+            atomic_write_text(out / "recipe.yaml", dump_yaml(recipe))
+            started = time.perf_counter()
+            model = build_baseline(task, recipe, device, progress, train_fn, say)
+            baseline_seconds = time.perf_counter() - started
+            _finish(out, recipe, task, model, state, index=0, name="baseline", technique="baseline",
+                    params=recipe.to_dict()["baseline"], info={}, structure=None, seconds=baseline_seconds)
+            say(_line(records[-1]))
+        for step in recipe.steps[len(records) - 1:]:
+            say(f"step {step.index}/{len(recipe.steps)}: {step.name}")
+            ctx = Context(task=task, device=device, seed=recipe.seed + step.index, out_dir=out / _step_dir(step.index, step.name),
+                          progress=progress, **({"train_fn": train_fn} if train_fn else {}))
+            started = time.perf_counter()
+            torch.manual_seed(ctx.seed)
+            result = STEPS.get(step.technique).fn(model, step.config, ctx)
+            model = result.model
+            _finish(out, recipe, task, model, state, index=step.index, name=step.name, technique=step.technique,
+                    params=step.config.to_json_dict(), info=result.info, structure=result.structure,
+                    seconds=time.perf_counter() - started)
+            say(_line(records[-1]))
+    return RunResult(out, _results(recipe, task, records), resumed)
+
+
+def _prepare_out_dir(out: Path, recipe: Recipe, overwrite: bool) -> dict[str, Any]:
+    state_path = out / STATE_FILE
+    fresh = {"version": STATE_VERSION, "fingerprint": recipe.fingerprint(), "steps": []}
+    if out.exists() and not out.is_dir():
+        raise SlimkitError(f"--out {out}: exists and is not a folder")
+    if state_path.exists():
+        state = read_json(state_path)
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("steps"), list):
+            raise CheckpointError(f"{state_path}: not a run state this slimkit understands")
+        if overwrite:
+            shutil.rmtree(out)
+        elif state.get("fingerprint") != recipe.fingerprint():
+            raise CheckpointError(f"{out} holds a run of a different recipe; pass --overwrite to replace it "
+                                  "or choose another --out")
+        else:
+            return state
+    elif out.exists() and any(out.iterdir()):
+        raise SlimkitError(f"--out {out}: folder is not empty and holds no slimkit run; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return fresh
+
+
+def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: bool,
+              train_fn: Callable[..., Any] | None, say: Reporter) -> nn.Module:
+    torch.manual_seed(recipe.seed)
+    model = task.build_model()
+    if recipe.baseline_weights is not None:
+        say(f"baseline: loading {recipe.baseline_weights}")
+        load_into_(model, load_state_dict(recipe.baseline_weights), str(recipe.baseline_weights))
+    elif recipe.baseline_train is not None:
+        say(f"baseline: training {task.name} for {recipe.baseline_train.epochs} epochs")
+        ctx = Context(task=task, device=device, seed=recipe.seed, progress=progress,
+                      **({"train_fn": train_fn} if train_fn else {}))
+        ctx.train(model, recipe.baseline_train, description="baseline")
+    return model.eval()
+
+
+def _restore(task: Task, records: list[dict[str, Any]], out: Path) -> nn.Module:
+    """Rebuild the model of the last finished step: fresh model, structural edits, tensors."""
+    model = task.build_model()
+    for rec in records:
+        if rec.get("structure") is not None:
+            restore = STEPS.get(rec["technique"]).restore
+            if restore is None:
+                raise CheckpointError(f"step {rec['name']!r} changed the model's structure but has no restore function")
+            model = restore(model, rec["structure"])
+    path = out / records[-1]["artifact"]
+    return load_into_(model, load_state_dict(path), str(path)).eval()
+
+
+def _step_dir(index: int, name: str) -> str:
+    return f"steps/{index:02d}-{name.replace('#', '-')}"
+
+
+def _finish(out: Path, recipe: Recipe, task: Task, model: nn.Module, state: dict[str, Any], *, index: int, name: str,
+            technique: str, params: Any, info: dict[str, Any], structure: Any, seconds: float) -> dict[str, Any]:
+    """Checkpoint the step's model, measure it, record it in the run state, rewrite the outputs."""
+    artifact = f"{_step_dir(index, name)}/model.safetensors"
+    save_state_dict(out / artifact, model.state_dict(), metadata={"slimkit_step": name, "task": task.name})
+    metrics = measure_model(model, task, recipe.measure, artifact=out / artifact)
+    record = {"name": name, "technique": technique, "params": params, "info": _jsonable(info), "metrics": metrics,
+              "seconds": round(seconds, 3), "artifact": artifact, "structure": structure,
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    state["steps"].append(record)
+    atomic_write_json(out / STATE_FILE, state)
+    results = _results(recipe, task, state["steps"])
+    atomic_write_json(out / "results.json", results)
+    write_report(results, out)
+    return record
+
+
+def _results(recipe: Recipe, task: Task, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "task": task.name,
+        "task_info": _jsonable(task.info),
+        "quality_metric": task.quality_metric,
+        "recipe": recipe.to_dict(),
+        "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                        "machine": platform.machine(), "threads": recipe.measure.threads},
+        "steps": [{k: v for k, v in r.items() if k != "structure"} for r in records],
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _line(rec: dict[str, Any]) -> str:
+    m = rec["metrics"]
+    return (f"{rec['name']}: quality {m['quality']:.4f}  size {m['size_bytes'] / 1024:.1f} KiB  "
+            f"MACs {m['macs']:,}  b1 {m['latency_ms_b1']:.3f} ms")

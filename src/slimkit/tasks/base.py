@@ -1,0 +1,91 @@
+"""What a task is: how to build its model, load its data, score outputs, and train a baseline."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from slimkit.core.config import Config, parse_config
+from slimkit.core.errors import ConfigError
+from slimkit.core.registry import MODELS, TASKS
+from slimkit.data.base import DataSplits
+from slimkit.measure.quality import METRICS
+from slimkit.train.config import TrainConfig
+
+
+class TaskConfig(Config):
+    """A recipe's ``task:`` field: a registered task, optionally with another zoo model."""
+
+    name: str = Field(description="registered task name")
+    model: str | None = Field(None, description="a zoo model to use instead of the task's default")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
+
+
+@dataclass
+class Task:
+    """A model factory, a data loader, a quality metric and a training objective."""
+
+    name: str
+    quality_metric: str
+    build_model: Callable[[], nn.Module]
+    load_data: Callable[[], DataSplits]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    baseline_train: TrainConfig | None  # None: the model comes pretrained, no baseline training
+    description: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """All metrics of the task; ``quality`` is the headline one."""
+        metrics = METRICS[self.quality_metric](outputs, targets)
+        return {"quality": metrics[self.quality_metric], **metrics}
+
+    @functools.cached_property
+    def data(self) -> DataSplits:
+        return self.load_data()
+
+
+TaskFactory = Callable[[Any], Task]
+
+
+def classification_task(cfg: TaskConfig, *, default_model: str, model_kwargs: dict[str, Any],
+                         load_data: Callable[[], DataSplits], baseline: TrainConfig,
+                         description: str) -> Task:
+    """A classifier scored by accuracy and trained with cross-entropy."""
+    model_name = cfg.model or default_model
+    factory = MODELS.get(model_name)
+    kwargs = {**model_kwargs, **cfg.model_args}
+
+    def build() -> nn.Module:
+        try:
+            return factory(**kwargs)
+        except TypeError as err:
+            raise ConfigError(f"task {cfg.name!r}: model {model_name!r} rejects its arguments ({err})") from None
+
+    return Task(name=cfg.name, quality_metric="accuracy", build_model=build, load_data=load_data,
+                loss=F.cross_entropy, baseline_train=baseline, description=description,
+                info={"model": model_name, "model_args": kwargs})
+
+
+def build_task(spec: str | dict[str, Any] | Config) -> Task:
+    """Build a task from a name, a ``task:`` mapping, or an already validated config."""
+    cfg = parse_task_config(spec) if not isinstance(spec, Config) else spec
+    return TASKS.get(cfg.name)(cfg)
+
+
+def parse_task_config(spec: str | dict[str, Any], where: str = "task") -> Config:
+    """Validate a recipe's ``task:`` field against the named task's own config class."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where}: expected a task name or a mapping with 'name', got {spec!r}")
+    name = spec["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: field 'name' must be a string, got {name!r}")
+    entry = TASKS.entry(name)
+    return parse_config(entry.config or TaskConfig, spec, f"{where} {name!r}")

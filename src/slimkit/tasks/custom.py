@@ -1,0 +1,98 @@
+"""A user's own model and data, named by dotted paths in the recipe.
+
+```yaml
+task:
+  name: custom
+  model: my_package.models:make_model      # () -> nn.Module (model_args are passed as kwargs)
+  data: my_package.data:load_splits        # () -> DataSplits, or {"train": (x, y), "val": ..., "test": ...}
+  metric: accuracy                         # or cosine (outputs are compared to targets)
+```
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from slimkit.core.config import Config
+from slimkit.core.errors import ConfigError
+from slimkit.core.registry import TASKS
+from slimkit.data.base import DataSplits, Split
+from slimkit.measure.quality import cosine_loss
+from slimkit.tasks.base import Task
+from slimkit.train.config import TrainConfig
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    "cosine": cosine_loss,
+    "mse": F.mse_loss,
+}
+
+
+class CustomTaskConfig(Config):
+    name: Literal["custom"] = "custom"
+    model: str = Field(description="'module:function' returning an nn.Module")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the model function")
+    data: str = Field(description="'module:function' returning DataSplits or {'train'|'val'|'test': (inputs, targets)}")
+    metric: Literal["accuracy", "cosine"] = Field("accuracy", description="quality metric on the test split")
+    loss: Literal["cross_entropy", "cosine", "mse"] = Field("cross_entropy", description="training objective")
+    train: TrainConfig | None = Field(default_factory=TrainConfig,
+                                      description="baseline training; null if the model comes trained")
+
+
+def import_object(path: str, where: str) -> Any:
+    """Resolve 'package.module:attribute' (or 'package.module.attribute')."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigError(f"{where}: {path!r} is not of the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{where}: cannot import module {module_name!r} ({err})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{where}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def as_splits(obj: Any, where: str) -> DataSplits:
+    """Accept DataSplits, or a mapping of split name to (inputs, targets) tensors/arrays."""
+    if isinstance(obj, DataSplits):
+        return obj
+    if not isinstance(obj, dict) or set(obj) != {"train", "val", "test"}:
+        raise ConfigError(f"{where}: must return DataSplits or a dict with keys 'train', 'val', 'test'")
+
+    def split(value: Any, name: str) -> Split:
+        try:
+            inputs, targets = value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: split {name!r} must be a pair (inputs, targets)") from None
+        inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+        return Split(tuple(torch.as_tensor(t) for t in inputs), torch.as_tensor(targets))
+
+    return DataSplits(*(split(obj[k], k) for k in ("train", "val", "test")))
+
+
+@TASKS.register("custom", config=CustomTaskConfig)
+def custom(cfg: CustomTaskConfig) -> Task:
+    """Your own model and data, named by 'module:function' paths."""
+    make_model = import_object(cfg.model, "task 'custom' field 'model'")
+    load = import_object(cfg.data, "task 'custom' field 'data'")
+
+    def build() -> nn.Module:
+        model = make_model(**cfg.model_args)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"task 'custom' field 'model': {cfg.model} returned {type(model).__name__}, not nn.Module")
+        return model
+
+    return Task(name="custom", quality_metric=cfg.metric, build_model=build,
+                load_data=lambda: as_splits(load(), f"task 'custom' field 'data' ({cfg.data})"),
+                loss=LOSSES[cfg.loss], baseline_train=cfg.train, description=cfg.model,
+                info={"model": cfg.model, "data": cfg.data})

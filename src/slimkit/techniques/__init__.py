@@ -1,0 +1,1 @@
+"""Model -> model transforms, one family per folder. Importing this package registers them."""

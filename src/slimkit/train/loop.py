@@ -1,0 +1,173 @@
+"""The one training loop. Every step that trains calls ``fit``; techniques add loss terms and
+callbacks instead of writing loops of their own."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from slimkit.core.errors import SlimkitError
+from slimkit.data.base import DataSplits
+from slimkit.train.callbacks import Callback, FitState
+from slimkit.train.config import TrainConfig
+from slimkit.train.objectives import Batch, LossTerm
+
+Validate = Callable[[nn.Module], float]
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    steps: int
+    best_epoch: int | None
+    best_val: float | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int | None]:
+        last = self.history[-1] if self.history else {}
+        return {"epochs": self.epochs, "steps": self.steps, "best_epoch": self.best_epoch,
+                "best_val_quality": self.best_val, "final_train_loss": last.get("loss")}
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise SlimkitError("nothing to train: the model has no parameter with requires_grad=True")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.schedule == "constant" or total <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def fit(
+    model: nn.Module,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    loss_terms: Sequence[LossTerm],
+    validate: Validate | None = None,
+    callbacks: Sequence[Callback] = (),
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+    description: str = "train",
+) -> FitResult:
+    """Train ``model`` in place on ``data.train`` with the sum of ``loss_terms``.
+
+    Deterministic for a given ``seed`` (shuffling and initialisation of anything random in the
+    terms). With ``cfg.keep_best`` and a ``validate`` function, the weights of the epoch with
+    the best validation quality are restored at the end.
+    """
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    model.to(device)
+    loader = data.train.loader(cfg.batch_size, shuffle=True, seed=seed)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    total = cfg.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total))
+    state = FitState(model=model, optimizer=optimizer, total_steps=total)
+    result = FitResult(epochs=cfg.epochs, steps=0, best_epoch=None, best_val=None)
+    best_state = None
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    with _progress(progress, description, total) as advance:
+        for epoch in range(cfg.epochs):
+            state.epoch = epoch
+            model.train()
+            running, seen = 0.0, 0
+            for inputs, targets in loader:
+                inputs = tuple(t.to(device) for t in inputs)
+                targets = targets.to(device)
+                loss = _step(state, inputs, targets, loss_terms, callbacks, cfg)
+                scheduler.step()
+                running += float(loss) * len(targets)
+                seen += len(targets)
+                state.step += 1
+                advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.4f}")
+            record = {"epoch": epoch + 1, "loss": running / max(seen, 1)}
+            if validate is not None:
+                val = float(validate(model))
+                record["val_quality"] = val
+                if result.best_val is None or val > result.best_val:
+                    result.best_val, result.best_epoch = val, epoch + 1
+                    if cfg.keep_best:
+                        best_state = copy.deepcopy(model.state_dict())
+            state.logs = record
+            result.history.append(record)
+            for cb in callbacks:
+                cb.on_epoch_end(state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    for cb in callbacks:
+        cb.on_fit_end(state)
+    result.steps = state.step
+    model.eval()
+    return result
+
+
+def _step(state: FitState, inputs, targets, loss_terms, callbacks, cfg: TrainConfig) -> torch.Tensor:
+    model, optimizer = state.model, state.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    with contextlib.ExitStack() as stack:
+        for cb in callbacks:
+            stack.enter_context(cb.forward_context(state))
+        outputs = model(*inputs)
+        batch = Batch(model=model, inputs=inputs, targets=targets, outputs=outputs)
+        loss = sum(term.weight * term(batch) for term in loss_terms)
+    if not torch.isfinite(loss):
+        raise SlimkitError(f"training diverged: loss is {float(loss)} at step {state.step} (lower the lr?)")
+    loss.backward()
+    for cb in callbacks:
+        cb.after_backward(state)
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    for cb in callbacks:
+        cb.on_step_end(state)
+    return loss.detach()
+
+
+class _NoProgress:
+    def __enter__(self):
+        return lambda text: None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _RichProgress:
+    def __init__(self, description: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
+        self.description, self.total = description, total
+
+    def __enter__(self):
+        self.progress.__enter__()
+        task = self.progress.add_task(self.description, total=self.total, status="")
+
+        def advance(text: str) -> None:
+            self.progress.update(task, advance=1, status=text)
+
+        return advance
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+
+def _progress(enabled: bool, description: str, total: int):
+    return _RichProgress(description, total) if enabled and total > 0 else _NoProgress()

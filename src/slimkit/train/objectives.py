@@ -1,0 +1,42 @@
+"""Loss terms: the training objective is a weighted sum of terms, each seeing the whole batch.
+
+Distillation, regularizers (L0, variational KL, group lasso) and the task's own loss are all
+terms, so one loop trains every technique.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Batch:
+    """What a loss term may look at: the model, its inputs, targets and outputs for this batch."""
+
+    model: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    targets: torch.Tensor
+    outputs: torch.Tensor
+
+
+class LossTerm(Protocol):
+    name: str
+    weight: float
+
+    def __call__(self, batch: Batch) -> torch.Tensor: ...
+
+
+@dataclass
+class TaskLoss:
+    """The task's own objective (cross-entropy for classifiers, cosine for encoders)."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weight: float = 1.0
+    name: str = "task"
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return self.fn(batch.outputs, batch.targets)

@@ -1,0 +1,48 @@
+"""Small plain networks for the built-in tasks' small inputs (8x8 digits, 32x32 shapes)."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from slimkit.core.registry import MODELS
+from slimkit.zoo.blocks import conv_bn_act
+
+
+@MODELS.register("mlp_digits")
+def mlp_digits(num_classes: int = 10, in_features: int = 64, hidden: tuple[int, ...] = (256, 128)) -> nn.Module:
+    """An MLP for flattened 8x8 digits (64-256-128-10 by default)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+@MODELS.register("cnn_digits")
+def cnn_digits(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
+    """A small conv-BN-ReLU network for 8x8 digits: 16-32-pool-64-pool, then a 64-unit head."""
+    return nn.Sequential(
+        conv_bn_act(in_chans, 16),
+        conv_bn_act(16, 32),
+        nn.MaxPool2d(2),
+        conv_bn_act(32, 64),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 2 * 2, 64), nn.ReLU(),
+        nn.Linear(64, num_classes),
+    )
+
+
+@MODELS.register("cnn_shapes")
+def cnn_shapes(num_classes: int = 10, in_chans: int = 3, width: int = 32) -> nn.Module:
+    """A plain standard-convolution baseline for 32x32 RGB: three conv stages and global pooling."""
+    w = width
+    return nn.Sequential(
+        conv_bn_act(in_chans, w), conv_bn_act(w, w), nn.MaxPool2d(2),
+        conv_bn_act(w, 2 * w), conv_bn_act(2 * w, 2 * w), nn.MaxPool2d(2),
+        conv_bn_act(2 * w, 4 * w), conv_bn_act(4 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(4 * w, num_classes),
+    )

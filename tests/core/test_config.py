@@ -1,0 +1,33 @@
+import pytest
+
+from slimkit.core.config import parameter_table, parse_config
+from slimkit.core.errors import ConfigError
+from slimkit.train.config import TrainConfig
+
+
+def test_roundtrip_through_json():
+    cfg = TrainConfig(epochs=3, lr=0.01, optimizer="sgd")
+    assert TrainConfig.from_json_dict(cfg.to_json_dict()) == cfg
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"epoch": 3}, "unknown field 'epoch'"),
+    ({"epochs": "ten"}, "field 'epochs'.*integer.*'ten'"),
+    ({"optimizer": "adagrad"}, "field 'optimizer'.*'adam', 'adamw' or 'sgd'"),
+    ({"lr": -1}, "field 'lr'.*greater than 0"),
+    ([1, 2], "expected a mapping"),
+])
+def test_bad_fields_are_named(data, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(TrainConfig, data, "steps[0] 'train'")
+
+
+def test_configs_are_frozen():
+    with pytest.raises(Exception):
+        TrainConfig().epochs = 3  # type: ignore[misc]
+
+
+def test_parameter_table_lists_types_and_defaults():
+    rows = {r["name"]: r for r in parameter_table(TrainConfig)}
+    assert rows["epochs"]["type"] == "integer" and rows["epochs"]["default"] == 10
+    assert "'sgd'" in rows["optimizer"]["type"]
