@@ -7,15 +7,15 @@ class SlimkitError(Exception):
     """Base class: the CLI prints these as one line and exits non-zero, without a traceback."""
 
 
-class UnknownNameError(SlimkitError, KeyError):
+class ConfigError(SlimkitError, ValueError):
+    """A recipe or config field with a wrong name, type or value."""
+
+
+class UnknownNameError(ConfigError, KeyError):
     """A task, step, model or backend name that is not registered."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
-
-
-class ConfigError(SlimkitError, ValueError):
-    """A recipe or config field with a wrong name, type or value."""
 
 
 class CheckpointError(SlimkitError):

@@ -21,6 +21,10 @@ from slimkit.core.errors import ConfigError
 class Split:
     inputs: tuple[torch.Tensor, ...]
     targets: torch.Tensor
+    # Index of an attention-mask input (1 = token, right-padded). When set, training and
+    # evaluation batches are cut to their longest row (dynamic padding); example_inputs keep
+    # the full padded length so timings use one stated shape.
+    mask_input: int | None = None
 
     def __post_init__(self) -> None:
         n = len(self.targets)
@@ -32,7 +36,14 @@ class Split:
         return len(self.targets)
 
     def head(self, n: int) -> "Split":
-        return Split(tuple(t[:n] for t in self.inputs), self.targets[:n])
+        return Split(tuple(t[:n] for t in self.inputs), self.targets[:n], self.mask_input)
+
+    def trim(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Cut padded sequence inputs of a batch to the batch's longest row."""
+        if self.mask_input is None:
+            return inputs
+        length = max(int(inputs[self.mask_input].sum(1).max()), 1)
+        return tuple(t[:, :length] if t.dim() == 2 else t for t in inputs)
 
     def example_inputs(self, batch_size: int) -> tuple[torch.Tensor, ...]:
         """The first ``batch_size`` rows, repeated if the split is smaller: real data for timing."""
@@ -43,13 +54,17 @@ class Split:
         """In-order batches for evaluation."""
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            yield tuple(t[start:stop] for t in self.inputs), self.targets[start:stop]
+            yield self.trim(tuple(t[start:stop] for t in self.inputs)), self.targets[start:stop]
 
     def loader(self, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
         """A DataLoader whose shuffling is fixed by ``seed``; batches are (inputs tuple, targets)."""
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(_SplitDataset(self), batch_size=batch_size, shuffle=shuffle,
-                          generator=generator, collate_fn=_collate)
+                          generator=generator, collate_fn=self._collate)
+
+    def _collate(self, items):
+        inputs = tuple(torch.stack([it[0][k] for it in items]) for k in range(len(items[0][0])))
+        return self.trim(inputs), torch.stack([it[1] for it in items])
 
 
 @dataclass(frozen=True)
@@ -71,11 +86,6 @@ class _SplitDataset(Dataset):
 
     def __getitem__(self, i: int):  # type: ignore[override]
         return tuple(t[i] for t in self.split.inputs), self.split.targets[i]
-
-
-def _collate(items):
-    inputs = tuple(torch.stack([it[0][k] for it in items]) for k in range(len(items[0][0])))
-    return inputs, torch.stack([it[1] for it in items])
 
 
 def stratified_split(

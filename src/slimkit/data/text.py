@@ -16,6 +16,7 @@ import torch
 
 from slimkit.core.io import load_state_dict, save_state_dict
 from slimkit.data.base import DataSplits, Split
+from slimkit.measure.quality import predict
 
 CORPUS = Path(__file__).parent / "corpus" / "sentences.txt"
 SEQ_LEN = 64  # tokens per sentence after padding/truncation (covers the corpus's long sentences)
@@ -39,21 +40,23 @@ def load_minilm_splits() -> DataSplits:
     tokens = load_tokenizer()(sentences, padding="max_length", truncation=True, max_length=SEQ_LEN,
                               return_tensors="pt")
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    n = len(sentences)
+    test, val, train = slice(n - N_TEST, n), slice(n - N_TEST - N_VAL, n - N_TEST), slice(0, n - N_TEST - N_VAL)
     key = hashlib.sha256(CORPUS.read_bytes() + (minilm_path() / "model.safetensors").read_bytes()
                          + str(SEQ_LEN).encode()).hexdigest()[:16]
     cached = cache_dir() / f"minilm-reference-{key}.safetensors"
     if cached.is_file():
         reference = load_state_dict(cached)["embeddings"]
     else:
-        reference = _embed(minilm_l6(), ids, mask)
+        order = mask.sum(1).argsort()  # similar lengths together: little padding computed
+        embedded = predict(minilm_l6(), Split((ids[order], mask[order]), order, mask_input=1), 64)
+        reference = torch.empty_like(embedded)
+        reference[order] = embedded
         save_state_dict(cached, {"embeddings": reference})
-    n = len(sentences)
-    test, val = slice(n - N_TEST, n), slice(n - N_TEST - N_VAL, n - N_TEST)
-    train = slice(0, n - N_TEST - N_VAL)
-    return DataSplits(*(Split((ids[s], mask[s]), reference[s]) for s in (train, val, test)))
+    return DataSplits(*(_by_length(ids[s], mask[s], reference[s]) for s in (train, val, test)))
 
 
-@torch.no_grad()
-def _embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(ids[i:i + batch], mask[i:i + batch]) for i in range(0, len(ids), batch)])
+def _by_length(ids: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -> Split:
+    """A split sorted by sentence length, so in-order evaluation batches carry little padding."""
+    order = mask.sum(1).argsort(stable=True)
+    return Split((ids[order], mask[order]), reference[order], mask_input=1)

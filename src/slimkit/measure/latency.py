@@ -41,17 +41,22 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 def measure_latency(fn: Callable[..., object], inputs: Sequence[torch.Tensor], *, warmup: int = 5,
                     repeats: int = 30, threads: int | None = None, sync: Callable[[], None] | None = None,
-                    max_seconds: float | None = None) -> LatencyStats:
-    """Time ``fn(*inputs)``; ``sync`` (e.g. ``torch.cuda.synchronize``) is called around each run.
+                    max_seconds: float | None = None, min_warmup_seconds: float = 0.2) -> LatencyStats:
+    """Time ``fn(*inputs)``; ``sync`` (e.g. ``torch.cuda.synchronize``) is called after each run.
 
+    Warm-up runs at least ``warmup`` times and at least ``min_warmup_seconds`` (caches, allocator
+    and CPU clocks settle; a first-measured model must not look slower for being first).
     ``max_seconds`` caps the timed loop for slow models (at least 3 repeats are always taken).
     """
     sync = sync or (lambda: None)
     times: list[float] = []
     with torch_threads(threads), torch.inference_mode():
-        for _ in range(warmup):
+        warm_end = time.perf_counter() + min_warmup_seconds
+        done = 0
+        while done < warmup or (time.perf_counter() < warm_end and done < 10 * max(warmup, 1)):
             fn(*inputs)
-        sync()
+            sync()
+            done += 1
         budget_end = None if max_seconds is None else time.perf_counter() + max_seconds
         for i in range(repeats):
             start = time.perf_counter_ns()

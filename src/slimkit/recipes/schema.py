@@ -90,7 +90,17 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    _importable_from(path.parent)
     return validate_recipe(data, str(path), base_dir=path.parent)
+
+
+def _importable_from(folder: Path) -> None:
+    """Let a recipe name 'module:function' paths of files beside it (custom tasks)."""
+    import sys
+
+    folder_text = str(folder.resolve())
+    if folder_text not in sys.path:
+        sys.path.append(folder_text)
 
 
 def validate_recipe(data: Any, source: str, base_dir: Path | None = None) -> Recipe:

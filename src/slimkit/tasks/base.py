@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from slimkit.core.config import Config, parse_config
-from slimkit.core.errors import ConfigError
+from slimkit.core.errors import ConfigError, UnknownNameError
 from slimkit.core.registry import MODELS, TASKS
 from slimkit.data.base import DataSplits
 from slimkit.measure.quality import METRICS
@@ -58,7 +58,10 @@ def classification_task(cfg: TaskConfig, *, default_model: str, model_kwargs: di
                          description: str) -> Task:
     """A classifier scored by accuracy and trained with cross-entropy."""
     model_name = cfg.model or default_model
-    factory = MODELS.get(model_name)
+    try:
+        factory = MODELS.get(model_name)
+    except UnknownNameError as err:
+        raise ConfigError(f"task {cfg.name!r} field 'model': {err}") from None
     kwargs = {**model_kwargs, **cfg.model_args}
 
     def build() -> nn.Module:
@@ -87,5 +90,8 @@ def parse_task_config(spec: str | dict[str, Any], where: str = "task") -> Config
     name = spec["name"]
     if not isinstance(name, str):
         raise ConfigError(f"{where}: field 'name' must be a string, got {name!r}")
-    entry = TASKS.entry(name)
+    try:
+        entry = TASKS.entry(name)
+    except UnknownNameError as err:
+        raise ConfigError(f"{where}: {err}") from None
     return parse_config(entry.config or TaskConfig, spec, f"{where} {name!r}")

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from slimkit.core.errors import CheckpointError, SlimkitError
+from slimkit.recipes.runner import run_recipe
+from slimkit.train.loop import fit
+
+RECIPE = {
+    "task": "digits-mlp",
+    "seed": 3,
+    "baseline": {"train": {"epochs": 4}},
+    "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": True},
+    "steps": [{"train": {"epochs": 1}}, {"train": {"epochs": 1, "lr": 1e-4}}, {"train": {"epochs": 1, "lr": 5e-5}}],
+}
+STEP_KEYS = {"quality", "size_bytes", "dense_fp32_bytes", "params", "nonzero_params", "macs",
+             "latency_ms_b1", "latency_ms_bN", "batch_N", "backend"}
+
+
+def test_results_contract_and_outputs(tmp_path):
+    result = run_recipe(RECIPE, tmp_path / "run")
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "digits-mlp" and results["quality_metric"] == "accuracy"
+    assert [s["name"] for s in results["steps"]] == ["baseline", "train", "train#2", "train#3"]
+    for step in results["steps"]:
+        assert STEP_KEYS <= set(step["metrics"]) and {"name", "technique", "params", "metrics"} <= set(step)
+        m = step["metrics"]
+        assert m["size_bytes"] == (out / step["artifact"]).stat().st_size
+        assert m["size_bytes"] > m["dense_fp32_bytes"] == 4 * m["params"]  # fp32 payload + safetensors header
+        assert m["macs"] == 64 * 256 + 256 * 128 + 128 * 10 and m["batch_N"] == 8
+    assert results["steps"][0]["metrics"]["quality"] >= 0.9
+    for name in ("recipe.yaml", "report.md", "report.html", "pareto.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| baseline | baseline |" in (out / "report.md").read_text()
+    assert result.resumed_steps == 0
+
+
+class _Killed(Exception):
+    pass
+
+
+def _counting_fit(calls, kill_at=None):
+    def train_fn(*args, **kwargs):
+        calls.append(kwargs["description"])
+        if kill_at is not None and len(calls) == kill_at:
+            raise _Killed()
+        return fit(*args, **kwargs)
+
+    return train_fn
+
+
+def test_killed_run_resumes_from_next_step_with_same_results(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(_Killed):  # baseline, step 1, step 2 finish; killed during step 3
+        run_recipe(RECIPE, tmp_path / "a", train_fn=_counting_fit(calls, kill_at=4))
+    state = json.loads((tmp_path / "a" / "run-state.json").read_text())
+    assert [s["name"] for s in state["steps"]] == ["baseline", "train", "train#2"]
+
+    calls.clear()
+    resumed = run_recipe(RECIPE, tmp_path / "a", train_fn=_counting_fit(calls))
+    assert resumed.resumed_steps == 3 and calls == ["train"]  # only the third step trained again
+
+    straight = run_recipe(RECIPE, tmp_path / "b")
+    a = torch.load  # noqa: F841  (never used: checkpoints are safetensors)
+    from slimkit.core.io import load_state_dict
+
+    wa = load_state_dict(tmp_path / "a" / "steps/03-train-3/model.safetensors")
+    wb = load_state_dict(tmp_path / "b" / "steps/03-train-3/model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # resuming changes nothing
+    qa = [s["metrics"]["quality"] for s in resumed.results["steps"]]
+    qb = [s["metrics"]["quality"] for s in straight.results["steps"]]
+    assert qa == qb
+
+
+def test_finished_run_is_not_recomputed(tmp_path):
+    recipe = {**RECIPE, "steps": RECIPE["steps"][:1]}
+    run_recipe(recipe, tmp_path / "r")
+    calls: list[str] = []
+    again = run_recipe(recipe, tmp_path / "r", train_fn=_counting_fit(calls))
+    assert calls == [] and again.resumed_steps == 2
+
+
+def test_other_recipe_in_out_dir_is_refused_unless_overwrite(tmp_path):
+    recipe = {**RECIPE, "steps": []}
+    run_recipe(recipe, tmp_path / "r")
+    changed = {**recipe, "seed": 4}
+    with pytest.raises(CheckpointError, match="different recipe"):
+        run_recipe(changed, tmp_path / "r")
+    assert run_recipe(changed, tmp_path / "r", overwrite=True).results["recipe"]["seed"] == 4
+
+
+def test_foreign_folder_is_not_clobbered(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(SlimkitError, match="not empty"):
+        run_recipe({**RECIPE, "steps": []}, tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_corrupt_checkpoint_on_resume_is_a_clear_error(tmp_path):
+    recipe = {**RECIPE, "steps": RECIPE["steps"][:1]}
+    calls: list[str] = []
+    with pytest.raises(_Killed):
+        run_recipe(recipe, tmp_path / "r", train_fn=_counting_fit(calls, kill_at=2))
+    (tmp_path / "r" / "steps/00-baseline/model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a valid safetensors checkpoint"):
+        run_recipe(recipe, tmp_path / "r")
+
+
+def test_baseline_weights_are_loaded_not_trained(tmp_path):
+    first = run_recipe({**RECIPE, "steps": []}, tmp_path / "a")
+    weights = tmp_path / "a" / first.results["steps"][0]["artifact"]
+    calls: list[str] = []
+    second = run_recipe({**RECIPE, "steps": [], "baseline": {"weights": str(weights)}}, tmp_path / "b",
+                        train_fn=_counting_fit(calls))
+    assert calls == []
+    assert second.results["steps"][0]["metrics"]["quality"] == first.results["steps"][0]["metrics"]["quality"]

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimkit.core.context import Context
+from slimkit.measure.quality import predict
+from slimkit.recipes.runner import run_recipe
+from slimkit.tasks import build_task
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSIFIERS = {"digits-mlp": (1797, (64,)), "digits-cnn": (1797, (1, 8, 8)),
+               "mnist-mlp": (5000, (784,)), "mnist-lenet5": (5000, (1, 28, 28))}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_classification_task_data_and_model(name):
+    total, shape = CLASSIFIERS[name]
+    task = build_task(name)
+    data = task.data
+    assert sum(data.sizes().values()) == total
+    for split in (data.train, data.val, data.test):
+        assert split.inputs[0].dtype == torch.float32 and tuple(split.inputs[0].shape[1:]) == shape
+        assert torch.bincount(split.targets, minlength=10).min() > 0  # stratified: every class present
+    assert task.build_model()(data.test.inputs[0][:5]).shape == (5, 10)
+
+
+def test_split_is_fixed_and_disjoint():
+    a, b = build_task("mnist-mlp").data, build_task("mnist-mlp").data
+    assert torch.equal(a.test.inputs[0], b.test.inputs[0])
+    train_rows = {hash(r.numpy().tobytes()) for r in a.train.inputs[0]}
+    assert not any(hash(r.numpy().tobytes()) in train_rows for r in a.test.inputs[0])
+
+
+def test_lenet_parameter_counts_match_the_papers():
+    from slimkit.zoo import create_model
+    from slimkit.measure.size import count_params
+
+    assert count_params(create_model("lenet_300_100")) == 266_610
+    assert count_params(create_model("lenet5")) == 431_080
+
+
+def test_mnist_lenet5_baseline_reaches_96_5_percent():
+    task = build_task("mnist-lenet5")
+    torch.manual_seed(0)
+    model = task.build_model()
+    Context(task=task).train(model, task.baseline_train)
+    acc = task.evaluate(predict(model, task.data.test), task.data.test.targets)["quality"]
+    assert acc >= 0.965
+
+
+def test_custom_task_example_runs(tmp_path):
+    result = run_recipe(ROOT / "examples/custom_task/recipe.yaml", tmp_path / "wine")
+    steps = result.results["steps"]
+    assert result.results["task"] == "custom" and steps[0]["metrics"]["quality"] >= 0.9
+
+
+def test_custom_task_bad_paths_are_named():
+    from slimkit.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot import module 'no_such_module'"):
+        build_task({"name": "custom", "model": "no_such_module:f", "data": "x:y"})
+    with pytest.raises(ConfigError, match="has no attribute 'nope'"):
+        build_task({"name": "custom", "model": "torch.nn:nope", "data": "x:y"})
+    with pytest.raises(ConfigError, match="missing field 'data'"):
+        build_task({"name": "custom", "model": "torch.nn:Linear"})

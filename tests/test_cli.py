@@ -1,0 +1,108 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from slimkit.cli import app
+
+runner = CliRunner()
+QUICK = """task: digits-mlp
+seed: 0
+baseline: {train: {epochs: 3}}
+measure: {batch_n: 8, repeats: 3, warmup: 1, threads: 1}
+steps:
+%s
+"""
+
+
+def _recipe(tmp_path, steps="  - train: {epochs: 1}", name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(QUICK % steps)
+    return path
+
+
+def test_ls_json_lists_parameters():
+    result = runner.invoke(app, ["ls", "--json"])
+    assert result.exit_code == 0
+    catalog = json.loads(result.stdout)
+    train = next(s for s in catalog["steps"] if s["name"] == "train")
+    epochs = next(p for p in train["parameters"] if p["name"] == "epochs")
+    assert epochs == {"name": "epochs", "type": "integer", "required": False, "default": 10,
+                      "description": "passes over the training split"}
+    assert {"digits-cnn", "minilm", "custom"} <= {t["name"] for t in catalog["tasks"]}
+    assert {"name": "eager", "summary": "eager PyTorch (the reference runtime)", "available": True} in catalog["backends"]
+
+
+def test_ls_table():
+    result = runner.invoke(app, ["ls"])
+    assert result.exit_code == 0 and "digits-cnn" in result.stdout and "train" in result.stdout
+
+
+def test_validate_ok_and_bad(tmp_path):
+    ok = runner.invoke(app, ["validate", str(_recipe(tmp_path))])
+    assert ok.exit_code == 0 and "ok" in ok.stdout
+    bad = runner.invoke(app, ["validate", str(_recipe(tmp_path, "  - train: {epochs: lots}", "bad.yaml"))])
+    assert bad.exit_code == 2 and "field 'epochs'" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_run_with_bad_recipe_writes_nothing(tmp_path):
+    for steps, message in [("  - trainn: {}", "did you mean 'train'"),
+                           ("  - train: {epochs: 1.5}", "field 'epochs'")]:
+        out = tmp_path / "out"
+        result = runner.invoke(app, ["run", str(_recipe(tmp_path, steps)), "--out", str(out)])
+        assert result.exit_code == 2 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+        assert not out.exists()
+    missing = runner.invoke(app, ["run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "recipe file not found" in missing.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_prints_table_and_writes_report(tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(_recipe(tmp_path)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.stdout and "accuracy" in result.stdout
+    assert (out / "report.html").exists() and (out / "results.json").exists()
+
+
+def test_measure_json():
+    result = runner.invoke(app, ["measure", "--task", "digits-mlp", "--repeats", "3", "--threads", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["quality"] >= 0.95 and metrics["macs"] == 64 * 256 + 256 * 128 + 128 * 10
+
+
+def test_killed_process_resumes_from_third_step(tmp_path):
+    """A real `slimkit run` process is SIGKILLed after its second step and rerun."""
+    steps = "  - train: {epochs: 1}\n  - train: {epochs: 1}\n  - train: {epochs: 400}\n  - train: {epochs: 1}"
+    recipe, out = _recipe(tmp_path, steps), tmp_path / "out"
+    cmd = [sys.executable, "-m", "slimkit", "run", str(recipe), "--out", str(out), "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "run-state.json"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if state.exists() and len(json.loads(state.read_text())["steps"]) >= 3:
+                break
+            assert proc.poll() is None, "run ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(json.loads(state.read_text())["steps"]) == 3  # baseline, step 1, step 2
+    rerun = subprocess.run([*cmd[:-1]], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming: 3 finished step(s)" in rerun.stdout
+    assert "step 1/4" not in rerun.stdout and "step 2/4" not in rerun.stdout and "step 3/4" in rerun.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in results["steps"]] == ["baseline", "train", "train#2", "train#3", "train#4"]
+    assert not list(Path(out).rglob("*.tmp"))
