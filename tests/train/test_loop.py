@@ -57,7 +57,7 @@ def test_loss_terms_are_weighted_and_summed():
 
         def __call__(self, batch):
             value = sum((p ** 2).sum() for p in batch.model.parameters())
-            seen.append(float(value))
+            seen.append(float(value.detach()))
             return value
 
     model = _model()
