@@ -64,3 +64,20 @@ def test_custom_task_bad_paths_are_named():
         build_task({"name": "custom", "model": "torch.nn:nope", "data": "x:y"})
     with pytest.raises(ConfigError, match="missing field 'data'"):
         build_task({"name": "custom", "model": "torch.nn:Linear"})
+
+
+def test_tasks_can_name_zoo_models():
+    shapes = build_task({"name": "shapes-cnn", "model": "mobilenetv2_035"})
+    assert shapes.info["model_args"] == {"num_classes": 12, "in_chans": 3, "small_input": True}
+    assert shapes.build_model().eval()(torch.randn(2, 3, 32, 32)).shape == (2, 12)
+    digits = build_task({"name": "digits-cnn", "model": "resnet18"})
+    assert digits.build_model().eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    override = build_task({"name": "shapes-cnn", "model": "mobilenetv2_035", "model_args": {"small_input": False}})
+    assert override.info["model_args"]["small_input"] is False
+
+
+def test_model_rejecting_arguments_is_a_config_error():
+    from slimkit.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model 'cnn_digits' rejects its arguments"):
+        build_task({"name": "digits-cnn", "model": "cnn_digits", "model_args": {"depth": 3}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -53,16 +54,31 @@ class Task:
 TaskFactory = Callable[[Any], Task]
 
 
-def classification_task(cfg: TaskConfig, *, default_model: str, model_kwargs: dict[str, Any],
-                         load_data: Callable[[], DataSplits], baseline: TrainConfig,
-                         description: str) -> Task:
-    """A classifier scored by accuracy and trained with cross-entropy."""
+def classification_task(cfg: TaskConfig, *, default_model: str, num_classes: int,
+                         load_data: Callable[[], DataSplits], baseline: TrainConfig, description: str,
+                         image_shape: tuple[int, int, int] | None = None) -> Task:
+    """A classifier scored by accuracy and trained with cross-entropy.
+
+    Zoo models are told the task's classes and, for images (``image_shape`` = C, H, W), its
+    channels; inputs of 64 pixels or less switch on a family's ``small_input`` variant (less
+    early downsampling). ``model_args`` in the recipe override all of these.
+    """
     model_name = cfg.model or default_model
     try:
         factory = MODELS.get(model_name)
     except UnknownNameError as err:
         raise ConfigError(f"task {cfg.name!r} field 'model': {err}") from None
-    kwargs = {**model_kwargs, **cfg.model_args}
+    accepted = inspect.signature(factory).parameters
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if image_shape is not None and "in_chans" in accepted:
+        kwargs["in_chans"] = image_shape[0]
+    if image_shape is not None and "small_input" in accepted and max(image_shape[1:]) <= 64:
+        kwargs["small_input"] = True
+    kwargs.update(cfg.model_args)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"task {cfg.name!r}: model {model_name!r} rejects its arguments ({err})") from None
 
     def build() -> nn.Module:
         try:

