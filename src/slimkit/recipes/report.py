@@ -76,34 +76,52 @@ td:first-child,td:nth-child(2){{text-align:left}}img{{max-width:760px;margin-top
 
 
 def pareto_png(results: dict[str, Any]) -> bytes:
-    """Quality against batch-1 latency; marker area by artifact bytes; the Pareto front drawn."""
+    """Left: quality against batch-1 latency, marker area by artifact bytes, Pareto front dashed.
+    Right: quality against artifact bytes, marker area by MACs. Both x axes start at zero so
+    distances read as ratios."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     steps = results["steps"]
+    names = [s["name"] for s in steps]
     lat = [s["metrics"]["latency_ms_b1"] for s in steps]
     qual = [s["metrics"]["quality"] for s in steps]
-    size = [s["metrics"]["size_bytes"] for s in steps]
-    biggest = max(size) or 1
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    ax.scatter(lat, qual, s=[40 + 900 * (b / biggest) for b in size], alpha=0.55,
-               c=range(len(steps)), cmap="viridis", edgecolors="black")
-    for s, x, y, b in zip(steps, lat, qual, size):
-        ax.annotate(f"{s['name']}\n{_bytes(b)}", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
+    size = [s["metrics"]["size_bytes"] / 1024 for s in steps]
+    macs = [s["metrics"]["macs"] for s in steps]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110)
+    _scatter(left, lat, qual, size, names, [f"{_bytes(b * 1024)}" for b in size])
     front = _pareto_front(lat, qual)
-    ax.plot([lat[i] for i in front], [qual[i] for i in front], "--", color="gray", linewidth=1, label="Pareto front")
-    ax.set_xlabel(f"latency at batch 1 (ms, median; {steps[0]['metrics']['backend'] if steps else ''})")
-    ax.set_ylabel(f"{results['quality_metric']} (test)")
-    ax.set_title(f"{results['task']}: quality vs latency (marker area ~ bytes)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if len(front) > 1:
+        left.plot([lat[i] for i in front], [qual[i] for i in front], "--", color="gray", linewidth=1,
+                  label="Pareto front")
+        left.legend(loc="lower right", fontsize=8)
+    backend = steps[0]["metrics"]["backend"] if steps else ""
+    left.set_xlabel(f"latency at batch 1, ms (median; {backend})")
+    left.set_title("quality vs latency (marker area ~ bytes)", fontsize=10)
+    _scatter(right, size, qual, macs, names, [_count(m) + " MACs" for m in macs])
+    right.set_xlabel("artifact size, KiB")
+    right.set_title("quality vs size (marker area ~ MACs)", fontsize=10)
+    for ax in (left, right):
+        ax.set_ylabel(f"{results['quality_metric']} (test)")
+        ax.margins(y=0.2)
+        ax.set_xlim(left=0, right=max(ax.get_xlim()[1], 1e-9) * 1.15)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"slimkit: {results['task']}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _scatter(ax, xs, ys, weights, names, notes) -> None:
+    biggest = max(weights) or 1
+    ax.scatter(xs, ys, s=[40 + 700 * (w / biggest) for w in weights], alpha=0.55, c=range(len(xs)),
+               cmap="viridis", edgecolors="black")
+    for name, x, y, note in zip(names, xs, ys, notes):
+        ax.annotate(f"{name}\n{note}", (x, y), textcoords="offset points", xytext=(8, 6), fontsize=8)
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
