@@ -42,11 +42,11 @@ def measure_model(model: Any, task: Any, cfg: Any = None, **kwargs: Any) -> dict
     return _measure(model, task, cfg, **kwargs)
 
 
-def measure_task(task: Any, cfg: Any = None, *, weights: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Train the task's baseline (or load ``weights``) and measure it, as ``slimkit measure``."""
+def measure_task(task: Any, cfg: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Train the task's baseline (or load ``weights=``) and measure it, as ``slimkit measure``."""
     from slimkit.recipes.measure_task import measure_task as _measure_task
 
-    return _measure_task(task, cfg, weights=weights, progress=progress)
+    return _measure_task(task, cfg, **kwargs)
 
 
 def list_tasks() -> list[str]:

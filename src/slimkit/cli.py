@@ -125,6 +125,10 @@ def registry_catalog() -> dict[str, Any]:
 @app.command()
 @_clean_errors
 def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
+            model: Optional[str] = typer.Option(None, help="a zoo model instead of the task's default"),
+            model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE for the model (YAML value); repeatable"),
+            epochs: Optional[int] = typer.Option(None, help="override the baseline's training epochs"),
+            seed: int = typer.Option(0, help="seed of the baseline's initialisation and training"),
             weights: Optional[Path] = typer.Option(None, help="safetensors weights instead of training the baseline"),
             batch_n: int = typer.Option(64, help="the larger batch size"),
             repeats: int = typer.Option(30, help="timed repeats per latency figure"),
@@ -139,7 +143,13 @@ def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
     cfg = parse_config(MeasureConfig, {"batch_n": batch_n, "repeats": repeats, "threads": threads, "device": device},
                        "measure options")
     say = (lambda text: None) if as_json else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
-    metrics = measure_task(task, cfg, weights=weights, progress=not as_json and sys.stderr.isatty(), report=say)
+    spec: dict[str, Any] = {"name": task}
+    if model is not None:
+        spec["model"] = model
+    if model_arg:
+        spec["model_args"] = _key_values(model_arg, "--model-arg")
+    metrics = measure_task(spec, cfg, weights=weights, train={"epochs": epochs} if epochs is not None else None, seed=seed,
+                           progress=not as_json and sys.stderr.isatty(), report=say)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
         return
@@ -157,6 +167,20 @@ def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
             v = f"{v:,}"
         table.add_row(k, str(v))
     console.print(table)
+
+
+def _key_values(items: list[str], option: str) -> dict[str, Any]:
+    import yaml
+
+    from slimkit.core.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option}: expected KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def main() -> None:

@@ -61,23 +61,27 @@ _CHUNK = 128  # images rendered per vectorised chunk (keeps working set in cache
 # Difficulty knobs (all lengths are in pixels for size=32 and scale with size).
 # Tuned with tools/check_shapes_difficulty.py; changing any of them changes the
 # generated data and the difficulty calibration.
-_SCALE_RANGE = (0.30, 0.47)  # shape "radius" as a fraction of the image size
-_MIN_CONTRAST = 0.50  # min RGB distance between fill and background base colour
-_NOISE_STD = (0.0, 0.05)  # per-image Gaussian pixel-noise std range
-_BG_TEX_DELTA = (0.05, 0.25)  # RGB distance between the two background colours
-_FILL_TEX_DELTA = (0.05, 0.20)  # RGB distance between the two fill colours
-_N_LINES = 2  # max thin straight lines of clutter
-_N_BLOBS = 2  # max small blobs
-_N_ARCS = 1  # max partial circular arcs
-_N_VEES = 1  # max "V" strokes (two joined segments)
-_P_OCCLUDER = 0.1  # probability of a thin line drawn *over* the shape
+_SCALE_RANGE = (0.20, 0.42)  # shape "radius" as a fraction of the image size
+_MIN_CONTRAST = 0.30  # min RGB distance between fill and background base colour
+_NOISE_STD = (0.02, 0.10)  # per-image Gaussian pixel-noise std range
+_BLUR_SIGMA = (0.0, 0.8)  # per-image Gaussian blur sigma range (pixels), before the noise
+_BG_TEX_DELTA = (0.05, 0.35)  # RGB distance between the two background colours
+_FILL_TEX_DELTA = (0.05, 0.30)  # RGB distance between the two fill colours
+_N_LINES = 3  # max thin straight lines of clutter
+_N_BLOBS = 3  # max small blobs
+_N_ARCS = 2  # max partial circular arcs
+_N_VEES = 2  # max "V" strokes (two joined segments)
+_P_FRAGMENT = 0.6  # probability of a smaller, half-plane-clipped fragment of a random class shape
+_FRAGMENT_SCALE = (0.45, 0.75)  # fragment size relative to the target shape's
+_N_OCCLUDERS = 2  # max thin lines drawn *over* the shape (each crossing near its centre)
+_P_OCCLUDER = 0.35  # probability of each occluder
 
 # Texture kinds.
 _SOLID, _GRADIENT, _STRIPES, _CHECKER, _NOISE = range(5)
 _FILL_KINDS = np.array([_SOLID, _GRADIENT, _STRIPES, _CHECKER, _NOISE])
-_FILL_PROBS = np.array([0.5, 0.2, 0.1, 0.05, 0.15])
-_BG_KINDS = np.array([_SOLID, _GRADIENT, _NOISE])
-_BG_PROBS = np.array([0.4, 0.35, 0.25])
+_FILL_PROBS = np.array([0.35, 0.2, 0.15, 0.1, 0.2])
+_BG_KINDS = np.array([_SOLID, _GRADIENT, _STRIPES, _NOISE])
+_BG_PROBS = np.array([0.25, 0.3, 0.1, 0.35])
 
 
 # --------------------------------------------------------------------------
@@ -320,24 +324,43 @@ def _sample_params(labels, rng, size, clean):
     p["vee_on"] = np.arange(_N_VEES)[None] < n_vees[:, None]
     p["vee_col"] = rng.random((n, _N_VEES, 3), dtype=np.float32)
 
-    a, b = seg_params(1)
-    p["occ_a"], p["occ_b"] = a, b
-    p["occ_w"] = _u(rng, 0.5, 1.0, (n, 1)) * s
-    p["occ_on"] = rng.random((n, 1)) < _P_OCCLUDER
-    p["occ_col"] = rng.random((n, 1, 3), dtype=np.float32)
-    n_clutter = _N_LINES + _N_BLOBS + _N_ARCS + _N_VEES
+    # Fragment: a smaller shape of a random class (independent of the label),
+    # cut by a half-plane near its centre so it is never a complete class shape.
+    p["frag_labels"] = rng.integers(0, len(SHAPE_CLASSES), n)
+    p["frag_scale"] = scale * _u(rng, *_FRAGMENT_SCALE, n)
+    p["frag_cx"] = _u(rng, 0.0, 1.0, n) * _F(size)
+    p["frag_cy"] = _u(rng, 0.0, 1.0, n) * _F(size)
+    p["frag_rot"] = _u(rng, 0.0, 2 * math.pi, n)
+    p["frag_cut"] = _u(rng, 0.0, 2 * math.pi, n)  # direction of the cutting half-plane's normal
+    p["frag_off"] = _u(rng, -0.3, 0.2, n)  # its offset from the centre (fraction of frag_scale)
+    p["frag_on"] = rng.random((n, 1)) < _P_FRAGMENT
+    p["frag_col"] = rng.random((n, 1, 3), dtype=np.float32)
+
+    # Occluders: thin lines over everything, each passing near the shape centre.
+    ang = _u(rng, 0.0, 2 * math.pi, (n, _N_OCCLUDERS))
+    half = _u(rng, 5.0, 16.0, (n, _N_OCCLUDERS)) * s
+    off = _u(rng, -0.7, 0.7, (n, _N_OCCLUDERS, 2)) * scale[:, None, None]
+    mid = np.stack([p["cx"], p["cy"]], -1)[:, None, :] + off
+    d = np.stack([np.cos(ang), np.sin(ang)], -1) * half[..., None]
+    p["occ_a"], p["occ_b"] = mid - d, mid + d
+    p["occ_w"] = _u(rng, 0.6, 1.3, (n, _N_OCCLUDERS)) * s
+    p["occ_on"] = rng.random((n, _N_OCCLUDERS)) < _P_OCCLUDER
+    p["occ_col"] = rng.random((n, _N_OCCLUDERS, 3), dtype=np.float32)
+    n_clutter = _N_LINES + _N_BLOBS + _N_ARCS + _N_VEES + 1
     p["clutter_order"] = np.argsort(rng.random((n, n_clutter)), axis=1)
 
     p["noise_std"] = _u(rng, *_NOISE_STD, n)
+    p["blur_sigma"] = _u(rng, *_BLUR_SIGMA, n) * s
 
     if clean:  # plain white shape on black, no clutter, no noise
         p["bg1"][:] = 0.0
         p["bg2"][:] = 0.0
         p["fg1"][:] = 1.0
         p["fg2"][:] = 1.0
-        for key in ("line_on", "blob_on", "arc_on", "vee_on", "occ_on"):
+        for key in ("line_on", "blob_on", "arc_on", "vee_on", "frag_on", "occ_on"):
             p[key][:] = False
         p["noise_std"][:] = 0.0
+        p["blur_sigma"][:] = 0.0
     return p
 
 
@@ -453,24 +476,51 @@ def _composite(img, alpha, col, on):
     return img
 
 
-def _shape_alpha(p, X, Y):
-    """Anti-aliased coverage of the target shape, [m, H, W]."""
-    labels = p["labels"]
+def _shape_sdf(labels, cx, cy, rot, scale, X, Y):
+    """Signed distance in pixels to each image's shape (class ``labels``), [m, H, W]."""
     m = labels.shape[0]
     size = X.shape[-1]
-    alpha = np.empty((m, size, size), dtype=_F)
-    cr = np.cos(p["rot"])[:, None, None]
-    sr = np.sin(p["rot"])[:, None, None]
-    sc = p["scale"][:, None, None]
-    dx = X - p["cx"][:, None, None]
-    dy = Y - p["cy"][:, None, None]
+    out = np.empty((m, size, size), dtype=_F)
+    cr = np.cos(rot)[:, None, None]
+    sr = np.sin(rot)[:, None, None]
+    sc = scale[:, None, None]
+    dx = X - cx[:, None, None]
+    dy = Y - cy[:, None, None]
     u = (cr * dx + sr * dy) / sc
     v = (-sr * dx + cr * dy) / sc
     for k, sdf in enumerate(_SDFS):
         sel = labels == k
         if sel.any():
-            alpha[sel] = _ramp(sdf(u[sel], v[sel]) * sc[sel])
-    return alpha
+            out[sel] = sdf(u[sel], v[sel]) * sc[sel]
+    return out
+
+
+def _shape_alpha(p, X, Y):
+    """Anti-aliased coverage of the target shape, [m, H, W]."""
+    return _ramp(_shape_sdf(p["labels"], p["cx"], p["cy"], p["rot"], p["scale"], X, Y))
+
+
+def _fragment_sdf(p, X, Y):
+    """Signed distance to the clipped distractor fragment, [m, 1, H, W]."""
+    d = _shape_sdf(p["frag_labels"], p["frag_cx"], p["frag_cy"], p["frag_rot"], p["frag_scale"], X, Y)
+    nx = np.cos(p["frag_cut"])[:, None, None]
+    ny = np.sin(p["frag_cut"])[:, None, None]
+    plane = (X - p["frag_cx"][:, None, None]) * nx + (Y - p["frag_cy"][:, None, None]) * ny
+    plane -= (p["frag_off"] * p["frag_scale"])[:, None, None]
+    return np.maximum(d, plane)[:, None]
+
+
+def _blur(img, sigma):
+    """Separable per-image Gaussian blur (5 taps, edge padding); sigma [m] in pixels."""
+    taps = np.arange(-2, 3, dtype=_F)
+    w = np.exp(-(taps[None] ** 2) / (2 * np.maximum(sigma, _F(1e-3))[:, None] ** 2))
+    w /= w.sum(axis=1, keepdims=True)
+    w = w[:, :, None, None, None]  # [m, 5, 1, 1, 1]
+    h = img.shape[-1]
+    pad = np.pad(img, ((0, 0), (0, 0), (0, 0), (2, 2)), mode="edge")
+    img = sum(w[:, k] * pad[..., k : k + h] for k in range(5))
+    pad = np.pad(img, ((0, 0), (0, 0), (2, 2), (0, 0)), mode="edge")
+    return sum(w[:, k] * pad[:, :, k : k + h] for k in range(5))
 
 
 def _render_chunk(p, size, rng):
@@ -507,11 +557,12 @@ def _render_chunk(p, size, rng):
     apex, e0, e1 = p["vee"]
     d = np.minimum(_seg_dist(X3, Y3, apex, e0), _seg_dist(X3, Y3, apex, e1))
     layers.append(d - p["vee_w"][..., None, None] / 2)
+    layers.append(_fragment_sdf(p, X, Y))
 
     order = p["clutter_order"]  # random stacking order of the primitives
     alpha = _ramp(np.concatenate(layers, axis=1))
-    cols = np.concatenate([p["line_col"], p["blob_col"], p["arc_col"], p["vee_col"]], axis=1)
-    ons = np.concatenate([p["line_on"], p["blob_on"], p["arc_on"], p["vee_on"]], axis=1)
+    cols = np.concatenate([p["line_col"], p["blob_col"], p["arc_col"], p["vee_col"], p["frag_col"]], axis=1)
+    ons = np.concatenate([p["line_on"], p["blob_on"], p["arc_on"], p["vee_on"], p["frag_on"]], axis=1)
     rows = np.arange(m)[:, None]
     img = _composite(img, alpha[rows, order], cols[rows, order], ons[rows, order])
 
@@ -520,9 +571,11 @@ def _render_chunk(p, size, rng):
     a = _shape_alpha(p, X, Y)[:, None]
     img += a * (fill - img)
 
-    # Occasional thin occluding line over everything.
+    # Thin occluding lines over everything, then a slight blur.
     d = _seg_dist(X3, Y3, p["occ_a"], p["occ_b"]) - p["occ_w"][..., None, None] / 2
     img = _composite(img, _ramp(d), p["occ_col"], p["occ_on"])
+    if (p["blur_sigma"] > 0).any():
+        img = _blur(img, p["blur_sigma"])
 
     noise = rng.standard_normal((m, 3, size, size), dtype=np.float32)
     img += noise * p["noise_std"][:, None, None, None]

@@ -13,10 +13,14 @@ from slimkit.recipes.schema import load_recipe
 
 
 def measure_task(task: Any, cfg: MeasureConfig | None = None, *, weights: str | Path | None = None,
-                 seed: int = 0, progress: bool = False, report=None) -> dict[str, Any]:
+                 train: dict[str, Any] | None = None, seed: int = 0, progress: bool = False,
+                 report=None) -> dict[str, Any]:
+    """``task`` is a name or a ``task:`` mapping; ``train`` overrides the baseline's training."""
     spec: dict[str, Any] = {"task": task, "seed": seed, "measure": (cfg or MeasureConfig()).to_json_dict()}
     if weights is not None:
         spec["baseline"] = {"weights": str(weights)}
+    elif train:
+        spec["baseline"] = {"train": train}
     recipe = load_recipe(spec)
     from slimkit.tasks.base import build_task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from slimkit.core.registry import MODELS
-from slimkit.zoo.blocks import conv_bn_act
+from slimkit.zoo.blocks import DepthwiseSeparableConv, conv_bn_act
 
 
 @MODELS.register("mlp_digits")
@@ -38,11 +38,24 @@ def cnn_digits(num_classes: int = 10, in_chans: int = 1) -> nn.Module:
 @MODELS.register("cnn_shapes")
 def cnn_shapes(num_classes: int = 10, in_chans: int = 3, width: int = 32) -> nn.Module:
     """A plain standard-convolution baseline for 32x32 RGB: three conv stages and global pooling."""
+    return _shapes_net(num_classes, in_chans, width, separable=False)
+
+
+@MODELS.register("cnn_shapes_dws")
+def cnn_shapes_dws(num_classes: int = 10, in_chans: int = 3, width: int = 32) -> nn.Module:
+    """``cnn_shapes`` with every 3x3 conv after the stem made depthwise-separable (MobileNetV1's layer)."""
+    return _shapes_net(num_classes, in_chans, width, separable=True)
+
+
+def _shapes_net(num_classes: int, in_chans: int, width: int, separable: bool) -> nn.Module:
+    def conv(i: int, o: int) -> nn.Module:
+        return DepthwiseSeparableConv(i, o) if separable else conv_bn_act(i, o)
+
     w = width
     return nn.Sequential(
-        conv_bn_act(in_chans, w), conv_bn_act(w, w), nn.MaxPool2d(2),
-        conv_bn_act(w, 2 * w), conv_bn_act(2 * w, 2 * w), nn.MaxPool2d(2),
-        conv_bn_act(2 * w, 4 * w), conv_bn_act(4 * w, 4 * w),
+        conv_bn_act(in_chans, w), conv(w, w), nn.MaxPool2d(2),
+        conv(w, 2 * w), conv(2 * w, 2 * w), nn.MaxPool2d(2),
+        conv(2 * w, 4 * w), conv(4 * w, 4 * w),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(4 * w, num_classes),
     )

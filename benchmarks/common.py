@@ -1,0 +1,53 @@
+"""Shared by the benchmark scripts: measure one configuration per process, print and save tables."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+COLUMNS = ("config", "quality", "params", "size KiB", "MACs", "b1 ms (p25–p75)", "bN ms", "peak mem MiB", "wall s")
+
+
+def measure_in_subprocess(args: Sequence[str]) -> dict[str, Any]:
+    """`slimkit measure ARGS --json` in a fresh process (runtimes never share threads or caches)."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "slimkit", "measure", *args, "--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"slimkit measure {' '.join(args)}: {proc.stderr.strip()}")
+    return {**json.loads(proc.stdout), "wall_seconds": round(time.perf_counter() - started, 1)}
+
+
+def row(name: str, m: dict[str, Any]) -> list[str]:
+    b1, bn = m["latency_b1"], m["latency_bN"]
+    return [name, f"{m['quality']:.4f}", f"{m['params']:,}", f"{m['size_bytes'] / 1024:.1f}", f"{m['macs']:,}",
+            f"{b1['median_ms']:.3f} ({b1['p25_ms']:.3f}–{b1['p75_ms']:.3f})", f"{bn['median_ms']:.3f} (b{bn['batch_size']})",
+            f"{m['peak_memory_bytes'] / 2**20:.2f}", f"{m['wall_seconds']}"]
+
+
+def report(title: str, rows: dict[str, dict[str, Any]], out: Path, stem: str, command: str,
+           extra_columns: dict[str, list[str]] | None = None) -> None:
+    """Print a rich table and write OUT/STEM.md (with the command) and OUT/STEM.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    extra_columns = extra_columns or {}
+    columns = [*COLUMNS, *extra_columns]
+    cells = [row(name, m) + [extra_columns[c][i] for c in extra_columns] for i, (name, m) in enumerate(rows.items())]
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == "config" else "right")
+    for r in cells:
+        table.add_row(*r)
+    Console().print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {title}", "", f"Command: `{command}`; {platform.machine()}, python {platform.python_version()}, "
+             f"{time.strftime('%Y-%m-%d')}. Latency: eager PyTorch on CPU, median (p25–p75).", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
