@@ -103,3 +103,36 @@ def test_load_shapes_splits_small():
     assert str(x.dtype) == "torch.float32" and str(d.train.targets.dtype) == "torch.int64"
     # Splits come from different seeds: no identical images shared.
     assert not (x[:24] == d.val.inputs[0]).all(dim=(1, 2, 3)).any()
+
+
+def test_blur_identity_and_mean_preserving():
+    rng = np.random.default_rng(0)
+    img = rng.random((4, 3, 16, 16), dtype=np.float32)
+    same = shapes_mod._blur(img, np.zeros(4, dtype=np.float32))
+    assert np.array_equal(same, img)
+    flat = np.full((2, 3, 16, 16), 0.3, dtype=np.float32)
+    out = shapes_mod._blur(flat, np.full(2, 0.8, dtype=np.float32))
+    assert np.allclose(out, 0.3, atol=1e-6)
+    blurred = shapes_mod._blur(img, np.full(4, 0.8, dtype=np.float32))
+    assert blurred.std() < img.std()
+
+
+def test_fragment_is_clipped_and_off_when_disabled():
+    # The distractor fragment covers strictly less than the full shape it comes
+    # from (a straight cut removes part of it), and nothing where it is off.
+    n = 4 * K
+    labels = np.arange(n) % K
+    p = shapes_mod._sample_params(labels, np.random.default_rng(3), 32, clean=False)
+    p["frag_on"][:] = True
+    p["frag_scale"][:] = 10.0
+    p["frag_cx"][:] = 16.0
+    p["frag_cy"][:] = 16.0
+    coords = np.arange(32, dtype=np.float32) + 0.5
+    X, Y = coords[None, None, :], coords[None, :, None]
+    frag = shapes_mod._ramp(shapes_mod._fragment_sdf(p, X, Y))[:, 0].sum(axis=(1, 2))
+    full = shapes_mod._ramp(
+        shapes_mod._shape_sdf(p["frag_labels"], p["frag_cx"], p["frag_cy"], p["frag_rot"], p["frag_scale"], X, Y)
+    ).sum(axis=(1, 2))
+    assert (frag < full - 1.0).all()
+    p["frag_on"][:] = False
+    assert shapes_mod._ramp(shapes_mod._fragment_sdf(p, X, Y)).max() == 0.0
