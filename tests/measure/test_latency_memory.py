@@ -41,3 +41,9 @@ def test_peak_memory_includes_weights_and_views_are_free():
     activations = 2 * 8 * 16 * 16 * 4 + 2 * 10 * 4  # conv output (flatten is a view) + logits
     weights = 4 * (8 * 3 * 9 + 8 + 10 * 2048 + 10)
     assert peak_inference_bytes(model, (x,)) == weights + activations
+
+
+def test_warmup_is_time_based_as_well_as_counted():
+    calls = []
+    stats = measure_latency(lambda x: calls.append(1), (torch.zeros(1),), warmup=2, repeats=3, min_warmup_seconds=0.05)
+    assert len(calls) > 100 + stats.repeats  # a fast function warms up for the whole 50 ms, not just twice
