@@ -120,3 +120,13 @@ def test_digits_cnn_baseline_reaches_97_percent():
 
     acc = task.evaluate(predict(model, task.data.test), task.data.test.targets)["quality"]
     assert acc >= 0.97
+
+
+def test_digits_mlp_baseline_reaches_97_percent():
+    task = build_task("digits-mlp")
+    torch.manual_seed(0)
+    model = task.build_model()
+    Context(task=task).train(model, task.baseline_train)
+    from slimkit.measure.quality import predict
+
+    assert task.evaluate(predict(model, task.data.test), task.data.test.targets)["quality"] >= 0.97

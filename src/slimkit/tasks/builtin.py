@@ -10,12 +10,12 @@ from slimkit.train.config import TrainConfig
 
 @TASKS.register("digits-mlp", config=TaskConfig)
 def digits_mlp(cfg: TaskConfig) -> Task:
-    """scikit-learn's 8x8 digits, flattened, with a 64-256-128-10 MLP."""
+    """scikit-learn's 8x8 digits, flattened and standardised, with a 64-256-128-10 MLP."""
     from slimkit.data.digits import load_digits_splits
 
     return classification_task(cfg, default_model="mlp_digits", num_classes=10,
                                load_data=lambda: load_digits_splits(image=False),
-                               baseline=TrainConfig(epochs=40, batch_size=32, lr=2e-3),
+                               baseline=TrainConfig(epochs=60, batch_size=32, lr=1e-3),
                                description=digits_mlp.__doc__)
 
 

@@ -9,12 +9,13 @@ from slimkit.zoo.blocks import DepthwiseSeparableConv, conv_bn_act
 
 
 @MODELS.register("mlp_digits")
-def mlp_digits(num_classes: int = 10, in_features: int = 64, hidden: tuple[int, ...] = (256, 128)) -> nn.Module:
-    """An MLP for flattened 8x8 digits (64-256-128-10 by default)."""
+def mlp_digits(num_classes: int = 10, in_features: int = 64, hidden: tuple[int, ...] = (256, 128),
+               dropout: float = 0.2) -> nn.Module:
+    """An MLP for flattened 8x8 digits (64-256-128-10 by default), dropout after each ReLU."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [nn.Linear(width, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
