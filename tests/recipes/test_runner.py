@@ -116,3 +116,21 @@ def test_baseline_weights_are_loaded_not_trained(tmp_path):
                         train_fn=_counting_fit(calls))
     assert calls == []
     assert second.results["steps"][0]["metrics"]["quality"] == first.results["steps"][0]["metrics"]["quality"]
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda s: s["steps"][0].update(artifact="../../outside.safetensors"), "points outside the run folder"),
+    (lambda s: s["steps"][0].pop("technique"), "malformed step record"),
+    (lambda s: s["steps"].__setitem__(0, "junk"), "malformed step record"),
+])
+def test_hostile_run_state_is_refused(tmp_path, tamper, message):
+    recipe = {**RECIPE, "steps": RECIPE["steps"][:1]}
+    calls: list[str] = []
+    with pytest.raises(_Killed):
+        run_recipe(recipe, tmp_path / "r", train_fn=_counting_fit(calls, kill_at=2))
+    state_path = tmp_path / "r" / "run-state.json"
+    state = json.loads(state_path.read_text())
+    tamper(state)
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match=message):
+        run_recipe(recipe, tmp_path / "r")

@@ -93,6 +93,8 @@ def _prepare_out_dir(out: Path, recipe: Recipe, overwrite: bool) -> dict[str, An
         state = read_json(state_path)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("steps"), list):
             raise CheckpointError(f"{state_path}: not a run state this slimkit understands")
+        for i, rec in enumerate(state["steps"]):
+            _check_record(rec, out, f"{state_path}: steps[{i}]")
         if overwrite:
             shutil.rmtree(out)
         elif state.get("fingerprint") != recipe.fingerprint():
@@ -104,6 +106,17 @@ def _prepare_out_dir(out: Path, recipe: Recipe, overwrite: bool) -> dict[str, An
         raise SlimkitError(f"--out {out}: folder is not empty and holds no slimkit run; choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     return fresh
+
+
+def _check_record(rec: Any, out: Path, where: str) -> None:
+    """A finished-step record read back from disk: the fields resume uses, an artifact inside ``out``."""
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), str) for k in ("name", "technique", "artifact")):
+        raise CheckpointError(f"{where}: malformed step record")
+    if not isinstance(rec.get("metrics"), dict):
+        raise CheckpointError(f"{where}: step record without metrics")
+    artifact = (out / rec["artifact"]).resolve()
+    if not artifact.is_relative_to(out.resolve()):
+        raise CheckpointError(f"{where}: artifact path {rec['artifact']!r} points outside the run folder")
 
 
 def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: bool,
