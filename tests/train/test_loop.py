@@ -2,9 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.core.context import Context
 from slimkit.data.base import DataSplits, Split
-from slimkit.tasks import build_task
 from slimkit.train.callbacks import Callback
 from slimkit.train.config import TrainConfig
 from slimkit.train.loop import fit
@@ -109,24 +107,3 @@ def test_keep_best_restores_best_validation_epoch():
     result = fit(model, data, TrainConfig(epochs=3, batch_size=64), loss_terms=[TaskLoss(F.cross_entropy)],
                  validate=validate, seed=0)
     assert result.best_epoch == 2 and torch.equal(model[0].weight, best["w"])
-
-
-def test_digits_cnn_baseline_reaches_97_percent():
-    task = build_task("digits-cnn")
-    torch.manual_seed(0)
-    model = task.build_model()
-    Context(task=task).train(model, task.baseline_train)
-    from slimkit.measure.quality import predict
-
-    acc = task.evaluate(predict(model, task.data.test), task.data.test.targets)["quality"]
-    assert acc >= 0.97
-
-
-def test_digits_mlp_baseline_reaches_97_percent():
-    task = build_task("digits-mlp")
-    torch.manual_seed(0)
-    model = task.build_model()
-    Context(task=task).train(model, task.baseline_train)
-    from slimkit.measure.quality import predict
-
-    assert task.evaluate(predict(model, task.data.test), task.data.test.targets)["quality"] >= 0.97
