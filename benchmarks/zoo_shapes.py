@@ -5,12 +5,16 @@ own process: parameters, MACs, latency at batch 1 and 64, test accuracy.
 
 The default set is the standard-conv baseline, its depthwise-separable twin and the smallest
 variant of each efficient family (training every registered model takes hours on 2 cores;
-`--models all` does it). Writes OUT/zoo_shapes.md and .json.
+`--models all` does it). Each (model, seed) measurement is kept in OUT/zoo_shapes_runs.json as soon as it
+finishes, so an interrupted or extended run retrains only what is missing (`--fresh` ignores the
+cache). Writes OUT/zoo_shapes.md and .json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -21,15 +25,19 @@ from common import measure_in_subprocess, report  # noqa: E402
 DEFAULT_MODELS = ["cnn_shapes", "cnn_shapes_dws", "mobilenetv1_025", "mobilenetv2_035", "mobilenetv3_small_075",
                   "shufflenet_v2_x0_5", "squeezenet1_1", "efficientnet_b0"]
 BASELINE = "cnn_shapes"
+PAIR = (BASELINE, "cnn_shapes_dws")  # the comparison the issue's acceptance criterion names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--pair-seeds", nargs="+", type=int, default=None,
+                        help=f"seeds for {' and '.join(PAIR)} (default: --seeds); more seeds tame their seed spread")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="retrain even what OUT/zoo_shapes_runs.json holds")
     args = parser.parse_args()
     models = args.models
     if models == ["all"]:
@@ -40,14 +48,24 @@ def main() -> None:
 
     from rich.progress import track
 
+    cache_path = args.out / "zoo_shapes_runs.json"
+    cache = {} if args.fresh or not cache_path.exists() else json.loads(cache_path.read_text())
+    seeds_of = {m: (args.pair_seeds or args.seeds) if m in PAIR else args.seeds for m in models}
     runs = {}
-    for model in track([(m, s) for m in models for s in args.seeds], description="training zoo models"):
+    for model in track([(m, s) for m in models for s in seeds_of[m]], description="training zoo models"):
         name, seed = model
-        runs[model] = measure_in_subprocess(["--task", "shapes-cnn", "--model", name, "--seed", str(seed),
-                                             "--repeats", str(args.repeats), "--threads", str(args.threads)])
+        key = f"{name}@{seed}@threads{args.threads}"
+        if key not in cache:
+            cache[key] = measure_in_subprocess(["--task", "shapes-cnn", "--model", name, "--seed", str(seed),
+                                                "--repeats", str(args.repeats), "--threads", str(args.threads)])
+            args.out.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=2) + "\n")
+            os.replace(tmp, cache_path)
+        runs[model] = cache[key]
     rows, accs = {}, {}
     for name in models:
-        per_seed = [runs[(name, s)] for s in args.seeds]
+        per_seed = [runs[(name, s)] for s in seeds_of[name]]
         accs[name] = [m["quality"] for m in per_seed]
         rows[name] = {**per_seed[0], "quality": statistics.median(accs[name])}
     base = rows.get(BASELINE)
@@ -56,8 +74,12 @@ def main() -> None:
         extra["Δ acc vs cnn_shapes (pt)"] = [f"{100 * (m['quality'] - base['quality']):+.2f}" for m in rows.values()]
         extra["× fewer MACs"] = [f"{base['macs'] / m['macs']:.2f}" for m in rows.values()]
     seeds = " ".join(map(str, args.seeds))
-    report(f"zoo models on shapes-cnn (same training budget; median over seeds {seeds})", rows, args.out, "zoo_shapes",
-           f"python benchmarks/zoo_shapes.py --models {' '.join(args.models)} --seeds {seeds}", extra)
+    pair_seeds = " ".join(map(str, args.pair_seeds or args.seeds))
+    pair_flag = f" --pair-seeds {pair_seeds}" if args.pair_seeds else ""
+    report(f"zoo models on shapes-cnn (same training budget; median over seeds {seeds}, {' and '.join(PAIR)} over "
+           f"{pair_seeds}; {args.threads} threads)", rows, args.out, "zoo_shapes",
+           f"python benchmarks/zoo_shapes.py --models {' '.join(args.models)} --seeds {seeds}{pair_flag} "
+           f"--threads {args.threads}", extra)
 
 
 if __name__ == "__main__":

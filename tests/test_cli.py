@@ -35,7 +35,10 @@ def test_ls_json_lists_parameters():
     assert epochs == {"name": "epochs", "type": "integer", "required": False, "default": 10,
                       "description": "passes over the training split"}
     assert {"digits-cnn", "minilm", "custom"} <= {t["name"] for t in catalog["tasks"]}
-    assert {"name": "eager", "summary": "eager PyTorch (the reference runtime)", "available": True} in catalog["backends"]
+    backends = {b["name"]: b for b in catalog["backends"]}
+    assert backends["eager"]["available"] and "fp32" in backends["eager"]["precisions"]
+    assert {"onnxruntime", "openvino", "tvm", "torch_compile", "tensorrt", "xla"} <= set(backends)
+    assert not backends["xla"]["available"] and "torch_xla" in backends["xla"]["reason"]
 
 
 def test_ls_table():

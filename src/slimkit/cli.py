@@ -1,4 +1,4 @@
-"""The ``slimkit`` command line: run, demo, validate, ls, measure."""
+"""The ``slimkit`` command line: run, demo, validate, ls, measure, backends."""
 
 from __future__ import annotations
 
@@ -96,12 +96,17 @@ def ls(as_json: bool = typer.Option(False, "--json", help="machine-readable, wit
         table.add_column("summary")
         if title == "steps":
             table.add_column("parameters")
+        if title == "backends":
+            table.add_column("available here")
         for e in reg:
             row = [e.name, e.summary]
             if title == "steps":
                 from slimkit.core.config import parameter_table
 
                 row.append(", ".join(f"{p['name']}={p['default']}" for p in parameter_table(e.config)))
+            if title == "backends":
+                avail = e.obj.available()
+                row.append("[green]yes[/]" if avail else f"[red]no[/]: {avail.reason}")
             table.add_row(*row)
         console.print(table)
 
@@ -112,7 +117,9 @@ def registry_catalog() -> dict[str, Any]:
     from slimkit.core.registry import BACKENDS, MODELS, STEPS, TASKS
 
     def backend_row(e):
-        return {"name": e.name, "summary": e.summary, "available": bool(e.obj.available())}
+        avail = e.obj.available()
+        return {"name": e.name, "summary": e.summary, "available": bool(avail), "reason": avail.reason or None,
+                "precisions": list(e.obj.precisions("cpu")) if avail else []}
 
     return {
         "tasks": [{"name": e.name, "summary": e.summary, "parameters": parameter_table(e.config)} for e in TASKS],
@@ -143,12 +150,8 @@ def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
     cfg = parse_config(MeasureConfig, {"batch_n": batch_n, "repeats": repeats, "threads": threads, "device": device},
                        "measure options")
     say = (lambda text: None) if as_json else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
-    spec: dict[str, Any] = {"name": task}
-    if model is not None:
-        spec["model"] = model
-    if model_arg:
-        spec["model_args"] = _key_values(model_arg, "--model-arg")
-    metrics = measure_task(spec, cfg, weights=weights, train={"epochs": epochs} if epochs is not None else None, seed=seed,
+    metrics = measure_task(_task_spec(task, model, model_arg), cfg, weights=weights,
+                           train={"epochs": epochs} if epochs is not None else None, seed=seed,
                            progress=not as_json and sys.stderr.isatty(), report=say)
     if as_json:
         sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
@@ -167,6 +170,76 @@ def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
             v = f"{v:,}"
         table.add_row(k, str(v))
     console.print(table)
+
+
+@app.command()
+@_clean_errors
+def backends(task: str = typer.Option(..., "--task", "-t", help="task name"),
+             model: Optional[str] = typer.Option(None, help="a zoo model instead of the task's default"),
+             model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE for the model; repeatable"),
+             epochs: Optional[int] = typer.Option(None, help="override the baseline's training epochs"),
+             seed: int = typer.Option(0, help="seed of the baseline's initialisation and training"),
+             weights: Optional[Path] = typer.Option(None, help="safetensors weights instead of training the baseline"),
+             backend: list[str] = typer.Option([], "--backend", "-b", help="only these backends; repeatable"),
+             precision: list[str] = typer.Option(["fp32"], "--precision", "-p", help="fp32, bf16, fp16; repeatable"),
+             batch_n: int = typer.Option(64, help="the larger batch size"),
+             repeats: int = typer.Option(30, help="timed repeats per latency figure"),
+             threads: int = typer.Option(2, help="intra-op threads of every runtime"),
+             device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="keep each backend's artifact here"),
+             as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
+    """Measure a task's baseline on every available backend, each in its own process."""
+    from slimkit.backends.base import parse_precision
+    from slimkit.core.config import parse_config
+    from slimkit.core.registry import BACKENDS
+    from slimkit.measure.config import MeasureConfig
+    from slimkit.recipes.measure_task import compare_backends
+
+    cfg = parse_config(MeasureConfig, {"batch_n": batch_n, "repeats": repeats, "threads": threads, "device": device,
+                                       "memory": False}, "backends options")
+    precisions = [parse_precision(p, "--precision") for p in precision]
+    for name in backend:
+        BACKENDS.entry(name)  # an unknown name fails here, with suggestions
+    say = (lambda text: None) if as_json else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
+    rows = compare_backends(_task_spec(task, model, model_arg), cfg, precisions=precisions, backends=backend or None,
+                            out=out, weights=weights, train={"epochs": epochs} if epochs is not None else None,
+                            seed=seed, progress=not as_json and sys.stderr.isatty(), report=say)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    console.print(backend_table(rows, f"{task}: backends ({threads} threads; speed-up = eager fp32 / backend)"))
+
+
+def backend_table(rows: list[dict[str, Any]], title: str):
+    """A rich table of ``compare_backends`` / deploy candidate rows."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("backend", "precision", "b1 ms", "bN ms", "speed-up b1", "speed-up bN", "max abs diff",
+                "max rel diff", "quality", "artifact KiB", "compile s"):
+        table.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    for r in rows:
+        if not r["ok"]:
+            table.add_row(r["backend"], r["precision"], f"[dim]{r['error']}[/]", *[""] * 8)
+            continue
+
+        def num(v, fmt):
+            return "" if v is None else format(v, fmt)
+
+        table.add_row(r["backend"], r["precision"], num(r["b1_ms"], ".3f"), f"{num(r['bN_ms'], '.3f')} (b{r['batch_N']})",
+                      num(r["speedup_b1"], ".2f") + "x", num(r["speedup_bN"], ".2f") + "x", num(r["max_abs_diff"], ".2g"),
+                      num(r["max_rel_diff"], ".2g"), num(r["quality"], ".4f"), num(r["artifact_bytes"] / 1024, ".1f"),
+                      num(r["compile_seconds"], ".1f"))
+    return table
+
+
+def _task_spec(task: str, model: Optional[str], model_arg: list[str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": task}
+    if model is not None:
+        spec["model"] = model
+    if model_arg:
+        spec["model_args"] = _key_values(model_arg, "--model-arg")
+    return spec
 
 
 def _key_values(items: list[str], option: str) -> dict[str, Any]:

@@ -1,3 +1,4 @@
-"""Runtimes a model is measured on; one file each, optional packages imported inside it."""
+"""Runtimes a model is measured on; one file each, optional packages imported inside it.
+``step`` registers the ``deploy`` recipe step."""
 
-from slimkit.backends import eager  # noqa: F401  (registration side effects)
+from slimkit.backends import eager, onnxruntime, openvino, step, tensorrt, torch_compile, tvm, xla  # noqa: F401

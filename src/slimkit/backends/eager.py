@@ -2,22 +2,60 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
+from slimkit.backends.base import TORCH_DTYPES, Availability, Compiled, cast_floats, check_precision, first_output, timed
+from slimkit.core.io import save_state_dict
 from slimkit.core.registry import BACKENDS
 
 
-@BACKENDS.register("eager", summary="eager PyTorch (the reference runtime)")
+def torch_precisions(device: str) -> tuple[str, ...]:
+    # fp16 matmuls on CPUs without native fp16 arithmetic take seconds (docs/ARCHITECTURE.md):
+    # offered on CUDA only.
+    return ("fp32", "bf16", "fp16") if device == "cuda" else ("fp32", "bf16")
+
+
+def prepare_torch_model(model: nn.Module, precision: str, workdir: Path) -> tuple[nn.Module, list[Path]]:
+    """The model in ``precision`` (a copy unless fp32) and its weights saved as the artifact."""
+    model = model.eval()
+    if precision != "fp32":
+        model = copy.deepcopy(model).to(TORCH_DTYPES[precision])
+    path = save_state_dict(workdir / "model.safetensors", model.state_dict())
+    return model, [path]
+
+
+def torch_runner(fn, precision: str, device: torch.device):
+    dtype = TORCH_DTYPES[precision]
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return first_output(fn(*cast_floats([t.to(device) for t in inputs], dtype)))
+
+    return run
+
+
+@BACKENDS.register("eager", summary="eager PyTorch (the reference runtime); fp32, bf16 (fp16 on CUDA)")
 class EagerBackend:
     name = "eager"
 
     @staticmethod
-    def available() -> bool:
-        return True
+    def available() -> Availability:
+        return Availability(True)
 
     @staticmethod
-    def compile(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> nn.Module:
-        return model.eval()
+    def precisions(device: str = "cpu") -> tuple[str, ...]:
+        return torch_precisions(device)
+
+    @classmethod
+    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
+                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
+        check_precision(cls, precision, device)
+        with timed() as t:
+            model, artifact = prepare_torch_model(model.to(device), precision, workdir)
+        return Compiled(torch_runner(model, precision, torch.device(device)), cls.name, precision, artifact,
+                        compile_seconds=t[0])

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 if TYPE_CHECKING:
     from slimkit.data.base import DataSplits
+    from slimkit.measure.config import MeasureConfig
     from slimkit.tasks.base import Task
     from slimkit.train.callbacks import Callback
     from slimkit.train.config import TrainConfig
@@ -34,6 +35,9 @@ class Context:
     progress: bool = False
     train_fn: Callable[..., "FitResult"] = field(default_factory=_default_train_fn)
     extras: dict[str, Any] = field(default_factory=dict)
+    measure: "MeasureConfig | None" = None  # the run's measurement settings (threads, batch N, repeats)
+    task_config: dict[str, Any] | None = None  # the task as the recipe wrote it (to rebuild the model elsewhere)
+    structures: list[tuple[str, Any]] = field(default_factory=list)  # structural edits of earlier steps
 
     @property
     def data(self) -> "DataSplits":

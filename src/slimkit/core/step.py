@@ -21,6 +21,9 @@ class StepResult:
     model: nn.Module
     info: dict[str, Any] = field(default_factory=dict)  # what the step did, as the step reports it
     structure: dict[str, Any] | None = None  # JSON-able; given to ``restore`` on resume
+    # Set by the ``deploy`` step: {"backend", "precision"} that measures this and every later step,
+    # and optionally "run", the chosen backend's measurement (so it is not measured twice).
+    deployment: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -37,3 +40,23 @@ def register_step(name: str, *, config: type, restore: Callable[[nn.Module, dict
         return fn
 
     return decorate
+
+
+def rebuild_model(build_model: Callable[[], nn.Module], structures: list[tuple[str, dict[str, Any]]],
+                  weights: str | None) -> nn.Module:
+    """A model as a run left it: a fresh model, each step's structural edit re-applied in order
+    (through that step's ``restore``), then the saved tensors loaded strictly."""
+    from slimkit.core.errors import CheckpointError
+    from slimkit.core.io import load_into_, load_state_dict
+
+    model = build_model()
+    for technique, structure in structures:
+        if structure is None:
+            continue
+        restore = STEPS.get(technique).restore
+        if restore is None:
+            raise CheckpointError(f"step {technique!r} changed the model's structure but has no restore function")
+        model = restore(model, structure)
+    if weights is not None:
+        load_into_(model, load_state_dict(weights), str(weights))
+    return model.eval()

@@ -31,7 +31,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             f"{b1['median_ms']:.3f} ({b1['p25_ms']:.3f}–{b1['p75_ms']:.3f})",
             _ratio(base["latency_ms_b1"], m["latency_ms_b1"]),
             f"{bn['median_ms']:.3f} ({bn['p25_ms']:.3f}–{bn['p75_ms']:.3f})",
-            _ratio(base["latency_ms_bN"], m["latency_ms_bN"]), f"{m['backend']} ({m['device']})",
+            _ratio(base["latency_ms_bN"], m["latency_ms_bN"]),
+            f"{m['backend']}{'' if m.get('precision', 'fp32') == 'fp32' else ' ' + m['precision']} ({m['device']})",
         ])
     return rows
 
@@ -56,7 +57,37 @@ def render_markdown(results: dict[str, Any]) -> str:
     for name, qm, mem in extras:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in qm.items())
         lines.append(f"| {name} | {_bytes(mem) if mem is not None else '—'} | {metrics} |")
+    lines += _details_markdown(results)
     return "\n".join(lines) + "\n"
+
+
+def _details_markdown(results: dict[str, Any]) -> list[str]:
+    """What each step reported about itself; a deploy step's candidates as a table of their own."""
+    lines = ["", "## What each step did", ""]
+    for s in results["steps"][1:]:
+        info = s.get("info") or {}
+        scalars = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and v is not None}
+        lines.append(f"- **{s['name']}**: " + (", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()) or "—"))
+        if s["technique"] == "deploy" and info.get("candidates"):
+            lines += ["", f"  Candidates of {s['name']} (each timed in its own process; speed-up = eager fp32 / "
+                      "backend; max rel diff = max |out - eager fp32| / max |eager fp32|):", "",
+                      "  | backend | precision | b1 ms | bN ms | speed-up b1 | speed-up bN | max rel diff | quality "
+                      "| artifact | decision |", "  |---|---|---|---|---|---|---|---|---|---|"]
+            for c in info["candidates"]:
+                cells = [c["backend"], c["precision"]]
+                if c["ok"]:
+                    cells += [f"{c['b1_ms']:.3f}", f"{c['bN_ms']:.3f}", f"{c['speedup_b1']:.2f}×", f"{c['speedup_bN']:.2f}×",
+                              f"{c['max_rel_diff']:.2g}", f"{c['quality']:.4f}", _bytes(c["artifact_bytes"])]
+                else:
+                    cells += ["—"] * 7
+                cells.append(str(c.get("decision", "")).replace("|", "/"))
+                lines.append("  | " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def render_html(results: dict[str, Any], plot_png: bytes | None) -> str:
@@ -65,13 +96,16 @@ def render_html(results: dict[str, Any], plot_png: bytes | None) -> str:
                    for row in table_rows(results))
     img = (f'<img alt="quality vs latency" src="data:image/png;base64,{base64.b64encode(plot_png).decode()}">'
            if plot_png else "")
+    details = "".join(f"<li><b>{html.escape(line[4:].split('**', 1)[0])}</b>{html.escape(line.split('**', 2)[2])}</li>"
+                      for line in _details_markdown(results) if line.startswith("- **"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>slimkit report: {html.escape(results['task'])}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}
 td:first-child,td:nth-child(2){{text-align:left}}img{{max-width:760px;margin-top:1em}}</style></head>
 <body><h1>slimkit report: {html.escape(results['task'])}</h1><p>{html.escape(caption(results))}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{img}</body></html>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{img}
+<h2>What each step did</h2><ul>{details}</ul></body></html>
 """
 
 

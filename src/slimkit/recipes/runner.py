@@ -26,6 +26,7 @@ import torch.nn as nn
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, SlimkitError
 from slimkit.core.io import atomic_write_json, atomic_write_text, load_into_, load_state_dict, read_json, save_state_dict
+from slimkit.core.step import rebuild_model
 from slimkit.core.registry import STEPS
 from slimkit.measure.latency import torch_threads
 from slimkit.measure.model import measure_model, resolve_device
@@ -67,19 +68,21 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
             model = build_baseline(task, recipe, device, progress, train_fn, say)
             baseline_seconds = time.perf_counter() - started
             _finish(out, recipe, task, model, state, index=0, name="baseline", technique="baseline",
-                    params=recipe.to_dict()["baseline"], info={}, structure=None, seconds=baseline_seconds)
+                    params=recipe.to_dict()["baseline"], info={}, structure=None, seconds=baseline_seconds,
+                    deployment=None)
             say(_line(records[-1]))
         for step in recipe.steps[len(records) - 1:]:
             say(f"step {step.index}/{len(recipe.steps)}: {step.name}")
             ctx = Context(task=task, device=device, seed=recipe.seed + step.index, out_dir=out / _step_dir(step.index, step.name),
-                          progress=progress, **({"train_fn": train_fn} if train_fn else {}))
+                          progress=progress, measure=recipe.measure, task_config=recipe.task.to_json_dict(),
+                          structures=_structures(records), **({"train_fn": train_fn} if train_fn else {}))
             started = time.perf_counter()
             torch.manual_seed(ctx.seed)
             result = STEPS.get(step.technique).fn(model, step.config, ctx)
             model = result.model
             _finish(out, recipe, task, model, state, index=step.index, name=step.name, technique=step.technique,
                     params=step.config.to_json_dict(), info=result.info, structure=result.structure,
-                    seconds=time.perf_counter() - started)
+                    seconds=time.perf_counter() - started, deployment=result.deployment or _deployment(records))
             say(_line(records[-1]))
     return RunResult(out, _results(recipe, task, records), resumed)
 
@@ -117,6 +120,10 @@ def _check_record(rec: Any, out: Path, where: str) -> None:
     artifact = (out / rec["artifact"]).resolve()
     if not artifact.is_relative_to(out.resolve()):
         raise CheckpointError(f"{where}: artifact path {rec['artifact']!r} points outside the run folder")
+    deployment = rec.get("deployment")
+    if deployment is not None and not (isinstance(deployment, dict) and isinstance(deployment.get("backend"), str)
+                                       and isinstance(deployment.get("precision"), str)):
+        raise CheckpointError(f"{where}: malformed deployment {deployment!r}")
 
 
 def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: bool,
@@ -136,29 +143,38 @@ def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: b
 
 def _restore(task: Task, records: list[dict[str, Any]], out: Path) -> nn.Module:
     """Rebuild the model of the last finished step: fresh model, structural edits, tensors."""
-    model = task.build_model()
-    for rec in records:
-        if rec.get("structure") is not None:
-            restore = STEPS.get(rec["technique"]).restore
-            if restore is None:
-                raise CheckpointError(f"step {rec['name']!r} changed the model's structure but has no restore function")
-            model = restore(model, rec["structure"])
-    path = out / records[-1]["artifact"]
-    return load_into_(model, load_state_dict(path), str(path)).eval()
+    return rebuild_model(task.build_model, _structures(records), str(out / records[-1]["artifact"]))
+
+
+def _structures(records: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    return [(rec["technique"], rec.get("structure")) for rec in records]
 
 
 def _step_dir(index: int, name: str) -> str:
     return f"steps/{index:02d}-{name.replace('#', '-')}"
 
 
+def _deployment(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The backend the last deploy step chose (None: eager PyTorch)."""
+    for rec in reversed(records):
+        if rec.get("deployment") is not None:
+            return {k: rec["deployment"][k] for k in ("backend", "precision")}
+    return None
+
+
 def _finish(out: Path, recipe: Recipe, task: Task, model: nn.Module, state: dict[str, Any], *, index: int, name: str,
-            technique: str, params: Any, info: dict[str, Any], structure: Any, seconds: float) -> dict[str, Any]:
+            technique: str, params: Any, info: dict[str, Any], structure: Any, seconds: float,
+            deployment: dict[str, Any] | None) -> dict[str, Any]:
     """Checkpoint the step's model, measure it, record it in the run state, rewrite the outputs."""
     artifact = f"{_step_dir(index, name)}/model.safetensors"
     save_state_dict(out / artifact, model.state_dict(), metadata={"slimkit_step": name, "task": task.name})
     metrics = measure_model(model, task, recipe.measure, artifact=out / artifact)
+    if deployment is not None:
+        structures = [*_structures(state["steps"]), (technique, structure)]
+        metrics = _deployed_metrics(out, recipe, task, model, metrics, deployment, structures, artifact)
+        deployment = {k: deployment[k] for k in ("backend", "precision")}
     record = {"name": name, "technique": technique, "params": params, "info": _jsonable(info), "metrics": metrics,
-              "seconds": round(seconds, 3), "artifact": artifact, "structure": structure,
+              "seconds": round(seconds, 3), "artifact": artifact, "structure": structure, "deployment": deployment,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     state["steps"].append(record)
     atomic_write_json(out / STATE_FILE, state)
@@ -166,6 +182,34 @@ def _finish(out: Path, recipe: Recipe, task: Task, model: nn.Module, state: dict
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return record
+
+
+def _deployed_metrics(out: Path, recipe: Recipe, task: Task, model: nn.Module, metrics: dict[str, Any],
+                      deployment: dict[str, Any], structures: list[tuple[str, Any]], checkpoint: str) -> dict[str, Any]:
+    """Replace latency, quality and size by their values on the deployed backend (measured in its
+    own process); eager's figures stay under ``metrics["eager"]``."""
+    from slimkit.backends.measure import ModelSpec, eager_reference, measure_backend
+
+    step_dir = Path(checkpoint).parent
+    run = deployment.get("run")
+    if run is None:
+        workdir = out / step_dir / f"deploy-{deployment['backend']}-{deployment['precision']}"
+        spec = ModelSpec(recipe.task.to_json_dict(), str((out / checkpoint).resolve()), structures)
+        measured = measure_backend(task, deployment["backend"], deployment["precision"], recipe.measure, workdir,
+                                   spec=spec, reference=eager_reference(model, task, recipe.measure))
+        if not measured.ok:
+            raise SlimkitError(f"measuring on the deployed backend {deployment['backend']}/{deployment['precision']} "
+                               f"failed: {measured.error}")
+        run = {**measured.to_dict(), "artifact": [str((workdir / a).relative_to(out)) for a in measured.artifact]}
+    else:
+        run = {**run, "artifact": [str(step_dir / a) for a in run["artifact"]]}
+    eager = {k: metrics[k] for k in ("quality", "size_bytes", "latency_ms_b1", "latency_ms_bN", "artifact")}
+    return {**metrics, "quality": run["quality"], "quality_metrics": run["quality_metrics"],
+            "size_bytes": run["artifact_bytes"], "latency_ms_b1": run["latency_b1"]["median_ms"],
+            "latency_ms_bN": run["latency_bN"]["median_ms"], "latency_b1": run["latency_b1"],
+            "latency_bN": run["latency_bN"], "backend": run["backend"], "precision": run["precision"],
+            "artifact": " + ".join(run["artifact"]), "max_rel_diff_vs_eager": run["max_rel_diff"],
+            "max_abs_diff_vs_eager": run["max_abs_diff"], "eager": eager}
 
 
 def _results(recipe: Recipe, task: Task, records: list[dict[str, Any]]) -> dict[str, Any]:

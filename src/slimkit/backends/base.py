@@ -1,0 +1,134 @@
+"""What every backend shares: availability with a reason, the compiled runnable, precisions and
+the export of a model to a ``torch.export`` program with dynamic batch (and sequence) sizes.
+
+A backend is a registered class with::
+
+    name: str
+    precisions(device) -> tuple[str, ...]          what it can run here ("fp32", "bf16", "fp16")
+    available() -> Availability                      truthy, or falsy with the reason
+    compile(model, example_inputs, *, precision, threads, workdir) -> Compiled
+
+``compile`` writes the artifact that would ship (an ``.onnx`` file, OpenVINO IR, a TVM library,
+a TensorRT engine, or the weights for the PyTorch runtimes) under ``workdir`` and returns a
+``Compiled``: a callable taking the model's torch inputs and returning a float32 CPU tensor, so
+the shared latency and quality code times and scores every runtime the same way. Optional
+packages are imported inside each backend's own file, never at ``import slimkit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from slimkit.core.errors import BackendUnavailableError, ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass
+class Compiled:
+    """A model ready to run on one backend: ``compiled(*torch_inputs) -> float32 CPU tensor``."""
+
+    run: Callable[..., torch.Tensor]
+    backend: str
+    precision: str
+    artifact: list[Path]  # the files that ship (their bytes are the size figure)
+    compile_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.run(*inputs)
+
+    @property
+    def artifact_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.artifact)
+
+
+def check_precision(backend: Any, precision: str, device: str = "cpu") -> None:
+    supported = backend.precisions(device)
+    if precision not in supported:
+        raise BackendUnavailableError(f"backend {backend.name!r} cannot run precision {precision!r} on {device} "
+                                      f"(it can: {', '.join(supported) or 'none'})")
+
+
+def require(backend: Any) -> None:
+    """Raise ``BackendUnavailableError`` with the backend's reason when it cannot run here."""
+    avail = backend.available()
+    if not avail:
+        raise BackendUnavailableError(f"backend {backend.name!r} is not available: {avail.reason}")
+
+
+def is_token_input(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and t.dim() == 2
+
+
+def dynamic_shapes(inputs: Sequence[torch.Tensor]) -> tuple[dict[int, Any], ...]:
+    """Batch dimension dynamic for every input; the sequence dimension too for token inputs.
+
+    ``Dim.DYNAMIC`` lets export infer each range (a model with 64 positions allows sequences up
+    to 64) and fails, rather than silently specialising, where a dimension cannot vary.
+    """
+    dyn = torch.export.Dim.DYNAMIC
+    return tuple({0: dyn, 1: dyn} if is_token_input(t) else {0: dyn} for t in inputs)
+
+
+def export_program(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
+                   dynamic: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode, with dynamic batch/sequence sizes when ``dynamic``.
+
+    With dynamic shapes, example inputs of batch size 1 would specialise the batch dimension, so
+    they are repeated to batch 2 for the trace (likewise a sequence of length 1).
+    """
+    inputs = tuple(example_inputs)
+    if dynamic:
+        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in inputs)
+    with torch.no_grad():
+        return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
+
+
+def cast_floats(inputs: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Floating-point inputs cast to ``dtype``; integer inputs (token ids, masks) untouched."""
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+
+
+def first_output(out: Any) -> torch.Tensor:
+    """The model's output tensor, as float32 on the CPU (tuples/lists: the first element)."""
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        out = torch.as_tensor(out.numpy() if hasattr(out, "numpy") else out)
+    return out.detach().float().cpu()
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[float]]:
+    """``with timed() as t: ...`` then ``t[0]`` holds the seconds taken."""
+    box: list[float] = []
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box.append(time.perf_counter() - start)
+
+
+def parse_precision(value: str, where: str) -> str:
+    if value not in PRECISIONS:
+        raise ConfigError(f"{where}: unknown precision {value!r} (known: {', '.join(PRECISIONS)})")
+    return value

@@ -1,0 +1,274 @@
+"""Measure a model on one backend, each backend in a process of its own.
+
+Runtimes disturb each other when they share a process: ONNX Runtime's spinning worker threads
+slow PyTorch, OpenMP pools of different runtimes fight for the same cores, and TVM reads its
+thread count once. So every (backend, precision) is compiled, timed and evaluated by
+``python -m slimkit.backends.worker`` in a fresh process, one after the other. The child
+rebuilds the model from a ``ModelSpec`` (the task, the structural edits of the run's steps and
+a safetensors file: nothing is pickled), writes the backend's artifact, times batch 1 and batch
+N with the shared latency code, and saves its outputs on the test split. The parent scores the
+outputs with the task's metric and compares them with eager FP32 outputs.
+
+``isolate=False`` runs the same code in this process (for tests and for models that have no
+spec, such as a module built in a notebook).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from slimkit.core.errors import SlimkitError
+from slimkit.core.io import atomic_write_json, load_state_dict, read_json, save_state_dict
+from slimkit.measure.config import MeasureConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a fresh process needs to rebuild a model exactly (all JSON)."""
+
+    task: dict[str, Any]
+    weights: str
+    structures: list[tuple[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "weights": self.weights, "structures": [list(s) for s in self.structures]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        return cls(data["task"], data["weights"], [tuple(s) for s in data.get("structures", [])])
+
+    def build(self):
+        """(task, model) rebuilt from the spec."""
+        from slimkit.core.step import rebuild_model
+        from slimkit.tasks.base import build_task, parse_task_config
+
+        task = build_task(parse_task_config(self.task, "model spec: task"))
+        return task, rebuild_model(task.build_model, list(self.structures), self.weights)
+
+
+@dataclass
+class BackendRun:
+    """One (backend, precision) measured: timings from its process, scores from the parent."""
+
+    backend: str
+    precision: str
+    ok: bool
+    error: str | None = None
+    latency_b1: dict[str, Any] | None = None
+    latency_bN: dict[str, Any] | None = None
+    artifact: list[str] = field(default_factory=list)
+    artifact_bytes: int | None = None
+    compile_seconds: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    quality: float | None = None
+    quality_metrics: dict[str, float] = field(default_factory=dict)
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None  # max |out - eager| / max |eager|
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def b1_ms(self) -> float | None:
+        return self.latency_b1["median_ms"] if self.latency_b1 else None
+
+    @property
+    def bN_ms(self) -> float | None:
+        return self.latency_bN["median_ms"] if self.latency_bN else None
+
+
+def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, cfg: MeasureConfig,
+                     workdir: Path) -> tuple[dict[str, Any], torch.Tensor]:
+    """Compile ``model`` for ``backend``, time it at batch 1 and N, predict the test split."""
+    from slimkit.core.registry import BACKENDS
+    from slimkit.measure.latency import measure_latency, torch_threads
+    from slimkit.measure.quality import predict
+
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "tensorrt":
+        device = "cuda"
+    test = task.data.test
+    workdir.mkdir(parents=True, exist_ok=True)
+    with torch_threads(cfg.threads):
+        compiled = BACKENDS.get(backend).compile(model, test.example_inputs(1), precision=precision,
+                                                 threads=cfg.threads, workdir=workdir, device=device)
+        try:
+            sync = torch.cuda.synchronize if device == "cuda" else None
+            timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
+                          max_seconds=cfg.max_seconds)
+            lat1 = measure_latency(compiled, test.example_inputs(1), **timing)
+            latn = measure_latency(compiled, test.example_inputs(cfg.batch_n), **timing)
+            outputs = predict(compiled, test, cfg.eval_batch_size)
+        finally:
+            compiled.close()
+    result = {"latency_b1": lat1.to_dict(), "latency_bN": latn.to_dict(),
+              "artifact": [str(p) for p in compiled.artifact], "artifact_bytes": compiled.artifact_bytes,
+              "compile_seconds": round(compiled.compile_seconds, 3), "info": compiled.info}
+    return result, outputs
+
+
+def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig, workdir: str | os.PathLike[str], *,
+                    spec: ModelSpec | None = None, model: nn.Module | None = None,
+                    reference: torch.Tensor | None = None, isolate: bool = True,
+                    timeout_s: float = 3600) -> BackendRun:
+    """Measure on ``backend``; failures come back as ``ok=False`` with the reason, never raised."""
+    from slimkit.core.registry import BACKENDS
+
+    workdir = Path(workdir)
+    run = BackendRun(backend, precision, ok=False)
+    avail = BACKENDS.get(backend).available()
+    if not avail:
+        run.error = f"unavailable: {avail.reason}"
+        return run
+    try:
+        if isolate:
+            if spec is None:
+                raise SlimkitError("isolated measurement needs a ModelSpec (task, weights, structural edits)")
+            result, outputs = _in_child(spec, backend, precision, cfg, workdir, timeout_s)
+        else:
+            if model is None:
+                model = spec.build()[1] if spec is not None else None
+            if model is None:
+                raise SlimkitError("measure_backend needs a model or a ModelSpec")
+            result, outputs = compile_and_time(model, task, backend, precision, cfg, workdir)
+    except SlimkitError as err:
+        run.error = str(err)
+        return run
+    except Exception as err:  # noqa: BLE001 - a runtime's failure is reported in the table, not fatal
+        run.error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"
+        return run
+    run.ok = True
+    run.latency_b1, run.latency_bN = result["latency_b1"], result["latency_bN"]
+    run.artifact = [os.path.relpath(p, workdir) for p in result["artifact"]]
+    run.artifact_bytes, run.compile_seconds, run.info = result["artifact_bytes"], result["compile_seconds"], result["info"]
+    scores = task.evaluate(outputs, task.data.test.targets)
+    run.quality = scores["quality"]
+    run.quality_metrics = {k: v for k, v in scores.items() if k != "quality"}
+    if reference is not None:
+        run.max_abs_diff, run.max_rel_diff = output_difference(outputs, reference)
+    return run
+
+
+def output_difference(outputs: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(max |a - b|, max |a - b| / max |b|); shapes must agree."""
+    if outputs.shape != reference.shape:
+        raise SlimkitError(f"backend outputs have shape {tuple(outputs.shape)}, eager {tuple(reference.shape)}")
+    diff = float((outputs.float() - reference.float()).abs().max())
+    scale = float(reference.float().abs().max())
+    return diff, diff / scale if scale > 0 else diff
+
+
+def _in_child(spec: ModelSpec, backend: str, precision: str, cfg: MeasureConfig, workdir: Path,
+              timeout_s: float) -> tuple[dict[str, Any], torch.Tensor]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    job = workdir / "job.json"
+    result_path = workdir / "result.json"
+    result_path.unlink(missing_ok=True)
+    atomic_write_json(job, {"spec": spec.to_dict(), "backend": backend, "precision": precision,
+                            "measure": cfg.to_json_dict(), "workdir": str(workdir)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TVM_NUM_THREADS": str(cfg.threads),
+           "MKL_NUM_THREADS": str(cfg.threads)}
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "slimkit.backends.worker", str(job)], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise SlimkitError(f"{backend}/{precision}: timed out after {timeout_s:.0f} s") from None
+    if not result_path.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise SlimkitError(f"{backend}/{precision}: worker exited with status {proc.returncode}: {' | '.join(tail)}")
+    result = read_json(result_path)
+    if "error" in result:
+        raise SlimkitError(result["error"])
+    return result, load_state_dict(workdir / "outputs.safetensors")["outputs"]
+
+
+def worker_main(job_path: str) -> int:
+    """The child's side: rebuild, compile, time, predict; write result.json and outputs."""
+    job = read_json(job_path)
+    workdir = Path(job["workdir"])
+    try:
+        task, model = ModelSpec.from_dict(job["spec"]).build()
+        cfg = MeasureConfig.model_validate(job["measure"])
+        result, outputs = compile_and_time(model, task, job["backend"], job["precision"], cfg, workdir)
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which decides
+        message = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
+        atomic_write_json(workdir / "result.json", {"error": f"{type(err).__name__}: {message}"})
+        return 1
+    save_state_dict(workdir / "outputs.safetensors", {"outputs": outputs.contiguous()})
+    atomic_write_json(workdir / "result.json", result)
+    return 0
+
+
+def eager_reference(model: nn.Module, task: Any, cfg: MeasureConfig) -> torch.Tensor:
+    """Eager FP32 outputs on the test split: what every backend is compared with."""
+    from slimkit.measure.latency import torch_threads
+    from slimkit.measure.quality import predict
+
+    with torch_threads(cfg.threads):
+        return predict(model.eval(), task.data.test, cfg.eval_batch_size)
+
+
+def measure_backends(task: Any, candidates: Sequence[tuple[str, str]], cfg: MeasureConfig, workdir: str | os.PathLike[str],
+                     *, spec: ModelSpec | None = None, model: nn.Module | None = None, isolate: bool = True,
+                     progress: bool = False) -> list[BackendRun]:
+    """Every (backend, precision) of ``candidates``, one after the other, each in its own process."""
+    if model is None:
+        if spec is None:
+            raise SlimkitError("measure_backends needs a model or a ModelSpec")
+        model = spec.build()[1]
+    reference = eager_reference(model, task, cfg)
+    runs = []
+    items = list(candidates)
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description="measuring backends")
+    for backend, precision in items:
+        runs.append(measure_backend(task, backend, precision, cfg, Path(workdir) / f"{backend}-{precision}",
+                                    spec=spec, model=model, reference=reference, isolate=isolate))
+    return runs
+
+
+def all_candidates(precisions: Sequence[str] = ("fp32",), backends: Sequence[str] | None = None,
+                   device: str = "cpu") -> list[tuple[str, str]]:
+    """(backend, precision) pairs to try: every registered backend (or ``backends``), in order,
+    with each asked precision it supports here; unavailable backends are kept (reported)."""
+    from slimkit.core.registry import BACKENDS
+
+    names = list(backends) if backends is not None else BACKENDS.names()
+    if "eager" in names:
+        names.remove("eager")
+    names.insert(0, "eager")
+    out = []
+    for name in names:
+        backend = BACKENDS.get(name)
+        supported = backend.precisions(device) if backend.available() else ("fp32",)
+        out += [(name, p) for p in precisions if p in supported or (not backend.available() and p == "fp32")]
+    return out
+
+
+def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
+    """Rows for the table: ratios are eager FP32 median latency / this latency (higher is faster)."""
+    eager = next((r for r in runs if r.backend == "eager" and r.precision == "fp32" and r.ok), None)
+    rows = []
+    for r in runs:
+        row = {"backend": r.backend, "precision": r.precision, "ok": r.ok, "error": r.error,
+               "b1_ms": r.b1_ms, "bN_ms": r.bN_ms, "batch_N": r.latency_bN["batch_size"] if r.latency_bN else None,
+               "speedup_b1": None, "speedup_bN": None, "max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff,
+               "quality": r.quality, "artifact_bytes": r.artifact_bytes, "compile_seconds": r.compile_seconds,
+               "info": r.info}
+        if eager is not None and r.ok:
+            row["speedup_b1"] = eager.b1_ms / r.b1_ms
+            row["speedup_bN"] = eager.bN_ms / r.bN_ms
+        rows.append(row)
+    return rows

@@ -1,0 +1,88 @@
+"""ONNX Runtime: the model exported through ``torch.export`` and ``torch.onnx`` (dynamo exporter),
+run with all graph optimisations on the CPU execution provider (CUDA's where asked and present).
+
+The exported graph keeps dynamic batch (and, for token inputs, sequence) dimensions, so one
+``.onnx`` file serves batch 1, batch N and the evaluation batches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimkit.backends.base import Availability, Compiled, check_precision, export_program, require, timed
+from slimkit.core.registry import BACKENDS
+
+
+def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
+    """``model`` as an ONNX file at ``path`` (written to a temporary name, then renamed)."""
+    import warnings
+
+    program = export_program(model, example_inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(program, tuple(example_inputs), dynamo=True, verbose=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx_program.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def session_runner(session, device: str):
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        if len(inputs) != len(names):
+            from slimkit.core.errors import SlimkitError
+
+            raise SlimkitError(f"onnxruntime: the model takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
+        feeds = {n: np.ascontiguousarray(t.detach().cpu().numpy()) for n, t in zip(names, inputs)}
+        return torch.from_numpy(np.asarray(session.run(None, feeds)[0])).float()
+
+    return run
+
+
+@BACKENDS.register("onnxruntime", summary="ONNX Runtime (torch.onnx dynamo export, all graph optimisations); fp32")
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    @staticmethod
+    def available() -> Availability:
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            try:
+                __import__(module)
+            except ImportError as err:
+                return Availability(False, f"python package {module!r} is not installed ({err}); "
+                                           "pip install 'slimkit[onnx]'")
+        return Availability(True)
+
+    @staticmethod
+    def precisions(device: str = "cpu") -> tuple[str, ...]:
+        return ("fp32",)
+
+    @classmethod
+    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
+                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
+        require(cls)
+        check_precision(cls, precision, device)
+        import onnxruntime as ort
+
+        with timed() as t:
+            path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx")
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if threads:
+                options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            providers = ["CPUExecutionProvider"]
+            if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        return Compiled(session_runner(session, device), cls.name, precision, [path], compile_seconds=t[0],
+                        info={"providers": session.get_providers(), "onnxruntime": ort.__version__})

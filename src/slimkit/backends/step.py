@@ -1,0 +1,114 @@
+"""The ``deploy`` recipe step: choose the runtime the model ships on; every later measurement
+of the run (this step's included) is taken on it, in its own process.
+
+``backend: auto`` measures every available backend (and each asked precision), rejects those
+whose outputs differ from eager FP32 by more than ``tolerance`` (relative to the output scale)
+and keeps the fastest of the rest at batch 1 (or batch N); the step's info records every
+candidate with the reason it was chosen or not, and the report prints that table.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch.nn as nn
+from pydantic import Field, field_validator, model_validator
+
+from slimkit.core.config import Config
+from slimkit.core.context import Context
+from slimkit.core.errors import SlimkitError
+from slimkit.core.step import StepResult, register_step
+
+
+def _check_backend(name: str) -> str:
+    from slimkit.core.errors import UnknownNameError
+    from slimkit.core.registry import BACKENDS
+
+    try:
+        BACKENDS.entry(name)
+    except UnknownNameError as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+class DeployConfig(Config):
+    backend: str = Field("auto", description="a backend name, or 'auto': the fastest within tolerance")
+    precision: list[Literal["fp32", "bf16", "fp16"]] = Field(
+        default_factory=lambda: ["fp32"], description="precisions to consider (one for a named backend)")
+    candidates: list[str] | None = Field(None, description="auto: only these backends (default: every available one)")
+    tolerance: float = Field(1e-4, gt=0, description="max |out - eager fp32| / max |eager fp32| a backend may show")
+    objective: Literal["b1", "bN"] = Field("b1", description="auto: fastest at batch 1 or at batch N")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_or_auto(cls, value: str) -> str:
+        return value if value == "auto" else _check_backend(value)
+
+    @field_validator("candidates")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for name in value:
+                _check_backend(name)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DeployConfig":
+        if self.backend != "auto" and len(self.precision) != 1:
+            raise ValueError(f"backend {self.backend!r}: give one precision, not {self.precision}")
+        if self.backend != "auto" and self.candidates is not None:
+            raise ValueError("'candidates' applies to backend 'auto' only")
+        return self
+
+
+@register_step("deploy", config=DeployConfig)
+def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
+    """Pick the runtime (or 'auto': the fastest within tolerance); later steps are measured on it."""
+    from slimkit.backends.measure import ModelSpec, all_candidates, measure_backends, write_table
+    from slimkit.core.io import save_state_dict
+    from slimkit.measure.config import MeasureConfig
+
+    if ctx.out_dir is None or ctx.task_config is None:
+        raise SlimkitError("deploy: runs inside a recipe run (it needs the run folder and the task's config)")
+    measure = ctx.measure or MeasureConfig()
+    device = "cuda" if ctx.device.type == "cuda" else "cpu"
+    if cfg.backend == "auto":
+        pairs = all_candidates(cfg.precision, cfg.candidates, device)
+    else:
+        pairs = [(cfg.backend, cfg.precision[0])]
+    weights = save_state_dict(ctx.out_dir / "candidates" / "model.safetensors", model.state_dict())
+    spec = ModelSpec(ctx.task_config, str(weights.resolve()), list(ctx.structures))
+    runs = measure_backends(ctx.task, pairs, measure, ctx.out_dir / "candidates", spec=spec, model=model,
+                            progress=ctx.progress)
+    rows = write_table(runs)
+    key = "b1_ms" if cfg.objective == "b1" else "bN_ms"
+    for row in rows:
+        row["decision"] = _verdict(row, cfg)
+    eligible = [i for i, row in enumerate(rows) if row["decision"] == "eligible"]
+    if not eligible:
+        detail = "; ".join(f"{r['backend']}/{r['precision']}: {r['decision']}" for r in rows)
+        raise SlimkitError(f"deploy: no backend qualifies ({detail})")
+    best = min(eligible, key=lambda i: rows[i][key])
+    for i in eligible:
+        rows[i]["decision"] = (f"chosen: fastest at {cfg.objective} within tolerance" if i == best else
+                               f"slower at {cfg.objective}: {rows[i][key]:.3f} ms vs {rows[best][key]:.3f} ms")
+    chosen = runs[best]
+    run_dir = f"candidates/{chosen.backend}-{chosen.precision}"
+    info = {"backend": chosen.backend, "precision": chosen.precision, "objective": cfg.objective,
+            "tolerance": cfg.tolerance, "candidates": rows}
+    deployment = {"backend": chosen.backend, "precision": chosen.precision,
+                  "run": {**chosen.to_dict(), "artifact": [f"{run_dir}/{a}" for a in chosen.artifact]}}
+    return StepResult(model, info=info, deployment=deployment)
+
+
+def _verdict(row: dict[str, Any], cfg: DeployConfig) -> str:
+    if not row["ok"]:
+        return row["error"] or "failed"
+    if row["max_rel_diff"] is not None and row["max_rel_diff"] > cfg.tolerance:
+        return f"rejected: outputs differ from eager fp32 by {row['max_rel_diff']:.2g} > tolerance {cfg.tolerance:g}"
+    return "eligible"

@@ -1,0 +1,52 @@
+"""The ``fuse`` step: operator fusion as a recipe step, with a ``restore`` for resuming runs.
+
+Fusion is a deployment-time transform: BatchNorm's eval-mode running statistics are baked into
+the preceding layers' weights, and dropout between merged layers is gone. Outputs in eval mode
+are unchanged; a ``train`` step after ``fuse`` fine-tunes the folded weights and no BatchNorm
+statistics are updated any more, so put ``fuse`` last, after every step that trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+from pydantic import Field, ValidationError
+
+from slimkit.core.config import Config, format_validation_error
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError
+from slimkit.core.step import StepResult, register_step
+from slimkit.techniques.fusion.fuse import fuse_model
+
+
+class FuseConfig(Config):
+    fold_bn: bool = Field(True, description="fold eval-mode BatchNorm into the preceding Conv, ConvTranspose or Linear")
+    fuse_activations: bool = Field(True, description="run ReLU/ReLU6/Hardswish/SiLU/GELU in place inside the "
+                                                     "Conv or Linear that feeds it (one intermediate tensor fewer)")
+    merge_linear: bool = Field(True, description="merge Linear -> Linear (and 1x1 conv -> 1x1 conv) with no "
+                                                 "nonlinearity between, when the merged layer costs no more MACs")
+
+
+def restore_fusion(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Re-apply the recorded fusion to a fresh, unfused model, so the saved tensors load into it.
+
+    The rewrite depends on the architecture only, never on the weights, so the result has the
+    module tree and state-dict keys of the model the step produced.
+    """
+    try:
+        cfg = FuseConfig.model_validate(structure)
+    except ValidationError as err:
+        raise CheckpointError(format_validation_error(err, "fuse step's recorded structure")) from None
+    return fuse_model(model, **cfg.model_dump())[0]
+
+
+@register_step("fuse", config=FuseConfig, restore=restore_fusion)
+def fuse(model: nn.Module, cfg: FuseConfig, ctx: Context) -> StepResult:
+    """Fuse operators for deployment: fold BatchNorm, fuse activations, merge linear layers (exact in eval).
+
+    The model is traced with torch.fx (per traceable subtree when the whole model is not); the
+    step's info is the fusion report: counts, what was fused, what was left and why.
+    """
+    fused, report = fuse_model(model, **cfg.model_dump())
+    return StepResult(fused, info=report.to_dict(), structure=cfg.to_json_dict())
