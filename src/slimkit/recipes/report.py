@@ -75,15 +75,17 @@ def _details_markdown(results: dict[str, Any]) -> list[str]:
                       "| artifact | decision |", "  |---|---|---|---|---|---|---|---|---|---|"]
             for c in info["candidates"]:
                 cells = [c["backend"], c["precision"]]
-                if c["ok"]:
-                    cells += [f"{c['b1_ms']:.3f}", f"{c['bN_ms']:.3f}", f"{c['speedup_b1']:.2f}×", f"{c['speedup_bN']:.2f}×",
-                              f"{c['max_rel_diff']:.2g}", f"{c['quality']:.4f}", _bytes(c["artifact_bytes"])]
-                else:
-                    cells += ["—"] * 7
+                cells += [_num(c["b1_ms"], ".3f"), _num(c["bN_ms"], ".3f"), _num(c["speedup_b1"], ".2f", "×"),
+                          _num(c["speedup_bN"], ".2f", "×"), _num(c["max_rel_diff"], ".2g"), _num(c["quality"], ".4f"),
+                          _bytes(c["artifact_bytes"]) if c["artifact_bytes"] is not None else "—"]
                 cells.append(str(c.get("decision", "")).replace("|", "/"))
                 lines.append("  | " + " | ".join(cells) + " |")
             lines.append("")
     return lines
+
+
+def _num(v: float | None, fmt: str, suffix: str = "") -> str:
+    return "—" if v is None else format(v, fmt) + suffix
 
 
 def _fmt(v: Any) -> str:

@@ -2,7 +2,8 @@
 
 Parameter counts equal torchvision's (a test checks them). ``small_input=True`` gives the
 CIFAR-style stem used for 32x32 inputs (a 3x3 stride-1 conv, no max-pool), so the network
-downsamples 8x instead of 32x; the stages are unchanged.
+downsamples 8x instead of 32x; the stages are unchanged. ``width`` scales the channels of every
+stage (64 is the paper's; 16 gives a ResNet-style network small enough to train on 2 cores).
 """
 
 from __future__ import annotations
@@ -30,19 +31,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A BasicBlock ResNet: 7x7/2 stem and 3x3/2 max-pool, four stages (64-128-256-512), pool, FC."""
+    """A BasicBlock ResNet: 7x7/2 stem and 3x3/2 max-pool, four stages (64-128-256-512 at width 64),
+    pool, FC."""
 
     def __init__(self, layers: tuple[int, int, int, int] = (2, 2, 2, 2), num_classes: int = 1000,
-                 in_chans: int = 3, small_input: bool = False, zero_init_residual: bool = False) -> None:
+                 in_chans: int = 3, small_input: bool = False, zero_init_residual: bool = False,
+                 width: int = 64) -> None:
         super().__init__()
         if small_input:
-            stem: list[nn.Module] = [conv_bn_act(in_chans, 64, 3)]
+            stem: list[nn.Module] = [conv_bn_act(in_chans, width, 3)]
         else:
-            stem = [conv_bn_act(in_chans, 64, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)]
+            stem = [conv_bn_act(in_chans, width, 7, stride=2), nn.MaxPool2d(3, stride=2, padding=1)]
         stages: list[nn.Module] = []
-        ch = 64
+        ch = width
         for i, n in enumerate(layers):
-            out = 64 * 2 ** i
+            out = width * 2 ** i
             stages.append(nn.Sequential(*(BasicBlock(ch if j == 0 else out, out, 2 if i > 0 and j == 0 else 1)
                                           for j in range(n))))
             ch = out
@@ -67,13 +70,13 @@ class ResNet(nn.Module):
 
 @MODELS.register("resnet18")
 def resnet18(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-             zero_init_residual: bool = False) -> nn.Module:
+             zero_init_residual: bool = False, width: int = 64) -> nn.Module:
     """ResNet-18 (11.7M parameters, 1.81 GMACs at 224; He et al. 2016)."""
-    return ResNet((2, 2, 2, 2), num_classes, in_chans, small_input, zero_init_residual)
+    return ResNet((2, 2, 2, 2), num_classes, in_chans, small_input, zero_init_residual, width)
 
 
 @MODELS.register("resnet34")
 def resnet34(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-             zero_init_residual: bool = False) -> nn.Module:
+             zero_init_residual: bool = False, width: int = 64) -> nn.Module:
     """ResNet-34 (21.8M parameters, 3.66 GMACs at 224; He et al. 2016)."""
-    return ResNet((3, 4, 6, 3), num_classes, in_chans, small_input, zero_init_residual)
+    return ResNet((3, 4, 6, 3), num_classes, in_chans, small_input, zero_init_residual, width)

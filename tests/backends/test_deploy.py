@@ -1,0 +1,153 @@
+"""Isolated backend measurement, the ``deploy`` step (named and auto) and ``slimkit backends``."""
+
+import json
+
+import pytest
+import torch
+
+from slimkit.backends.measure import ModelSpec, measure_backend, measure_backends
+from slimkit.core.errors import ConfigError, SlimkitError
+from slimkit.core.io import save_state_dict
+from slimkit.measure.config import MeasureConfig
+from slimkit.recipes.runner import run_recipe
+from slimkit.recipes.schema import load_recipe
+from slimkit.tasks import build_task
+
+MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """digits-cnn with random weights saved as a spec (numerics do not need training)."""
+    task = build_task("digits-cnn")
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    weights = save_state_dict(tmp_path_factory.mktemp("w") / "w.safetensors", model.state_dict())
+    return task, model, ModelSpec({"name": "digits-cnn"}, str(weights))
+
+
+def test_isolated_measurement_rebuilds_the_model_and_matches_in_process(digits, tmp_path):
+    task, model, spec = digits
+    cfg = MeasureConfig(**MEASURE)
+    runs = measure_backends(task, [("eager", "fp32"), ("onnxruntime", "fp32")], cfg, tmp_path, spec=spec, model=model)
+    eager, onnx = runs
+    assert eager.ok and onnx.ok, (eager.error, onnx.error)
+    assert eager.max_abs_diff == 0  # the child rebuilt exactly this model from the spec
+    assert onnx.max_rel_diff < 1e-5 and onnx.quality == pytest.approx(eager.quality, abs=1e-9)
+    assert (tmp_path / "onnxruntime-fp32" / "model.onnx").stat().st_size == onnx.artifact_bytes
+    assert onnx.latency_b1["batch_size"] == 1 and onnx.latency_bN["batch_size"] == 8
+    local = measure_backend(task, "onnxruntime", "fp32", cfg, tmp_path / "local", model=model, isolate=False,
+                            reference=None)
+    assert local.ok and local.quality == pytest.approx(onnx.quality, abs=1e-9)
+
+
+def test_a_failing_backend_is_reported_not_raised(digits, tmp_path):
+    task, _, spec = digits
+    bad = ModelSpec(spec.task, str(tmp_path / "missing.safetensors"))
+    run = measure_backend(task, "onnxruntime", "fp32", MeasureConfig(**MEASURE), tmp_path, spec=bad)
+    assert not run.ok and "missing.safetensors" in run.error
+    run = measure_backend(task, "xla", "fp32", MeasureConfig(**MEASURE), tmp_path, spec=spec)
+    assert not run.ok and run.error.startswith("unavailable: ")
+
+
+def _recipe(steps, task="digits-cnn"):
+    return {"task": task, "seed": 1, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE, "steps": steps}
+
+
+def test_deploy_auto_picks_the_fastest_within_tolerance_and_later_steps_use_it(tmp_path):
+    recipe = _recipe([{"fuse": {}}, {"deploy": {"candidates": ["onnxruntime"]}}, {"train": {"epochs": 1}}])
+    result = run_recipe(recipe, tmp_path / "run").results
+    base, fuse, deploy, train = result["steps"]
+    assert fuse["info"]["bn_folded"] == 3 and fuse["metrics"]["backend"] == "eager"
+    info = deploy["info"]
+    assert [(c["backend"], c["precision"]) for c in info["candidates"]] == [("eager", "fp32"), ("onnxruntime", "fp32")]
+    chosen = [c for c in info["candidates"] if c["decision"].startswith("chosen")]
+    assert len(chosen) == 1 and chosen[0]["backend"] == info["backend"]
+    fastest = min(info["candidates"], key=lambda c: c["b1_ms"])
+    assert info["backend"] == fastest["backend"]  # both are within tolerance: the faster one wins
+    for step in (deploy, train):  # the deploy step and every later one are measured on the chosen backend
+        m = step["metrics"]
+        assert m["backend"] == info["backend"] and m["eager"]["quality"] == pytest.approx(m["quality"], abs=1e-9)
+        first = (tmp_path / "run" / m["artifact"].split(" + ")[0])
+        assert first.is_file() and m["size_bytes"] >= first.stat().st_size
+    assert train["deployment"] == {"backend": info["backend"], "precision": "fp32"}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Candidates of deploy" in report and "chosen: fastest at b1" in report
+
+
+def test_deploy_tolerance_rejects_backends_that_differ(tmp_path):
+    recipe = _recipe([{"deploy": {"candidates": ["onnxruntime"], "tolerance": 1e-30}}])
+    info = run_recipe(recipe, tmp_path / "run").results["steps"][1]["info"]
+    rows = {c["backend"]: c for c in info["candidates"]}
+    assert info["backend"] == "eager"  # eager is the reference, so it differs by exactly 0
+    assert rows["onnxruntime"]["decision"].startswith("rejected: outputs differ from eager fp32")
+
+
+def test_named_deploy_then_resume(tmp_path):
+    recipe = _recipe([{"deploy": {"backend": "onnxruntime"}}, {"train": {"epochs": 1}}])
+    calls = []
+
+    def killed(*args, **kwargs):
+        calls.append(kwargs["description"])
+        if kwargs["description"] == "train":
+            raise KeyboardInterrupt
+        from slimkit.train.loop import fit
+
+        return fit(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, tmp_path / "run", train_fn=killed)
+    resumed = run_recipe(recipe, tmp_path / "run")
+    assert resumed.resumed_steps == 2
+    last = resumed.results["steps"][-1]
+    assert last["metrics"]["backend"] == "onnxruntime" and last["metrics"]["artifact"].endswith("model.onnx")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"backend": "onnxrt"}, "unknown backend 'onnxrt'; did you mean 'onnxruntime'"),
+    ({"backend": "onnxruntime", "precision": ["fp32", "bf16"]}, "give one precision"),
+    ({"backend": "eager", "candidates": ["tvm"]}, "applies to backend 'auto' only"),
+    ({"precision": "fp8"}, "precision"),
+    ({"tolerance": 0}, "tolerance"),
+    ({"backnd": "auto"}, "backnd"),
+])
+def test_bad_deploy_config_names_the_problem(params, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(_recipe([{"deploy": params}]))
+
+
+def test_deploy_outside_a_run_is_a_clear_error():
+    from slimkit.backends.step import DeployConfig, deploy
+    from slimkit.core.context import Context
+
+    with pytest.raises(SlimkitError, match="inside a recipe run"):
+        deploy(torch.nn.Linear(2, 2), DeployConfig(), Context(task=build_task("digits-cnn")))
+
+
+def test_backends_command_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from slimkit.cli import app
+
+    result = CliRunner().invoke(app, ["backends", "--task", "digits-mlp", "--epochs", "1", "--backend", "onnxruntime",
+                                      "--backend", "xla", "--repeats", "3", "--threads", "1", "--batch-n", "8", "--json",
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    rows = {r["backend"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == {"eager", "onnxruntime", "xla"}
+    assert rows["eager"]["speedup_b1"] == 1.0 and rows["onnxruntime"]["max_abs_diff"] < 1e-4
+    assert rows["onnxruntime"]["quality"] == pytest.approx(rows["eager"]["quality"], abs=1e-9)
+    assert not rows["xla"]["ok"] and "torch_xla" in rows["xla"]["error"]
+    assert (tmp_path / "b" / "onnxruntime-fp32" / "model.onnx").is_file()
+
+
+def test_backends_command_rejects_unknown_names():
+    from typer.testing import CliRunner
+
+    from slimkit.cli import app
+
+    result = CliRunner().invoke(app, ["backends", "--task", "digits-mlp", "--backend", "tensorrtt"])
+    assert result.exit_code == 2 and "did you mean 'tensorrt'" in result.output
+    result = CliRunner().invoke(app, ["backends", "--task", "digits-mlp", "--precision", "int3"])
+    assert result.exit_code == 2 and "unknown precision 'int3'" in result.output
