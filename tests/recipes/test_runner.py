@@ -63,7 +63,6 @@ def test_killed_run_resumes_from_next_step_with_same_results(tmp_path):
     assert resumed.resumed_steps == 3 and calls == ["train"]  # only the third step trained again
 
     straight = run_recipe(RECIPE, tmp_path / "b")
-    a = torch.load  # noqa: F841  (never used: checkpoints are safetensors)
     from slimkit.core.io import load_state_dict
 
     wa = load_state_dict(tmp_path / "a" / "steps/03-train-3/model.safetensors")

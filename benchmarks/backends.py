@@ -1,0 +1,153 @@
+"""Every backend on each task, before and after operator fusion; every (backend, precision,
+variant) timed in a process of its own, the whole sweep repeated ``--rounds`` times.
+
+    .venv/bin/python benchmarks/backends.py [--tasks digits-cnn minilm shapes-resnet] [--precisions fp32 bf16]
+                                           [--rounds 3] [--threads 2] [--repeats 30]
+
+Per task: the baseline is trained with the task's budget (MiniLM is pretrained), fused with the
+`fuse` step's algorithm, and both models go through `slimkit.backends.measure.measure_backends`
+(the code behind `slimkit backends` and the `deploy` step). Latency figures are medians over
+rounds of each process's median; "speed-up" is eager fp32 unfused / this; "fused ×" is unfused /
+fused on the same backend and precision (>= 0.95 means fusion did not slow it down). Numerics:
+max |out - eager fp32| / max |eager fp32| of the same model. Writes OUT/backends.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "digits-cnn": {"task": {"name": "digits-cnn"}, "train": None},
+    "minilm": {"task": {"name": "minilm"}, "train": None},
+    # a ResNet-18-style network (BasicBlocks, BN on both branches of every projection shortcut),
+    # width 16 so that it trains in a minute on 2 cores
+    "shapes-resnet": {"task": {"name": "shapes-cnn", "model": "resnet18", "model_args": {"width": 16}},
+                      "train": {"epochs": 2}},
+}
+
+
+def measure_task(name: str, precisions: list[str], rounds: int, cfg, workdir: Path) -> dict[str, Any]:
+    import torch
+
+    from slimkit.backends.measure import ModelSpec, all_candidates, measure_backends
+    from slimkit.core.io import save_state_dict
+    from slimkit.measure.latency import torch_threads
+    from slimkit.recipes.measure_task import baseline_for
+    from slimkit.techniques.fusion.fuse import fuse_model
+
+    conf = CONFIGS[name]
+    task, recipe, model = baseline_for(conf["task"], cfg, train=conf["train"], progress=sys.stderr.isatty())
+    fused, fusion = fuse_model(model)
+    task_json = recipe.task.to_json_dict()
+    specs = {
+        "unfused": ModelSpec(task_json, str(save_state_dict(workdir / "unfused.safetensors", model.state_dict()))),
+        "fused": ModelSpec(task_json, str(save_state_dict(workdir / "fused.safetensors", fused.state_dict())),
+                           [("fuse", {"fold_bn": True, "fuse_activations": True, "merge_linear": True})]),
+    }
+    with torch_threads(cfg.threads), torch.no_grad():
+        x = task.data.test.example_inputs(64)
+        ref, out = model(*x), fused(*x)
+    fusion_rel = float((out - ref).abs().max() / ref.abs().max())
+    candidates = all_candidates(precisions)
+    runs: dict[str, list] = {"unfused": [], "fused": []}
+    for r in range(rounds):
+        for variant, spec in specs.items():
+            runs[variant].append(measure_backends(task, candidates, cfg, workdir / f"{variant}-{r}", spec=spec,
+                                                  model=fused if variant == "fused" else model,
+                                                  progress=sys.stderr.isatty()))
+    rows = []
+    eager = _median([rs[0].b1_ms for rs in runs["unfused"]]), _median([rs[0].bN_ms for rs in runs["unfused"]])
+    for i, (backend, precision) in enumerate(candidates):
+        first_u, first_f = runs["unfused"][0][i], runs["fused"][0][i]
+        row: dict[str, Any] = {"backend": backend, "precision": precision, "ok": first_u.ok and first_f.ok,
+                               "error": first_u.error or first_f.error}
+        if row["ok"]:
+            for variant in ("unfused", "fused"):
+                row[f"b1_ms_{variant}"] = _median([rs[i].b1_ms for rs in runs[variant]])
+                row[f"bN_ms_{variant}"] = _median([rs[i].bN_ms for rs in runs[variant]])
+            row.update({
+                "speedup_b1": eager[0] / row["b1_ms_unfused"], "speedup_bN": eager[1] / row["bN_ms_unfused"],
+                "fused_x_b1": row["b1_ms_unfused"] / row["b1_ms_fused"],
+                "fused_x_bN": row["bN_ms_unfused"] / row["bN_ms_fused"],
+                "max_rel_diff": first_u.max_rel_diff, "max_rel_diff_fused": first_f.max_rel_diff,
+                "quality": first_u.quality, "quality_fused": first_f.quality,
+                "artifact_bytes": first_u.artifact_bytes, "compile_seconds": first_u.compile_seconds,
+                "info": first_u.info,
+            })
+        rows.append(row)
+    return {"task": name, "task_config": task_json, "fusion": fusion.to_dict(), "fusion_max_rel_diff": fusion_rel,
+            "rows": rows, "batch_N": cfg.batch_n}
+
+
+def _median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def render(results: list[dict[str, Any]], command: str, threads: int) -> str:
+    lines = ["# slimkit backends: every runtime, before and after fusion", "",
+             f"Command: `{command}`; {platform.machine()}, python {platform.python_version()}, "
+             f"{time.strftime('%Y-%m-%d')}, {threads} threads. Each (backend, precision, variant) timed in its own "
+             "process; figures are medians over rounds of per-process medians.", ""]
+    for res in results:
+        f = res["fusion"]
+        lines += [f"## {res['task']}", "",
+                  f"Fusion: {f['bn_folded']} BatchNorm folded, {f['activations_fused']} activations fused, "
+                  f"{f['linear_merged']} linear merged, {f['bn_remaining']} BatchNorm left; fused vs unfused eager: "
+                  f"max rel diff {res['fusion_max_rel_diff']:.2g}.", "",
+                  f"| backend | precision | b1 ms | bN ms (b{res['batch_N']}) | speed-up b1 | speed-up bN | fused × b1 "
+                  "| fused × bN | max rel diff | quality | artifact KiB | compile s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["rows"]:
+            if not r["ok"]:
+                lines.append(f"| {r['backend']} | {r['precision']} | {r['error']} |" + " |" * 10)
+                continue
+            lines.append(
+                f"| {r['backend']} | {r['precision']} | {r['b1_ms_unfused']:.3f} | {r['bN_ms_unfused']:.3f} | "
+                f"{r['speedup_b1']:.2f}× | {r['speedup_bN']:.2f}× | {r['fused_x_b1']:.2f}× | {r['fused_x_bN']:.2f}× | "
+                f"{r['max_rel_diff']:.2g} | {r['quality']:.4f} | {r['artifact_bytes'] / 1024:.1f} | "
+                f"{r['compile_seconds']:.1f} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    from rich.console import Console
+
+    from slimkit.measure.config import MeasureConfig
+
+    cfg = MeasureConfig(threads=args.threads, repeats=args.repeats, memory=False)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="slimkit-bench-backends-") as tmp:
+        for name in args.tasks:
+            folder = Path(tmp) / name
+            folder.mkdir()
+            results.append(measure_task(name, args.precisions, args.rounds, cfg, folder))
+    command = (f"python benchmarks/backends.py --tasks {' '.join(args.tasks)} --precisions {' '.join(args.precisions)} "
+               f"--rounds {args.rounds} --threads {args.threads} --repeats {args.repeats}")
+    text = render(results, command, args.threads)
+    Console().print(text, markup=False, highlight=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "backends.md").write_text(text)
+    (args.out / "backends.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
