@@ -218,9 +218,11 @@ def backend_table(rows: list[dict[str, Any]], title: str):
     for col in ("backend", "precision", "b1 ms", "bN ms", "speed-up b1", "speed-up bN", "max abs diff",
                 "max rel diff", "quality", "artifact KiB", "compile s"):
         table.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    notes = []
     for r in rows:
         if not r["ok"]:
-            table.add_row(r["backend"], r["precision"], f"[dim]{r['error']}[/]", *[""] * 8)
+            notes.append(f"{r['backend']}/{r['precision']}: {r['error']}")
+            table.add_row(r["backend"], r["precision"], f"[dim]see note {len(notes)}[/]", *[""] * 8)
             continue
 
         def num(v, fmt):
@@ -230,6 +232,9 @@ def backend_table(rows: list[dict[str, Any]], title: str):
                       num(r["speedup_b1"], ".2f") + "x", num(r["speedup_bN"], ".2f") + "x", num(r["max_abs_diff"], ".2g"),
                       num(r["max_rel_diff"], ".2g"), num(r["quality"], ".4f"), num(r["artifact_bytes"] / 1024, ".1f"),
                       num(r["compile_seconds"], ".1f"))
+    if notes:
+        table.caption = "\n".join(f"{i}. {note}" for i, note in enumerate(notes, 1))
+        table.caption_justify = "left"
     return table
 
 

@@ -20,6 +20,13 @@ def test_latency_budget_caps_repeats():
     assert 3 <= stats.repeats < 20
 
 
+def test_latency_budget_caps_the_warm_up_of_a_slow_model():
+    calls = []
+    stats = measure_latency(lambda x: (calls.append(1), time.sleep(0.06)), (torch.zeros(1),), warmup=5, repeats=30,
+                            max_seconds=0.05)
+    assert stats.repeats == 3 and len(calls) == 4  # one warm-up run and the 3 timed repeats always taken
+
+
 def test_latency_restores_thread_count():
     before = torch.get_num_threads()
     measure_latency(lambda x: x, (torch.zeros(1),), repeats=3, threads=before + 1)

@@ -46,17 +46,22 @@ def measure_latency(fn: Callable[..., object], inputs: Sequence[torch.Tensor], *
 
     Warm-up runs at least ``warmup`` times and at least ``min_warmup_seconds`` (caches, allocator
     and CPU clocks settle; a first-measured model must not look slower for being first).
-    ``max_seconds`` caps the timed loop for slow models (at least 3 repeats are always taken).
+    ``max_seconds`` caps the warm-up (after its first run) and the timed loop (after 3 repeats)
+    each, so a model that takes seconds per call is measured in bounded time.
     """
     sync = sync or (lambda: None)
     times: list[float] = []
     with torch_threads(threads), torch.inference_mode():
-        warm_end = time.perf_counter() + min_warmup_seconds
+        start = time.perf_counter()
+        warm_end = start + min_warmup_seconds
+        warm_cap = None if max_seconds is None else start + max_seconds
         done = 0
         while done < warmup or time.perf_counter() < warm_end:
             fn(*inputs)
             sync()
             done += 1
+            if warm_cap is not None and time.perf_counter() > warm_cap:
+                break
         budget_end = None if max_seconds is None else time.perf_counter() + max_seconds
         for i in range(repeats):
             start = time.perf_counter_ns()
