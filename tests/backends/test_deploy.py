@@ -151,3 +151,14 @@ def test_backends_command_rejects_unknown_names():
     assert result.exit_code == 2 and "did you mean 'tensorrt'" in result.output
     result = CliRunner().invoke(app, ["backends", "--task", "digits-mlp", "--precision", "int3"])
     assert result.exit_code == 2 and "unknown precision 'int3'" in result.output
+
+
+def test_verdict_checks_numerics_then_quality():
+    from slimkit.backends.step import DeployConfig, _verdict
+
+    row = {"ok": True, "error": None, "max_rel_diff": 0.01, "quality": 0.97}
+    assert _verdict(row, DeployConfig(tolerance=1e-4), 0.98).startswith("rejected: outputs differ")
+    assert _verdict(row, DeployConfig(tolerance=0.05), 0.98) == "eligible"  # no quality budget given
+    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.005), 0.98).startswith("rejected: quality")
+    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.02), 0.98) == "eligible"
+    assert _verdict({**row, "ok": False, "error": "unavailable: x"}, DeployConfig(), 0.98) == "unavailable: x"

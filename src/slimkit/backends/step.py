@@ -37,6 +37,8 @@ class DeployConfig(Config):
         default_factory=lambda: ["fp32"], description="precisions to consider (one for a named backend)")
     candidates: list[str] | None = Field(None, description="auto: only these backends (default: every available one)")
     tolerance: float = Field(1e-4, gt=0, description="max |out - eager fp32| / max |eager fp32| a backend may show")
+    max_quality_drop: float | None = Field(None, ge=0, description="and at most this drop of the task's quality "
+                                                                   "from eager fp32 (e.g. to accept bf16)")
     objective: Literal["b1", "bN"] = Field("b1", description="auto: fastest at batch 1 or at batch N")
 
     @field_validator("precision", mode="before")
@@ -69,7 +71,7 @@ class DeployConfig(Config):
 @register_step("deploy", config=DeployConfig)
 def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
     """Pick the runtime (or 'auto': the fastest within tolerance); later steps are measured on it."""
-    from slimkit.backends.measure import ModelSpec, all_candidates, measure_backends, write_table
+    from slimkit.backends.measure import ModelSpec, all_candidates, eager_reference, measure_backends, write_table
     from slimkit.core.io import save_state_dict
     from slimkit.measure.config import MeasureConfig
 
@@ -87,8 +89,9 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
                             progress=ctx.progress)
     rows = write_table(runs)
     key = "b1_ms" if cfg.objective == "b1" else "bN_ms"
+    reference_quality = ctx.task.evaluate(eager_reference(model, ctx.task, measure), ctx.data.test.targets)["quality"]
     for row in rows:
-        row["decision"] = _verdict(row, cfg)
+        row["decision"] = _verdict(row, cfg, reference_quality)
     eligible = [i for i, row in enumerate(rows) if row["decision"] == "eligible"]
     if not eligible:
         detail = "; ".join(f"{r['backend']}/{r['precision']}: {r['decision']}" for r in rows)
@@ -100,15 +103,19 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
     chosen = runs[best]
     run_dir = f"candidates/{chosen.backend}-{chosen.precision}"
     info = {"backend": chosen.backend, "precision": chosen.precision, "objective": cfg.objective,
-            "tolerance": cfg.tolerance, "candidates": rows}
+            "tolerance": cfg.tolerance, "max_quality_drop": cfg.max_quality_drop,
+            "eager_fp32_quality": reference_quality, "candidates": rows}
     deployment = {"backend": chosen.backend, "precision": chosen.precision,
                   "run": {**chosen.to_dict(), "artifact": [f"{run_dir}/{a}" for a in chosen.artifact]}}
     return StepResult(model, info=info, deployment=deployment)
 
 
-def _verdict(row: dict[str, Any], cfg: DeployConfig) -> str:
+def _verdict(row: dict[str, Any], cfg: DeployConfig, reference_quality: float) -> str:
     if not row["ok"]:
         return row["error"] or "failed"
     if row["max_rel_diff"] is not None and row["max_rel_diff"] > cfg.tolerance:
         return f"rejected: outputs differ from eager fp32 by {row['max_rel_diff']:.2g} > tolerance {cfg.tolerance:g}"
+    drop = reference_quality - row["quality"]
+    if cfg.max_quality_drop is not None and drop > cfg.max_quality_drop:
+        return f"rejected: quality drops by {drop:.4g} > max_quality_drop {cfg.max_quality_drop:g}"
     return "eligible"
