@@ -69,7 +69,9 @@ def main() -> None:
         accs[name] = [m["quality"] for m in per_seed]
         rows[name] = {**per_seed[0], "quality": statistics.median(accs[name])}
     base = rows.get(BASELINE)
-    extra = {"acc per seed": [" ".join(f"{a:.4f}" for a in accs[n]) for n in rows]}
+    extra = {"acc per seed": [" ".join(f"{a:.4f}" for a in accs[n]) for n in rows],
+             "acc mean ± std": [f"{statistics.mean(accs[n]):.4f} ± {statistics.stdev(accs[n]):.4f}"
+                                if len(accs[n]) > 1 else "—" for n in rows]}
     if base is not None:
         extra["Δ acc vs cnn_shapes (pt)"] = [f"{100 * (m['quality'] - base['quality']):+.2f}" for m in rows.values()]
         extra["× fewer MACs"] = [f"{base['macs'] / m['macs']:.2f}" for m in rows.values()]
