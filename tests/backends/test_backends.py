@@ -71,7 +71,6 @@ def test_backend_matches_eager_on_a_cnn_at_several_batch_sizes(name, tmp_path):
         assert rel <= 1e-5, f"{name} at batch {batch}: max rel diff {rel:.3g}"
     assert compiled.artifact and all(p.is_file() and p.is_relative_to(tmp_path) for p in compiled.artifact)
     assert compiled.artifact_bytes > 4 * sum(p.numel() for p in model.parameters())  # the weights are in it
-    compiled.close()
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,14 +1,15 @@
 """What every backend shares: availability with a reason, the compiled runnable, precisions and
 the export of a model to a ``torch.export`` program with dynamic batch (and sequence) sizes.
 
-A backend is a registered class with::
+A backend is a registered subclass of ``Backend``::
 
     name: str
     precisions(device) -> tuple[str, ...]          what it can run here ("fp32", "bf16", "fp16")
     available() -> Availability                      truthy, or falsy with the reason
-    compile(model, example_inputs, *, precision, threads, workdir) -> Compiled
+    build(model, example_inputs, *, precision, threads, workdir, device) -> Built
 
-``compile`` writes the artifact that would ship (an ``.onnx`` file, OpenVINO IR, a TVM library,
+``Backend.compile`` checks availability and precision, times ``build`` and returns a ``Compiled``.
+``build`` writes the artifact that would ship (an ``.onnx`` file, OpenVINO IR, a TVM library,
 a TensorRT engine, or the weights for the PyTorch runtimes) under ``workdir`` and returns a
 ``Compiled``: a callable taking the model's torch inputs and returning a float32 CPU tensor, so
 the shared latency and quality code times and scores every runtime the same way. Optional
@@ -51,7 +52,6 @@ class Compiled:
     artifact: list[Path]  # the files that ship (their bytes are the size figure)
     compile_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
-    close: Callable[[], None] = lambda: None
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.run(*inputs)
@@ -59,6 +59,61 @@ class Compiled:
     @property
     def artifact_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.artifact)
+
+
+@dataclass
+class Built:
+    """What a backend's ``build`` returns: the runnable, the files that ship, notes for the table."""
+
+    run: Callable[..., torch.Tensor]
+    artifact: list[Path]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    """Base of every backend: availability, precisions, and ``compile`` around ``build``."""
+
+    name: str = ""
+
+    @classmethod
+    def available(cls) -> Availability:
+        return Availability(True)
+
+    @classmethod
+    def precisions(cls, device: str = "cpu") -> tuple[str, ...]:
+        return ("fp32",)
+
+    @classmethod
+    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
+                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
+        """Check the backend can run ``precision`` on ``device`` here, then build (timed)."""
+        require(cls)
+        check_precision(cls, precision, device)
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with timed() as t:
+            built = cls.build(model.eval(), tuple(example_inputs), precision=precision, threads=threads,
+                              workdir=workdir, device=device)
+        return Compiled(built.run, cls.name, precision, built.artifact, compile_seconds=t[0], info=built.info)
+
+    @classmethod
+    def build(cls, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, precision: str,
+              threads: int | None, workdir: Path, device: str) -> Built:
+        raise NotImplementedError
+
+
+def packages_available(*modules: str, extra: str) -> Availability:
+    """Truthy when every module imports; else the first failure and the install hint."""
+    import importlib
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - native-library errors count as "not importable" too
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            return Availability(False, f"python package {module!r} is not importable ({first}); "
+                                       f"pip install 'slimkit[{extra}]'")
+    return Availability(True)
 
 
 def check_precision(backend: Any, precision: str, device: str = "cpu") -> None:

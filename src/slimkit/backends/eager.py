@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 
-from slimkit.backends.base import TORCH_DTYPES, Availability, Compiled, cast_floats, check_precision, first_output, timed
+from slimkit.backends.base import TORCH_DTYPES, Backend, Built, cast_floats, first_output
 from slimkit.core.io import save_state_dict
 from slimkit.core.registry import BACKENDS
 
@@ -20,16 +19,16 @@ def torch_precisions(device: str) -> tuple[str, ...]:
     return ("fp32", "bf16", "fp16") if device == "cuda" else ("fp32", "bf16")
 
 
-def prepare_torch_model(model: nn.Module, precision: str, workdir: Path) -> tuple[nn.Module, list[Path]]:
-    """The model in ``precision`` (a copy unless fp32) and its weights saved as the artifact."""
-    model = model.eval()
+def prepare_torch_model(model: nn.Module, precision: str, device: str, workdir: Path) -> tuple[nn.Module, list[Path]]:
+    """The model on ``device`` in ``precision`` (a copy unless fp32) and its weights saved as the artifact."""
+    model = model.to(device)
     if precision != "fp32":
         model = copy.deepcopy(model).to(TORCH_DTYPES[precision])
     path = save_state_dict(workdir / "model.safetensors", model.state_dict())
     return model, [path]
 
 
-def torch_runner(fn, precision: str, device: torch.device):
+def torch_runner(fn, precision: str, device: str):
     dtype = TORCH_DTYPES[precision]
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
@@ -40,22 +39,14 @@ def torch_runner(fn, precision: str, device: torch.device):
 
 
 @BACKENDS.register("eager", summary="eager PyTorch (the reference runtime); fp32, bf16 (fp16 on CUDA)")
-class EagerBackend:
+class EagerBackend(Backend):
     name = "eager"
 
-    @staticmethod
-    def available() -> Availability:
-        return Availability(True)
-
-    @staticmethod
-    def precisions(device: str = "cpu") -> tuple[str, ...]:
+    @classmethod
+    def precisions(cls, device: str = "cpu") -> tuple[str, ...]:
         return torch_precisions(device)
 
     @classmethod
-    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
-                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
-        check_precision(cls, precision, device)
-        with timed() as t:
-            model, artifact = prepare_torch_model(model.to(device), precision, workdir)
-        return Compiled(torch_runner(model, precision, torch.device(device)), cls.name, precision, artifact,
-                        compile_seconds=t[0])
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+        model, artifact = prepare_torch_model(model, precision, device, workdir)
+        return Built(torch_runner(model, precision, device), artifact)

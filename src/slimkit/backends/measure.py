@@ -100,15 +100,12 @@ def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, 
     with torch_threads(cfg.threads):
         compiled = BACKENDS.get(backend).compile(model, test.example_inputs(1), precision=precision,
                                                  threads=cfg.threads, workdir=workdir, device=device)
-        try:
-            sync = torch.cuda.synchronize if device == "cuda" else None
-            timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
-                          max_seconds=cfg.max_seconds)
-            lat1 = measure_latency(compiled, test.example_inputs(1), **timing)
-            latn = measure_latency(compiled, test.example_inputs(cfg.batch_n), **timing)
-            outputs = predict(compiled, test, cfg.eval_batch_size)
-        finally:
-            compiled.close()
+        sync = torch.cuda.synchronize if device == "cuda" else None
+        timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
+                      max_seconds=cfg.max_seconds)
+        lat1 = measure_latency(compiled, test.example_inputs(1), **timing)
+        latn = measure_latency(compiled, test.example_inputs(cfg.batch_n), **timing)
+        outputs = predict(compiled, test, cfg.eval_batch_size)
     result = {"latency_b1": lat1.to_dict(), "latency_bN": latn.to_dict(),
               "artifact": [str(p) for p in compiled.artifact], "artifact_bytes": compiled.artifact_bytes,
               "compile_seconds": round(compiled.compile_seconds, 3), "info": compiled.info}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimkit.backends.base import Availability, Compiled, check_precision, export_program, require, timed
+from slimkit.backends.base import Availability, Backend, Built, export_program, packages_available
 from slimkit.core.registry import BACKENDS
 
 
@@ -34,7 +34,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     return path
 
 
-def session_runner(session, device: str):
+def session_runner(session):
     names = [i.name for i in session.get_inputs()]
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
@@ -49,40 +49,26 @@ def session_runner(session, device: str):
 
 
 @BACKENDS.register("onnxruntime", summary="ONNX Runtime (torch.onnx dynamo export, all graph optimisations); fp32")
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    @staticmethod
-    def available() -> Availability:
-        for module in ("onnx", "onnxscript", "onnxruntime"):
-            try:
-                __import__(module)
-            except ImportError as err:
-                return Availability(False, f"python package {module!r} is not installed ({err}); "
-                                           "pip install 'slimkit[onnx]'")
-        return Availability(True)
-
-    @staticmethod
-    def precisions(device: str = "cpu") -> tuple[str, ...]:
-        return ("fp32",)
+    @classmethod
+    def available(cls) -> Availability:
+        return packages_available("onnx", "onnxscript", "onnxruntime", extra="onnx")
 
     @classmethod
-    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
-                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
-        require(cls)
-        check_precision(cls, precision, device)
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
         import onnxruntime as ort
 
-        with timed() as t:
-            path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx")
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if threads:
-                options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            providers = ["CPUExecutionProvider"]
-            if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-                providers.insert(0, "CUDAExecutionProvider")
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        return Compiled(session_runner(session, device), cls.name, precision, [path], compile_seconds=t[0],
-                        info={"providers": session.get_providers(), "onnxruntime": ort.__version__})
+        path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        return Built(session_runner(session), [path], {"providers": session.get_providers(),
+                                                       "onnxruntime": ort.__version__})

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimkit.backends.base import Availability, Compiled, check_precision, export_program, require, timed
+from slimkit.backends.base import Availability, Backend, Built, export_program, packages_available
 from slimkit.core.registry import BACKENDS
 
 HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -57,21 +57,16 @@ def request_runner(compiled):
 
 
 @BACKENDS.register("openvino", summary="OpenVINO CPU plugin (IR from torch.export); fp32, bf16 where the CPU has it")
-class OpenVinoBackend:
+class OpenVinoBackend(Backend):
     name = "openvino"
 
-    @staticmethod
-    def available() -> Availability:
-        try:
-            import openvino  # noqa: F401
-        except ImportError as err:
-            return Availability(False, f"python package 'openvino' is not installed ({err}); "
-                                       "pip install 'slimkit[openvino]'")
-        return Availability(True)
+    @classmethod
+    def available(cls) -> Availability:
+        return packages_available("openvino", extra="openvino")
 
-    @staticmethod
-    def precisions(device: str = "cpu") -> tuple[str, ...]:
-        if device != "cpu" or not OpenVinoBackend.available():
+    @classmethod
+    def precisions(cls, device: str = "cpu") -> tuple[str, ...]:
+        if device != "cpu" or not cls.available():
             return ()
         import openvino as ov
 
@@ -79,18 +74,14 @@ class OpenVinoBackend:
         return tuple(p for p in ("fp32", "bf16", "fp16") if CAPABILITY[p] in caps)
 
     @classmethod
-    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
-                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
-        require(cls)
-        check_precision(cls, precision, device)
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
         import openvino as ov
 
-        with timed() as t:
-            files = save_ir(model.cpu(), example_inputs, workdir / "model.xml")
-            config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = threads
-            compiled = ov.Core().compile_model(ov.Core().read_model(str(files[0])), "CPU", config)
+        files = save_ir(model.cpu(), example_inputs, workdir / "model.xml")
+        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(files[0])), "CPU", config)
         applied = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        return Compiled(request_runner(compiled), cls.name, precision, files, compile_seconds=t[0],
-                        info={"openvino": ov.__version__, "inference_precision": applied})
+        return Built(request_runner(compiled), files, {"openvino": ov.__version__, "inference_precision": applied})

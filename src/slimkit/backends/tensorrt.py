@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 
-from slimkit.backends.base import Availability, Compiled, check_precision, require, timed
+from slimkit.backends.base import Availability, Backend, Built, packages_available
 from slimkit.core.errors import SlimkitError
 from slimkit.core.registry import BACKENDS
 
@@ -77,36 +76,26 @@ def _runner(engine):
 
 
 @BACKENDS.register("tensorrt", summary="NVIDIA TensorRT engine from the ONNX export; fp32, fp16 (CUDA GPUs only)")
-class TensorRtBackend:
+class TensorRtBackend(Backend):
     name = "tensorrt"
 
-    @staticmethod
-    def available() -> Availability:
+    @classmethod
+    def available(cls) -> Availability:
         if not torch.cuda.is_available():
             return Availability(False, "no CUDA GPU on this machine (TensorRT runs on NVIDIA GPUs only)")
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as err:
-            return Availability(False, f"python package 'tensorrt' is not installed ({err}); pip install tensorrt")
         from slimkit.backends.onnxruntime import OnnxRuntimeBackend
 
-        onnx_ok = OnnxRuntimeBackend.available()
-        return onnx_ok if not onnx_ok else Availability(True)
+        trt = packages_available("tensorrt", extra="tensorrt")
+        return trt if not trt else OnnxRuntimeBackend.available()
 
-    @staticmethod
-    def precisions(device: str = "cuda") -> tuple[str, ...]:
+    @classmethod
+    def precisions(cls, device: str = "cuda") -> tuple[str, ...]:
         return ("fp32", "fp16")
 
     @classmethod
-    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
-                threads: int | None = None, workdir: Path, device: str = "cuda") -> Compiled:
-        require(cls)
-        check_precision(cls, precision)
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
         from slimkit.backends.onnxruntime import export_onnx
 
-        with timed() as t:
-            onnx_path = export_onnx(model.cpu(), [x.cpu() for x in example_inputs], workdir / "model.onnx")
-            engine = _build_engine(onnx_path, example_inputs, precision, workdir / "model.engine")
-            run = _runner(engine)
-        return Compiled(run, cls.name, precision, [workdir / "model.engine"], compile_seconds=t[0],
-                        info={"max_batch": MAX_BATCH})
+        onnx_path = export_onnx(model.cpu(), [x.cpu() for x in example_inputs], workdir / "model.onnx")
+        engine = _build_engine(onnx_path, example_inputs, precision, workdir / "model.engine")
+        return Built(_runner(engine), [workdir / "model.engine"], {"max_batch": MAX_BATCH})

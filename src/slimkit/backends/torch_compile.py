@@ -6,42 +6,32 @@ same safetensors file as eager plus the compile time reported here.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
+import shutil
 
 import torch
-import torch.nn as nn
 
-from slimkit.backends.base import Availability, Compiled, check_precision, require, timed
+from slimkit.backends.base import Availability, Backend, Built
 from slimkit.backends.eager import prepare_torch_model, torch_precisions, torch_runner
 from slimkit.core.registry import BACKENDS
 
 
 @BACKENDS.register("torch_compile", summary="torch.compile (inductor); fp32, bf16 (fp16 on CUDA)")
-class TorchCompileBackend:
+class TorchCompileBackend(Backend):
     name = "torch_compile"
 
-    @staticmethod
-    def available() -> Availability:
-        import shutil
-
-        if torch.cuda.is_available() or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"):
+    @classmethod
+    def available(cls) -> Availability:
+        if torch.cuda.is_available() or any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             return Availability(True)
         return Availability(False, "inductor needs a C++ compiler on the CPU (g++ or clang++) and none is on PATH")
 
-    @staticmethod
-    def precisions(device: str = "cpu") -> tuple[str, ...]:
+    @classmethod
+    def precisions(cls, device: str = "cpu") -> tuple[str, ...]:
         return torch_precisions(device)
 
     @classmethod
-    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
-                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
-        require(cls)
-        check_precision(cls, precision, device)
-        with timed() as t:
-            model, artifact = prepare_torch_model(model.to(device), precision, workdir)
-            compiled = torch.compile(model, backend="inductor", dynamic=None)
-            run = torch_runner(compiled, precision, torch.device(device))
-            run(*example_inputs)  # the first call compiles; count it as compile time
-        return Compiled(run, cls.name, precision, artifact, compile_seconds=t[0],
-                        info={"artifact": "weights; inductor compiles at load time"})
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+        model, artifact = prepare_torch_model(model, precision, device, workdir)
+        run = torch_runner(torch.compile(model, backend="inductor", dynamic=None), precision, device)
+        run(*example_inputs)  # the first call compiles: counted in the compile time
+        return Built(run, artifact, {"artifact": "weights; inductor compiles at load time"})

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimkit.backends.base import Availability, Compiled, check_precision, export_program, require, timed
+from slimkit.backends.base import Availability, Backend, Built, export_program, packages_available
 from slimkit.core.registry import BACKENDS
 
 
@@ -57,49 +57,39 @@ def _runner(vm_for):
 
 
 @BACKENDS.register("tvm", summary="Apache TVM Relax, LLVM for this CPU (untuned schedules); fp32")
-class TvmBackend:
+class TvmBackend(Backend):
     name = "tvm"
 
-    @staticmethod
-    def available() -> Availability:
-        try:
-            import tvm  # noqa: F401
-            from tvm.relax.frontend.torch import from_exported_program  # noqa: F401
-        except Exception as err:  # noqa: BLE001 - TVM's import can fail with native-library errors too
-            return Availability(False, f"apache-tvm with the Relax torch frontend is not importable ({err}); "
-                                       "pip install 'slimkit[tvm]'")
-        return Availability(True)
+    @classmethod
+    def available(cls) -> Availability:
+        return packages_available("tvm", "tvm.relax.frontend.torch", extra="tvm")
 
-    @staticmethod
-    def precisions(device: str = "cpu") -> tuple[str, ...]:
+    @classmethod
+    def precisions(cls, device: str = "cpu") -> tuple[str, ...]:
         return ("fp32",) if device == "cpu" else ()
 
     @classmethod
-    def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
-                threads: int | None = None, workdir: Path, device: str = "cpu") -> Compiled:
-        require(cls)
-        check_precision(cls, precision, device)
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
         if threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(threads))
-        model = model.cpu().eval()
+        model = model.cpu()
         info: dict[str, Any] = {"schedules": "untuned (TVM default CPU pipeline)"}
-        with timed() as t:
-            try:
-                vm = _build(model, example_inputs, workdir / "model.so", dynamic=True)
-                vm_for = lambda inputs: vm  # noqa: E731
-                info["shapes"] = "dynamic"
-            except Exception as err:  # noqa: BLE001 - any lowering failure falls back to static shapes
-                info["shapes"] = "static: one library per input shape"
-                info["dynamic_failed"] = str(err).strip().splitlines()[0][:200]
-                cache: dict[tuple, Any] = {}
+        try:
+            vm = _build(model, example_inputs, workdir / "model.so", dynamic=True)
+            vm_for = lambda inputs: vm  # noqa: E731
+            info["shapes"] = "dynamic"
+        except Exception as err:  # noqa: BLE001 - any lowering failure falls back to static shapes
+            info["shapes"] = "static: one library per input shape"
+            info["dynamic_failed"] = str(err).strip().splitlines()[0][:200]
+            cache: dict[tuple, Any] = {}
 
-                def vm_for(inputs):
-                    key = tuple(tuple(x.shape) for x in inputs)
-                    if key not in cache:
-                        name = "model.so" if not cache else f"model-{len(cache)}.so"
-                        cache[key] = _build(model, inputs, workdir / name, dynamic=False)
-                    return cache[key]
+            def vm_for(inputs):
+                key = tuple(tuple(x.shape) for x in inputs)
+                if key not in cache:
+                    name = "model.so" if not cache else f"model-{len(cache)}.so"
+                    cache[key] = _build(model, inputs, workdir / name, dynamic=False)
+                return cache[key]
 
-            run = _runner(vm_for)
-            run(*example_inputs)
-        return Compiled(run, cls.name, precision, [workdir / "model.so"], compile_seconds=t[0], info=info)
+        run = _runner(vm_for)
+        run(*example_inputs)
+        return Built(run, [workdir / "model.so"], info)
