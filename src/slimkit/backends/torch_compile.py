@@ -10,13 +10,15 @@ import shutil
 
 import torch
 
-from slimkit.backends.base import Availability, Backend, Built
-from slimkit.backends.eager import prepare_torch_model, torch_precisions, torch_runner
+from slimkit.backends.base import Availability, Built
+from slimkit.backends.eager import EagerBackend, prepare_torch_model, torch_runner
 from slimkit.core.registry import BACKENDS
 
 
 @BACKENDS.register("torch_compile", summary="torch.compile (inductor); fp32, bf16 (fp16 on CUDA)")
-class TorchCompileBackend(Backend):
+class TorchCompileBackend(EagerBackend):
+    """Eager's precisions and artifact, with the model compiled by inductor."""
+
     name = "torch_compile"
 
     @classmethod
@@ -24,10 +26,6 @@ class TorchCompileBackend(Backend):
         if torch.cuda.is_available() or any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             return Availability(True)
         return Availability(False, "inductor needs a C++ compiler on the CPU (g++ or clang++) and none is on PATH")
-
-    @classmethod
-    def precisions(cls, device: str = "cpu") -> tuple[str, ...]:
-        return torch_precisions(device)
 
     @classmethod
     def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:

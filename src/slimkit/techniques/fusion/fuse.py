@@ -74,40 +74,37 @@ def _check_activation(activation: str, approximate: str) -> None:
         raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-class FusedConvAct(nn.Module):
+class _LayerAct(nn.Module):
+    """A layer followed by its activation, applied in place on the layer's fresh output. The
+    layer is kept under ``layer_name`` so state-dict keys read ``conv.weight`` / ``linear.weight``."""
+
+    layer_name = "layer"
+
+    def __init__(self, layer: nn.Module, activation: str, approximate: str = "none") -> None:
+        super().__init__()
+        _check_activation(activation, approximate)
+        setattr(self, self.layer_name, layer)
+        self.activation = activation
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _activate_(getattr(self, self.layer_name)(x), self.activation, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}" + (f", approximate={self.approximate!r}"
+                                                    if self.activation == "gelu" else "")
+
+
+class FusedConvAct(_LayerAct):
     """A convolution followed by its activation, applied in place on the convolution's output."""
 
-    def __init__(self, conv: nn.Module, activation: str, approximate: str = "none") -> None:
-        super().__init__()
-        _check_activation(activation, approximate)
-        self.conv = conv
-        self.activation = activation
-        self.approximate = approximate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _activate_(self.conv(x), self.activation, self.approximate)
-
-    def extra_repr(self) -> str:
-        return f"activation={self.activation!r}" + (f", approximate={self.approximate!r}"
-                                                    if self.activation == "gelu" else "")
+    layer_name = "conv"
 
 
-class FusedLinearAct(nn.Module):
+class FusedLinearAct(_LayerAct):
     """A Linear layer followed by its activation, applied in place on the layer's output."""
 
-    def __init__(self, linear: nn.Linear, activation: str, approximate: str = "none") -> None:
-        super().__init__()
-        _check_activation(activation, approximate)
-        self.linear = linear
-        self.activation = activation
-        self.approximate = approximate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _activate_(self.linear(x), self.activation, self.approximate)
-
-    def extra_repr(self) -> str:
-        return f"activation={self.activation!r}" + (f", approximate={self.approximate!r}"
-                                                    if self.activation == "gelu" else "")
+    layer_name = "linear"
 
 
 @dataclass
