@@ -6,7 +6,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 err_console = Console(stderr=True)
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "builtin" / "demo.yaml"
+
+# Options shared by the commands that build a task's baseline (measure, backends).
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="task name")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="a zoo model instead of the task's default")]
+ModelArgOpt = Annotated[list[str], typer.Option("--model-arg", help="KEY=VALUE for the model (YAML value); repeatable")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="override the baseline's training epochs")]
+SeedOpt = Annotated[int, typer.Option(help="seed of the baseline's initialisation and training")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="safetensors weights instead of training the baseline")]
+BatchNOpt = Annotated[int, typer.Option(help="the larger batch size")]
+RepeatsOpt = Annotated[int, typer.Option(help="timed repeats per latency figure")]
+ThreadsOpt = Annotated[int, typer.Option(help="intra-op threads")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto")]
 
 
 def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,16 +143,9 @@ def registry_catalog() -> dict[str, Any]:
 
 @app.command()
 @_clean_errors
-def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
-            model: Optional[str] = typer.Option(None, help="a zoo model instead of the task's default"),
-            model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE for the model (YAML value); repeatable"),
-            epochs: Optional[int] = typer.Option(None, help="override the baseline's training epochs"),
-            seed: int = typer.Option(0, help="seed of the baseline's initialisation and training"),
-            weights: Optional[Path] = typer.Option(None, help="safetensors weights instead of training the baseline"),
-            batch_n: int = typer.Option(64, help="the larger batch size"),
-            repeats: int = typer.Option(30, help="timed repeats per latency figure"),
-            threads: int = typer.Option(2, help="intra-op threads"),
-            device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+def measure(task: TaskOpt, model: ModelOpt = None, model_arg: ModelArgOpt = [], epochs: EpochsOpt = None,
+            seed: SeedOpt = 0, weights: WeightsOpt = None, batch_n: BatchNOpt = 64, repeats: RepeatsOpt = 30,
+            threads: ThreadsOpt = 2, device: DeviceOpt = "cpu",
             as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON")) -> None:
     """Train (or load) a task's baseline and print every metric."""
     from slimkit.core.config import parse_config
@@ -174,18 +179,11 @@ def measure(task: str = typer.Option(..., "--task", "-t", help="task name"),
 
 @app.command()
 @_clean_errors
-def backends(task: str = typer.Option(..., "--task", "-t", help="task name"),
-             model: Optional[str] = typer.Option(None, help="a zoo model instead of the task's default"),
-             model_arg: list[str] = typer.Option([], "--model-arg", help="KEY=VALUE for the model; repeatable"),
-             epochs: Optional[int] = typer.Option(None, help="override the baseline's training epochs"),
-             seed: int = typer.Option(0, help="seed of the baseline's initialisation and training"),
-             weights: Optional[Path] = typer.Option(None, help="safetensors weights instead of training the baseline"),
+def backends(task: TaskOpt, model: ModelOpt = None, model_arg: ModelArgOpt = [], epochs: EpochsOpt = None,
+             seed: SeedOpt = 0, weights: WeightsOpt = None,
              backend: list[str] = typer.Option([], "--backend", "-b", help="only these backends; repeatable"),
              precision: list[str] = typer.Option(["fp32"], "--precision", "-p", help="fp32, bf16, fp16; repeatable"),
-             batch_n: int = typer.Option(64, help="the larger batch size"),
-             repeats: int = typer.Option(30, help="timed repeats per latency figure"),
-             threads: int = typer.Option(2, help="intra-op threads of every runtime"),
-             device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+             batch_n: BatchNOpt = 64, repeats: RepeatsOpt = 30, threads: ThreadsOpt = 2, device: DeviceOpt = "cpu",
              out: Optional[Path] = typer.Option(None, "--out", "-o", help="keep each backend's artifact here"),
              as_json: bool = typer.Option(False, "--json", help="print the rows as JSON")) -> None:
     """Measure a task's baseline on every available backend, each in its own process."""
