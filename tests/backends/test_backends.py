@@ -120,3 +120,22 @@ def test_openvino_fp32_is_asked_for_explicitly(tmp_path):
     bin_bytes = (tmp_path / "model.bin").stat().st_size
     conv_linear = sum(p.numel() for m in _cnn().modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters())
     assert bin_bytes >= 4 * conv_linear  # weights kept in fp32, not compressed to fp16 (OpenVINO folds the BN)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_precisions_are_close_to_cpu_fp32(name, precision, tmp_path):
+    backend = BACKENDS.get(name)
+    if not backend.available() or precision not in backend.precisions("cuda"):
+        pytest.skip(f"{name} offers no {precision} on CUDA here")
+    model = _cnn()
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    compiled = backend.compile(model, (x[:1],), precision=precision, threads=1, workdir=tmp_path, device="cuda")
+    _, rel = output_difference(torch.as_tensor(compiled(x)).float().cpu(), ref)
+    # fp32 on CUDA may use TF32 convolutions (10-bit mantissa, like fp16); bf16 has 7 bits.
+    assert rel < {"fp32": 5e-3, "fp16": 5e-3, "bf16": 5e-2}[precision], f"{name} {precision}: {rel:.3g}"
+    if precision != "fp32":
+        assert rel > 0  # the half precision really ran

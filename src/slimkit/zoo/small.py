@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from slimkit.core.registry import MODELS
-from slimkit.zoo.blocks import DepthwiseSeparableConv, conv_bn_act
+from slimkit.zoo.blocks import DepthwiseSeparableConv, InvertedResidual, conv_bn_act
 
 
 @MODELS.register("mlp_digits")
@@ -43,14 +43,25 @@ def cnn_shapes(num_classes: int = 10, in_chans: int = 3, width: int = 32) -> nn.
 
 
 @MODELS.register("cnn_shapes_dws")
-def cnn_shapes_dws(num_classes: int = 10, in_chans: int = 3, width: int = 32) -> nn.Module:
-    """``cnn_shapes`` with every 3x3 conv after the stem made depthwise-separable (MobileNetV1's layer)."""
-    return _shapes_net(num_classes, in_chans, width, separable=True)
+def cnn_shapes_dws(num_classes: int = 10, in_chans: int = 3, width: int = 32, kernel: int = 3,
+                   residual: bool = False) -> nn.Module:
+    """``cnn_shapes`` with every 3x3 conv after the stem made depthwise-separable (MobileNetV1's layer).
+
+    ``kernel`` sets the depthwise kernel (5 costs 25/9 of the depthwise MACs, which are a small
+    share). ``residual=True`` turns each width-preserving layer into MobileNetV2's unexpanded
+    inverted residual (depthwise -> linear 1x1 projection, plus the input).
+    """
+    return _shapes_net(num_classes, in_chans, width, separable=True, kernel=kernel, residual=residual)
 
 
-def _shapes_net(num_classes: int, in_chans: int, width: int, separable: bool) -> nn.Module:
+def _shapes_net(num_classes: int, in_chans: int, width: int, separable: bool, kernel: int = 3,
+                residual: bool = False) -> nn.Module:
     def conv(i: int, o: int) -> nn.Module:
-        return DepthwiseSeparableConv(i, o) if separable else conv_bn_act(i, o)
+        if not separable:
+            return conv_bn_act(i, o)
+        if residual and i == o:
+            return InvertedResidual(i, o, expanded_ch=i, kernel=kernel, act=nn.ReLU)
+        return DepthwiseSeparableConv(i, o, kernel=kernel)
 
     w = width
     return nn.Sequential(
