@@ -5,7 +5,7 @@ within 1 pt of the standard-conv baseline at >= 5x fewer MACs, under the task's 
 
 Each (variant, seed) trains `shapes-cnn`'s baseline budget (15 epochs, Adam 2e-3, cosine, keep
 best on val) in its own process and is scored on the test split; MACs are counted at batch 1.
-Variants are `model:key=value,...` with the zoo factory's keyword arguments. This is a search
+Variants are `model:key=value,...` (values in JSON) with the zoo factory's keyword arguments. This is a search
 tool (its runs may be on a GPU, where kernels differ from the CPU's); the accuracy figures the
 README quotes come from `benchmarks/zoo_shapes.py`, on CPU. Writes OUT/dws_design.md and .json.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -35,7 +36,7 @@ DEFAULT_VARIANTS = [
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, args = text.partition(":")
     kwargs = {}
-    for item in filter(None, args.split(",")):
+    for item in filter(None, re.split(r",(?=\w+=)", args)):  # commas inside [..] stay
         key, _, value = item.partition("=")
         kwargs[key] = json.loads(value)
     return name, kwargs

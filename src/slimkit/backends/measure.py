@@ -15,6 +15,7 @@ spec, such as a module built in a notebook).
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -211,6 +212,9 @@ def eager_reference(model: nn.Module, task: Any, cfg: MeasureConfig) -> torch.Te
     from slimkit.measure.latency import torch_threads
     from slimkit.measure.quality import predict
 
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in model.state_dict().values()
+           if t.is_floating_point()):
+        model = copy.deepcopy(model).float().cpu()  # e.g. trained on CUDA: the reference is still CPU fp32
     with torch_threads(cfg.threads):
         return predict(model.eval(), task.data.test, cfg.eval_batch_size)
 
