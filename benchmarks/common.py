@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -11,6 +12,22 @@ from pathlib import Path
 from typing import Any, Sequence
 
 COLUMNS = ("config", "quality", "params", "size KiB", "MACs", "b1 ms (p25–p75)", "bN ms", "peak mem MiB", "wall s")
+
+
+def split_variant(text: str) -> tuple[str, list[str]]:
+    """``model:key=value,...`` -> (model, ["key=value", ...]); commas inside ``[...]`` stay in their value."""
+    name, _, args = text.partition(":")
+    return name, [item for item in re.split(r",(?=\w+=)", args) if item]
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``model:key=value,...`` (values in JSON) -> (model, kwargs for the zoo factory)."""
+    name, items = split_variant(text)
+    kwargs = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        kwargs[key] = json.loads(value)
+    return name, kwargs
 
 
 def measure_in_subprocess(args: Sequence[str]) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import parse_variant  # noqa: E402
 
 DEFAULT_VARIANTS = [
     "cnn_shapes",
@@ -31,15 +33,6 @@ DEFAULT_VARIANTS = [
     "cnn_shapes_dws:width=36",
     "cnn_shapes_dws:width=36,residual=true",
 ]
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    name, _, args = text.partition(":")
-    kwargs = {}
-    for item in filter(None, re.split(r",(?=\w+=)", args)):  # commas inside [..] stay
-        key, _, value = item.partition("=")
-        kwargs[key] = json.loads(value)
-    return name, kwargs
 
 
 def run_one(variant: str, seed: int, device: str, epochs: int | None = None) -> dict:

@@ -56,7 +56,8 @@ def _recipe(steps, task="digits-cnn"):
 
 
 def test_deploy_auto_picks_the_fastest_within_tolerance_and_later_steps_use_it(tmp_path):
-    recipe = _recipe([{"fuse": {}}, {"deploy": {"candidates": ["onnxruntime"]}}, {"train": {"epochs": 1}}])
+    recipe = _recipe([{"fuse": {}}, {"deploy": {"candidates": ["onnxruntime"], "versus_baseline": True}},
+                      {"train": {"epochs": 1}}])
     result = run_recipe(recipe, tmp_path / "run").results
     base, fuse, deploy, train = result["steps"]
     assert fuse["info"]["bn_folded"] == 3 and fuse["metrics"]["backend"] == "eager"
@@ -72,8 +73,12 @@ def test_deploy_auto_picks_the_fastest_within_tolerance_and_later_steps_use_it(t
         first = (tmp_path / "run" / m["artifact"].split(" + ")[0])
         assert first.is_file() and m["size_bytes"] >= first.stat().st_size
     assert train["deployment"] == {"backend": info["backend"], "precision": "fp32"}
+    for c in info["candidates"]:  # versus_baseline: the unfused baseline timed beside the fused model
+        assert c["versus_b1_ms"] > 0 and c["speedup_vs_versus_b1"] == pytest.approx(c["versus_b1_ms"] / c["b1_ms"])
+        assert c["speedup_vs_versus_bN"] == pytest.approx(c["versus_bN_ms"] / c["bN_ms"])
+    assert (tmp_path / "run" / "steps" / "02-deploy" / "candidates" / "onnxruntime-fp32" / "versus" / "model.onnx").is_file()
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "Candidates of deploy" in report and "chosen: fastest at b1" in report
+    assert "Candidates of deploy" in report and "chosen: fastest at b1" in report and "× vs baseline b1" in report
 
 
 def test_deploy_tolerance_rejects_backends_that_differ(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from slimkit.measure.latency import measure_latency
+from slimkit.measure.latency import measure_latency, measure_paired_latency
 from slimkit.measure.memory import peak_activation_bytes, peak_inference_bytes
 
 
@@ -13,6 +13,23 @@ def test_latency_of_a_known_sleep():
     assert 2.0 <= stats.median_ms < 10.0
     assert stats.p25_ms <= stats.median_ms <= stats.p75_ms
     assert stats.repeats == 7 and stats.batch_size == 1
+
+
+def test_paired_latency_interleaves_abba_and_times_each_callable():
+    calls = []
+
+    def sleeper(name, seconds):
+        def fn(x):
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+
+    stats = measure_paired_latency({"fast": sleeper("fast", 0.001), "slow": sleeper("slow", 0.004)}, [torch.zeros(2)],
+                                   warmup=1, repeats=8, rounds=4, min_warmup_seconds=0)
+    timed = calls[2:]  # one warm-up call each, then the rounds: fast fast | slow slow, slow slow | fast fast, ...
+    assert timed == ["fast"] * 2 + ["slow"] * 4 + ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 2
+    assert stats["fast"].repeats == stats["slow"].repeats == 8 and stats["fast"].batch_size == 2
+    assert 1.0 <= stats["fast"].median_ms < 3.0 and 4.0 <= stats["slow"].median_ms < 8.0
 
 
 def test_latency_budget_caps_repeats():

@@ -73,6 +73,8 @@ class BackendRun:
     quality_metrics: dict[str, float] = field(default_factory=dict)
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None  # max |out - eager| / max |eager|
+    versus_latency_b1: dict[str, Any] | None = None  # the comparison model, timed interleaved with this one
+    versus_latency_bN: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,10 +89,15 @@ class BackendRun:
 
 
 def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, cfg: MeasureConfig,
-                     workdir: Path) -> tuple[dict[str, Any], torch.Tensor]:
-    """Compile ``model`` for ``backend``, time it at batch 1 and N, predict the test split."""
+                     workdir: Path, versus: nn.Module | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+    """Compile ``model`` for ``backend``, time it at batch 1 and N, predict the test split.
+
+    With ``versus`` (e.g. the model before fusion), that model is compiled for the same backend
+    too and both are timed interleaved, round by round, so their ratio is not at the mercy of
+    the machine's load drifting between two separate measurements.
+    """
     from slimkit.core.registry import BACKENDS
-    from slimkit.measure.latency import measure_latency, torch_threads
+    from slimkit.measure.latency import measure_latency, measure_paired_latency, torch_threads
     from slimkit.measure.quality import predict
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,10 +111,20 @@ def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, 
         sync = torch.cuda.synchronize if device == "cuda" else None
         timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
                       max_seconds=cfg.max_seconds)
-        lat1 = measure_latency(compiled, test.example_inputs(1), **timing)
-        latn = measure_latency(compiled, test.example_inputs(cfg.batch_n), **timing)
+        paired = {}
+        if versus is None:
+            lat1 = measure_latency(compiled, test.example_inputs(1), **timing)
+            latn = measure_latency(compiled, test.example_inputs(cfg.batch_n), **timing)
+        else:
+            other = BACKENDS.get(backend).compile(versus, test.example_inputs(1), precision=precision,
+                                                  threads=cfg.threads, workdir=workdir / "versus", device=device)
+            both = {"model": compiled, "versus": other}
+            pair1 = measure_paired_latency(both, test.example_inputs(1), **timing)
+            pairn = measure_paired_latency(both, test.example_inputs(cfg.batch_n), **timing)
+            lat1, latn = pair1["model"], pairn["model"]
+            paired = {"versus_latency_b1": pair1["versus"].to_dict(), "versus_latency_bN": pairn["versus"].to_dict()}
         outputs = predict(compiled, test, cfg.eval_batch_size)
-    result = {"latency_b1": lat1.to_dict(), "latency_bN": latn.to_dict(),
+    result = {"latency_b1": lat1.to_dict(), "latency_bN": latn.to_dict(), **paired,
               "artifact": [str(p) for p in compiled.artifact], "artifact_bytes": compiled.artifact_bytes,
               "compile_seconds": round(compiled.compile_seconds, 3), "info": compiled.info}
     return result, outputs
@@ -116,8 +133,12 @@ def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, 
 def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig, workdir: str | os.PathLike[str], *,
                     spec: ModelSpec | None = None, model: nn.Module | None = None,
                     reference: torch.Tensor | None = None, isolate: bool = True,
+                    versus_spec: ModelSpec | None = None, versus_model: nn.Module | None = None,
                     timeout_s: float = 3600) -> BackendRun:
-    """Measure on ``backend``; failures come back as ``ok=False`` with the reason, never raised."""
+    """Measure on ``backend``; failures come back as ``ok=False`` with the reason, never raised.
+
+    ``versus_spec`` (isolated) or ``versus_model`` (in process): a second model timed on the same
+    backend, interleaved with this one (``BackendRun.versus_latency_*``)."""
     from slimkit.core.registry import BACKENDS
 
     workdir = Path(workdir)
@@ -130,13 +151,15 @@ def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig,
         if isolate:
             if spec is None:
                 raise SlimkitError("isolated measurement needs a ModelSpec (task, weights, structural edits)")
-            result, outputs = _in_child(spec, backend, precision, cfg, workdir, timeout_s)
+            result, outputs = _in_child(spec, backend, precision, cfg, workdir, timeout_s, versus_spec)
         else:
             if model is None:
                 model = spec.build()[1] if spec is not None else None
             if model is None:
                 raise SlimkitError("measure_backend needs a model or a ModelSpec")
-            result, outputs = compile_and_time(model, task, backend, precision, cfg, workdir)
+            if versus_model is None and versus_spec is not None:
+                versus_model = versus_spec.build()[1]
+            result, outputs = compile_and_time(model, task, backend, precision, cfg, workdir, versus_model)
     except SlimkitError as err:
         run.error = str(err)
         return run
@@ -147,6 +170,7 @@ def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig,
     run.latency_b1, run.latency_bN = result["latency_b1"], result["latency_bN"]
     run.artifact = [os.path.relpath(p, workdir) for p in result["artifact"]]
     run.artifact_bytes, run.compile_seconds, run.info = result["artifact_bytes"], result["compile_seconds"], result["info"]
+    run.versus_latency_b1, run.versus_latency_bN = result.get("versus_latency_b1"), result.get("versus_latency_bN")
     scores = task.evaluate(outputs, task.data.test.targets)
     run.quality = scores["quality"]
     run.quality_metrics = {k: v for k, v in scores.items() if k != "quality"}
@@ -165,13 +189,14 @@ def output_difference(outputs: torch.Tensor, reference: torch.Tensor) -> tuple[f
 
 
 def _in_child(spec: ModelSpec, backend: str, precision: str, cfg: MeasureConfig, workdir: Path,
-              timeout_s: float) -> tuple[dict[str, Any], torch.Tensor]:
+              timeout_s: float, versus: ModelSpec | None = None) -> tuple[dict[str, Any], torch.Tensor]:
     workdir.mkdir(parents=True, exist_ok=True)
     job = workdir / "job.json"
     result_path = workdir / "result.json"
     result_path.unlink(missing_ok=True)
     atomic_write_json(job, {"spec": spec.to_dict(), "backend": backend, "precision": precision,
-                            "measure": cfg.to_json_dict(), "workdir": str(workdir)})
+                            "measure": cfg.to_json_dict(), "workdir": str(workdir),
+                            "versus": versus.to_dict() if versus is not None else None})
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TVM_NUM_THREADS": str(cfg.threads),
            "MKL_NUM_THREADS": str(cfg.threads)}
     src = str(Path(__file__).resolve().parents[2])
@@ -197,7 +222,8 @@ def worker_main(job_path: str) -> int:
     try:
         task, model = ModelSpec.from_dict(job["spec"]).build()
         cfg = MeasureConfig.model_validate(job["measure"])
-        result, outputs = compile_and_time(model, task, job["backend"], job["precision"], cfg, workdir)
+        versus = ModelSpec.from_dict(job["versus"]).build()[1] if job.get("versus") else None
+        result, outputs = compile_and_time(model, task, job["backend"], job["precision"], cfg, workdir, versus)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which decides
         message = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
         atomic_write_json(workdir / "result.json", {"error": f"{type(err).__name__}: {message}"})
@@ -221,8 +247,10 @@ def eager_reference(model: nn.Module, task: Any, cfg: MeasureConfig) -> torch.Te
 
 def measure_backends(task: Any, candidates: Sequence[tuple[str, str]], cfg: MeasureConfig, workdir: str | os.PathLike[str],
                      *, spec: ModelSpec | None = None, model: nn.Module | None = None, isolate: bool = True,
-                     progress: bool = False) -> list[BackendRun]:
-    """Every (backend, precision) of ``candidates``, one after the other, each in its own process."""
+                     progress: bool = False, versus_spec: ModelSpec | None = None,
+                     versus_model: nn.Module | None = None) -> list[BackendRun]:
+    """Every (backend, precision) of ``candidates``, one after the other, each in its own process
+    (with ``versus_*``, a second model timed interleaved with it on each backend)."""
     if model is None:
         if spec is None:
             raise SlimkitError("measure_backends needs a model or a ModelSpec")
@@ -236,7 +264,8 @@ def measure_backends(task: Any, candidates: Sequence[tuple[str, str]], cfg: Meas
         items = track(items, description="measuring backends")
     for backend, precision in items:
         runs.append(measure_backend(task, backend, precision, cfg, Path(workdir) / f"{backend}-{precision}",
-                                    spec=spec, model=model, reference=reference, isolate=isolate))
+                                    spec=spec, model=model, reference=reference, isolate=isolate,
+                                    versus_spec=versus_spec, versus_model=versus_model))
     return runs
 
 
@@ -271,5 +300,9 @@ def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
         if eager is not None and r.ok:
             row["speedup_b1"] = eager.b1_ms / r.b1_ms
             row["speedup_bN"] = eager.bN_ms / r.bN_ms
+        if r.ok and r.versus_latency_b1 is not None:
+            row["versus_b1_ms"], row["versus_bN_ms"] = r.versus_latency_b1["median_ms"], r.versus_latency_bN["median_ms"]
+            row["speedup_vs_versus_b1"] = row["versus_b1_ms"] / r.b1_ms
+            row["speedup_vs_versus_bN"] = row["versus_bN_ms"] / r.bN_ms
         rows.append(row)
     return rows

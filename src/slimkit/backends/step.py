@@ -9,6 +9,7 @@ candidate with the reason it was chosen or not, and the report prints that table
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch.nn as nn
@@ -40,6 +41,8 @@ class DeployConfig(Config):
     max_quality_drop: float | None = Field(None, ge=0, description="and at most this drop of the task's quality "
                                                                    "from eager fp32 (e.g. to accept bf16)")
     objective: Literal["b1", "bN"] = Field("b1", description="auto: fastest at batch 1 or at batch N")
+    versus_baseline: bool = Field(False, description="also time the run's baseline model on every candidate, "
+                                                     "interleaved with this one in its process, and report the ratio")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -85,8 +88,13 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
         pairs = [(cfg.backend, cfg.precision[0])]
     weights = save_state_dict(ctx.out_dir / "candidates" / "model.safetensors", model.state_dict())
     spec = ModelSpec(ctx.task_config, str(weights.resolve()), list(ctx.structures))
+    versus = None
+    if cfg.versus_baseline:
+        if ctx.baseline_weights is None:
+            raise SlimkitError("deploy: versus_baseline needs the run's baseline checkpoint (run it in a recipe)")
+        versus = ModelSpec(ctx.task_config, str(Path(ctx.baseline_weights).resolve()), list(ctx.structures[:1]))
     runs = measure_backends(ctx.task, pairs, measure, ctx.out_dir / "candidates", spec=spec, model=model,
-                            progress=ctx.progress)
+                            progress=ctx.progress, versus_spec=versus)
     rows = write_table(runs)
     key = "b1_ms" if cfg.objective == "b1" else "bN_ms"
     reference_quality = ctx.task.evaluate(eager_reference(model, ctx.task, measure), ctx.data.test.targets)["quality"]

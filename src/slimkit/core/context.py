@@ -38,6 +38,7 @@ class Context:
     measure: "MeasureConfig | None" = None  # the run's measurement settings (threads, batch N, repeats)
     task_config: dict[str, Any] | None = None  # the task as the recipe wrote it (to rebuild the model elsewhere)
     structures: list[tuple[str, Any]] = field(default_factory=list)  # structural edits of earlier steps
+    baseline_weights: str | None = None  # the run's baseline checkpoint (safetensors), for before/after comparisons
 
     @property
     def data(self) -> "DataSplits":

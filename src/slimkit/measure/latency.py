@@ -52,24 +52,64 @@ def measure_latency(fn: Callable[..., object], inputs: Sequence[torch.Tensor], *
     sync = sync or (lambda: None)
     times: list[float] = []
     with torch_threads(threads), torch.inference_mode():
-        start = time.perf_counter()
-        warm_end = start + min_warmup_seconds
-        warm_cap = None if max_seconds is None else start + max_seconds
-        done = 0
-        while done < warmup or time.perf_counter() < warm_end:
-            fn(*inputs)
-            sync()
-            done += 1
-            if warm_cap is not None and time.perf_counter() > warm_cap:
-                break
+        _warm_up(fn, inputs, sync, warmup, min_warmup_seconds, max_seconds)
         budget_end = None if max_seconds is None else time.perf_counter() + max_seconds
         for i in range(repeats):
-            start = time.perf_counter_ns()
-            fn(*inputs)
-            sync()
-            times.append((time.perf_counter_ns() - start) / 1e6)
+            times.append(_time_once(fn, inputs, sync))
             if budget_end is not None and i >= 2 and time.perf_counter() > budget_end:
                 break
+    return _stats(times, inputs, threads)
+
+
+def measure_paired_latency(fns: dict[str, Callable[..., object]], inputs: Sequence[torch.Tensor], *,
+                           warmup: int = 5, repeats: int = 30, rounds: int = 6, threads: int | None = None,
+                           sync: Callable[[], None] | None = None, max_seconds: float | None = None,
+                           min_warmup_seconds: float = 0.2) -> dict[str, LatencyStats]:
+    """Time several callables on the same inputs, interleaved, for a fair ratio on a noisy machine.
+
+    The repeats are split into ``rounds``; each round times every callable in turn (the order
+    reversed every other round, ABBA), so a slow spell of the machine falls on all of them
+    alike instead of on whichever was timed during it. ``max_seconds`` caps each callable's
+    warm-up and its share of the timed loop.
+    """
+    sync = sync or (lambda: None)
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    per_round = max(1, -(-repeats // rounds))
+    with torch_threads(threads), torch.inference_mode():
+        for name in names:
+            _warm_up(fns[name], inputs, sync, warmup, min_warmup_seconds, max_seconds)
+        budget_end = None if max_seconds is None else time.perf_counter() + max_seconds * len(names)
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                times[name] += [_time_once(fns[name], inputs, sync) for _ in range(per_round)]
+            if budget_end is not None and r >= 1 and time.perf_counter() > budget_end:
+                break
+    return {name: _stats(times[name], inputs, threads) for name in names}
+
+
+def _warm_up(fn: Callable[..., object], inputs: Sequence[torch.Tensor], sync: Callable[[], None], warmup: int,
+             min_seconds: float, max_seconds: float | None) -> None:
+    start = time.perf_counter()
+    warm_end = start + min_seconds
+    warm_cap = None if max_seconds is None else start + max_seconds
+    done = 0
+    while done < warmup or time.perf_counter() < warm_end:
+        fn(*inputs)
+        sync()
+        done += 1
+        if warm_cap is not None and time.perf_counter() > warm_cap:
+            break
+
+
+def _time_once(fn: Callable[..., object], inputs: Sequence[torch.Tensor], sync: Callable[[], None]) -> float:
+    start = time.perf_counter_ns()
+    fn(*inputs)
+    sync()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _stats(times: list[float], inputs: Sequence[torch.Tensor], threads: int | None) -> LatencyStats:
     q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
     return LatencyStats(median_ms=statistics.median(times), p25_ms=q[0], p75_ms=q[2], min_ms=min(times),
                         repeats=len(times), batch_size=len(inputs[0]) if inputs else 0,

@@ -75,7 +75,8 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
             say(f"step {step.index}/{len(recipe.steps)}: {step.name}")
             ctx = Context(task=task, device=device, seed=recipe.seed + step.index, out_dir=out / _step_dir(step.index, step.name),
                           progress=progress, measure=recipe.measure, task_config=recipe.task.to_json_dict(),
-                          structures=_structures(records), **({"train_fn": train_fn} if train_fn else {}))
+                          structures=_structures(records), baseline_weights=str(out / records[0]["artifact"]),
+                          **({"train_fn": train_fn} if train_fn else {}))
             started = time.perf_counter()
             torch.manual_seed(ctx.seed)
             result = STEPS.get(step.technique).fn(model, step.config, ctx)
