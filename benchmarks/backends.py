@@ -8,7 +8,9 @@ Per task: the baseline is trained with the task's budget (MiniLM is pretrained),
 `fuse` step's algorithm, and both models go through `slimkit.backends.measure.measure_backends`
 (the code behind `slimkit backends` and the `deploy` step). Latency figures are medians over
 rounds of each process's median; "speed-up" is eager fp32 unfused / this; "fused ×" is unfused /
-fused on the same backend and precision (>= 0.95 means fusion did not slow it down). Numerics:
+fused on the same backend and precision (>= 0.95 means fusion did not slow it down), measured in
+one process per round that compiles both models and times them interleaved (ABBA rounds), the
+median of the rounds' ratios. Numerics:
 max |out - eager fp32| / max |eager fp32| of the same model. Writes OUT/backends.md and .json.
 """
 
@@ -58,42 +60,47 @@ def measure_task(name: str, precisions: list[str], rounds: int, cfg, workdir: Pa
         ref, out = model(*x), fused(*x)
     fusion_rel = float((out - ref).abs().max() / ref.abs().max())
     candidates = all_candidates(precisions)
-    runs: dict[str, list] = {"unfused": [], "fused": []}
+    firsts: dict[tuple[str, str], Any] = {}  # the unfused model alone, round 0: its numerics and artifact
+    rounds_of: list[dict[tuple[str, str], Any]] = []  # per round: the fused model, timed with the unfused one
     for r in range(rounds):
         # untuned TVM is 5-50x slower than every other runtime: one round places it well enough
         todo = [c for c in candidates if r == 0 or c[0] not in ONE_ROUND]
-        for variant, spec in specs.items():
-            measured = measure_backends(task, todo, cfg, workdir / f"{variant}-{r}", spec=spec,
-                                        model=fused if variant == "fused" else model, progress=sys.stderr.isatty())
-            by_key = {(m.backend, m.precision): m for m in measured}
-            runs[variant].append([by_key.get(c) for c in candidates])
+        if r == 0:
+            firsts = {(m.backend, m.precision): m for m in measure_backends(
+                task, todo, cfg, workdir / "unfused-0", spec=specs["unfused"], model=model, progress=sys.stderr.isatty())}
+        measured = measure_backends(task, todo, cfg, workdir / f"fused-{r}", spec=specs["fused"], model=fused,
+                                    versus_spec=specs["unfused"], versus_model=model, progress=sys.stderr.isatty())
+        rounds_of.append({(m.backend, m.precision): m for m in measured if m.ok})
     rows = []
-    eager = _medians(runs["unfused"], 0, "b1_ms"), _medians(runs["unfused"], 0, "bN_ms")
-    for i, (backend, precision) in enumerate(candidates):
-        first_u, first_f = runs["unfused"][0][i], runs["fused"][0][i]
-        row: dict[str, Any] = {"backend": backend, "precision": precision, "ok": first_u.ok and first_f.ok,
-                               "error": first_u.error or first_f.error}
+
+    def per_round(key: tuple[str, str], value) -> float | None:
+        return _median([value(rnd[key]) for rnd in rounds_of if key in rnd])
+
+    unfused_b1 = lambda m: m.versus_latency_b1["median_ms"]  # noqa: E731
+    unfused_bN = lambda m: m.versus_latency_bN["median_ms"]  # noqa: E731
+    eager = per_round(("eager", "fp32"), unfused_b1), per_round(("eager", "fp32"), unfused_bN)
+    for key in candidates:
+        first_u = firsts[key]
+        first_f = rounds_of[0].get(key)
+        row: dict[str, Any] = {"backend": key[0], "precision": key[1], "ok": first_u.ok and first_f is not None,
+                               "error": first_u.error or (None if first_f is not None else "fused model failed")}
         if row["ok"]:
-            for variant in ("unfused", "fused"):
-                row[f"b1_ms_{variant}"] = _medians(runs[variant], i, "b1_ms")
-                row[f"bN_ms_{variant}"] = _medians(runs[variant], i, "bN_ms")
-            row["rounds"] = sum(rs[i] is not None for rs in runs["unfused"])
             row.update({
-                "speedup_b1": eager[0] / row["b1_ms_unfused"], "speedup_bN": eager[1] / row["bN_ms_unfused"],
-                "fused_x_b1": row["b1_ms_unfused"] / row["b1_ms_fused"],
-                "fused_x_bN": row["bN_ms_unfused"] / row["bN_ms_fused"],
+                "b1_ms_unfused": per_round(key, unfused_b1), "bN_ms_unfused": per_round(key, unfused_bN),
+                "b1_ms_fused": per_round(key, lambda m: m.b1_ms), "bN_ms_fused": per_round(key, lambda m: m.bN_ms),
+                "rounds": sum(key in rnd for rnd in rounds_of),
+                # each round's ratio comes from one process that timed both models interleaved
+                "fused_x_b1": per_round(key, lambda m: unfused_b1(m) / m.b1_ms),
+                "fused_x_bN": per_round(key, lambda m: unfused_bN(m) / m.bN_ms),
                 "max_rel_diff": first_u.max_rel_diff, "max_rel_diff_fused": first_f.max_rel_diff,
                 "quality": first_u.quality, "quality_fused": first_f.quality,
                 "artifact_bytes": first_u.artifact_bytes, "compile_seconds": first_u.compile_seconds,
                 "info": first_u.info,
             })
+            row["speedup_b1"], row["speedup_bN"] = eager[0] / row["b1_ms_unfused"], eager[1] / row["bN_ms_unfused"]
         rows.append(row)
     return {"task": name, "task_config": task_json, "fusion": fusion.to_dict(), "fusion_max_rel_diff": fusion_rel,
             "rows": rows, "batch_N": cfg.batch_n}
-
-
-def _medians(runs: list[list], i: int, attr: str) -> float | None:
-    return _median([getattr(rs[i], attr) for rs in runs if rs[i] is not None])
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -104,8 +111,10 @@ def _median(values: list[float | None]) -> float | None:
 def render(results: list[dict[str, Any]], command: str, threads: int) -> str:
     lines = ["# slimkit backends: every runtime, before and after fusion", "",
              f"Command: `{command}`; {platform.machine()}, python {platform.python_version()}, "
-             f"{time.strftime('%Y-%m-%d')}, {threads} threads. Each (backend, precision, variant) timed in its own "
-             "process; figures are medians over rounds of per-process medians.", ""]
+             f"{time.strftime('%Y-%m-%d')}, {threads} threads. Each (backend, precision) in processes of its own: "
+             "per round, one process compiles the unfused and the fused model and times them interleaved (ABBA); "
+             "figures are medians over rounds of per-process medians, `fused ×` the median of the rounds' "
+             "unfused/fused ratios. Numerics, quality and artifact: the unfused model, measured alone.", ""]
     for res in results:
         f = res["fusion"]
         lines += [f"## {res['task']}", "",
