@@ -162,8 +162,17 @@ def test_verdict_checks_numerics_then_quality():
     from slimkit.backends.step import DeployConfig, _verdict
 
     row = {"ok": True, "error": None, "max_rel_diff": 0.01, "quality": 0.97}
-    assert _verdict(row, DeployConfig(tolerance=1e-4), 0.98).startswith("rejected: outputs differ")
-    assert _verdict(row, DeployConfig(tolerance=0.05), 0.98) == "eligible"  # no quality budget given
-    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.005), 0.98).startswith("rejected: quality")
-    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.02), 0.98) == "eligible"
-    assert _verdict({**row, "ok": False, "error": "unavailable: x"}, DeployConfig(), 0.98) == "unavailable: x"
+    assert _verdict(row, DeployConfig(tolerance=1e-4), 1e-4, 0.98).startswith("rejected: outputs differ")
+    assert _verdict(row, DeployConfig(tolerance=0.05), 0.05, 0.98) == "eligible"  # no quality budget given
+    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.005), 0.05, 0.98).startswith("rejected: quality")
+    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.02), 0.05, 0.98) == "eligible"
+    assert _verdict({**row, "ok": False, "error": "unavailable: x"}, DeployConfig(), 1e-4, 0.98) == "unavailable: x"
+
+
+def test_default_tolerance_is_looser_for_quantized_models():
+    from slimkit.backends.step import default_tolerance
+    from slimkit.techniques.quantization.ptq import prepare_static
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
+    assert default_tolerance(model) == 1e-4
+    assert default_tolerance(prepare_static(model)[0]) == 0.02

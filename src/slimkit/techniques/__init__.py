@@ -1,3 +1,4 @@
 """Model -> model transforms, one family per folder. Importing this package registers them."""
 
 from slimkit.techniques import fusion  # noqa: F401
+from slimkit.techniques.quantization import step as _quantization_step  # noqa: F401

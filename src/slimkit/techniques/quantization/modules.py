@@ -1,0 +1,173 @@
+"""Quantized layers that ship as QDQ graphs.
+
+Integer codes, scales and zero points are buffers (so a quantized model is a plain state dict,
+saved as safetensors); the forward pass is written with PyTorch's ``quantized_decomposed`` ops
+(the pt2e reference representation), which ``torch.export`` keeps and ``torch.onnx`` lowers to
+ONNX ``QuantizeLinear`` / ``DequantizeLinear``. ONNX Runtime and OpenVINO fuse those patterns
+into integer kernels (``QLinearConv``, ``QGemm``, int8 MaxPool), so the exported model runs in
+int8 while eager PyTorch runs the same arithmetic as a float reference (fake quantization).
+
+- ``ActQuant``: a per-tensor activation quantizer. While ``calibrating`` it only observes; then
+  ``freeze()`` turns the observer's range into ``scale`` and ``zero_point``.
+- ``QuantConv2d`` / ``QuantLinear``: int8 per-output-channel weights, an input ``ActQuant``, an
+  optional output ``ActQuant`` (the consumer of a conv is often a pool or an add, and ONNX
+  Runtime needs the quantize node right after the conv to run it on integers), and an optional
+  activation fused in between.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit.techniques.quantization.observers import ObserverName, make_observer
+from slimkit.techniques.quantization.qscheme import QuantSpec, quantize
+
+_QD = torch.ops.quantized_decomposed
+_DTYPES = {(8, True): torch.int8, (8, False): torch.uint8}
+
+
+def vnni_available() -> bool | None:
+    """Whether this x86 CPU has VNNI (AVX512-VNNI, AVX-VNNI or AMX): int8 dot products without
+    int16 saturation. None when it cannot be told (not Linux); False on CPUs that are not x86."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def default_weight_max() -> int:
+    """127 where integer kernels cannot saturate (VNNI x86, ARM); 63 (7-bit) on other x86 CPUs."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return 127
+    return 127 if vnni_available() else 63
+
+
+def _dtype(spec: QuantSpec) -> torch.dtype:
+    try:
+        return _DTYPES[(spec.bits, spec.symmetric)]
+    except KeyError:
+        raise ValueError(f"QDQ export supports 8-bit codes only, got {spec.bits} bits") from None
+
+
+class ActQuant(nn.Module):
+    """Per-tensor activation quantize-dequantize with a calibrated (scale, zero point)."""
+
+    def __init__(self, spec: QuantSpec | None = None, observer: ObserverName = "minmax") -> None:
+        super().__init__()
+        self.spec = spec or QuantSpec(bits=8, symmetric=False)
+        if self.spec.axis is not None or self.spec.group_size is not None:
+            raise ValueError("activations are quantized per tensor")
+        self.observer_name = observer
+        self.observer = make_observer(observer)
+        # buffers carry (scale, zero point) through state dicts and safetensors; the forward pass
+        # reads them as Python numbers so that export bakes them into the graph as constants
+        # (ONNX Runtime fuses QDQ only around constant quantization parameters)
+        self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+        self.calibrating = True
+        self._qparams = (1.0, 0)
+        self.register_load_state_dict_post_hook(lambda module, _: module._frozen_from_buffers())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.observer.observe(x)
+            return x
+        s, dt = self.spec, _dtype(self.spec)
+        scale, zp = self._qparams
+        q = _QD.quantize_per_tensor(x, scale, zp, s.qmin, s.qmax, dt)
+        return _QD.dequantize_per_tensor(q, scale, zp, s.qmin, s.qmax, dt)
+
+    def _frozen_from_buffers(self) -> None:
+        self._qparams = (float(self.scale), int(self.zero_point))
+        self.calibrating = False
+        self.observer = None
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Set (scale, zero point) from what the observer saw; afterwards the module quantizes."""
+        if self.observer.lo is None:
+            raise RuntimeError("ActQuant.freeze: no calibration data reached this quantizer")
+        scale, zero_point = self.observer.qparams(self.spec)
+        self.scale.copy_(scale.reshape(()))
+        self.zero_point.copy_(zero_point.reshape(()))
+        self._frozen_from_buffers()
+
+    def extra_repr(self) -> str:
+        kind = "symmetric" if self.spec.symmetric else "asymmetric"
+        return f"{self.spec.bits}-bit {kind}, observer={self.observer_name}" + (
+            "" if self.calibrating else f", scale={float(self.scale):.4g}, zero_point={int(self.zero_point)}")
+
+
+class _QuantLayer(nn.Module):
+    """A conv or linear layer with int8 per-channel weights (buffers) and quantized input/output."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, activation: nn.Module | None, act_spec: QuantSpec,
+                 observer: ObserverName, quantize_output: bool, weight_max: int = 127) -> None:
+        super().__init__()
+        if weight_max not in (127, 63):
+            raise ValueError(f"weight_max must be 127 (int8) or 63 (7-bit, 'reduced range'), got {weight_max}")
+        w = layer.weight.detach().float()
+        self.w_spec = QuantSpec(bits=8, symmetric=True, axis=0)
+        self.weight_max = weight_max
+        # symmetric weights in [-weight_max, weight_max], scale = max|w| / weight_max. 127: the
+        # code -128 has no positive twin and kernels expect it unused. 63 ("reduced range"): on
+        # x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products in int16
+        # (VPMADDUBSW), which saturates with 8-bit weights (measured: 24 output LSBs off); 7-bit
+        # weights cannot saturate, and the integer outputs match this module within 1 LSB.
+        scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / weight_max).clamp_min(1e-12)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        self.register_buffer("weight_int8", quantize(w, scale, zero_point, self.w_spec)
+                             .clamp(-weight_max, weight_max).to(torch.int8))
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", zero_point.to(torch.int64))
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        self.activation = activation
+        self.input_quant = ActQuant(act_spec, observer)
+        self.output_quant = ActQuant(act_spec, observer) if quantize_output else None
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return _QD.dequantize_per_channel(self.weight_int8, self.weight_scale, self.weight_zero_point, 0,
+                                          -self.weight_max, self.weight_max, torch.int8)
+
+    def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._apply_layer(self.input_quant(x), self.dequantized_weight())
+        if self.activation is not None:
+            y = self.activation(y)
+        return self.output_quant(y) if self.output_quant is not None else y
+
+
+class QuantConv2d(_QuantLayer):
+    def __init__(self, conv: nn.Conv2d, activation: nn.Module | None = None, *, act_spec: QuantSpec | None = None,
+                 observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127) -> None:
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"QuantConv2d: padding_mode {conv.padding_mode!r} is not supported")
+        super().__init__(conv, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,
+                         weight_max)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+
+    def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class QuantLinear(_QuantLayer):
+    def __init__(self, linear: nn.Linear, activation: nn.Module | None = None, *, act_spec: QuantSpec | None = None,
+                 observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127) -> None:
+        super().__init__(linear, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,
+                         weight_max)
+
+    def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, self.bias)

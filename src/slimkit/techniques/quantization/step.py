@@ -1,0 +1,76 @@
+"""The ``quantize`` recipe step (static post-training int8 so far), with ``restore`` for resuming.
+
+The quantized model is a module tree of QDQ layers whose integer codes and scales are buffers:
+it is saved as safetensors like any other step, runs in eager PyTorch as a float reference,
+and exports (``deploy``) to ONNX Runtime and OpenVINO, which execute it on integer kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, ValidationError
+
+from slimkit.core.config import Config, format_validation_error
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError
+from slimkit.core.step import StepResult, register_step
+from slimkit.techniques.quantization.observers import ObserverName
+
+
+class QuantizeConfig(Config):
+    method: Literal["static"] = Field("static", description="static: int8 weights and activations, calibrated")
+    observer: ObserverName = Field("minmax", description="activation range from calibration: minmax, percentile, "
+                                                         "mse or entropy (KL)")
+    calibration_samples: int = Field(512, ge=1, description="training examples run through the model to calibrate")
+    calibration_batch_size: int = Field(64, ge=1, description="examples per calibration batch")
+    weight_range: Literal["auto", "int8", "int7"] = Field(
+        "auto", description="int8: codes in [-127, 127]; int7: [-63, 63], for x86 CPUs without VNNI where "
+                            "8-bit integer kernels saturate; auto: int7 there, int8 elsewhere")
+    skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
+
+
+def _weight_max(cfg: QuantizeConfig) -> int:
+    from slimkit.techniques.quantization.modules import default_weight_max
+
+    return {"int8": 127, "int7": 63}.get(cfg.weight_range) or default_weight_max()
+
+
+def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Re-apply the module swap to a fresh model; the saved codes and scales then load into it."""
+    from slimkit.techniques.quantization.ptq import prepare_static
+
+    try:
+        cfg = QuantizeConfig.model_validate(structure.get("config"))
+        weight_max = int(structure["weight_max"])
+    except (ValidationError, KeyError, TypeError, ValueError) as err:
+        detail = format_validation_error(err, "quantize step's recorded structure") if isinstance(
+            err, ValidationError) else f"quantize step's recorded structure is malformed ({err!r})"
+        raise CheckpointError(detail) from None
+    return prepare_static(model, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)[0]
+
+
+@register_step("quantize", config=QuantizeConfig, restore=restore_quantization)
+def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
+    """Post-training int8 quantization (static: calibrated activations, per-channel weights), as QDQ.
+
+    BatchNorm is folded and activations fused first; every Conv2d and Linear becomes an int8
+    layer; layers that cannot be quantized stay in float and are listed with the reason.
+    """
+    from slimkit.techniques.quantization.ptq import calibrate, convert, prepare_static
+
+    weight_max = _weight_max(cfg)
+    prepared, report = prepare_static(model.eval(), observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)
+    prepared = prepared.to(ctx.device)
+    train = ctx.data.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))[:cfg.calibration_samples]
+    batches = [tuple(t[order[i:i + cfg.calibration_batch_size]].to(ctx.device) for t in train.inputs)
+               for i in range(0, len(order), cfg.calibration_batch_size)]
+    calibrate(prepared, batches)
+    convert(prepared)
+    info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
+            "calibration_samples": len(order), "layers_quantized": len(report.quantized),
+            "layers_skipped": len(report.skipped), **report.to_dict()}
+    return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max})

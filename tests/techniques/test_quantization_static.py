@@ -1,0 +1,140 @@
+"""Static int8 PTQ: QDQ modules, calibration, the integer path in ONNX Runtime, the recipe step."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.core.context import Context
+from slimkit.core.step import rebuild_model
+from slimkit.measure.quality import predict
+from slimkit.recipes.runner import run_recipe
+from slimkit.tasks import build_task
+from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
+from slimkit.techniques.quantization.ptq import calibrate, convert, prepare_static, quantized_layers
+from slimkit.techniques.quantization.qscheme import QuantSpec
+from slimkit.train.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """digits-cnn trained briefly (quantization error is only meaningful on a trained model)."""
+    task = build_task("digits-cnn")
+    torch.manual_seed(0)
+    model = task.build_model()
+    Context(task=task).train(model, TrainConfig(epochs=3))
+    return task, model.eval()
+
+
+def _quantized(task, model, weight_max=None, observer="minmax"):
+    q, report = prepare_static(model, observer=observer, weight_max=weight_max or default_weight_max())
+    train = task.data.train.inputs[0]
+    calibrate(q, [(train[i:i + 64],) for i in range(0, 512, 64)])
+    return convert(q), report
+
+
+def test_act_quant_observes_then_quantizes_with_hand_computed_qparams():
+    aq = ActQuant(QuantSpec(bits=8, symmetric=False))
+    x = torch.tensor([[-1.0, 0.5], [2.0, 3.0]])
+    assert torch.equal(aq(x), x)  # calibrating: the identity
+    aq.freeze()
+    scale = 4.0 / 255  # range [-1, 3] over 255 steps; zero point places 0.0 on a code
+    assert float(aq.scale) == pytest.approx(scale) and int(aq.zero_point) == round(1.0 / scale)
+    y = aq(torch.tensor([0.0, 1.0, 10.0, -5.0]))
+    assert y[0] == 0.0 and abs(float(y[1]) - 1.0) <= scale / 2
+    assert float(y[2]) == pytest.approx((255 - int(aq.zero_point)) * scale)  # clipped to the top code
+    assert float(y[3]) == pytest.approx(-int(aq.zero_point) * scale)
+
+
+def test_every_conv_and_linear_becomes_int8_and_accuracy_holds(digits):
+    task, model = digits
+    q, report = _quantized(task, model)
+    layers = quantized_layers(q)
+    assert len(layers) == 5 and report.quantized == list(layers) and not report.skipped
+    for layer in layers.values():
+        assert layer.weight_int8.dtype == torch.int8 and not layer.input_quant.calibrating
+        assert int(layer.weight_int8.abs().max()) == layer.weight_max  # the largest weight uses the top code
+    fp32 = task.evaluate(predict(model, task.data.test, 256), task.data.test.targets)["quality"]
+    int8 = task.evaluate(predict(q, task.data.test, 256), task.data.test.targets)["quality"]
+    assert int8 >= fp32 - 0.01
+    outputs, reference = predict(q, task.data.test, 256), predict(model, task.data.test, 256)
+    assert not torch.equal(outputs, reference)  # it really quantizes
+
+
+def test_onnxruntime_integer_kernels_match_the_fake_quant_reference_within_one_lsb(digits, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from slimkit.core.registry import BACKENDS
+
+    task, model = digits
+    q, _ = _quantized(task, model)
+    test = task.data.test
+    compiled = BACKENDS.get("onnxruntime").compile(q, test.example_inputs(1), precision="fp32", threads=1,
+                                                   workdir=tmp_path, device="cpu")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    out, ref = compiled(*test.inputs), q(*test.inputs)
+    lsb = float(list(quantized_layers(q).values())[-1].output_quant.scale)
+    assert float((out - ref).abs().max()) <= 1.01 * lsb
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert compiled.artifact_bytes < 0.32 * fp32_bytes  # int8 initializers, not float copies
+
+
+def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from slimkit.backends.onnxruntime import export_onnx
+
+    task, model = digits
+    q, _ = _quantized(task, model)
+    path = export_onnx(q, task.data.test.example_inputs(1), tmp_path / "q.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 2 and "Conv" not in ops
+
+
+def test_layers_without_an_int8_twin_are_skipped_with_the_reason():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 2, 2), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(1, 1, 6, 6))
+    q, report = prepare_static(model.eval(), skip=["4"])
+    kinds = {name: type(m) for name, m in q.named_children()}
+    assert kinds["0"] is QuantConv2d and kinds["2"] is nn.ConvTranspose2d and kinds["4"] is nn.Linear
+    reasons = {s["module"]: s["reason"] for s in report.skipped}
+    assert "ConvTranspose2d" in reasons["2"] and reasons["4"] == "listed in skip"
+
+
+def test_quantized_modules_reload_from_a_state_dict_as_frozen(digits):
+    task, model = digits
+    q, _ = _quantized(task, model, weight_max=127)
+    fresh, _ = prepare_static(task.build_model().eval(), weight_max=127)
+    fresh.load_state_dict(q.state_dict())
+    x = task.data.test.inputs[0][:32]
+    assert torch.equal(fresh(x), q(x))
+    assert all(not m.calibrating for m in fresh.modules() if isinstance(m, ActQuant))
+    with pytest.raises(ValueError, match="weight_max"):
+        QuantLinear(nn.Linear(2, 2), weight_max=100)
+
+
+def test_quantize_step_then_deploy_on_onnxruntime_and_resume(tmp_path):
+    pytest.importorskip("onnxruntime")
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}},
+              "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
+              "steps": [{"quantize": {"calibration_samples": 256}}, {"deploy": {"backend": "onnxruntime"}}]}
+    result = run_recipe(recipe, tmp_path / "run").results
+    base, quant, deploy = result["steps"]
+    assert quant["info"]["layers_quantized"] == 5 and quant["info"]["calibration_samples"] == 256
+    assert quant["metrics"]["quality"] >= base["metrics"]["quality"] - 0.02
+    assert deploy["metrics"]["backend"] == "onnxruntime"
+    assert deploy["metrics"]["quality"] >= base["metrics"]["quality"] - 0.02
+    assert deploy["metrics"]["size_bytes"] < 0.5 * base["metrics"]["size_bytes"]
+    # the checkpoint of the quantize step rebuilds into the same model (what resume does)
+    task = build_task("digits-cnn")
+    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
+    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
+    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    assert isinstance(quantized_layers(rebuilt)["0.0"], QuantConv2d)
+    rebuilt_quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
+    assert rebuilt_quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
