@@ -81,6 +81,20 @@ def test_onnxruntime_integer_kernels_match_the_fake_quant_reference_within_one_l
     assert compiled.artifact_bytes < 0.32 * fp32_bytes  # int8 initializers, not float copies
 
 
+def test_openvino_runs_the_quantized_model_within_one_lsb(digits, tmp_path):
+    pytest.importorskip("openvino")
+    from slimkit.core.registry import BACKENDS
+
+    task, model = digits
+    q, _ = _quantized(task, model)
+    test = task.data.test
+    compiled = BACKENDS.get("openvino").compile(q, test.example_inputs(1), precision="fp32", threads=1,
+                                                workdir=tmp_path, device="cpu")
+    lsb = float(list(quantized_layers(q).values())[-1].output_quant.scale)
+    assert float((compiled(*test.inputs) - q(*test.inputs)).abs().max()) <= 1.01 * lsb
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".tmp*"))  # only the IR is left
+
+
 def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -29,15 +29,30 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
 
     import openvino as ov
 
+    xml.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ir = ov.convert_model(export_program(model, example_inputs))
-    xml.parent.mkdir(parents=True, exist_ok=True)
+        if _is_quantized(model):
+            # OpenVINO's torch.export frontend does not take convolutions on dequantized weights;
+            # its ONNX frontend reads QuantizeLinear/DequantizeLinear as FakeQuantize, which its
+            # low-precision transformations run as int8
+            from slimkit.backends.onnxruntime import export_onnx
+
+            ir = ov.convert_model(str(export_onnx(model, example_inputs, xml.with_name(f".tmp-{xml.stem}.onnx"))))
+            xml.with_name(f".tmp-{xml.stem}.onnx").unlink()
+        else:
+            ir = ov.convert_model(export_program(model, example_inputs))
     tmp_xml = xml.with_name(f".tmp-{xml.name}")
     ov.save_model(ir, str(tmp_xml), compress_to_fp16=False)
     os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
     os.replace(tmp_xml, xml)
     return [xml, xml.with_suffix(".bin")]
+
+
+def _is_quantized(model: nn.Module) -> bool:
+    from slimkit.techniques.quantization.modules import ActQuant
+
+    return any(isinstance(m, ActQuant) for m in model.modules())
 
 
 def request_runner(compiled):
