@@ -9,8 +9,8 @@ Per task: the baseline is trained with the task's budget (MiniLM is pretrained),
 (the code behind `slimkit backends` and the `deploy` step). Latency figures are medians over
 rounds of each process's median; "speed-up" is eager fp32 unfused / this; "fused ×" is unfused /
 fused on the same backend and precision (>= 0.95 means fusion did not slow it down), measured in
-one process per round that compiles both models and times them interleaved (ABBA rounds), the
-median of the rounds' ratios. Numerics:
+one process per round that compiles both models and times them interleaved (ABBA rounds; ONNX
+Runtime without spin-waiting threads there), the median of the rounds' ratios. Numerics:
 max |out - eager fp32| / max |eager fp32| of the same model. Writes OUT/backends.md and .json.
 """
 
@@ -60,38 +60,37 @@ def measure_task(name: str, precisions: list[str], rounds: int, cfg, workdir: Pa
         ref, out = model(*x), fused(*x)
     fusion_rel = float((out - ref).abs().max() / ref.abs().max())
     candidates = all_candidates(precisions)
-    firsts: dict[tuple[str, str], Any] = {}  # the unfused model alone, round 0: its numerics and artifact
-    rounds_of: list[dict[tuple[str, str], Any]] = []  # per round: the fused model, timed with the unfused one
+    unfused_rounds: list[dict[tuple[str, str], Any]] = []  # per round: the unfused model alone
+    rounds_of: list[dict[tuple[str, str], Any]] = []  # per round: the fused model, then both interleaved
     for r in range(rounds):
         # untuned TVM is 5-50x slower than every other runtime: one round places it well enough
         todo = [c for c in candidates if r == 0 or c[0] not in ONE_ROUND]
-        if r == 0:
-            firsts = {(m.backend, m.precision): m for m in measure_backends(
-                task, todo, cfg, workdir / "unfused-0", spec=specs["unfused"], model=model, progress=sys.stderr.isatty())}
+        unfused_rounds.append({(m.backend, m.precision): m for m in measure_backends(
+            task, todo, cfg, workdir / f"unfused-{r}", spec=specs["unfused"], model=model,
+            progress=sys.stderr.isatty())})
         measured = measure_backends(task, todo, cfg, workdir / f"fused-{r}", spec=specs["fused"], model=fused,
                                     versus_spec=specs["unfused"], versus_model=model, progress=sys.stderr.isatty())
         rounds_of.append({(m.backend, m.precision): m for m in measured if m.ok})
     rows = []
 
-    def per_round(key: tuple[str, str], value) -> float | None:
-        return _median([value(rnd[key]) for rnd in rounds_of if key in rnd])
+    def per_round(key: tuple[str, str], value, runs=rounds_of) -> float | None:
+        return _median([value(rnd[key]) for rnd in runs if key in rnd and rnd[key].ok])
 
-    unfused_b1 = lambda m: m.versus_latency_b1["median_ms"]  # noqa: E731
-    unfused_bN = lambda m: m.versus_latency_bN["median_ms"]  # noqa: E731
-    eager = per_round(("eager", "fp32"), unfused_b1), per_round(("eager", "fp32"), unfused_bN)
+    b1, bN = (lambda m: m.b1_ms), (lambda m: m.bN_ms)
+    eager = per_round(("eager", "fp32"), b1, unfused_rounds), per_round(("eager", "fp32"), bN, unfused_rounds)
     for key in candidates:
-        first_u = firsts[key]
+        first_u = unfused_rounds[0][key]
         first_f = rounds_of[0].get(key)
         row: dict[str, Any] = {"backend": key[0], "precision": key[1], "ok": first_u.ok and first_f is not None,
                                "error": first_u.error or (None if first_f is not None else "fused model failed")}
         if row["ok"]:
             row.update({
-                "b1_ms_unfused": per_round(key, unfused_b1), "bN_ms_unfused": per_round(key, unfused_bN),
-                "b1_ms_fused": per_round(key, lambda m: m.b1_ms), "bN_ms_fused": per_round(key, lambda m: m.bN_ms),
+                "b1_ms_unfused": per_round(key, b1, unfused_rounds), "bN_ms_unfused": per_round(key, bN, unfused_rounds),
+                "b1_ms_fused": per_round(key, b1), "bN_ms_fused": per_round(key, bN),
                 "rounds": sum(key in rnd for rnd in rounds_of),
                 # each round's ratio comes from one process that timed both models interleaved
-                "fused_x_b1": per_round(key, lambda m: unfused_b1(m) / m.b1_ms),
-                "fused_x_bN": per_round(key, lambda m: unfused_bN(m) / m.bN_ms),
+                "fused_x_b1": per_round(key, lambda m: m.versus_latency_b1["median_ms"] / m.paired_latency_b1["median_ms"]),
+                "fused_x_bN": per_round(key, lambda m: m.versus_latency_bN["median_ms"] / m.paired_latency_bN["median_ms"]),
                 "max_rel_diff": first_u.max_rel_diff, "max_rel_diff_fused": first_f.max_rel_diff,
                 "quality": first_u.quality, "quality_fused": first_f.quality,
                 "artifact_bytes": first_u.artifact_bytes, "compile_seconds": first_u.compile_seconds,
@@ -112,7 +111,8 @@ def render(results: list[dict[str, Any]], command: str, threads: int) -> str:
     lines = ["# slimkit backends: every runtime, before and after fusion", "",
              f"Command: `{command}`; {platform.machine()}, python {platform.python_version()}, "
              f"{time.strftime('%Y-%m-%d')}, {threads} threads. Each (backend, precision) in processes of its own: "
-             "per round, one process compiles the unfused and the fused model and times them interleaved (ABBA); "
+             "per round, the unfused model alone, then one process that times the fused model alone and then both "
+             "interleaved (ABBA; ONNX Runtime rebuilt without spin-waiting threads for that); "
              "figures are medians over rounds of per-process medians, `fused ×` the median of the rounds' "
              "unfused/fused ratios. Numerics, quality and artifact: the unfused model, measured alone.", ""]
     for res in results:

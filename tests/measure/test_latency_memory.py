@@ -25,9 +25,9 @@ def test_paired_latency_interleaves_abba_and_times_each_callable():
         return fn
 
     stats = measure_paired_latency({"fast": sleeper("fast", 0.001), "slow": sleeper("slow", 0.004)}, [torch.zeros(2)],
-                                   warmup=1, repeats=8, rounds=4, min_warmup_seconds=0)
-    timed = calls[2:]  # one warm-up call each, then the rounds: fast fast | slow slow, slow slow | fast fast, ...
-    assert timed == ["fast"] * 2 + ["slow"] * 4 + ["fast"] * 4 + ["slow"] * 4 + ["fast"] * 2
+                                   warmup=1, repeats=8, rounds=4, min_warmup_seconds=0, settle=1)
+    timed = calls[2:]  # one warm-up call each, then rounds of (1 settling + 2 timed): fast | slow, slow | fast, ...
+    assert timed == ["fast"] * 3 + ["slow"] * 6 + ["fast"] * 6 + ["slow"] * 6 + ["fast"] * 3
     assert stats["fast"].repeats == stats["slow"].repeats == 8 and stats["fast"].batch_size == 2
     assert 1.0 <= stats["fast"].median_ms < 3.0 and 4.0 <= stats["slow"].median_ms < 8.0
 

@@ -47,6 +47,6 @@ class EagerBackend(Backend):
         return torch_precisions(device)
 
     @classmethod
-    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         model, artifact = prepare_torch_model(model, precision, device, workdir)
         return Built(torch_runner(model, precision, device), artifact)

@@ -69,13 +69,14 @@ def session_runner(session):
 @BACKENDS.register("onnxruntime", summary="ONNX Runtime (torch.onnx dynamo export, all graph optimisations); fp32")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    spin_waits = True  # its intra-op worker threads spin after each call unless told not to
 
     @classmethod
     def available(cls) -> Availability:
         return packages_available("onnx", "onnxscript", "onnxruntime", extra="onnx")
 
     @classmethod
-    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         import onnxruntime as ort
 
         path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx")
@@ -84,6 +85,8 @@ class OnnxRuntimeBackend(Backend):
         if threads:
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

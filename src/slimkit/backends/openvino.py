@@ -89,7 +89,7 @@ class OpenVinoBackend(Backend):
         return tuple(p for p in ("fp32", "bf16", "fp16") if CAPABILITY[p] in caps)
 
     @classmethod
-    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         import openvino as ov
 
         files = save_ir(model.cpu(), example_inputs, workdir / "model.xml")

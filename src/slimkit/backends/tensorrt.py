@@ -93,7 +93,7 @@ class TensorRtBackend(Backend):
         return ("fp32", "fp16")
 
     @classmethod
-    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         from slimkit.backends.onnxruntime import export_onnx
 
         onnx_path = export_onnx(model.cpu(), [x.cpu() for x in example_inputs], workdir / "model.onnx")

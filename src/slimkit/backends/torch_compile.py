@@ -28,7 +28,7 @@ class TorchCompileBackend(EagerBackend):
         return Availability(False, "inductor needs a C++ compiler on the CPU (g++ or clang++) and none is on PATH")
 
     @classmethod
-    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         model, artifact = prepare_torch_model(model, precision, device, workdir)
         run = torch_runner(torch.compile(model, backend="inductor", dynamic=None), precision, device)
         run(*example_inputs)  # the first call compiles: counted in the compile time

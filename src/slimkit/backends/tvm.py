@@ -69,7 +69,7 @@ class TvmBackend(Backend):
         return ("fp32",) if device == "cpu" else ()
 
     @classmethod
-    def build(cls, model, example_inputs, *, precision, threads, workdir, device) -> Built:
+    def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         if threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(threads))
         model = model.cpu()

@@ -62,14 +62,16 @@ def measure_latency(fn: Callable[..., object], inputs: Sequence[torch.Tensor], *
 
 
 def measure_paired_latency(fns: dict[str, Callable[..., object]], inputs: Sequence[torch.Tensor], *,
-                           warmup: int = 5, repeats: int = 30, rounds: int = 6, threads: int | None = None,
+                           warmup: int = 5, repeats: int = 30, rounds: int = 10, threads: int | None = None,
                            sync: Callable[[], None] | None = None, max_seconds: float | None = None,
-                           min_warmup_seconds: float = 0.2) -> dict[str, LatencyStats]:
+                           min_warmup_seconds: float = 0.2, settle: int = 2) -> dict[str, LatencyStats]:
     """Time several callables on the same inputs, interleaved, for a fair ratio on a noisy machine.
 
     The repeats are split into ``rounds``; each round times every callable in turn (the order
     reversed every other round, ABBA), so a slow spell of the machine falls on all of them
-    alike instead of on whichever was timed during it. ``max_seconds`` caps each callable's
+    alike instead of on whichever was timed during it. Each turn starts with ``settle`` untimed
+    calls: runtimes whose worker threads spin-wait after a call (ONNX Runtime, OpenVINO) would
+    otherwise tax the first calls of the next callable. ``max_seconds`` caps each callable's
     warm-up and its share of the timed loop.
     """
     sync = sync or (lambda: None)
@@ -82,6 +84,9 @@ def measure_paired_latency(fns: dict[str, Callable[..., object]], inputs: Sequen
         budget_end = None if max_seconds is None else time.perf_counter() + max_seconds * len(names)
         for r in range(rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
+                for _ in range(settle):
+                    fns[name](*inputs)
+                    sync()
                 times[name] += [_time_once(fns[name], inputs, sync) for _ in range(per_round)]
             if budget_end is not None and r >= 1 and time.perf_counter() > budget_end:
                 break

@@ -70,21 +70,20 @@ def _details_markdown(results: dict[str, Any]) -> list[str]:
         lines.append(f"- **{s['name']}**: " + (", ".join(f"{k} = {_fmt(v)}" for k, v in scalars.items()) or "—"))
         if s["technique"] == "deploy" and info.get("candidates"):
             versus = any(c.get("versus_b1_ms") is not None for c in info["candidates"])
-            extra = " | baseline b1 ms | baseline bN ms | × vs baseline b1 | × vs baseline bN" if versus else ""
-            note = ("; baseline = the run's baseline model on the same backend, timed interleaved with this one "
-                    "in the same process (× > 1: this model is faster)") if versus else ""
+            extra = " | × vs baseline b1 | × vs baseline bN" if versus else ""
+            note = ("; × vs baseline = the run's baseline model's latency / this model's, on the same backend, "
+                    "both timed interleaved in one process (> 1: this model is faster)") if versus else ""
             lines += ["", f"  Candidates of {s['name']} (each timed in its own process; speed-up = eager fp32 / "
                       f"backend; max rel diff = max |out - eager fp32| / max |eager fp32|{note}):", "",
                       "  | backend | precision | b1 ms | bN ms | speed-up b1 | speed-up bN | max rel diff | quality "
-                      f"| artifact{extra} | decision |", "  " + "|---" * (10 + 4 * versus) + "|"]
+                      f"| artifact{extra} | decision |", "  " + "|---" * (10 + 2 * versus) + "|"]
             for c in info["candidates"]:
                 cells = [c["backend"], c["precision"]]
                 cells += [_num(c["b1_ms"], ".3f"), _num(c["bN_ms"], ".3f"), _num(c["speedup_b1"], ".2f", "×"),
                           _num(c["speedup_bN"], ".2f", "×"), _num(c["max_rel_diff"], ".2g"), _num(c["quality"], ".4f"),
                           _bytes(c["artifact_bytes"]) if c["artifact_bytes"] is not None else "—"]
                 if versus:
-                    cells += [_num(c.get("versus_b1_ms"), ".3f"), _num(c.get("versus_bN_ms"), ".3f"),
-                              _num(c.get("speedup_vs_versus_b1"), ".3f", "×"),
+                    cells += [_num(c.get("speedup_vs_versus_b1"), ".3f", "×"),
                               _num(c.get("speedup_vs_versus_bN"), ".3f", "×")]
                 cells.append(str(c.get("decision", "")).replace("|", "/"))
                 lines.append("  | " + " | ".join(cells) + " |")
