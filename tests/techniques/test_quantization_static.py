@@ -106,6 +106,27 @@ def test_layers_without_an_int8_twin_are_skipped_with_the_reason():
     assert "ConvTranspose2d" in reasons["2"] and reasons["4"] == "listed in skip"
 
 
+def test_bad_skip_names_and_unused_layers_are_clear_errors():
+    from slimkit.core.errors import ConfigError, SlimkitError
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    with pytest.raises(ConfigError, match=r"skip names no module.*\['9'\]"):
+        prepare_static(model, skip=["9"])
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    q, _ = prepare_static(Unused().eval())
+    calibrate(q, [(torch.randn(8, 4),)])
+    with pytest.raises(SlimkitError, match="no calibration data reached 'spare.input_quant'"):
+        convert(q)
+
+
 def test_quantized_modules_reload_from_a_state_dict_as_frozen(digits):
     task, model = digits
     q, _ = _quantized(task, model, weight_max=127)

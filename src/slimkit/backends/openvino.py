@@ -32,7 +32,9 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
     xml.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if _is_quantized(model):
+        from slimkit.techniques.quantization.modules import is_quantized
+
+        if is_quantized(model):
             # OpenVINO's torch.export frontend does not take convolutions on dequantized weights;
             # its ONNX frontend reads QuantizeLinear/DequantizeLinear as FakeQuantize, which its
             # low-precision transformations run as int8
@@ -47,12 +49,6 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
     os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
     os.replace(tmp_xml, xml)
     return [xml, xml.with_suffix(".bin")]
-
-
-def _is_quantized(model: nn.Module) -> bool:
-    from slimkit.techniques.quantization.modules import ActQuant
-
-    return any(isinstance(m, ActQuant) for m in model.modules())
 
 
 def request_runner(compiled):

@@ -124,9 +124,9 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
 
 def default_tolerance(model: nn.Module) -> float:
     """1e-4 relative for a float model; 0.02 for one with quantized layers."""
-    from slimkit.techniques.quantization.modules import ActQuant
+    from slimkit.techniques.quantization.modules import is_quantized
 
-    return 0.02 if any(isinstance(m, ActQuant) for m in model.modules()) else 1e-4
+    return 0.02 if is_quantized(model) else 1e-4
 
 
 def _verdict(row: dict[str, Any], cfg: DeployConfig, tolerance: float, reference_quality: float) -> str:

@@ -53,6 +53,11 @@ def default_weight_max() -> int:
     return 127 if vnni_available() else 63
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds quantize-dequantize layers (it then runs on integer kernels when exported)."""
+    return any(isinstance(m, ActQuant) for m in model.modules())
+
+
 def _dtype(spec: QuantSpec) -> torch.dtype:
     try:
         return _DTYPES[(spec.bits, spec.symmetric)]

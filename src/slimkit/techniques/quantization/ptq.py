@@ -69,6 +69,13 @@ def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip:
                 swap(child, f"{path}.")
 
     swap(fused, "")
+    unknown = sorted(skip - {s["module"] for s in report.skipped})
+    if unknown:
+        from slimkit.core.errors import ConfigError
+
+        names = [n for n, _ in fused.named_modules() if n]
+        raise ConfigError(f"quantize: skip names no module of the (fused) model: {unknown}; "
+                          f"modules are {names[:12]}{' ...' if len(names) > 12 else ''}")
     return fused, report
 
 
@@ -85,8 +92,13 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
 
 def convert(model: nn.Module) -> nn.Module:
     """Freeze every observer into (scale, zero point); the model then quantizes (in place)."""
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, ActQuant) and module.calibrating:
+            if module.observer.lo is None:
+                from slimkit.core.errors import SlimkitError
+
+                raise SlimkitError(f"quantize: no calibration data reached {name!r} (is that layer used in "
+                                   "forward?); list it under 'skip' to keep it in float")
             module.freeze()
     return model
 

@@ -63,6 +63,11 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
 
     weight_max = _weight_max(cfg)
     prepared, report = prepare_static(model.eval(), observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)
+    if not report.quantized:
+        from slimkit.core.errors import SlimkitError
+
+        raise SlimkitError("quantize: the model has no Conv2d or Linear layer to quantize"
+                           + (f" (skipped: {report.skipped})" if report.skipped else ""))
     prepared = prepared.to(ctx.device)
     train = ctx.data.train
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))[:cfg.calibration_samples]
