@@ -12,7 +12,9 @@ from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
-from slimkit.techniques.quantization.ptq import calibrate, convert, prepare_static, quantized_layers
+from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert, correct_bias,
+                                                 keep_model_outputs_float, prepare_static, quantized_layers,
+                                                 release_float_weights)
 from slimkit.techniques.quantization.qscheme import QuantSpec
 from slimkit.train.config import TrainConfig
 
@@ -94,6 +96,60 @@ def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path):
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 2 and "Conv" not in ops
+    assert not onnx.load(str(path)).graph.metadata_props  # the exporter's debug records are stripped
+
+
+def _quantize(model, batches, bias_correction):
+    q, _ = prepare_static(model, weight_max=default_weight_max())
+    keep_model_outputs_float(q, batches[0])
+    calibrate(q, batches)
+    convert(q)
+    shifts = correct_bias(q, batches) if bias_correction else release_float_weights(q)
+    return q, shifts
+
+
+def test_bias_correction_removes_the_mean_output_error_and_lowers_held_out_error(digits):
+    task, model = digits
+    batches = calibration_batches(task.data.train, 512, 64, seed=0)
+    plain, _ = _quantize(model, batches, bias_correction=False)
+    corrected, shifts = _quantize(model, batches, bias_correction=True)
+    assert sorted(shifts) == sorted(quantized_layers(corrected)) and max(shifts.values()) > 0
+    assert all(layer.float_weight is None for layer in quantized_layers(corrected).values())  # released
+    calib = torch.cat([b[0] for b in batches])
+    with torch.no_grad():
+        ref, before, after = model(calib), plain(calib), corrected(calib)
+    # on the calibration data the logits' error has (nearly) zero mean per class after correction
+    assert float((after - ref).mean(0).abs().max()) < 0.25 * float((before - ref).mean(0).abs().max())
+    test = task.data.test
+    ref, before, after = (predict(m, test, 256) for m in (model, plain, corrected))
+    assert float(((after - ref) ** 2).mean()) < 0.85 * float(((before - ref) ** 2).mean())  # held out
+
+
+def test_outputs_that_leave_the_model_stay_float():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(16, 4)
+    q, _ = prepare_static(model)
+    assert keep_model_outputs_float(q, (x,)) == ["2"]
+    first, last = quantized_layers(q)["0"], quantized_layers(q)["2"]
+    assert last.output_quant is None and first.output_quant is not None
+    calibrate(q, [(x,)])
+    convert(q)
+    logits = last._apply_layer(last.input_quant(first(x)), last.dequantized_weight())
+    assert torch.equal(q(x), logits)  # not rounded to an 8-bit grid at the end
+
+    class Scaled(nn.Module):  # the output is computed from the layer's output, not the layer's output
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) * 2
+
+    q, _ = prepare_static(Scaled().eval())
+    assert keep_model_outputs_float(q, (x,)) == [] and q.fc.output_quant is not None
+    with pytest.raises(ValueError, match="not a quantized layer"):
+        prepare_static(model, float_outputs=["1"])
 
 
 def test_layers_without_an_int8_twin_are_skipped_with_the_reason():
@@ -147,6 +203,7 @@ def test_quantize_step_then_deploy_on_onnxruntime_and_resume(tmp_path):
     result = run_recipe(recipe, tmp_path / "run").results
     base, quant, deploy = result["steps"]
     assert quant["info"]["layers_quantized"] == 5 and quant["info"]["calibration_samples"] == 256
+    assert quant["info"]["float_outputs"] == ["8"] and quant["info"]["bias_corrected"] == 5
     assert quant["metrics"]["quality"] >= base["metrics"]["quality"] - 0.02
     assert deploy["metrics"]["backend"] == "onnxruntime"
     assert deploy["metrics"]["quality"] >= base["metrics"]["quality"] - 0.02

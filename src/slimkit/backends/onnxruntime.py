@@ -37,9 +37,9 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
 
 def _strip_debug_metadata(path: Path) -> None:
     """Drop what the exporter records for debugging (each node's source stack trace, module
-    path and class names) and the shapes of intermediate values (runtimes infer them): neither
-    is part of the model, and in a quantized graph with many small QDQ nodes they were more than
-    half of the file's bytes."""
+    path and class names, the exported program's signature) and the shapes of intermediate
+    values (runtimes infer them): none is part of the model, and in a quantized graph with many
+    small QDQ nodes they were more than half of the file's bytes."""
     import onnx
 
     model = onnx.load(str(path))
@@ -49,6 +49,7 @@ def _strip_debug_metadata(path: Path) -> None:
             del node.metadata_props[:]
             node.doc_string = ""
     del model.graph.value_info[:]
+    del model.graph.metadata_props[:]  # torch.export's graph signature and range constraints
     onnx.save(model, str(path))
 
 
@@ -77,19 +78,25 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
-        import onnxruntime as ort
-
         path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        if not spin_wait:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(path), options, providers=providers)
-        return Built(session_runner(session), [path], {"providers": session.get_providers(),
-                                                       "onnxruntime": ort.__version__})
+        return load_onnx(path, threads=threads, device=device, spin_wait=spin_wait)
+
+
+def load_onnx(path: Path, *, threads: int | None = None, device: str = "cpu", spin_wait: bool = True) -> Built:
+    """An ONNX file (slimkit's export or anyone's) in an ONNX Runtime session configured as this
+    backend runs it: all graph optimisations, ``threads`` intra-op threads, one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not spin_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    return Built(session_runner(session), [Path(path)], {"providers": session.get_providers(),
+                                                        "onnxruntime": ort.__version__})

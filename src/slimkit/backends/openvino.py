@@ -86,13 +86,20 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
-        import openvino as ov
-
         files = save_ir(model.cpu(), example_inputs, workdir / "model.xml")
-        config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(files[0])), "CPU", config)
-        applied = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        return Built(request_runner(compiled), files, {"openvino": ov.__version__, "inference_precision": applied})
+        return load_ir(files, precision=precision, threads=threads)
+
+
+def load_ir(files: Sequence[Path], *, precision: str = "fp32", threads: int | None = None) -> Built:
+    """A model file OpenVINO reads (IR ``.xml`` + ``.bin``, or ``.onnx``) compiled for its CPU plugin
+    as this backend runs it: the precision asked for by name, latency mode, ``threads`` threads."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(files[0])), "CPU", config)
+    applied = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return Built(request_runner(compiled), [Path(f) for f in files],
+                 {"openvino": ov.__version__, "inference_precision": applied})

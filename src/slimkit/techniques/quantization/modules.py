@@ -137,6 +137,10 @@ class _QuantLayer(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", zero_point.to(torch.int64))
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        # the float weight, kept (outside the state dict) only until ``correct_bias`` has compared
+        # the quantized layer with it; a layer loaded from a checkpoint never needs it
+        self.float_weight: torch.Tensor | None = w
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "float_weight", None))
         self.activation = activation
         self.input_quant = ActQuant(act_spec, observer)
         self.output_quant = ActQuant(act_spec, observer) if quantize_output else None
@@ -147,6 +151,8 @@ class _QuantLayer(nn.Module):
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    channel_dim = 1  # where the output channels are (``QuantLinear``: the last dimension)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._apply_layer(self.input_quant(x), self.dequantized_weight())
@@ -169,6 +175,7 @@ class QuantConv2d(_QuantLayer):
 
 
 class QuantLinear(_QuantLayer):
+    channel_dim = -1
     def __init__(self, linear: nn.Linear, activation: nn.Module | None = None, *, act_spec: QuantSpec | None = None,
                  observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127) -> None:
         super().__init__(linear, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,

@@ -36,8 +36,10 @@ def _activation_module(name: str, approximate: str = "none") -> nn.Module:
 
 
 def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip: Iterable[str] = (),
-                   weight_max: int = 127) -> tuple[nn.Module, QuantReport]:
-    """A fused copy of ``model`` whose Conv2d/Linear layers are quantized twins, observing."""
+                   weight_max: int = 127, float_outputs: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
+    """A fused copy of ``model`` whose Conv2d/Linear layers are quantized twins, observing.
+
+    ``float_outputs``: layers whose output is not re-quantized (see ``keep_model_outputs_float``)."""
     from slimkit.techniques.fusion.fuse import FusedConvAct, FusedLinearAct, fuse_model
 
     fused, _ = fuse_model(model)
@@ -69,6 +71,11 @@ def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip:
                 swap(child, f"{path}.")
 
     swap(fused, "")
+    layers = quantized_layers(fused)
+    for name in float_outputs:
+        if name not in layers:
+            raise ValueError(f"float_outputs names {name!r}, which is not a quantized layer")
+        layers[name].output_quant = None
     unknown = sorted(skip - {s["module"] for s in report.skipped})
     if unknown:
         from slimkit.core.errors import ConfigError
@@ -90,6 +97,38 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
     return n
 
 
+def calibration_batches(split, samples: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """``samples`` examples of ``split`` drawn at random (seeded), in batches: what the ``quantize``
+    step calibrates on (and what the benchmark hands to other quantizers, so all see the same)."""
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples]
+    return [tuple(t[order[i:i + batch_size]] for t in split.inputs) for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def keep_model_outputs_float(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """Stop re-quantizing the outputs that leave the model (a classifier's logits): nothing
+    integer consumes them, so quantizing them would only add rounding error and, after export,
+    a dequantize at the end of the graph. Runs ``inputs`` through the model while it calibrates
+    (its quantizers are then identities, so a layer's output *is* the model's output object) and
+    returns the names of the layers changed."""
+    layers = {name: m for name, m in quantized_layers(model).items() if m.output_quant is not None}
+    if any(not m.output_quant.calibrating for m in layers.values()):
+        raise RuntimeError("keep_model_outputs_float runs before convert (while the model calibrates)")
+    produced: dict[int, str] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: produced.__setitem__(id(out), name))
+             for name, m in layers.items()]
+    try:
+        out = model.eval()(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    names = [produced[id(o)] for o in outs if isinstance(o, torch.Tensor) and id(o) in produced]
+    for name in names:
+        layers[name].output_quant = None
+    return names
+
+
 def convert(model: nn.Module) -> nn.Module:
     """Freeze every observer into (scale, zero point); the model then quantizes (in place)."""
     for name, module in model.named_modules():
@@ -101,6 +140,70 @@ def convert(model: nn.Module) -> nn.Module:
                                    "forward?); list it under 'skip' to keep it in float")
             module.freeze()
     return model
+
+
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has seen its input."""
+
+
+@torch.no_grad()
+def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+    """Empirical bias correction: shift each quantized layer's bias by the mean error that
+    quantization adds to its output, so that the error has zero mean per output channel.
+
+    Quantizing weights (and the layer's input) makes ``E[W_q x_q] != E[W x]``: the per-channel
+    mean of the error is a bias, and it accumulates through the network (Nagel et al., "Data-Free
+    Quantization Through Weight Equalization and Bias Correction", 2019, §4.2; NNCF's "fast bias
+    correction" is the empirical form used here). Layer by layer, in forward order, the
+    calibration batches are run up to the layer (its input is then what the already-corrected
+    quantized model gives it), and its output with float weight and float input is compared with
+    its output with int8 weight and quantized input. Needs a converted model (frozen quantizers)
+    whose layers still hold their float weights; layers without a bias are left as they are.
+    Returns the largest |shift| per corrected layer.
+    """
+    model.eval()
+    batches = list(batches)
+    shifts: dict[str, float] = {}
+    for name, layer in quantized_layers(model).items():
+        if layer.bias is None or layer.float_weight is None:
+            continue
+        if layer.input_quant.calibrating:
+            raise RuntimeError("correct_bias runs after convert (the input quantizer must be frozen)")
+        sums: list[torch.Tensor] = []
+        count = [0]
+
+        def measure(module, args, sums=sums, count=count):
+            x = args[0]
+            quantized = module._apply_layer(module.input_quant(x), module.dequantized_weight())
+            error = (quantized - module._apply_layer(x, module.float_weight.to(x.device))).movedim(module.channel_dim, -1)
+            error = error.reshape(-1, error.shape[-1])
+            sums.append(error.sum(0, dtype=torch.float64))
+            count[0] += error.shape[0]
+            raise _Reached
+
+        hook = layer.register_forward_pre_hook(measure)
+        try:
+            for inputs in batches:
+                try:
+                    model(*inputs)
+                except _Reached:
+                    pass
+        finally:
+            hook.remove()
+        if not count[0]:
+            continue
+        shift = (torch.stack(sums).sum(0) / count[0]).to(layer.bias.dtype)
+        layer.bias.sub_(shift)
+        shifts[name] = float(shift.abs().max())
+    release_float_weights(model)
+    return shifts
+
+
+def release_float_weights(model: nn.Module) -> None:
+    """Drop the float weights quantized layers keep for ``correct_bias`` (the model then holds
+    only its int8 codes)."""
+    for layer in quantized_layers(model).values():
+        layer.float_weight = None
 
 
 def quantized_layers(model: nn.Module) -> dict[str, _QuantLayer]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 import torch.nn as nn
 from pydantic import Field, ValidationError
 
@@ -29,6 +28,8 @@ class QuantizeConfig(Config):
     weight_range: Literal["auto", "int8", "int7"] = Field(
         "auto", description="int8: codes in [-127, 127]; int7: [-63, 63], for x86 CPUs without VNNI where "
                             "8-bit integer kernels saturate; auto: int7 there, int8 elsewhere")
+    bias_correction: bool = Field(True, description="shift each layer's bias by the mean output error quantization "
+                                                    "adds (measured on the calibration data)")
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
 
 
@@ -45,11 +46,13 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
     try:
         cfg = QuantizeConfig.model_validate(structure.get("config"))
         weight_max = int(structure["weight_max"])
+        float_outputs = [str(name) for name in structure.get("float_outputs", [])]
+        return prepare_static(model, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max,
+                              float_outputs=float_outputs)[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
         detail = format_validation_error(err, "quantize step's recorded structure") if isinstance(
             err, ValidationError) else f"quantize step's recorded structure is malformed ({err!r})"
         raise CheckpointError(detail) from None
-    return prepare_static(model, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)[0]
 
 
 @register_step("quantize", config=QuantizeConfig, restore=restore_quantization)
@@ -57,9 +60,13 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     """Post-training int8 quantization (static: calibrated activations, per-channel weights), as QDQ.
 
     BatchNorm is folded and activations fused first; every Conv2d and Linear becomes an int8
-    layer; layers that cannot be quantized stay in float and are listed with the reason.
+    layer; layers that cannot be quantized stay in float and are listed with the reason. Layers
+    whose output is the model's output keep it in float; biases are corrected for the mean error
+    quantization adds (``bias_correction``).
     """
-    from slimkit.techniques.quantization.ptq import calibrate, convert, prepare_static
+    from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert, correct_bias,
+                                                     keep_model_outputs_float, prepare_static,
+                                                     release_float_weights)
 
     weight_max = _weight_max(cfg)
     prepared, report = prepare_static(model.eval(), observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)
@@ -69,13 +76,19 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
         raise SlimkitError("quantize: the model has no Conv2d or Linear layer to quantize"
                            + (f" (skipped: {report.skipped})" if report.skipped else ""))
     prepared = prepared.to(ctx.device)
-    train = ctx.data.train
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))[:cfg.calibration_samples]
-    batches = [tuple(t[order[i:i + cfg.calibration_batch_size]].to(ctx.device) for t in train.inputs)
-               for i in range(0, len(order), cfg.calibration_batch_size)]
+    batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
+        ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
+    float_outputs = keep_model_outputs_float(prepared, batches[0])
     calibrate(prepared, batches)
     convert(prepared)
+    if cfg.bias_correction:
+        shifts = correct_bias(prepared, batches)
+    else:
+        shifts = {}
+        release_float_weights(prepared)
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
-            "calibration_samples": len(order), "layers_quantized": len(report.quantized),
-            "layers_skipped": len(report.skipped), **report.to_dict()}
-    return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max})
+            "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
+            "layers_skipped": len(report.skipped), "float_outputs": float_outputs,
+            "bias_corrected": len(shifts), "max_bias_shift": max(shifts.values(), default=0.0), **report.to_dict()}
+    return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
+                                                      "float_outputs": float_outputs})
