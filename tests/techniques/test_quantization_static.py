@@ -125,7 +125,7 @@ def test_bias_correction_removes_the_mean_output_error_and_lowers_held_out_error
     assert float(((after - ref) ** 2).mean()) < 0.85 * float(((before - ref) ** 2).mean())  # held out
 
 
-def test_outputs_that_leave_the_model_stay_float():
+def test_outputs_no_integer_kernel_consumes_stay_float():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     x = torch.randn(16, 4)
@@ -138,16 +138,21 @@ def test_outputs_that_leave_the_model_stay_float():
     logits = last._apply_layer(last.input_quant(first(x)), last.dequantized_weight())
     assert torch.equal(q(x), logits)  # not rounded to an 8-bit grid at the end
 
-    class Scaled(nn.Module):  # the output is computed from the layer's output, not the layer's output
+    class Residual(nn.Module):  # a Linear feeding a float op (an add) keeps its output float
         def __init__(self):
             super().__init__()
-            self.fc = nn.Linear(4, 2)
+            self.fc = nn.Linear(4, 4)
 
         def forward(self, x):
-            return self.fc(x) * 2
+            return self.fc(x) + x
 
-    q, _ = prepare_static(Scaled().eval())
-    assert keep_model_outputs_float(q, (x,)) == [] and q.fc.output_quant is not None
+    q, _ = prepare_static(Residual().eval())
+    assert keep_model_outputs_float(q, (x,)) == ["fc"] and q.fc.output_quant is None
+    # a conv keeps its output quantizer even before a float op (ONNX Runtime needs it for QLinearConv)
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)).eval()
+    q, _ = prepare_static(cnn)
+    assert keep_model_outputs_float(q, (torch.randn(2, 1, 8, 8),)) == ["3"]
+    assert quantized_layers(q)["0"].output_quant is not None
     with pytest.raises(ValueError, match="not a quantized layer"):
         prepare_static(model, float_outputs=["1"])
 
