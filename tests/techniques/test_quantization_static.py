@@ -14,7 +14,7 @@ from slimkit.tasks import build_task
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
 from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert, correct_bias,
                                                  keep_model_outputs_float, prepare_static, quantized_layers,
-                                                 release_float_weights)
+                                                 release_float_weights, share_quantization_params)
 from slimkit.techniques.quantization.qscheme import QuantSpec
 from slimkit.train.config import TrainConfig
 
@@ -155,6 +155,38 @@ def test_outputs_no_integer_kernel_consumes_stay_float():
     assert quantized_layers(q)["0"].output_quant is not None
     with pytest.raises(ValueError, match="not a quantized layer"):
         prepare_static(model, float_outputs=["1"])
+
+
+def test_scales_shared_across_max_pool_and_reshape_keep_those_ops_in_int8(digits, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from slimkit.backends.onnxruntime import export_onnx
+
+    task, model = digits
+    batches = calibration_batches(task.data.train, 256, 64, seed=0)
+    q, _ = prepare_static(model, weight_max=default_weight_max())
+    keep_model_outputs_float(q, batches[0])
+    calibrate(q, batches)
+    convert(q)
+    layers = quantized_layers(q)
+    before = float(layers["6"].input_quant.scale)
+    pairs = share_quantization_params(q)
+    # digits-cnn: conv 0.0 -> conv 1.0 -> max-pool -> conv 3.0 -> max-pool -> flatten -> linear 6 -> linear 8
+    assert pairs == [("0.0", "1.0"), ("1.0", "3.0"), ("3.0", "6"), ("6", "8")]
+    for producer, consumer in pairs:
+        out, inp = layers[producer].output_quant, layers[consumer].input_quant
+        assert float(inp.scale) == float(out.scale) and int(inp.zero_point) == int(out.zero_point)
+        assert inp._qparams == (float(out.scale), int(out.zero_point))  # what forward reads
+    assert float(layers["6"].input_quant.scale) >= before  # the pool's input range covers its output's
+    path = export_onnx(q, task.data.test.example_inputs(1), tmp_path / "q.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 3 and ops.count("NhwcMaxPool") == 2 and "MaxPool" not in ops
+    # the int8 model still scores like the float one
+    fp32 = task.evaluate(predict(model, task.data.test, 256), task.data.test.targets)["quality"]
+    assert task.evaluate(predict(q, task.data.test, 256), task.data.test.targets)["quality"] >= fp32 - 0.01
 
 
 def test_layers_without_an_int8_twin_are_skipped_with_the_reason():

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, _QuantLayer
 from slimkit.techniques.quantization.observers import ObserverName
@@ -167,6 +169,63 @@ def convert(model: nn.Module) -> nn.Module:
                                    "forward?); list it under 'skip' to keep it in float")
             module.freeze()
     return model
+
+
+# ops whose output values are a subset of their input's (a max picks one; shapes just move them)
+_SAME_VALUES_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                        nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+_SAME_VALUES_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, F.max_pool1d, F.max_pool2d,
+                          F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.dropout}
+_SAME_VALUES_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
+
+
+class _QuantTracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (_QuantLayer, ActQuant)) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _same_values(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _SAME_VALUES_MODULES)
+    if node.op == "call_function":
+        return node.target in _SAME_VALUES_FUNCTIONS
+    return node.op == "call_method" and node.target in _SAME_VALUES_METHODS
+
+
+@torch.no_grad()
+def share_quantization_params(model: nn.Module) -> list[tuple[str, str]]:
+    """Give a layer's input quantizer its producer's output (scale, zero point) when only
+    max-pools and reshapes lie between them; returns the (producer, consumer) pairs.
+
+    Quantize-dequantize pairs with one scale around a max-pool or a reshape are what lets ONNX
+    Runtime run those ops in int8 and keep the layout transforms fused (OpenVINO likewise keeps
+    the tensor in int8); two independently calibrated scales force a float round trip between
+    the layers. Sharing loses nothing: those ops only pick or move values, so the producer's
+    range covers the consumer's input. Needs a model fx can trace (a fused CNN is one); any
+    other model is left as it is.
+    """
+    try:
+        graph = _QuantTracer().trace(model)
+    except Exception:  # noqa: BLE001 - untraceable models simply keep their own scales
+        return []
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        consumer = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(consumer, _QuantLayer) or not node.args or consumer.input_quant.calibrating:
+            continue
+        src = node.args[0]
+        while isinstance(src, fx.Node) and _same_values(src, modules) and src.args:
+            src = src.args[0]
+        producer = modules.get(src.target) if isinstance(src, fx.Node) and src.op == "call_module" else None
+        if not isinstance(producer, _QuantLayer) or producer.output_quant is None \
+                or producer.output_quant.spec != consumer.input_quant.spec:
+            continue
+        consumer.input_quant.scale.copy_(producer.output_quant.scale)
+        consumer.input_quant.zero_point.copy_(producer.output_quant.zero_point)
+        consumer.input_quant._frozen_from_buffers()
+        pairs.append((src.target, node.target))
+    return pairs
 
 
 class _Reached(Exception):

@@ -66,7 +66,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     """
     from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert, correct_bias,
                                                      keep_model_outputs_float, prepare_static,
-                                                     release_float_weights)
+                                                     release_float_weights, share_quantization_params)
 
     weight_max = _weight_max(cfg)
     prepared, report = prepare_static(model.eval(), observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)
@@ -81,6 +81,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     float_outputs = keep_model_outputs_float(prepared, batches[0])
     calibrate(prepared, batches)
     convert(prepared)
+    shared = share_quantization_params(prepared)
     if cfg.bias_correction:
         shifts = correct_bias(prepared, batches)
     else:
@@ -89,6 +90,6 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
             "layers_skipped": len(report.skipped), "float_outputs": float_outputs,
-            "bias_corrected": len(shifts), "max_bias_shift": max(shifts.values(), default=0.0), **report.to_dict()}
+            "shared_scales": [f"{a} -> {b}" for a, b in shared], "bias_corrected": len(shifts), "max_bias_shift": max(shifts.values(), default=0.0), **report.to_dict()}
     return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
                                                       "float_outputs": float_outputs})
