@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -107,17 +108,22 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def render(results: list[dict[str, Any]], command: str, threads: int) -> str:
+INTERLEAVED = ("per round, the unfused model alone, then one process that times the fused model alone and then "
+               "both interleaved (ABBA; ONNX Runtime rebuilt without spin-waiting threads for that); `fused ×` is "
+               "the median of the rounds' unfused/fused ratios")
+
+
+def render(results: list[dict[str, Any]]) -> str:
     lines = ["# slimkit backends: every runtime, before and after fusion", "",
-             f"Command: `{command}`; {platform.machine()}, python {platform.python_version()}, "
-             f"{time.strftime('%Y-%m-%d')}, {threads} threads. Each (backend, precision) in processes of its own: "
-             "per round, the unfused model alone, then one process that times the fused model alone and then both "
-             "interleaved (ABBA; ONNX Runtime rebuilt without spin-waiting threads for that); "
-             "figures are medians over rounds of per-process medians, `fused ×` the median of the rounds' "
-             "unfused/fused ratios. Numerics, quality and artifact: the unfused model, measured alone.", ""]
+             "Each (backend, precision) in processes of its own; figures are medians over rounds of per-process "
+             "medians. Numerics, quality and artifact: the unfused model, measured alone. Each section names the "
+             "command that wrote it and how its fusion columns were timed (a run of some tasks replaces those "
+             "sections and keeps the others).", ""]
     for res in results:
         f = res["fusion"]
         lines += [f"## {res['task']}", "",
+                  f"Command: `{res['command']}`; {res['machine']}, {res['date']}, {res['threads']} threads. "
+                  f"Fusion columns: {res['fusion_method']}.", "",
                   f"Fusion: {f['bn_folded']} BatchNorm folded, {f['activations_fused']} activations fused, "
                   f"{f['linear_merged']} linear merged, {f['bn_remaining']} BatchNorm left; fused vs unfused eager: "
                   f"max rel diff {res['fusion_max_rel_diff']:.2g}.", "",
@@ -152,19 +158,27 @@ def main() -> None:
     from slimkit.measure.config import MeasureConfig
 
     cfg = MeasureConfig(threads=args.threads, repeats=args.repeats, memory=False)
-    results = []
+    command = (f"python benchmarks/backends.py --tasks {' '.join(args.tasks)} --precisions {' '.join(args.precisions)} "
+               f"--rounds {args.rounds} --threads {args.threads} --repeats {args.repeats}")
+    stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
+             "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "fusion_method": INTERLEAVED}
+    json_path = args.out / "backends.json"
+    kept = json.loads(json_path.read_text())["results"] if json_path.exists() else []
+    new = {}
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-backends-") as tmp:
         for name in args.tasks:
             folder = Path(tmp) / name
             folder.mkdir()
-            results.append(measure_task(name, args.precisions, args.rounds, cfg, folder))
-    command = (f"python benchmarks/backends.py --tasks {' '.join(args.tasks)} --precisions {' '.join(args.precisions)} "
-               f"--rounds {args.rounds} --threads {args.threads} --repeats {args.repeats}")
-    text = render(results, command, args.threads)
-    Console().print(text, markup=False, highlight=False)
+            new[name] = {**measure_task(name, args.precisions, args.rounds, cfg, folder), **stamp}
+    order = [r["task"] for r in kept] + [t for t in args.tasks if t not in {r["task"] for r in kept}]
+    results = [new.get(t) or next(r for r in kept if r["task"] == t) for t in order]
+    Console().print(render(list(new.values())), markup=False, highlight=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "backends.md").write_text(text)
-    (args.out / "backends.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    for stem, text in (("backends.md", render(results)),
+                       ("backends.json", json.dumps({"results": results}, indent=2) + "\n")):
+        tmp_path = args.out / f".{stem}.tmp"
+        tmp_path.write_text(text)
+        os.replace(tmp_path, args.out / stem)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,16 @@ def test_shared_parameters_counted_once():
     lin = nn.Linear(4, 4)
     model = nn.Sequential(lin, lin)
     assert count_params(model) == 20
+
+
+def test_quantized_weight_codes_count_as_weights():
+    from slimkit.techniques.quantization.modules import QuantLinear
+
+    layer = QuantLinear(nn.Linear(10, 5))  # int8 codes are a buffer, the bias stays a parameter
+    assert count_params(layer) == 10 * 5 + 5
+    with torch.no_grad():
+        layer.weight_int8[:2] = 0
+    assert count_nonzero_params(layer) == 55 - 20
+    # codes, bias and the per-channel scales counted as dense float32; zero points (int64) and the
+    # activation quantizers' int32 zero points are not weights
+    assert dense_fp32_bytes(layer) == 4 * (50 + 5 + 5 + 2)

@@ -12,20 +12,29 @@ import torch.nn as nn
 from slimkit.core.io import state_dict_bytes, tensors_for_saving
 
 
+_CODE_DTYPES = (torch.int8, torch.uint8)
+
+
 def count_params(model: nn.Module) -> int:
-    """Number of parameter elements (shared parameters counted once)."""
-    return sum(p.numel() for p in _unique(model.parameters()))
+    """Number of weight elements: parameters, plus the 8-bit integer buffers in which quantized
+    layers keep their weight codes (shared tensors counted once)."""
+    return sum(p.numel() for p in _weights(model))
 
 
 def count_nonzero_params(model: nn.Module) -> int:
-    """Parameter elements that are not exactly zero (what pruning removes)."""
-    return sum(int(torch.count_nonzero(p.detach())) for p in _unique(model.parameters()))
+    """Weight elements (as ``count_params`` counts them) that are not exactly zero (what pruning removes)."""
+    return sum(int(torch.count_nonzero(p.detach())) for p in _weights(model))
 
 
 def dense_fp32_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and floating-point buffer stored densely as float32."""
+    """Bytes of every parameter, floating-point buffer and 8-bit weight code stored densely as float32."""
     tensors = tensors_for_saving(model.state_dict())
-    return sum(4 * t.numel() for t in tensors.values() if t.is_floating_point())
+    return sum(4 * t.numel() for t in tensors.values() if t.is_floating_point() or t.dtype in _CODE_DTYPES)
+
+
+def _weights(model: nn.Module):
+    yield from _unique(model.parameters())
+    yield from _unique(b for b in model.buffers() if b.dtype in _CODE_DTYPES)
 
 
 def tensors_bytes(state: Mapping[str, torch.Tensor]) -> int:
