@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import run_sections, write_atomic  # noqa: E402
 
 ONE_ROUND = {"tvm"}
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -162,23 +163,12 @@ def main() -> None:
                f"--rounds {args.rounds} --threads {args.threads} --repeats {args.repeats}")
     stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
              "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "fusion_method": INTERLEAVED}
-    json_path = args.out / "backends.json"
-    kept = json.loads(json_path.read_text())["results"] if json_path.exists() else []
-    new = {}
-    with tempfile.TemporaryDirectory(prefix="slimkit-bench-backends-") as tmp:
-        for name in args.tasks:
-            folder = Path(tmp) / name
-            folder.mkdir()
-            new[name] = {**measure_task(name, args.precisions, args.rounds, cfg, folder), **stamp}
-    order = [r["task"] for r in kept] + [t for t in args.tasks if t not in {r["task"] for r in kept}]
-    results = [new.get(t) or next(r for r in kept if r["task"] == t) for t in order]
-    Console().print(render(list(new.values())), markup=False, highlight=False)
-    args.out.mkdir(parents=True, exist_ok=True)
-    for stem, text in (("backends.md", render(results)),
-                       ("backends.json", json.dumps({"results": results}, indent=2) + "\n")):
-        tmp_path = args.out / f".{stem}.tmp"
-        tmp_path.write_text(text)
-        os.replace(tmp_path, args.out / stem)
+    results, new = run_sections(args.tasks, lambda name, folder: measure_task(name, args.precisions, args.rounds,
+                                                                              cfg, folder),
+                                stamp, args.out / "backends.json", "slimkit-bench-backends-")
+    Console().print(render(new), markup=False, highlight=False)
+    write_atomic(args.out, {"backends.md": render(results),
+                            "backends.json": json.dumps({"results": results}, indent=2) + "\n"})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,35 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
+def run_sections(tasks: Sequence[str], measure, stamp: dict[str, Any], json_path: Path, prefix: str) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]]]:
+    """Measure each task (``measure(name, folder)``, in a temporary folder) and merge the results
+    with the other tasks' sections already in ``json_path``: (all sections in order, the new ones).
+    Each section carries ``stamp`` (its command, machine, date), so a partial rerun stays honest."""
+    import tempfile
+
+    kept = json.loads(json_path.read_text())["results"] if json_path.exists() else []
+    new = {}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for name in tasks:
+            folder = Path(tmp) / name
+            folder.mkdir()
+            new[name] = {**measure(name, folder), **stamp}
+    order = [r["task"] for r in kept] + [t for t in tasks if t not in {r["task"] for r in kept}]
+    return [new.get(t) or next(r for r in kept if r["task"] == t) for t in order], list(new.values())
+
+
+def write_atomic(out: Path, files: dict[str, str]) -> None:
+    """Each ``{name: text}`` written to OUT/name through a temporary name (never half-written)."""
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
 def measure_in_subprocess(args: Sequence[str]) -> dict[str, Any]:
     """`slimkit measure ARGS --json` in a fresh process (runtimes never share threads or caches)."""
     started = time.perf_counter()

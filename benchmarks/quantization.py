@@ -31,10 +31,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import run_sections, write_atomic  # noqa: E402
 
 CALIBRATION_SAMPLES, CALIBRATION_BATCH, SEED = 512, 64, 0
 RUNTIMES = {"onnxruntime": "ORT", "openvino": "OV"}
@@ -430,24 +432,11 @@ def main() -> None:
                + (f" --weight-range {args.weight_range}" if args.weight_range != "auto" else ""))
     stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
              "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": args.rounds, "tokens": args.tokens}
-    json_path = args.out / "quantization.json"
-    kept = json.loads(json_path.read_text())["results"] if json_path.exists() else []
-    new = {}
-    with tempfile.TemporaryDirectory(prefix="slimkit-bench-quant-") as tmp:
-        for name in args.tasks:
-            folder = Path(tmp) / name
-            folder.mkdir()
-            new[name] = {**measure_task(name, args, folder), **stamp}
-    order = [r["task"] for r in kept] + [t for t in args.tasks if t not in {r["task"] for r in kept}]
-    results = [new.get(t) or next(r for r in kept if r["task"] == t) for t in order]
-    text = render(results)
-    Console().print(render(list(new.values())), markup=False, highlight=False)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp_md, tmp_json = args.out / ".quantization.md.tmp", args.out / ".quantization.json.tmp"
-    tmp_md.write_text(text)
-    tmp_json.write_text(json.dumps({"results": results}, indent=2) + "\n")
-    os.replace(tmp_md, args.out / "quantization.md")
-    os.replace(tmp_json, json_path)
+    results, new = run_sections(args.tasks, lambda name, folder: measure_task(name, args, folder), stamp,
+                                args.out / "quantization.json", "slimkit-bench-quant-")
+    Console().print(render(new), markup=False, highlight=False)
+    write_atomic(args.out, {"quantization.md": render(results),
+                            "quantization.json": json.dumps({"results": results}, indent=2) + "\n"})
 
 
 if __name__ == "__main__":
