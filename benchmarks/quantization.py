@@ -101,20 +101,9 @@ def input_names(onnx_path: Path) -> list[str]:
 
 def slimkit_quantize(model: Any, batches: list, weight_max: int, bias_correction: bool = True) -> Any:
     """What the ``quantize`` step does with its defaults (static, min-max), on ``batches``."""
-    import torch
+    from slimkit.techniques.quantization.ptq import quantize_static
 
-    from slimkit.techniques.quantization.ptq import (calibrate, convert, correct_bias, keep_model_outputs_float,
-                                                     prepare_static, release_float_weights,
-                                                     share_quantization_params)
-
-    with torch.no_grad():
-        q, _ = prepare_static(model, weight_max=weight_max)
-        keep_model_outputs_float(q, batches[0])
-        calibrate(q, batches)
-        convert(q)
-        share_quantization_params(q)
-        correct_bias(q, batches) if bias_correction else release_float_weights(q)
-    return q
+    return quantize_static(model, batches, weight_max=weight_max, bias_correction=bias_correction)[0]
 
 
 def ort_quantize(fp32_onnx: Path, names: list[str], batches: list, folder: Path,

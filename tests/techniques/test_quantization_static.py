@@ -12,9 +12,9 @@ from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
-from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert, correct_bias,
+from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert,
                                                  keep_model_outputs_float, prepare_static, quantized_layers,
-                                                 release_float_weights, share_quantization_params)
+                                                 quantize_static, share_quantization_params)
 from slimkit.techniques.quantization.qscheme import QuantSpec
 from slimkit.train.config import TrainConfig
 
@@ -108,12 +108,8 @@ def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path):
 
 
 def _quantize(model, batches, bias_correction):
-    q, _ = prepare_static(model, weight_max=default_weight_max())
-    keep_model_outputs_float(q, batches[0])
-    calibrate(q, batches)
-    convert(q)
-    shifts = correct_bias(q, batches) if bias_correction else release_float_weights(q)
-    return q, shifts
+    q, report = quantize_static(model, batches, weight_max=default_weight_max(), bias_correction=bias_correction)
+    return q, report.bias_shifts
 
 
 def test_bias_correction_removes_the_mean_output_error_and_lowers_held_out_error(digits):

@@ -176,6 +176,7 @@ class QuantConv2d(_QuantLayer):
 
 class QuantLinear(_QuantLayer):
     channel_dim = -1
+
     def __init__(self, linear: nn.Linear, activation: nn.Module | None = None, *, act_spec: QuantSpec | None = None,
                  observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127) -> None:
         super().__init__(linear, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,

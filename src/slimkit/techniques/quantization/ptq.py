@@ -28,9 +28,15 @@ _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "
 class QuantReport:
     quantized: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"module", "reason"}
+    float_outputs: list[str] = field(default_factory=list)  # layers whose output is not re-quantized
+    shared_scales: list[tuple[str, str]] = field(default_factory=list)  # (producer, consumer)
+    bias_shifts: dict[str, float] = field(default_factory=dict)  # layer -> largest |shift|
 
     def to_dict(self) -> dict:
-        return {"quantized": list(self.quantized), "skipped": list(self.skipped)}
+        return {"quantized": list(self.quantized), "skipped": list(self.skipped),
+                "float_outputs": list(self.float_outputs),
+                "shared_scales": [f"{a} -> {b}" for a, b in self.shared_scales],
+                "bias_corrected": len(self.bias_shifts), "max_bias_shift": max(self.bias_shifts.values(), default=0.0)}
 
 
 def _activation_module(name: str, approximate: str = "none") -> nn.Module:
@@ -97,6 +103,31 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
         model(*inputs)
         n += 1
     return n
+
+
+@torch.no_grad()
+def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, observer: ObserverName = "minmax",
+                    skip: Iterable[str] = (), weight_max: int = 127,
+                    bias_correction: bool = True) -> tuple[nn.Module, QuantReport]:
+    """The whole static int8 recipe on a copy of ``model`` (the ``quantize`` step's algorithm):
+    fuse and swap, keep outputs no integer kernel consumes in float, calibrate on ``batches``,
+    freeze, share scales across max-pools and reshapes, correct biases."""
+    q, report = prepare_static(model.eval(), observer=observer, skip=skip, weight_max=weight_max)
+    if not report.quantized:
+        from slimkit.core.errors import SlimkitError
+
+        raise SlimkitError("quantize: the model has no Conv2d or Linear layer to quantize"
+                           + (f" (skipped: {report.skipped})" if report.skipped else ""))
+    q = q.to(batches[0][0].device)
+    report.float_outputs = keep_model_outputs_float(q, batches[0])
+    calibrate(q, batches)
+    convert(q)
+    report.shared_scales = share_quantization_params(q)
+    if bias_correction:
+        report.bias_shifts = correct_bias(q, batches)
+    else:
+        release_float_weights(q)
+    return q, report
 
 
 def calibration_batches(split, samples: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, ...]]:

@@ -64,32 +64,15 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     whose output is the model's output keep it in float; biases are corrected for the mean error
     quantization adds (``bias_correction``).
     """
-    from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert, correct_bias,
-                                                     keep_model_outputs_float, prepare_static,
-                                                     release_float_weights, share_quantization_params)
+    from slimkit.techniques.quantization.ptq import calibration_batches, quantize_static
 
     weight_max = _weight_max(cfg)
-    prepared, report = prepare_static(model.eval(), observer=cfg.observer, skip=cfg.skip, weight_max=weight_max)
-    if not report.quantized:
-        from slimkit.core.errors import SlimkitError
-
-        raise SlimkitError("quantize: the model has no Conv2d or Linear layer to quantize"
-                           + (f" (skipped: {report.skipped})" if report.skipped else ""))
-    prepared = prepared.to(ctx.device)
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
-    float_outputs = keep_model_outputs_float(prepared, batches[0])
-    calibrate(prepared, batches)
-    convert(prepared)
-    shared = share_quantization_params(prepared)
-    if cfg.bias_correction:
-        shifts = correct_bias(prepared, batches)
-    else:
-        shifts = {}
-        release_float_weights(prepared)
+    prepared, report = quantize_static(model, batches, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max,
+                                       bias_correction=cfg.bias_correction)
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
-            "layers_skipped": len(report.skipped), "float_outputs": float_outputs,
-            "shared_scales": [f"{a} -> {b}" for a, b in shared], "bias_corrected": len(shifts), "max_bias_shift": max(shifts.values(), default=0.0), **report.to_dict()}
+            "layers_skipped": len(report.skipped), **report.to_dict()}
     return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
-                                                      "float_outputs": float_outputs})
+                                                      "float_outputs": report.float_outputs})
