@@ -83,18 +83,7 @@ def test_integer_runtimes_match_the_fake_quant_reference_within_one_lsb(digits, 
         assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".tmp*"))
 
 
-def _optimized_ops(path, tmp_path):
-    """The op types of the graph ONNX Runtime runs after its optimisations (QDQ fusion included)."""
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-
-
-def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path):
+def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path, ort_optimized_ops):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from slimkit.backends.onnxruntime import export_onnx
@@ -102,7 +91,7 @@ def test_onnxruntime_runs_the_graph_on_integer_kernels(digits, tmp_path):
     task, model = digits
     q, _ = _quantized(task, model)
     path = export_onnx(q, task.data.test.example_inputs(1), tmp_path / "q.onnx")
-    ops = _optimized_ops(path, tmp_path)
+    ops = ort_optimized_ops(path)
     assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 2 and "Conv" not in ops
     assert not onnx.load(str(path)).graph.metadata_props  # the exporter's debug records are stripped
 
@@ -161,7 +150,7 @@ def test_outputs_no_integer_kernel_consumes_stay_float():
         prepare_static(model, float_outputs=["1"])
 
 
-def test_scales_shared_across_max_pool_and_reshape_keep_those_ops_in_int8(digits, tmp_path):
+def test_scales_shared_across_max_pool_and_reshape_keep_those_ops_in_int8(digits, tmp_path, ort_optimized_ops):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from slimkit.backends.onnxruntime import export_onnx
@@ -183,7 +172,7 @@ def test_scales_shared_across_max_pool_and_reshape_keep_those_ops_in_int8(digits
         assert inp._qparams == (float(out.scale), int(out.zero_point))  # what forward reads
     assert float(layers["6"].input_quant.scale) >= before  # the pool's input range covers its output's
     path = export_onnx(q, task.data.test.example_inputs(1), tmp_path / "q.onnx")
-    ops = _optimized_ops(path, tmp_path)
+    ops = ort_optimized_ops(path)
     assert ops.count("QLinearConv") == 3 and ops.count("NhwcMaxPool") == 2 and "MaxPool" not in ops
     # the int8 model still scores like the float one
     fp32 = task.evaluate(predict(model, task.data.test, 256), task.data.test.targets)["quality"]

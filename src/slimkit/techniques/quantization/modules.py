@@ -27,6 +27,8 @@ from slimkit.techniques.quantization.qscheme import QuantSpec, quantize
 
 _QD = torch.ops.quantized_decomposed
 _DTYPES = {(8, True): torch.int8, (8, False): torch.uint8}
+# symmetric b-bit weight codes in [-weight_max, weight_max], held in int8: 127 (8-bit), 63 (7-bit), ..., 1 (ternary)
+WEIGHT_MAXES = tuple(2 ** (b - 1) - 1 for b in range(8, 1, -1))
 
 
 def vnni_available() -> bool | None:
@@ -118,10 +120,12 @@ class _QuantLayer(nn.Module):
     """A conv or linear layer with int8 per-channel weights (buffers) and quantized input/output."""
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, activation: nn.Module | None, act_spec: QuantSpec,
-                 observer: ObserverName, quantize_output: bool, weight_max: int = 127) -> None:
+                 observer: ObserverName, quantize_output: bool, weight_max: int = 127,
+                 weight_scale: torch.Tensor | None = None) -> None:
         super().__init__()
-        if weight_max not in (127, 63):
-            raise ValueError(f"weight_max must be 127 (int8) or 63 (7-bit, 'reduced range'), got {weight_max}")
+        if weight_max not in WEIGHT_MAXES:
+            raise ValueError(f"weight_max must be 2^(b-1) - 1 for b-bit codes, one of {WEIGHT_MAXES} (127: int8, "
+                             f"63: 7-bit 'reduced range'), got {weight_max}")
         w = layer.weight.detach().float()
         self.w_spec = QuantSpec(bits=8, symmetric=True, axis=0)
         self.weight_max = weight_max
@@ -129,8 +133,11 @@ class _QuantLayer(nn.Module):
         # code -128 has no positive twin and kernels expect it unused. 63 ("reduced range"): on
         # x86 CPUs without VNNI, ONNX Runtime's u8 x s8 kernels add pairs of products in int16
         # (VPMADDUBSW), which saturates with 8-bit weights (measured: 24 output LSBs off); 7-bit
-        # weights cannot saturate, and the integer outputs match this module within 1 LSB.
-        scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / weight_max).clamp_min(1e-12)
+        # weights cannot saturate, and the integer outputs match this module within 1 LSB. Fewer
+        # bits (quantization-aware training) use narrower codes in the same int8 container, with
+        # the step QAT learned as ``weight_scale`` (weights beyond it are clipped to the top code).
+        scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / weight_max).clamp_min(1e-12) if weight_scale is None \
+            else weight_scale.detach().float().reshape(-1).clone()
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
         self.register_buffer("weight_int8", quantize(w, scale, zero_point, self.w_spec)
                              .clamp(-weight_max, weight_max).to(torch.int8))
@@ -163,11 +170,12 @@ class _QuantLayer(nn.Module):
 
 class QuantConv2d(_QuantLayer):
     def __init__(self, conv: nn.Conv2d, activation: nn.Module | None = None, *, act_spec: QuantSpec | None = None,
-                 observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127) -> None:
+                 observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127,
+                 weight_scale: torch.Tensor | None = None) -> None:
         if conv.padding_mode != "zeros":
             raise ValueError(f"QuantConv2d: padding_mode {conv.padding_mode!r} is not supported")
         super().__init__(conv, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,
-                         weight_max)
+                         weight_max, weight_scale)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -178,9 +186,10 @@ class QuantLinear(_QuantLayer):
     channel_dim = -1
 
     def __init__(self, linear: nn.Linear, activation: nn.Module | None = None, *, act_spec: QuantSpec | None = None,
-                 observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127) -> None:
+                 observer: ObserverName = "minmax", quantize_output: bool = True, weight_max: int = 127,
+                 weight_scale: torch.Tensor | None = None) -> None:
         super().__init__(linear, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,
-                         weight_max)
+                         weight_max, weight_scale)
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, self.bias)

@@ -1,4 +1,4 @@
-"""The ``quantize`` recipe step (static post-training int8 so far), with ``restore`` for resuming.
+"""The quantization recipe steps, each with ``restore`` for resuming.
 
 The quantized model is a module tree of QDQ layers whose integer codes and scales are buffers:
 it is saved as safetensors like any other step, runs in eager PyTorch as a float reference,
@@ -17,6 +17,7 @@ from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError
 from slimkit.core.step import StepResult, register_step
 from slimkit.techniques.quantization.observers import ObserverName
+from slimkit.techniques.quantization.qscheme import StepInit
 
 
 class QuantizeConfig(Config):
@@ -76,3 +77,56 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
             "layers_skipped": len(report.skipped), **report.to_dict()}
     return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
                                                       "float_outputs": report.float_outputs})
+
+class QATConfig(Config):
+    weight_bits: int = Field(4, ge=2, le=8, description="weight bits: symmetric per-channel codes in "
+                                                        "[-(2^(b-1)-1), 2^(b-1)-1] (2: ternary), stored in int8")
+    activation_bits: Literal[8] = Field(8, description="activation bits; 8 only: ONNX's uint8 QuantizeLinear "
+                                                       "cannot clamp to a narrower code range")
+    init: StepInit = Field("mse", description="initial weight steps: mse (least squared error), lsq "
+                                              "(2 mean|w|/sqrt(Q)), lsq+ (mean +- 3 std) or minmax (PTQ's)")
+    epochs: int = Field(5, ge=1, description="fine-tuning epochs through the fake quantizers")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (weights, biases and steps)")
+    batch_size: int = Field(64, ge=1, description="examples per optimizer step")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    calibration_samples: int = Field(512, ge=1, description="training examples that set the initial "
+                                                            "activation ranges")
+    skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
+
+
+def restore_qat(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """QAT converts to the layers ``quantize`` makes: re-apply that swap (codes and learned scales then load)."""
+    try:
+        cfg = QATConfig.model_validate(structure.get("config"))
+    except ValidationError as err:
+        raise CheckpointError(format_validation_error(err, "qat step's recorded structure")) from None
+    return restore_quantization(model, {**structure, "config": {"skip": cfg.skip}})
+
+
+@register_step("qat", config=QATConfig, restore=restore_qat)
+def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
+    """Quantization-aware training (LSQ): b-bit weights and 8-bit activations with learned steps,
+    fine-tuned with the task's loss, then converted to the same integer QDQ layers as ``quantize``.
+
+    8-bit weights become 7-bit on x86 CPUs without VNNI (ONNX Runtime's int8 kernels saturate there).
+    """
+    from slimkit.techniques.quantization.modules import default_weight_max
+    from slimkit.techniques.quantization.ptq import calibration_batches
+    from slimkit.techniques.quantization.qat import convert_qat, prepare_qat
+    from slimkit.train.config import TrainConfig
+
+    bits = 7 if cfg.weight_bits == 8 and default_weight_max() == 63 else cfg.weight_bits
+    batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
+        ctx.data.train, cfg.calibration_samples, 64, ctx.seed)]
+    model, report = prepare_qat(model, batches, bits_weights=bits, bits_activations=cfg.activation_bits,
+                                skip=cfg.skip, init=cfg.init)
+    fit = ctx.train(model, TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                       optimizer=cfg.optimizer), description="qat")
+    convert_qat(model)
+    layers = {k: v for k, v in report.to_dict().items() if k not in ("bias_corrected", "max_bias_shift")}
+    info = {"method": "lsq", "weight_bits": bits, "activation_bits": cfg.activation_bits, "init": cfg.init,
+            "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
+            "layers_skipped": len(report.skipped), **layers, "train": fit.summary()}
+    return StepResult(model, info=info, structure={"config": cfg.to_json_dict(), "weight_max": 2 ** (bits - 1) - 1,
+                                                   "float_outputs": report.float_outputs})
+
