@@ -19,6 +19,7 @@ packages are imported inside each backend's own file, never at ``import slimkit`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,18 +152,36 @@ def dynamic_shapes(inputs: Sequence[torch.Tensor]) -> tuple[dict[int, Any], ...]
     return tuple({0: dyn, 1: dyn} if is_token_input(t) else {0: dyn} for t in inputs)
 
 
+_EXPORT_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("slimkit_export_target", default=None)
+
+
+def export_target() -> str | None:
+    """The runtime a ``torch.export`` in progress is for (``"onnxruntime"``), or None.
+
+    A layer may write itself differently for one runtime: a weight-only int4 linear becomes ONNX
+    Runtime's ``MatMulNBits`` contrib op when exported for ONNX Runtime, and standard ops (which
+    every runtime reads) otherwise."""
+    return _EXPORT_TARGET.get() if torch.compiler.is_exporting() else None
+
+
 def export_program(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
-                   dynamic: bool = True) -> torch.export.ExportedProgram:
+                   dynamic: bool = True, target: str | None = None) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode, with dynamic batch/sequence sizes when ``dynamic``.
 
     With dynamic shapes, example inputs of batch size 1 would specialise the batch dimension, so
-    they are repeated to batch 2 for the trace (likewise a sequence of length 1).
+    they are repeated to batch 2 for the trace (likewise a sequence of length 1). ``target``:
+    the runtime the program is for, if it is for one only (see ``export_target``).
     """
     inputs = tuple(example_inputs)
     if dynamic:
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in inputs)
-    with torch.no_grad():
-        return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
+    token = _EXPORT_TARGET.set(target)
+    try:
+        with torch.no_grad():
+            return torch.export.export(model.eval(), inputs,
+                                       dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
+    finally:
+        _EXPORT_TARGET.reset(token)
 
 
 def cast_floats(inputs: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

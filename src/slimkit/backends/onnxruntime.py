@@ -19,11 +19,16 @@ from slimkit.backends.base import Availability, Backend, Built, export_program, 
 from slimkit.core.registry import BACKENDS
 
 
-def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path) -> Path:
-    """``model`` as an ONNX file at ``path`` (written to a temporary name, then renamed)."""
+def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path, *,
+                contrib_ops: bool = False) -> Path:
+    """``model`` as an ONNX file at ``path`` (written to a temporary name, then renamed).
+
+    ``contrib_ops``: the file is for ONNX Runtime only and may use its ``com.microsoft`` operators
+    (weight-only int4/int8 linears as ``MatMulNBits``); without it, standard ONNX only (what
+    OpenVINO and TensorRT read)."""
     import warnings
 
-    program = export_program(model, example_inputs)
+    program = export_program(model, example_inputs, target="onnxruntime" if contrib_ops else None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(program, tuple(example_inputs), dynamo=True, verbose=False)
@@ -78,7 +83,7 @@ class OnnxRuntimeBackend(Backend):
 
     @classmethod
     def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
-        path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx")
+        path = export_onnx(model.cpu(), example_inputs, workdir / "model.onnx", contrib_ops=True)
         return load_onnx(path, threads=threads, device=device, spin_wait=spin_wait)
 
 

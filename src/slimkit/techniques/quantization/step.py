@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch.nn as nn
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from slimkit.core.config import Config, format_validation_error
 from slimkit.core.context import Context
@@ -78,6 +78,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
                                                       "float_outputs": report.float_outputs})
 
+
 class QATConfig(Config):
     weight_bits: int = Field(4, ge=2, le=8, description="weight bits: symmetric per-channel codes in "
                                                         "[-(2^(b-1)-1), 2^(b-1)-1] (2: ternary), stored in int8")
@@ -130,3 +131,91 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
     return StepResult(model, info=info, structure={"config": cfg.to_json_dict(), "weight_max": 2 ** (bits - 1) - 1,
                                                    "float_outputs": report.float_outputs})
 
+
+class QuantizeWeightsConfig(Config):
+    bits: Literal[4, 8] = Field(4, description="bits per weight code (4: packed two a byte)")
+    group_size: int | None = Field(128, description="weights sharing one scale along a row's inputs (a power of "
+                                                    "two >= 16); null: one scale per output row")
+    symmetric: bool = Field(False, description="symmetric codes (no zero points stored) or asymmetric")
+    algorithm: Literal["rtn", "gptq"] = Field("gptq", description="rtn: round to nearest; gptq: codes that "
+                                                                  "minimise each linear's output error on "
+                                                                  "calibration data (convs and embeddings: rtn)")
+    layers: list[Literal["linear", "conv", "embedding"]] = Field(["linear"], min_length=1,
+                                                                 description="layer kinds to quantize")
+    calibration_samples: int = Field(128, ge=1, description="training examples GPTQ collects inputs from")
+    calibration_batch_size: int = Field(32, ge=1, description="examples per calibration batch")
+    damp: float = Field(0.01, gt=0, lt=1, description="GPTQ: fraction of the mean Hessian diagonal added to it")
+    max_quality_drop: float | None = Field(None, ge=0, description="mixed precision: the most validation quality "
+                                                                   "(points) to lose; the most sensitive layers get "
+                                                                   "8 bits or stay float until the drop fits")
+    skip: list[str] = Field(default_factory=list, description="module paths kept in float")
+
+    @field_validator("group_size")
+    @classmethod
+    def _power_of_two(cls, v: int | None) -> int | None:
+        if v is not None and (v < 16 or v & (v - 1)):
+            raise ValueError(f"must be a power of two >= 16 or null, got {v}")
+        return v
+
+
+def restore_weight_only(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Re-apply the swap to the recorded layers of a fresh model (the saved codes then load over it)."""
+    from slimkit.techniques.quantization.weight_only import WeightOnlySpec, layers_of_kinds, quantize_weight_only
+
+    try:
+        cfg = QuantizeWeightsConfig.model_validate(structure.get("config"))
+        layers = structure["layers"]
+        bits = {str(name): int(b) for name, b in layers.items()} if isinstance(layers, dict) else {
+            str(name): cfg.bits for name in layers}
+        candidates = layers_of_kinds(model, tuple(cfg.layers))
+        if not set(bits) <= set(candidates):
+            raise ValueError(f"layers {sorted(set(bits) - set(candidates))} are not in the model")
+        spec = WeightOnlySpec(cfg.bits, cfg.group_size, cfg.symmetric)
+        return quantize_weight_only(model, spec, kinds=tuple(cfg.layers), bits=bits,
+                                    skip=[n for n in candidates if n not in bits])[0]
+    except (ValidationError, KeyError, TypeError, ValueError) as err:
+        detail = format_validation_error(err, "quantize_weights step's recorded structure") if isinstance(
+            err, ValidationError) else f"quantize_weights step's recorded structure is malformed ({err})"
+        raise CheckpointError(detail) from None
+
+
+@register_step("quantize_weights", config=QuantizeWeightsConfig, restore=restore_weight_only)
+def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context) -> StepResult:
+    """Weight-only quantization: int4 (packed) or int8 codes with per-group scales, activations in
+    float. GPTQ by default (linears); on ONNX Runtime a quantized linear runs as ``MatMulNBits``."""
+    from slimkit.techniques.quantization.ptq import calibration_batches
+    from slimkit.techniques.quantization.weight_only import WeightOnlySpec, choose_bits, quantize_weight_only
+
+    batches = None
+    if cfg.algorithm == "gptq":
+        batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
+            ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
+    spec = WeightOnlySpec(cfg.bits, cfg.group_size, cfg.symmetric)
+    mixed = None
+
+    def quantize(bits=None):
+        return quantize_weight_only(model, spec, method=cfg.algorithm, batches=batches, kinds=tuple(cfg.layers),
+                                    skip=cfg.skip, damp=cfg.damp, bits=bits)
+
+    try:
+        if cfg.max_quality_drop is None:
+            q, report = quantize()
+        else:
+            mixed = choose_bits(model, spec, ctx.validate, cfg.max_quality_drop, kinds=tuple(cfg.layers),
+                                skip=cfg.skip, quantize=quantize)
+            q, report = mixed.model, mixed.report
+    except ValueError as err:
+        from slimkit.core.errors import ConfigError
+
+        raise ConfigError(f"quantize_weights: {err}") from None
+    if not report.layers:
+        from slimkit.core.errors import SlimkitError
+
+        raise SlimkitError(f"quantize_weights: the model has no {'/'.join(cfg.layers)} layer to quantize")
+    info = {"bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric, **report.to_dict()}
+    if mixed is not None:
+        info.update({"validation_drop_pt": mixed.drop, "max_quality_drop": cfg.max_quality_drop,
+                     "sensitivity_pt": mixed.sensitivity, "configurations_evaluated": mixed.evaluations,
+                     "layers_float": sorted(n for n, b in mixed.bits.items() if b is None)})
+    return StepResult(q, info=info, structure={"config": cfg.to_json_dict(),
+                                               "layers": {n: v["bits"] for n, v in report.layers.items()}})
