@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from slimkit.core.context import Context
 from slimkit.core.step import rebuild_model
@@ -243,3 +244,57 @@ def test_quantize_step_then_deploy_on_onnxruntime_and_resume(tmp_path):
     assert isinstance(quantized_layers(rebuilt)["0.0"], QuantConv2d)
     rebuilt_quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert rebuilt_quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
+
+
+def _outlier_model_and_batches():
+    """A linear whose input has a few channels 50x larger than the rest (the LayerNorm-output
+    outliers of transformers): per-tensor activation quantization wastes its range on them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 16)).eval()
+    gain = torch.ones(64)
+    gain[[3, 17, 40]] = 50.0
+
+    def batch(n):
+        return (torch.randn(n, 64) * gain,)
+
+    return model, [batch(64) for _ in range(4)], batch(512)
+
+
+def test_smoothquant_keeps_the_float_product_and_cuts_the_error_of_outlier_inputs():
+    from slimkit.techniques.quantization.ptq import quantize_static
+
+    model, batches, (x,) = _outlier_model_and_batches()
+    with torch.no_grad():
+        ref = model(x)
+        plain, _ = quantize_static(model, batches, bias_correction=False)
+        smooth, report = quantize_static(model, batches, bias_correction=False, smoothquant=0.5)
+        assert report.smoothed == ["0", "2"] and quantized_layers(plain)["0"].input_smoothing is None
+        layer = quantized_layers(smooth)["0"]
+        factors = 1 / layer.input_smoothing
+        assert factors[[3, 17, 40]].min() > 3 * factors.median()  # the outlier channels are divided most
+        # the float product is unchanged: (x / s) (W s)^T == x W^T
+        w = model[0].weight * factors
+        assert torch.allclose(F.linear(layer.smooth_input(x), w, model[0].bias), model[0](x), rtol=1e-4, atol=1e-4)
+        err_plain = ((plain(x) - ref) ** 2).mean()
+        err_smooth = ((smooth(x) - ref) ** 2).mean()
+    assert err_smooth < 0.5 * err_plain
+
+
+def test_smoothed_layers_export_to_onnx_runtime_and_restore_from_a_state_dict(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from slimkit.backends.onnxruntime import export_onnx, load_onnx
+    from slimkit.techniques.quantization.ptq import quantize_static
+    from slimkit.techniques.quantization.step import restore_quantization
+
+    model, batches, (x,) = _outlier_model_and_batches()
+    q, report = quantize_static(model, batches, smoothquant=0.5, weight_max=default_weight_max())
+    path = export_onnx(q, (x[:8],), tmp_path / "smooth.onnx")
+    with torch.no_grad():
+        out, ref = load_onnx(path, threads=1).run(x[:8]), q(x[:8])
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()
+    structure = {"config": {"smoothquant": 0.5}, "weight_max": default_weight_max(),
+                 "float_outputs": report.float_outputs, "smoothed": report.smoothed}
+    fresh = restore_quantization(model, structure)
+    fresh.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x[:8]), ref)

@@ -149,6 +149,7 @@ class _QuantLayer(nn.Module):
         self.float_weight: torch.Tensor | None = w
         self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "float_weight", None))
         self.activation = activation
+        self.register_buffer("input_smoothing", None)  # SmoothQuant's 1/s per input channel, once ``smooth`` ran
         self.input_quant = ActQuant(act_spec, observer)
         self.output_quant = ActQuant(act_spec, observer) if quantize_output else None
 
@@ -161,8 +162,31 @@ class _QuantLayer(nn.Module):
 
     channel_dim = 1  # where the output channels are (``QuantLinear``: the last dimension)
 
+    def smooth_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the quantizer sees it: divided per channel by the SmoothQuant factors."""
+        return x if self.input_smoothing is None else x * self.input_smoothing
+
+    @torch.no_grad()
+    def smooth(self, factors: torch.Tensor) -> None:
+        """SmoothQuant's migration (Xiao et al. 2023): input channel j is divided by ``factors[j]``
+        and weight column j multiplied by it, so the product is unchanged while activation
+        outliers shrink and the weights (quantized per output channel) absorb them. The division
+        is an explicit per-channel multiply before the input quantizer (a post-LayerNorm
+        transformer cannot fold it into the LayerNorm, whose output also feeds the residual)."""
+        if self.float_weight is None or not isinstance(self, QuantLinear):
+            raise RuntimeError("smooth needs a linear layer that still holds its float weight")
+        self.float_weight = self.float_weight * factors.to(self.float_weight)
+        self._set_weight(self.float_weight)
+        self.register_buffer("input_smoothing", (1.0 / factors).float())
+
+    def _set_weight(self, w: torch.Tensor) -> None:
+        scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / self.weight_max).clamp_min(1e-12)
+        self.weight_scale.copy_(scale)
+        self.weight_int8.copy_(quantize(w, scale, torch.zeros_like(scale, dtype=torch.int32), self.w_spec)
+                               .clamp(-self.weight_max, self.weight_max).to(torch.int8))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._apply_layer(self.input_quant(x), self.dequantized_weight())
+        y = self._apply_layer(self.input_quant(self.smooth_input(x)), self.dequantized_weight())
         if self.activation is not None:
             y = self.activation(y)
         return self.output_quant(y) if self.output_quant is not None else y

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, _QuantLayer
-from slimkit.techniques.quantization.observers import ObserverName
+from slimkit.techniques.quantization.observers import ObserverName, make_observer
 
 _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU}
 
@@ -30,12 +30,13 @@ class QuantReport:
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"module", "reason"}
     float_outputs: list[str] = field(default_factory=list)  # layers whose output is not re-quantized
     shared_scales: list[tuple[str, str]] = field(default_factory=list)  # (producer, consumer)
+    smoothed: list[str] = field(default_factory=list)  # linears whose inputs SmoothQuant rescaled
     bias_shifts: dict[str, float] = field(default_factory=dict)  # layer -> largest |shift|
 
     def to_dict(self) -> dict:
         return {"quantized": list(self.quantized), "skipped": list(self.skipped),
                 "float_outputs": list(self.float_outputs),
-                "shared_scales": [f"{a} -> {b}" for a, b in self.shared_scales],
+                "shared_scales": [f"{a} -> {b}" for a, b in self.shared_scales], "smoothed": len(self.smoothed),
                 "bias_corrected": len(self.bias_shifts), "max_bias_shift": max(self.bias_shifts.values(), default=0.0)}
 
 
@@ -44,10 +45,12 @@ def _activation_module(name: str, approximate: str = "none") -> nn.Module:
 
 
 def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip: Iterable[str] = (),
-                   weight_max: int = 127, float_outputs: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
+                   weight_max: int = 127, float_outputs: Iterable[str] = (),
+                   smoothed: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
     """A fused copy of ``model`` whose Conv2d/Linear layers are quantized twins, observing.
 
-    ``float_outputs``: layers whose output is not re-quantized (see ``keep_model_outputs_float``)."""
+    ``float_outputs``: layers whose output is not re-quantized (see ``keep_model_outputs_float``);
+    ``smoothed``: linears given SmoothQuant factors (placeholders, for a checkpoint to load into)."""
     from slimkit.techniques.fusion.fuse import FusedConvAct, FusedLinearAct, fuse_model
 
     fused, _ = fuse_model(model)
@@ -84,6 +87,10 @@ def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip:
         if name not in layers:
             raise ValueError(f"float_outputs names {name!r}, which is not a quantized layer")
         layers[name].output_quant = None
+    for name in smoothed:
+        if not isinstance(layers.get(name), QuantLinear):
+            raise ValueError(f"smoothed names {name!r}, which is not a quantized linear")
+        layers[name].register_buffer("input_smoothing", torch.ones(layers[name].float_weight.shape[1]))
     unknown = sorted(skip - {s["module"] for s in report.skipped})
     if unknown:
         from slimkit.core.errors import ConfigError
@@ -107,11 +114,12 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
 
 @torch.no_grad()
 def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, observer: ObserverName = "minmax",
-                    skip: Iterable[str] = (), weight_max: int = 127,
-                    bias_correction: bool = True) -> tuple[nn.Module, QuantReport]:
+                    skip: Iterable[str] = (), weight_max: int = 127, bias_correction: bool = True,
+                    smoothquant: float | None = None) -> tuple[nn.Module, QuantReport]:
     """The whole static int8 recipe on a copy of ``model`` (the ``quantize`` step's algorithm):
-    fuse and swap, keep outputs no integer kernel consumes in float, calibrate on ``batches``,
-    freeze, share scales across max-pools and reshapes, correct biases."""
+    fuse and swap, keep outputs no integer kernel consumes in float, migrate activation outliers
+    into the weights (``smoothquant``: its alpha), calibrate on ``batches``, freeze, share scales
+    across max-pools and reshapes, correct biases."""
     q, report = prepare_static(model.eval(), observer=observer, skip=skip, weight_max=weight_max)
     if not report.quantized:
         from slimkit.core.errors import SlimkitError
@@ -119,6 +127,8 @@ def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *
         raise SlimkitError("quantize: the model has no Conv2d or Linear layer to quantize"
                            + (f" (skipped: {report.skipped})" if report.skipped else ""))
     q = q.to(batches[0][0].device)
+    if smoothquant is not None:
+        report.smoothed = smooth_linears(q, batches, smoothquant)
     report.float_outputs = keep_model_outputs_float(q, batches[0])
     calibrate(q, batches)
     convert(q)
@@ -128,6 +138,47 @@ def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *
     else:
         release_float_weights(q)
     return q, report
+
+
+@torch.no_grad()
+def smooth_linears(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], alpha: float = 0.5) -> list[str]:
+    """SmoothQuant on every quantized linear: per input channel j, ``s_j = max|X_j|^alpha /
+    max|W_j|^(1 - alpha)`` from the calibration inputs, then ``QuantLinear.smooth(s)``.
+
+    ``alpha`` sets how much of the activations' range moves into the weights (0.5 in the paper;
+    higher for models with stronger outliers). Runs before calibration, while quantizers observe
+    (they are identities then, so the pass sees float inputs). Returns the layers smoothed.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"smoothquant alpha must be in [0, 1], got {alpha}")
+    linears = {n: m for n, m in quantized_layers(model).items() if isinstance(m, QuantLinear)
+               and m.float_weight is not None and m.input_smoothing is None}
+    absmax: dict[str, torch.Tensor] = {}
+
+    def observe(module, args, name):
+        x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+        absmax[name] = x if name not in absmax else torch.maximum(absmax[name], x)
+
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: observe(mod, args, name))
+             for name, m in linears.items()]
+    try:
+        calibrate(model, batches)
+    finally:
+        for h in hooks:
+            h.remove()
+        for module in model.modules():  # that pass saw unsmoothed inputs: calibration starts afresh
+            if isinstance(module, ActQuant) and module.calibrating:
+                module.observer = make_observer(module.observer_name)
+    smoothed = []
+    for name, layer in linears.items():
+        if name not in absmax:
+            continue
+        w = layer.float_weight.abs().amax(0).clamp_min(1e-8)
+        x = absmax[name].to(w.device)
+        factors = torch.where(x > 0, x.clamp_min(1e-8) ** alpha / w ** (1 - alpha), torch.ones_like(x))
+        layer.smooth(factors.clamp(1e-4, 1e4))
+        smoothed.append(name)
+    return smoothed
 
 
 def calibration_batches(split, samples: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
@@ -161,7 +212,9 @@ def keep_model_outputs_float(model: nn.Module, inputs: tuple[torch.Tensor, ...])
     alive: list[torch.Tensor] = []  # held so that no id is reused by a later tensor during the pass
 
     def on_input(module, args):
-        if args and isinstance(args[0], torch.Tensor):
+        # a smoothed linear rescales its input in float before quantizing it: its producer's
+        # integer output would only add a second rounding
+        if args and isinstance(args[0], torch.Tensor) and module.input_smoothing is None:
             consumed.add(id(args[0]))
             alive.append(args[0])
 
@@ -243,7 +296,8 @@ def share_quantization_params(model: nn.Module) -> list[tuple[str, str]]:
     pairs = []
     for node in graph.nodes:
         consumer = modules.get(node.target) if node.op == "call_module" else None
-        if not isinstance(consumer, _QuantLayer) or not node.args or consumer.input_quant.calibrating:
+        if not isinstance(consumer, _QuantLayer) or not node.args or consumer.input_quant.calibrating \
+                or consumer.input_smoothing is not None:  # its quantizer sees rescaled values
             continue
         src = node.args[0]
         while isinstance(src, fx.Node) and _same_values(src, modules) and src.args:
@@ -290,7 +344,7 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) 
         count = [0]
 
         def measure(module, args, sums=sums, count=count):
-            x = args[0]
+            x = module.smooth_input(args[0])
             quantized = module._apply_layer(module.input_quant(x), module.dequantized_weight())
             error = (quantized - module._apply_layer(x, module.float_weight.to(x.device))).movedim(module.channel_dim, -1)
             error = error.reshape(-1, error.shape[-1])

@@ -31,6 +31,9 @@ class QuantizeConfig(Config):
                             "8-bit integer kernels saturate; auto: int7 there, int8 elsewhere")
     bias_correction: bool = Field(True, description="shift each layer's bias by the mean output error quantization "
                                                     "adds (measured on the calibration data)")
+    smoothquant: float | None = Field(None, ge=0, le=1, description="SmoothQuant's alpha: move this share of each "
+                                                                    "linear's input outliers into its weights "
+                                                                    "(transformers; null: off)")
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
 
 
@@ -48,8 +51,9 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
         cfg = QuantizeConfig.model_validate(structure.get("config"))
         weight_max = int(structure["weight_max"])
         float_outputs = [str(name) for name in structure.get("float_outputs", [])]
+        smoothed = [str(name) for name in structure.get("smoothed", [])]
         return prepare_static(model, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max,
-                              float_outputs=float_outputs)[0]
+                              float_outputs=float_outputs, smoothed=smoothed)[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
         detail = format_validation_error(err, "quantize step's recorded structure") if isinstance(
             err, ValidationError) else f"quantize step's recorded structure is malformed ({err!r})"
@@ -71,12 +75,13 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
     prepared, report = quantize_static(model, batches, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max,
-                                       bias_correction=cfg.bias_correction)
+                                       bias_correction=cfg.bias_correction, smoothquant=cfg.smoothquant)
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
             "layers_skipped": len(report.skipped), **report.to_dict()}
     return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
-                                                      "float_outputs": report.float_outputs})
+                                                      "float_outputs": report.float_outputs,
+                                                      "smoothed": report.smoothed})
 
 
 class QATConfig(Config):

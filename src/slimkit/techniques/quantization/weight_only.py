@@ -86,9 +86,10 @@ def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """``(..., B)`` bytes -> ``(..., 2B)`` int32 4-bit codes, low nibble first (``pack_int4``'s
-    order), written with ops every exporter lowers (int32 shifts and masks)."""
+    order), in plain integer arithmetic (OpenVINO's PyTorch frontend has no bit shifts)."""
     p = packed.to(torch.int32)
-    return torch.stack([p & 0x0F, (p >> 4) & 0x0F], dim=-1).flatten(-2)
+    high = torch.div(p, 16, rounding_mode="floor")
+    return torch.stack([p - 16 * high, high], dim=-1).flatten(-2)
 
 
 class _WeightOnly(nn.Module):
