@@ -298,3 +298,46 @@ def test_smoothed_layers_export_to_onnx_runtime_and_restore_from_a_state_dict(tm
     fresh.load_state_dict(q.state_dict())
     with torch.no_grad():
         assert torch.equal(fresh(x[:8]), ref)
+
+
+def test_mixed_precision_keeps_the_most_sensitive_layers_float_until_the_drop_fits(digits):
+    from slimkit.techniques.quantization.ptq import choose_float_layers, quantize_static
+
+    task, model = digits
+    x = task.data.val.inputs[0]
+    batches = [(task.data.train.inputs[0][i:i + 64],) for i in range(0, 256, 64)]
+    with torch.no_grad():
+        ref = model(x)
+
+    def fidelity(m):  # 1 - relative output MSE: continuous, so every layer's sensitivity shows
+        with torch.no_grad():
+            return 1 - float(((m(x) - ref) ** 2).mean() / ref.var())
+
+    full = 100 * (1 - fidelity(quantize_static(model, batches, weight_max=63)[0]))
+    result = choose_float_layers(model, batches, fidelity, 0.3 * full, weight_max=63)
+    assert result.drop <= 0.3 * full and result.float_layers
+    ranked = sorted(result.sensitivity, key=lambda n: -result.sensitivity[n])
+    assert result.float_layers == ranked[:len(result.float_layers)]
+    assert set(result.float_layers).isdisjoint(quantized_layers(result.model))
+    assert {s["module"] for s in result.report.skipped} == set(result.float_layers)
+    assert 100 * (1 - fidelity(result.model)) == pytest.approx(result.drop)
+    loose = choose_float_layers(model, batches, fidelity, 2 * full, weight_max=63)
+    assert loose.float_layers == [] and len(quantized_layers(loose.model)) == 5
+
+
+def test_quantize_step_with_a_quality_budget_reports_bits_and_restores(tmp_path):
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}},
+              "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
+              "steps": [{"quantize": {"calibration_samples": 256, "max_quality_drop": 0.0}}]}
+    base, quant = run_recipe(recipe, tmp_path / "run").results["steps"]
+    info = quant["info"]
+    assert info["validation_drop_pt"] <= 0.0 and len(info["sensitivity_pt"]) == 5
+    assert set(info["bits_per_layer"]) == set(info["sensitivity_pt"])
+    assert {n for n, b in info["bits_per_layer"].items() if b == 32} == set(info["layers_float"])
+    task = build_task("digits-cnn")
+    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
+    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
+    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    assert set(quantized_layers(rebuilt)).isdisjoint(info["layers_float"])
+    quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
+    assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)

@@ -149,6 +149,7 @@ class _QuantLayer(nn.Module):
         self.float_weight: torch.Tensor | None = w
         self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "float_weight", None))
         self.activation = activation
+        self.bypass = False  # mixed-precision search: compute in float with ``float_weight``
         self.register_buffer("input_smoothing", None)  # SmoothQuant's 1/s per input channel, once ``smooth`` ran
         self.input_quant = ActQuant(act_spec, observer)
         self.output_quant = ActQuant(act_spec, observer) if quantize_output else None
@@ -186,6 +187,9 @@ class _QuantLayer(nn.Module):
                                .clamp(-self.weight_max, self.weight_max).to(torch.int8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            y = self._apply_layer(self.smooth_input(x), self.float_weight)
+            return self.activation(y) if self.activation is not None else y
         y = self._apply_layer(self.input_quant(self.smooth_input(x)), self.dequantized_weight())
         if self.activation is not None:
             y = self.activation(y)

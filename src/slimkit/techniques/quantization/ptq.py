@@ -115,7 +115,7 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
 @torch.no_grad()
 def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, observer: ObserverName = "minmax",
                     skip: Iterable[str] = (), weight_max: int = 127, bias_correction: bool = True,
-                    smoothquant: float | None = None) -> tuple[nn.Module, QuantReport]:
+                    smoothquant: float | None = None, keep_float_weights: bool = False) -> tuple[nn.Module, QuantReport]:
     """The whole static int8 recipe on a copy of ``model`` (the ``quantize`` step's algorithm):
     fuse and swap, keep outputs no integer kernel consumes in float, migrate activation outliers
     into the weights (``smoothquant``: its alpha), calibrate on ``batches``, freeze, share scales
@@ -134,10 +134,69 @@ def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *
     convert(q)
     report.shared_scales = share_quantization_params(q)
     if bias_correction:
-        report.bias_shifts = correct_bias(q, batches)
-    else:
+        report.bias_shifts = correct_bias(q, batches, release=not keep_float_weights)
+    elif not keep_float_weights:
         release_float_weights(q)
     return q, report
+
+
+@dataclass
+class FloatFallback:
+    """What ``choose_float_layers`` found: the layers kept in float, each layer's sensitivity
+    (quality drop in points with only that layer quantized), the final drop, the evaluations."""
+
+    float_layers: list[str]
+    sensitivity: dict[str, float]
+    drop: float
+    evaluations: int
+    model: nn.Module
+    report: QuantReport
+
+
+@torch.no_grad()
+def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], evaluate, max_drop: float,
+                        **kwargs) -> FloatFallback:
+    """Static int8 with the fewest layers left in float such that the quality drop (points of
+    ``evaluate(model) -> quality``, e.g. on the validation split) stays within ``max_drop``.
+
+    One calibrated model (without bias correction, float weights kept) serves the search: a
+    layer's ``bypass`` makes it compute in float. Sensitivity: every layer bypassed but one.
+    Then the most sensitive layers are bypassed, fewest first by bisection; the final model is
+    quantized afresh (``quantize_static(**kwargs)``, bias correction included) with those layers
+    skipped, and checked; if it is over budget, one more layer goes to float.
+    """
+    from slimkit.techniques.quantization.mixed import fewest_promotions
+
+    reference = evaluate(model)
+    count = [1]
+
+    def drop(m: nn.Module) -> float:
+        count[0] += 1
+        return 100 * (reference - evaluate(m))
+
+    search_kwargs = {**kwargs, "bias_correction": False, "keep_float_weights": True}
+    q, _ = quantize_static(model, batches, **search_kwargs)
+    layers = quantized_layers(q)
+    names = list(layers)
+
+    def bypass(floats: set[str]) -> nn.Module:
+        for n, layer in layers.items():
+            layer.bypass = n in floats
+        return q
+
+    sensitivity = {n: drop(bypass(set(names) - {n})) for n in names}
+    order = sorted(names, key=lambda n: -sensitivity[n])
+    first = fewest_promotions(len(order), lambda k: drop(bypass(set(order[:k]))), max_drop)
+    skip = list(kwargs.pop("skip", ()))
+    for k in range(first, len(order) + 1):
+        final, report = quantize_static(model, batches, skip=[*skip, *order[:k]], **kwargs) if k < len(order) \
+            else (model, QuantReport(skipped=[{"module": n, "reason": "kept in float (mixed precision)"}
+                                              for n in order]))
+        d = drop(final) if k < len(order) else 0.0
+        if d <= max_drop:
+            return FloatFallback(float_layers=order[:k], sensitivity=sensitivity, drop=d, evaluations=count[0],
+                                 model=final, report=report)
+    raise AssertionError("unreachable: every layer in float is the reference")
 
 
 @torch.no_grad()
@@ -318,7 +377,8 @@ class _Reached(Exception):
 
 
 @torch.no_grad()
-def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
+                 release: bool = True) -> dict[str, float]:
     """Empirical bias correction: shift each quantized layer's bias by the mean error that
     quantization adds to its output, so that the error has zero mean per output channel.
 
@@ -366,7 +426,8 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) 
         shift = (torch.stack(sums).sum(0) / count[0]).to(layer.bias.dtype)
         layer.bias.sub_(shift)
         shifts[name] = float(shift.abs().max())
-    release_float_weights(model)
+    if release:
+        release_float_weights(model)
     return shifts
 
 

@@ -34,6 +34,9 @@ class QuantizeConfig(Config):
     smoothquant: float | None = Field(None, ge=0, le=1, description="SmoothQuant's alpha: move this share of each "
                                                                     "linear's input outliers into its weights "
                                                                     "(transformers; null: off)")
+    max_quality_drop: float | None = Field(None, ge=0, description="mixed precision: the most validation quality "
+                                                                   "(points) to lose; the most sensitive layers stay "
+                                                                   "float until the drop fits")
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
 
 
@@ -52,7 +55,8 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
         weight_max = int(structure["weight_max"])
         float_outputs = [str(name) for name in structure.get("float_outputs", [])]
         smoothed = [str(name) for name in structure.get("smoothed", [])]
-        return prepare_static(model, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max,
+        float_layers = [str(name) for name in structure.get("float_layers", [])]
+        return prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *float_layers], weight_max=weight_max,
                               float_outputs=float_outputs, smoothed=smoothed)[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
         detail = format_validation_error(err, "quantize step's recorded structure") if isinstance(
@@ -74,14 +78,29 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     weight_max = _weight_max(cfg)
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
-    prepared, report = quantize_static(model, batches, observer=cfg.observer, skip=cfg.skip, weight_max=weight_max,
-                                       bias_correction=cfg.bias_correction, smoothquant=cfg.smoothquant)
+    kwargs = dict(observer=cfg.observer, skip=cfg.skip, weight_max=weight_max, bias_correction=cfg.bias_correction,
+                  smoothquant=cfg.smoothquant)
+    fallback = None
+    if cfg.max_quality_drop is None:
+        prepared, report = quantize_static(model, batches, **kwargs)
+    else:
+        from slimkit.techniques.quantization.ptq import choose_float_layers
+
+        fallback = choose_float_layers(model, batches, ctx.validate, cfg.max_quality_drop, **kwargs)
+        prepared, report = fallback.model, fallback.report
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
             "layers_skipped": len(report.skipped), **report.to_dict()}
+    if fallback is not None:
+        info.update({"validation_drop_pt": fallback.drop, "max_quality_drop": cfg.max_quality_drop,
+                     "sensitivity_pt": fallback.sensitivity, "configurations_evaluated": fallback.evaluations,
+                     "layers_float": fallback.float_layers,
+                     "bits_per_layer": {**{n: 8 if weight_max == 127 else 7 for n in report.quantized},
+                                        **{n: 32 for n in fallback.float_layers}}})
     return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
                                                       "float_outputs": report.float_outputs,
-                                                      "smoothed": report.smoothed})
+                                                      "smoothed": report.smoothed,
+                                                      "float_layers": fallback.float_layers if fallback else []})
 
 
 class QATConfig(Config):

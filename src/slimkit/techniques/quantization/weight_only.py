@@ -416,14 +416,10 @@ def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: floa
             bits[n] = b
         return bits
 
-    lo, hi = 0, len(steps)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if drop(rtn(mix(mid))[0]) <= max_drop:
-            hi = mid
-        else:
-            lo = mid + 1
-    for k in range(hi, len(steps) + 1):
+    from slimkit.techniques.quantization.mixed import fewest_promotions
+
+    first = fewest_promotions(len(steps), lambda k: drop(rtn(mix(k))[0]), max_drop)
+    for k in range(first, len(steps) + 1):
         q, report = (quantize or rtn)(mix(k))
         d = drop(q)
         if d <= max_drop or k == len(steps):
