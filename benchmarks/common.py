@@ -97,3 +97,15 @@ def report(title: str, rows: dict[str, dict[str, Any]], out: Path, stem: str, co
     lines += ["| " + " | ".join(r) + " |" for r in cells]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (out / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def run_and_write(stem: str, command: str, args: Any, measure, render) -> None:
+    """Measure ``args.tasks`` (``measure(name, folder)``), merge them with the other sections of
+    OUT/STEM.json, print the new sections and write OUT/STEM.md and .json (``render(results)``)."""
+    from rich.console import Console
+
+    stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
+             "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": args.rounds, "tokens": args.tokens}
+    results, new = run_sections(args.tasks, measure, stamp, args.out / f"{stem}.json", f"slimkit-bench-{stem}-")
+    Console().print(render(new), markup=False, highlight=False)
+    write_atomic(args.out, {f"{stem}.md": render(results), f"{stem}.json": json.dumps({"results": results}, indent=2) + "\n"})

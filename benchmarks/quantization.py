@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import run_sections, write_atomic  # noqa: E402
+from common import run_and_write  # noqa: E402
 
 CALIBRATION_SAMPLES, CALIBRATION_BATCH, SEED = 512, 64, 0
 RUNTIMES = {"onnxruntime": "ORT", "openvino": "OV"}
@@ -46,33 +45,49 @@ RUNTIMES = {"onnxruntime": "ORT", "openvino": "OV"}
 # artifacts
 
 
+class Artifacts(dict):
+    """{"config@runtime": {quantizer, runtime, files, quantize_seconds}}: what gets timed."""
+
+    def add(self, config: str, quantizer: str, files: list[Path], seconds: float | None,
+            runtimes: list[str]) -> None:
+        for runtime in runtimes:
+            self[f"{config}@{runtime}"] = {"quantizer": quantizer, "runtime": runtime,
+                                           "files": [str(f) for f in files], "quantize_seconds": seconds}
+
+
+def fp32_artifacts(task: Any, model: Any, folder: Path) -> tuple[Artifacts, Path]:
+    """The FP32 model as eager weights, an ONNX file and OpenVINO IR (the rows every table
+    starts with), and the ONNX file's path (what peer quantizers start from)."""
+    from slimkit.backends.onnxruntime import export_onnx
+    from slimkit.backends.openvino import save_ir
+    from slimkit.core.io import save_state_dict
+
+    example = task.data.test.example_inputs(1)
+    out = Artifacts()
+    out.add("fp32", "none (FP32)", [save_state_dict(folder / "fp32.safetensors", model.state_dict())], None, ["eager"])
+    fp32_onnx = export_onnx(model, example, folder / "fp32.onnx")
+    out.add("fp32", "none (FP32)", [fp32_onnx], None, ["onnxruntime"])
+    out.add("fp32", "none (FP32)", save_ir(model, example, folder / "fp32.xml"), None, ["openvino"])
+    return out, fp32_onnx
+
+
 def build_artifacts(task: Any, model: Any, batches: list, folder: Path,
-                    weight_max: int) -> tuple[dict[str, dict[str, Any]], Any]:
+                    weight_max: int, smoothquant: float | None) -> tuple[dict[str, dict[str, Any]], Any]:
     """Every quantizer's artifact for ``model`` ({"quantizer@runtime": {files, runtime, quantizer,
     quantize_seconds}}) and slimkit's quantized model (its eager fake-quant reference)."""
     from slimkit.backends.onnxruntime import export_onnx
     from slimkit.backends.openvino import save_ir
 
     example = task.data.test.example_inputs(1)
-    out: dict[str, dict[str, Any]] = {}
-
-    def add(config: str, quantizer: str, files: list[Path], seconds: float | None, runtimes: list[str]) -> None:
-        for runtime in runtimes:
-            out[f"{config}@{runtime}"] = {"quantizer": quantizer, "runtime": runtime, "files": [str(f) for f in files],
-                                          "quantize_seconds": seconds}
-
-    from slimkit.core.io import save_state_dict
-
-    add("fp32", "none (FP32)", [save_state_dict(folder / "fp32.safetensors", model.state_dict())], None, ["eager"])
-    fp32_onnx = export_onnx(model, example, folder / "fp32.onnx")
-    add("fp32", "none (FP32)", [fp32_onnx], None, ["onnxruntime"])
-    add("fp32", "none (FP32)", save_ir(model, example, folder / "fp32.xml"), None, ["openvino"])
+    out, fp32_onnx = fp32_artifacts(task, model, folder)
+    add = out.add
 
     started = time.perf_counter()
-    q = slimkit_quantize(model, batches, weight_max)
+    q = slimkit_quantize(model, batches, weight_max, smoothquant=smoothquant)
     seconds = time.perf_counter() - started
-    add("slimkit", "slimkit static int8", [export_onnx(q, example, folder / "slimkit.onnx")], seconds, ["onnxruntime"])
-    add("slimkit", "slimkit static int8", save_ir(q, example, folder / "slimkit.xml"), seconds, ["openvino"])
+    label = "slimkit static int8" + (f" + SmoothQuant {smoothquant}" if smoothquant is not None else "")
+    add("slimkit", label, [export_onnx(q, example, folder / "slimkit.onnx")], seconds, ["onnxruntime"])
+    add("slimkit", label, save_ir(q, example, folder / "slimkit.xml"), seconds, ["openvino"])
 
     text = is_text(task)
     names = input_names(fp32_onnx)
@@ -99,11 +114,13 @@ def input_names(onnx_path: Path) -> list[str]:
     return [i.name for i in graph.input if i.name not in initializers]
 
 
-def slimkit_quantize(model: Any, batches: list, weight_max: int, bias_correction: bool = True) -> Any:
-    """What the ``quantize`` step does with its defaults (static, min-max), on ``batches``."""
+def slimkit_quantize(model: Any, batches: list, weight_max: int, bias_correction: bool = True,
+                     smoothquant: float | None = None) -> Any:
+    """What the ``quantize`` step does (static, min-max; ``smoothquant: alpha`` if given), on ``batches``."""
     from slimkit.techniques.quantization.ptq import quantize_static
 
-    return quantize_static(model, batches, weight_max=weight_max, bias_correction=bias_correction)[0]
+    return quantize_static(model, batches, weight_max=weight_max, bias_correction=bias_correction,
+                           smoothquant=smoothquant)[0]
 
 
 def ort_quantize(fp32_onnx: Path, names: list[str], batches: list, folder: Path,
@@ -246,9 +263,7 @@ def run_worker(job: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import torch
-    from rich.progress import Progress
 
-    from slimkit.core.io import load_state_dict
     from slimkit.measure.config import MeasureConfig
     from slimkit.measure.quality import predict
     from slimkit.recipes.measure_task import baseline_for
@@ -260,12 +275,14 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     model.eval()
     weight_max = {"int8": 127, "int7": 63}.get(args.weight_range) or default_weight_max()
     batches = calibration_batches(task.data.train, CALIBRATION_SAMPLES, CALIBRATION_BATCH, SEED)
-    artifacts, q = build_artifacts(task, model, batches, folder, weight_max)
+    smoothquant = args.smoothquant if is_text(task) else None
+    artifacts, q = build_artifacts(task, model, batches, folder, weight_max, smoothquant)
     test = task.data.test
     with torch.no_grad():
         reference = predict(model, test, 256)
         with_bc = predict(q, test, 256)
-        without_bc = predict(slimkit_quantize(model, batches, weight_max, bias_correction=False), test, 256)
+        without_bc = predict(slimkit_quantize(model, batches, weight_max, bias_correction=False,
+                                              smoothquant=smoothquant), test, 256)
     eager = {"quality": task.evaluate(with_bc, test.targets)["quality"],
              "quality_no_bias_correction": task.evaluate(without_bc, test.targets)["quality"],
              "logit_mse": float(((with_bc - reference) ** 2).mean()),
@@ -273,14 +290,28 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     base = {"task": recipe.task.to_json_dict(), "threads": args.threads, "repeats": args.repeats,
             "batch_n": args.batch_n_text if is_text(task) else args.batch_n, "max_seconds": args.max_seconds,
             "tokens": args.tokens}
+    rows = time_and_score(name, task, artifacts, base, folder, args.rounds, reference)
+    return {"task": name, "text": is_text(task), "batch_n": base["batch_n"], "eager_int8": eager,
+            "smoothquant": smoothquant, "weight_bits": 8 if weight_max == 127 else 7,
+            "fp32_params": sum(p.numel() for p in model.parameters()), "rows": rows, **verdict(rows)}
+
+
+def time_and_score(name: str, task: Any, artifacts: dict[str, dict[str, Any]], base: dict[str, Any], folder: Path,
+                   rounds: int, reference: Any) -> list[dict[str, Any]]:
+    """Time every artifact in a worker process of its own, ``rounds`` times in rotated order (the
+    first round also saves its test-split outputs), and score it: one row per artifact."""
+    from rich.progress import Progress
+
+    from slimkit.core.io import load_state_dict
+
+    test = task.data.test
     configs = list(artifacts)
     timings: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     with Progress(disable=not sys.stderr.isatty()) as progress:
-        bar = progress.add_task(f"{name}: timing {len(configs)} artifacts x {args.rounds} rounds",
-                                total=len(configs) * args.rounds)
-        for r in range(args.rounds):
-            order = configs[r % len(configs):] + configs[:r % len(configs)]
-            for config in order:
+        bar = progress.add_task(f"{name}: timing {len(configs)} artifacts x {rounds} rounds",
+                                total=len(configs) * rounds)
+        for r in range(rounds):
+            for config in configs[r % len(configs):] + configs[:r % len(configs)]:
                 art = artifacts[config]
                 outputs = str(folder / config / "outputs.safetensors") if r == 0 else None
                 timings[config].append(run_worker({**base, "files": art["files"], "runtime": art["runtime"],
@@ -290,19 +321,17 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     for config in configs:
         art = artifacts[config]
         outputs = load_state_dict(folder / config / "outputs.safetensors")["outputs"]
-        diff = float((outputs - reference).abs().max() / reference.abs().max())
+        metrics = task.evaluate(outputs, test.targets)
         rows.append({"config": config, "quantizer": art["quantizer"], "runtime": art["runtime"],
-                     "quality": task.evaluate(outputs, test.targets)["quality"],
-                     "metrics": {k: v for k, v in task.evaluate(outputs, test.targets).items() if k != "quality"},
+                     "quality": metrics["quality"], "metrics": {k: v for k, v in metrics.items() if k != "quality"},
                      "bytes": sum(Path(f).stat().st_size for f in art["files"]),
                      "b1_ms": statistics.median(t["b1"]["median_ms"] for t in timings[config]),
                      "bN_ms": statistics.median(t["bN"]["median_ms"] for t in timings[config]),
                      "b1_per_round": [t["b1"]["median_ms"] for t in timings[config]],
                      "bN_per_round": [t["bN"]["median_ms"] for t in timings[config]],
-                     "max_rel_diff_vs_fp32": diff, "quantize_seconds": art["quantize_seconds"],
-                     "info": timings[config][0]["info"]})
-    return {"task": name, "text": is_text(task), "batch_n": base["batch_n"], "eager_int8": eager, "weight_bits": 8 if weight_max == 127 else 7,
-            "fp32_params": sum(p.numel() for p in model.parameters()), "rows": rows, **verdict(rows)}
+                     "max_rel_diff_vs_fp32": float((outputs - reference).abs().max() / reference.abs().max()),
+                     "quantize_seconds": art["quantize_seconds"], "info": timings[config][0]["info"]})
+    return rows
 
 
 def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -349,7 +378,9 @@ def render(results: list[dict[str, Any]]) -> str:
         b1 = f"b1×{res['tokens']} tok" if text else "b1"
         bn = f"b{n}×64 tok" if text else f"b{n}"
         metric = "cosine" if text else "accuracy"
-        lines += [f"## {res['task']} ({res['fp32_params']:,} parameters; slimkit weights {res['weight_bits']}-bit)", "",
+        sq = f"; SmoothQuant alpha {res['smoothquant']}" if res.get("smoothquant") is not None else ""
+        lines += [f"## {res['task']} ({res['fp32_params']:,} parameters; slimkit weights {res['weight_bits']}-bit{sq})",
+                  "",
                   f"Command: `{res['command']}`; {res['machine']}, {res['date']}, {res['threads']} threads, "
                   f"{res['rounds']} rounds.", "",
                   f"slimkit's eager fake-quant reference: {metric} {e['quality']:.4f}, output MSE vs FP32 "
@@ -405,6 +436,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="tokens of the batch-1 input of token tasks")
     parser.add_argument("--weight-range", choices=["auto", "int8", "int7"], default="auto",
                         help="slimkit's weight codes (auto: 7-bit on x86 without VNNI); ORT gets reduce_range to match")
+    parser.add_argument("--smoothquant", type=lambda v: None if v == "off" else float(v), default=0.8,
+                        help="slimkit's SmoothQuant alpha for token models, or off (the step's `smoothquant`; "
+                             "CNNs: always off)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -412,21 +446,14 @@ def main() -> None:
         worker(args.worker)
         return
 
-    from rich.console import Console
-
     command = (f"python benchmarks/quantization.py --tasks {' '.join(args.tasks)} --rounds {args.rounds} "
                f"--threads {args.threads} --repeats {args.repeats} --batch-n {args.batch_n}"
                + ("" if args.tasks == ["digits-cnn", "mnist-lenet5"]
                   else f" --batch-n-text {args.batch_n_text} --tokens {args.tokens}")
-               + (f" --weight-range {args.weight_range}" if args.weight_range != "auto" else ""))
-    stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
-             "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": args.rounds, "tokens": args.tokens}
-    results, new = run_sections(args.tasks, lambda name, folder: measure_task(name, args, folder), stamp,
-                                args.out / "quantization.json", "slimkit-bench-quant-")
-    Console().print(render(new), markup=False, highlight=False)
-    write_atomic(args.out, {"quantization.md": render(results),
-                            "quantization.json": json.dumps({"results": results}, indent=2) + "\n"})
-
+               + (f" --weight-range {args.weight_range}" if args.weight_range != "auto" else "")
+               + (f" --smoothquant {'off' if args.smoothquant is None else args.smoothquant}"
+                  if any(t == "minilm" for t in args.tasks) else ""))
+    run_and_write("quantization", command, args, lambda name, folder: measure_task(name, args, folder), render)
 
 if __name__ == "__main__":
     main()

@@ -25,17 +25,14 @@ rotated order, medians. Writes OUT/weight_only.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import run_sections, write_atomic  # noqa: E402
-from quantization import input_names, run_worker  # noqa: E402
+from common import run_and_write  # noqa: E402
+from quantization import fp32_artifacts, input_names, time_and_score  # noqa: E402
 
 SEED = 0
 
@@ -46,21 +43,11 @@ def build_artifacts(task: Any, model: Any, batches: list, folder: Path, args: ar
     slimkit's quantization reports."""
     from slimkit.backends.onnxruntime import export_onnx
     from slimkit.backends.openvino import save_ir
-    from slimkit.core.io import save_state_dict
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, quantize_weight_only
 
     example = task.data.test.example_inputs(1)
-    out: dict[str, dict[str, Any]] = {}
-
-    def add(config: str, quantizer: str, files: list[Path], seconds: float | None, runtimes: list[str]) -> None:
-        for runtime in runtimes:
-            out[f"{config}@{runtime}"] = {"quantizer": quantizer, "runtime": runtime, "files": [str(f) for f in files],
-                                          "quantize_seconds": seconds}
-
-    add("fp32", "none (FP32)", [save_state_dict(folder / "fp32.safetensors", model.state_dict())], None, ["eager"])
-    fp32_onnx = export_onnx(model, example, folder / "fp32.onnx")
-    add("fp32", "none (FP32)", [fp32_onnx], None, ["onnxruntime"])
-    add("fp32", "none (FP32)", save_ir(model, example, folder / "fp32.xml"), None, ["openvino"])
+    out, fp32_onnx = fp32_artifacts(task, model, folder)
+    add = out.add
     spec = WeightOnlySpec(4, args.group_size, symmetric=False)
     reports = {}
     for method in ("rtn", "gptq"):
@@ -127,9 +114,7 @@ def nncf_int4(fp32_onnx: Path, names: list[str], batches: list, folder: Path, gr
 
 def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import torch
-    from rich.progress import Progress
 
-    from slimkit.core.io import load_state_dict
     from slimkit.measure.config import MeasureConfig
     from slimkit.measure.quality import predict
     from slimkit.recipes.measure_task import baseline_for
@@ -146,32 +131,7 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
         reference = predict(model, test, 64)
     base = {"task": recipe.task.to_json_dict(), "threads": args.threads, "repeats": args.repeats,
             "batch_n": args.batch_n, "max_seconds": args.max_seconds, "tokens": args.tokens}
-    configs = list(artifacts)
-    timings: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
-    with Progress(disable=not sys.stderr.isatty()) as progress:
-        bar = progress.add_task(f"{name}: timing {len(configs)} artifacts x {args.rounds} rounds",
-                                total=len(configs) * args.rounds)
-        for r in range(args.rounds):
-            for config in configs[r % len(configs):] + configs[:r % len(configs)]:
-                art = artifacts[config]
-                outputs = str(folder / config / "outputs.safetensors") if r == 0 else None
-                timings[config].append(run_worker({**base, "files": art["files"], "runtime": art["runtime"],
-                                                   "outputs": outputs}, folder / config / f"round-{r}"))
-                progress.advance(bar)
-    rows = []
-    for config in configs:
-        art = artifacts[config]
-        outputs = load_state_dict(folder / config / "outputs.safetensors")["outputs"]
-        metrics = task.evaluate(outputs, test.targets)
-        rows.append({"config": config, "quantizer": art["quantizer"], "runtime": art["runtime"],
-                     "quality": metrics["quality"], "metrics": metrics,
-                     "bytes": sum(Path(f).stat().st_size for f in art["files"]),
-                     "b1_ms": statistics.median(t["b1"]["median_ms"] for t in timings[config]),
-                     "bN_ms": statistics.median(t["bN"]["median_ms"] for t in timings[config]),
-                     "b1_per_round": [t["b1"]["median_ms"] for t in timings[config]],
-                     "bN_per_round": [t["bN"]["median_ms"] for t in timings[config]],
-                     "max_rel_diff_vs_fp32": float((outputs - reference).abs().max() / reference.abs().max()),
-                     "quantize_seconds": art["quantize_seconds"], "info": timings[config][0]["info"]})
+    rows = time_and_score(name, task, artifacts, base, folder, args.rounds, reference)
     return {"task": name, "group_size": args.group_size, "calibration_samples": args.calibration_samples,
             "batch_n": args.batch_n, "fp32_params": sum(p.numel() for p in model.parameters()),
             "slimkit_reports": reports, "rows": rows}
@@ -230,19 +190,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    from rich.console import Console
-
     command = (f"python benchmarks/weight_only.py --tasks {' '.join(args.tasks)} --group-size {args.group_size} "
                f"--calibration-samples {args.calibration_samples} --rounds {args.rounds} --threads {args.threads} "
                f"--repeats {args.repeats} --batch-n {args.batch_n} --tokens {args.tokens}")
-    stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
-             "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": args.rounds, "tokens": args.tokens}
-    results, new = run_sections(args.tasks, lambda name, folder: measure_task(name, args, folder), stamp,
-                                args.out / "weight_only.json", "slimkit-bench-wo-")
-    Console().print(render(new), markup=False, highlight=False)
-    write_atomic(args.out, {"weight_only.md": render(results),
-                            "weight_only.json": json.dumps({"results": results}, indent=2) + "\n"})
-
+    run_and_write("weight_only", command, args, lambda name, folder: measure_task(name, args, folder), render)
 
 if __name__ == "__main__":
     main()

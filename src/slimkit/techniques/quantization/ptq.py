@@ -377,6 +377,26 @@ class _Reached(Exception):
 
 
 @torch.no_grad()
+def feed_layer(model: nn.Module, layer: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], fn) -> None:
+    """Run each batch through ``model`` only until ``layer`` receives its input, and call
+    ``fn(layer, args)`` with it (the rest of the pass is skipped): how layer-by-layer algorithms
+    (bias correction, GPTQ) see what the model, as quantized so far, feeds a layer."""
+    def hook(module, args):
+        fn(module, args)
+        raise _Reached
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        for inputs in batches:
+            try:
+                model(*inputs)
+            except _Reached:
+                pass
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
 def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
                  release: bool = True) -> dict[str, float]:
     """Empirical bias correction: shift each quantized layer's bias by the mean error that
@@ -410,17 +430,8 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
             error = error.reshape(-1, error.shape[-1])
             sums.append(error.sum(0, dtype=torch.float64))
             count[0] += error.shape[0]
-            raise _Reached
 
-        hook = layer.register_forward_pre_hook(measure)
-        try:
-            for inputs in batches:
-                try:
-                    model(*inputs)
-                except _Reached:
-                    pass
-        finally:
-            hook.remove()
+        feed_layer(model, layer, batches, measure)
         if not count[0]:
             continue
         shift = (torch.stack(sums).sum(0) / count[0]).to(layer.bias.dtype)

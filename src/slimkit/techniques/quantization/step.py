@@ -46,6 +46,13 @@ def _weight_max(cfg: QuantizeConfig) -> int:
     return {"int8": 127, "int7": 63}.get(cfg.weight_range) or default_weight_max()
 
 
+def _structure_error(step: str, err: Exception) -> CheckpointError:
+    """A checkpoint's recorded structure that does not rebuild: say which step's and why."""
+    where = f"{step} step's recorded structure"
+    return CheckpointError(format_validation_error(err, where) if isinstance(err, ValidationError)
+                           else f"{where} is malformed ({err!r})")
+
+
 def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     """Re-apply the module swap to a fresh model; the saved codes and scales then load into it."""
     from slimkit.techniques.quantization.ptq import prepare_static
@@ -59,9 +66,7 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
         return prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *float_layers], weight_max=weight_max,
                               float_outputs=float_outputs, smoothed=smoothed)[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
-        detail = format_validation_error(err, "quantize step's recorded structure") if isinstance(
-            err, ValidationError) else f"quantize step's recorded structure is malformed ({err!r})"
-        raise CheckpointError(detail) from None
+        raise _structure_error("quantize", err) from None
 
 
 @register_step("quantize", config=QuantizeConfig, restore=restore_quantization)
@@ -198,9 +203,7 @@ def restore_weight_only(model: nn.Module, structure: dict[str, Any]) -> nn.Modul
         return quantize_weight_only(model, spec, kinds=tuple(cfg.layers), bits=bits,
                                     skip=[n for n in candidates if n not in bits])[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
-        detail = format_validation_error(err, "quantize_weights step's recorded structure") if isinstance(
-            err, ValidationError) else f"quantize_weights step's recorded structure is malformed ({err})"
-        raise CheckpointError(detail) from None
+        raise _structure_error("quantize_weights", err) from None
 
 
 @register_step("quantize_weights", config=QuantizeWeightsConfig, restore=restore_weight_only)

@@ -283,8 +283,6 @@ def quantize_weight_only(model: nn.Module, spec: WeightOnlySpec = WeightOnlySpec
     import copy
     import logging
 
-    from slimkit.techniques.quantization.ptq import _Reached
-
     if method not in ("rtn", "gptq"):
         raise ValueError(f"weight-only method must be 'rtn' or 'gptq', got {method!r}")
     if method == "gptq" and not batches:
@@ -318,7 +316,7 @@ def quantize_weight_only(model: nn.Module, spec: WeightOnlySpec = WeightOnlySpec
             continue
         codes = {}
         if method == "gptq" and type(layer) is nn.Linear:
-            codes = _gptq_codes(q, name, layer, batches, layer_spec, damp, _Reached)
+            codes = _gptq_codes(q, layer, batches, layer_spec, damp)
         twin = _TWINS[type(layer)](layer, layer_spec, **codes)
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else q, child, twin)
@@ -340,25 +338,13 @@ def _unsupported(layer: nn.Module, spec: WeightOnlySpec) -> str | None:
     return None
 
 
-def _gptq_codes(model: nn.Module, name: str, layer: nn.Linear, batches, spec: WeightOnlySpec, damp: float,
-                reached: type[Exception]) -> dict[str, torch.Tensor]:
+def _gptq_codes(model: nn.Module, layer: nn.Linear, batches, spec: WeightOnlySpec,
+                damp: float) -> dict[str, torch.Tensor]:
     from slimkit.techniques.quantization.gptq import HessianAccumulator, gptq_quantize
+    from slimkit.techniques.quantization.ptq import feed_layer
 
     acc = HessianAccumulator(layer.in_features)
-
-    def collect(module, args):
-        acc.add(args[0])
-        raise reached
-
-    hook = layer.register_forward_pre_hook(collect)
-    try:
-        for inputs in batches:
-            try:
-                model(*inputs)
-            except reached:
-                pass
-    finally:
-        hook.remove()
+    feed_layer(model, layer, batches, lambda module, args: acc.add(args[0]))
     if acc.n == 0:
         return {}
     codes, scale, zero_point = gptq_quantize(layer.weight, acc.h, spec, damp=damp)
