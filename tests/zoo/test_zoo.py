@@ -265,3 +265,18 @@ def test_bad_widths_are_config_errors():
         create_model("shufflenet_v2_x1_0", width_mult=0.75)
     with pytest.raises(ConfigError, match="width_mult must be positive"):
         create_model("mobilenetv2_100", width_mult=0)
+
+
+def test_squeezenet_batch_norm_variant_normalises_every_conv_and_leaves_logits_unclamped():
+    plain = create_model("squeezenet1_1", num_classes=12, small_input=True)
+    bn = create_model("squeezenet1_1", num_classes=12, small_input=True, batch_norm=True)
+    convs = [m for m in plain.features.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.modules()) == len(convs) == 25
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert isinstance(plain.classifier[2], nn.ReLU) and isinstance(bn.classifier[2], nn.Identity)
+    # the conv weights keep their shapes, in the same order; only BatchNorm parameters are added
+    conv_shapes = [tuple(p.shape) for n, p in bn.named_parameters() if p.dim() == 4]
+    assert conv_shapes == [tuple(p.shape) for n, p in plain.named_parameters() if p.dim() == 4]
+    torch.manual_seed(0)
+    logits = bn.eval()(torch.randn(8, 3, 32, 32))
+    assert logits.shape == (8, 12) and (logits < 0).any()  # the plain model's final ReLU forbids this

@@ -35,26 +35,20 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     onnx_program.save(str(tmp))
-    _strip_debug_metadata(tmp)
+    _compact(tmp)
     os.replace(tmp, path)
     return path
 
 
-def _strip_debug_metadata(path: Path) -> None:
-    """Drop what the exporter records for debugging (each node's source stack trace, module
-    path and class names, the exported program's signature) and the shapes of intermediate
-    values (runtimes infer them): none is part of the model, and in a quantized graph with many
-    small QDQ nodes they were more than half of the file's bytes."""
+def _compact(path: Path) -> None:
+    """Rewrite the file without debug metadata, re-quantizations or zero zero points
+    (:func:`slimkit.backends.onnx_graph.compact`)."""
     import onnx
 
+    from slimkit.backends.onnx_graph import compact
+
     model = onnx.load(str(path))
-    graphs = [model.graph] + [f for f in model.functions]
-    for graph in graphs:
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-    del model.graph.value_info[:]
-    del model.graph.metadata_props[:]  # torch.export's graph signature and range constraints
+    compact(model)
     onnx.save(model, str(path))
 
 

@@ -168,14 +168,22 @@ class ChannelShuffle(nn.Module):
 class Fire(nn.Module):
     """SqueezeNet's fire module: squeeze 1x1 -> ReLU, then concat(expand 1x1, expand 3x3) -> ReLU.
 
-    Convs carry biases and there is no normalisation, as in Iandola et al. 2016 (and torchvision).
+    Convs carry biases and there is no normalisation, as in Iandola et al. 2016 (and torchvision);
+    ``batch_norm=True`` puts a BatchNorm after each conv (the biases stay, so parameter names and
+    the conv layout match the plain module).
     """
 
-    def __init__(self, in_ch: int, squeeze_ch: int, expand1x1_ch: int, expand3x3_ch: int) -> None:
+    def __init__(self, in_ch: int, squeeze_ch: int, expand1x1_ch: int, expand3x3_ch: int,
+                 batch_norm: bool = False) -> None:
         super().__init__()
-        self.squeeze = nn.Conv2d(in_ch, squeeze_ch, 1)
-        self.expand1x1 = nn.Conv2d(squeeze_ch, expand1x1_ch, 1)
-        self.expand3x3 = nn.Conv2d(squeeze_ch, expand3x3_ch, 3, padding=1)
+
+        def conv(cin: int, cout: int, k: int) -> nn.Module:
+            c = nn.Conv2d(cin, cout, k, padding=k // 2)
+            return nn.Sequential(c, nn.BatchNorm2d(cout)) if batch_norm else c
+
+        self.squeeze = conv(in_ch, squeeze_ch, 1)
+        self.expand1x1 = conv(squeeze_ch, expand1x1_ch, 1)
+        self.expand3x3 = conv(squeeze_ch, expand3x3_ch, 3)
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
