@@ -148,6 +148,35 @@ def _short_names(graph) -> None:
             node.input[i] = new.get(name, name)
 
 
+def unshare_zero_points(model) -> int:
+    """Give every DequantizeLinear of a constant its own zero-point initializer; returns how many
+    copies it made. For OpenVINO: the exporter stores equal zero points once, and where two
+    weight DequantizeLinear nodes share one, ``openvino.convert_model`` leaves a runtime
+    subtraction in front of both layers, which then run in float (digits-cnn int8 at batch 256:
+    2.63 ms, against 1.67 ms with the zero points apart)."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or node.input[2] not in inits \
+                or node.input[0] not in inits:
+            continue
+        name = node.input[2]
+        if name in seen:
+            copy = type(inits[name])()
+            copy.CopyFrom(inits[name])
+            copy.name = f"{name}_{copies}"
+            while copy.name in inits:
+                copy.name += "_"
+            graph.initializer.append(copy)
+            inits[copy.name] = copy
+            node.input[2] = copy.name
+            copies += 1
+        seen.add(node.input[2])
+    return copies
+
+
 def compact(model) -> int:
     """Apply every clean-up to an ``onnx.ModelProto`` in place; returns how many re-quantizations
     it removed. Subgraph-free graphs only (what torch.onnx writes for our models); a

@@ -38,10 +38,17 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
             # OpenVINO's torch.export frontend does not take convolutions on dequantized weights;
             # its ONNX frontend reads QuantizeLinear/DequantizeLinear as FakeQuantize, which its
             # low-precision transformations run as int8
+            import onnx
+
+            from slimkit.backends.onnx_graph import unshare_zero_points
             from slimkit.backends.onnxruntime import export_onnx
 
-            ir = ov.convert_model(str(export_onnx(model, example_inputs, xml.with_name(f".tmp-{xml.stem}.onnx"))))
-            xml.with_name(f".tmp-{xml.stem}.onnx").unlink()
+            path = export_onnx(model, example_inputs, xml.with_name(f".tmp-{xml.stem}.onnx"))
+            graph = onnx.load(str(path))
+            if unshare_zero_points(graph):
+                onnx.save(graph, str(path))
+            ir = ov.convert_model(str(path))
+            path.unlink()
         else:
             ir = ov.convert_model(export_program(model, example_inputs))
     tmp_xml = xml.with_name(f".tmp-{xml.name}")
