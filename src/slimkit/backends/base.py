@@ -156,11 +156,14 @@ _EXPORT_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("sli
 
 
 def export_target() -> str | None:
-    """The runtime a ``torch.export`` in progress is for (``"onnxruntime"``), or None.
+    """What a ``torch.export`` in progress is for: ``"onnxruntime"`` (an ONNX file that may use ONNX
+    Runtime's contrib ops), ``"onnx"`` (standard ONNX, any runtime), or None (any other use of the
+    program: torch.compile, TVM, OpenVINO's PyTorch frontend).
 
-    A layer may write itself differently for one runtime: a weight-only int4 linear becomes ONNX
+    A layer may write itself differently for one target: a weight-only int4 linear becomes ONNX
     Runtime's ``MatMulNBits`` contrib op when exported for ONNX Runtime, and standard ops (which
-    every runtime reads) otherwise."""
+    every runtime reads) otherwise; a dynamic int8 linear becomes ONNX's ``MatMulInteger`` in
+    either ONNX file."""
     return _EXPORT_TARGET.get() if torch.compiler.is_exporting() else None
 
 

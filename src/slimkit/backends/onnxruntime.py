@@ -28,7 +28,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     OpenVINO and TensorRT read)."""
     import warnings
 
-    program = export_program(model, example_inputs, target="onnxruntime" if contrib_ops else None)
+    program = export_program(model, example_inputs, target="onnxruntime" if contrib_ops else "onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(program, tuple(example_inputs), dynamo=True, verbose=False)

@@ -56,8 +56,11 @@ def default_weight_max() -> int:
 
 
 def is_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` holds quantize-dequantize layers (it then runs on integer kernels when exported)."""
-    return any(isinstance(m, ActQuant) for m in model.modules())
+    """Whether ``model`` holds int8 layers that run on integer kernels when exported to ONNX
+    (static QDQ layers, dynamic int8 linears)."""
+    from slimkit.techniques.quantization.dynamic import DynamicQuantLinear
+
+    return any(isinstance(m, (ActQuant, DynamicQuantLinear)) for m in model.modules())
 
 
 def _dtype(spec: QuantSpec) -> torch.dtype:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch.nn as nn
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from slimkit.core.config import Config, format_validation_error
 from slimkit.core.context import Context
@@ -21,7 +21,12 @@ from slimkit.techniques.quantization.qscheme import StepInit
 
 
 class QuantizeConfig(Config):
-    method: Literal["static"] = Field("static", description="static: int8 weights and activations, calibrated")
+    method: Literal["static", "dynamic"] = Field(
+        "static", description="static: int8 weights and activations, calibrated; dynamic: int8 linear weights, "
+                              "activations quantized at run time from their own range (no calibration)")
+    granularity: Literal["token", "tensor"] = Field(
+        "token", description="dynamic: one activation scale per token (row) or per tensor (ONNX Runtime's "
+                             "quantize_dynamic)")
     observer: ObserverName = Field("minmax", description="activation range from calibration: minmax, percentile, "
                                                          "mse or entropy (KL)")
     calibration_samples: int = Field(512, ge=1, description="training examples run through the model to calibrate")
@@ -38,6 +43,17 @@ class QuantizeConfig(Config):
                                                                    "(points) to lose; the most sensitive layers stay "
                                                                    "float until the drop fits")
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
+
+    @model_validator(mode="after")
+    def _static_fields_need_static(self) -> "QuantizeConfig":
+        # a dynamic recipe that sets a calibration field is a mistake to name, not to ignore
+        if self.method == "dynamic":
+            given = [name for name in ("observer", "calibration_samples", "calibration_batch_size", "bias_correction",
+                                       "smoothquant", "max_quality_drop")
+                     if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
+            if given:
+                raise ValueError(f"{', '.join(given)}: for method 'static' only (method is 'dynamic')")
+        return self
 
 
 def _weight_max(cfg: QuantizeConfig) -> int:
@@ -63,6 +79,10 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
         float_outputs = [str(name) for name in structure.get("float_outputs", [])]
         smoothed = [str(name) for name in structure.get("smoothed", [])]
         float_layers = [str(name) for name in structure.get("float_layers", [])]
+        if cfg.method == "dynamic":
+            from slimkit.techniques.quantization.dynamic import quantize_dynamic
+
+            return quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)[0]
         return prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *float_layers], weight_max=weight_max,
                               float_outputs=float_outputs, smoothed=smoothed)[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
@@ -81,6 +101,8 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.quantization.ptq import calibration_batches, quantize_static
 
     weight_max = _weight_max(cfg)
+    if cfg.method == "dynamic":
+        return _quantize_dynamic(model, cfg, weight_max)
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
     kwargs = dict(observer=cfg.observer, skip=cfg.skip, weight_max=weight_max, bias_correction=cfg.bias_correction,
@@ -106,6 +128,19 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
                                                       "float_outputs": report.float_outputs,
                                                       "smoothed": report.smoothed,
                                                       "float_layers": fallback.float_layers if fallback else []})
+
+
+def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) -> StepResult:
+    from slimkit.techniques.quantization.dynamic import quantize_dynamic
+
+    q, report = quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)
+    if not report.layers:
+        from slimkit.core.errors import SlimkitError
+
+        raise SlimkitError("quantize (dynamic): the model has no Linear layer to quantize"
+                           + (f" (skipped: {report.skipped})" if report.skipped else ""))
+    info = {"method": "dynamic", "weight_bits": 8 if weight_max == 127 else 7, **report.to_dict()}
+    return StepResult(q, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max})
 
 
 class QATConfig(Config):

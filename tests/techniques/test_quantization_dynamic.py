@@ -1,0 +1,126 @@
+"""Dynamic int8: run-time activation quantization, the MatMulInteger export, the recipe step."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.core.errors import ConfigError
+from slimkit.core.step import rebuild_model
+from slimkit.measure.quality import predict
+from slimkit.recipes.runner import run_recipe
+from slimkit.tasks import build_task
+from slimkit.techniques.quantization.dynamic import DynamicQuantLinear, quantize_dynamic
+from slimkit.techniques.quantization.step import QuantizeConfig
+
+
+def _tokens(seed=0):
+    """Tokens whose ranges differ 100x (a transformer's hidden states do)."""
+    torch.manual_seed(seed)
+    return torch.randn(3, 10, 96) * torch.logspace(-1, 1, 10)[None, :, None]
+
+
+def test_per_token_codes_and_scales_are_hand_computed():
+    layer = DynamicQuantLinear(nn.Linear(3, 2), "token")
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    codes, scale, zero_point = layer.quantize_input(x)
+    assert torch.allclose(scale[0], torch.tensor([2.0 / 127]))
+    assert codes[0].tolist() == [128 + 64, 128 - 127, 128 + 32]  # round(63.5) is 64 (half to even)
+    assert codes[1].tolist() == [128, 128, 128] and zero_point.unique().tolist() == [128.0]  # zeros stay finite
+
+
+def test_per_tensor_codes_follow_onnx_dynamic_quantize_linear():
+    layer = DynamicQuantLinear(nn.Linear(4, 2), "tensor")
+    x = torch.tensor([[-1.0, 0.0, 1.0, 3.0]])
+    codes, scale, zero_point = layer.quantize_input(x)
+    assert float(scale) == pytest.approx(4.0 / 255) and float(zero_point) == 64.0  # round(63.75) = 64
+    assert codes.tolist() == [[0.0, 64.0, 128.0, 255.0]]
+
+
+def test_weights_are_int8_per_channel_and_the_output_approximates_float_without_equalling_it():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 32)
+    layer = DynamicQuantLinear(linear, "token", weight_max=63)
+    assert layer.weight_int8.dtype == torch.int8 and int(layer.weight_int8.abs().max()) == 63
+    assert layer.stored_bytes() == 96 * 32 + 4 * 32
+    x = _tokens()
+    with torch.no_grad():
+        ref, out = linear(x), layer(x)
+    err = (out - ref).norm() / ref.norm()
+    assert 0 < err < 0.02
+
+
+def test_per_token_beats_per_tensor_on_tokens_of_different_ranges():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 32)
+    x = _tokens()
+    with torch.no_grad():
+        ref = linear(x)
+        small = slice(0, 3)  # the three smallest tokens, where one shared scale leaves few levels
+        errors = {g: float(((DynamicQuantLinear(linear, g)(x) - ref)[:, small]).norm() / ref[:, small].norm())
+                  for g in ("token", "tensor")}
+    assert errors["token"] < 0.2 * errors["tensor"], errors
+
+
+@pytest.mark.parametrize("granularity", ["token", "tensor"])
+def test_onnx_runtime_runs_integer_kernels_and_matches_eager(tmp_path, ort_optimized_ops, granularity):
+    ort = pytest.importorskip("onnxruntime")
+    from slimkit.backends.onnxruntime import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 128), nn.GELU(), nn.Linear(128, 16)).eval()
+    q, report = quantize_dynamic(model, granularity=granularity, weight_max=63)
+    x = _tokens()
+    path = export_onnx(q, (x[:1],), tmp_path / "dynamic.onnx")
+    ops = ort_optimized_ops(path)
+    integer = [op for op in ops if op in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")]
+    assert len(integer) == 2 and not {"MatMul", "Gemm", "FusedMatMul"} & set(ops), ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for seq in (x, x[:1]):  # dynamic batch
+        out = session.run(None, {session.get_inputs()[0].name: seq.numpy()})[0]
+        with torch.no_grad():
+            expected = q(seq).numpy()
+        # the same integer products; with a bias the fused kernel of ONNX Runtime 1.32 dropped it
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    assert report.to_dict()["quantized_ratio"] == pytest.approx((96 * 128 + 4 * 128 + 128 * 16 + 4 * 16)
+                                                                / (4 * (96 * 128 + 128 * 16)))
+
+
+def test_convolutions_and_skipped_layers_stay_float_with_a_reason():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 8), nn.ReLU(), nn.Linear(8, 2))
+    q, report = quantize_dynamic(model, skip=["4"])
+    assert isinstance(q[0], nn.Conv2d) and isinstance(q[2], DynamicQuantLinear) and type(q[4]) is nn.Linear
+    assert {s["module"] for s in report.skipped} == {"0", "4"}
+    assert "static int8" in next(s["reason"] for s in report.skipped if s["module"] == "0")
+    with pytest.raises(ValueError, match="no module"):
+        quantize_dynamic(model, skip=["nope"])
+
+
+def test_a_static_only_field_with_method_dynamic_is_an_error():
+    with pytest.raises(Exception, match="smoothquant: for method 'static' only"):
+        QuantizeConfig(method="dynamic", smoothquant=0.5)
+    recipe = {"task": "digits-mlp", "steps": [{"quantize": {"method": "dynamic", "observer": "mse"}}]}
+    with pytest.raises(ConfigError, match="observer"):
+        run_recipe(recipe, None)
+
+
+def test_quantize_step_dynamic_keeps_accuracy_deploys_on_onnxruntime_and_resumes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}},
+              "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
+              "steps": [{"quantize": {"method": "dynamic"}}, {"deploy": {"backend": "onnxruntime"}}]}
+    result = run_recipe(recipe, tmp_path / "run").results
+    base, quant, deploy = result["steps"]
+    assert quant["info"]["method"] == "dynamic" and quant["info"]["layers_quantized"] == 3
+    assert quant["metrics"]["quality"] >= base["metrics"]["quality"] - 0.01
+    assert deploy["metrics"]["quality"] >= base["metrics"]["quality"] - 0.01
+    assert deploy["metrics"]["size_bytes"] < 0.4 * base["metrics"]["size_bytes"]
+    task = build_task("digits-mlp")
+    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
+    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
+    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    assert sum(isinstance(m, DynamicQuantLinear) for m in rebuilt.modules()) == 3
+    quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
+    assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
