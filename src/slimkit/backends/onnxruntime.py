@@ -31,13 +31,35 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     program = export_program(model, example_inputs, target="onnxruntime" if contrib_ops else "onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        onnx_program = torch.onnx.export(program, tuple(example_inputs), dynamo=True, verbose=False)
+        onnx_program = torch.onnx.export(program, tuple(example_inputs), dynamo=True, verbose=False, optimize=False)
+        _optimize(onnx_program.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     onnx_program.save(str(tmp))
     _compact(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _optimize(model) -> None:
+    """The exporter's own optimisation (onnxscript's constant folding and fusions), except that no
+    node reading a uint8 constant is folded: those are packed weight encodings (4-bit codes,
+    sparse bitmasks) that the file must ship packed, not as the float tensor they decode to
+    (onnxscript folds results of up to 262,144 elements, so small layers came out dense).
+    Runtimes fold the decoding at load time."""
+    import onnx_ir as ir
+    import onnxscript
+    from onnxscript.rewriter import onnx_fusions
+
+    def should_fold(node) -> bool | None:
+        for value in node.inputs:
+            const = None if value is None else value.const_value
+            if const is not None and const.dtype == ir.DataType.UINT8 and const.size > 1:
+                return False
+        return None
+
+    onnxscript.optimizer.optimize_ir(model, should_fold=should_fold)
+    onnx_fusions.fuse(model)
 
 
 def _compact(path: Path) -> None:

@@ -1,0 +1,166 @@
+"""The ``prune`` recipe step (unstructured and N:M): masks, fine-tuning through the one loop with
+the masks held, then the pruned weights stored as bitmask + values so the bytes fall."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, field_validator, model_validator
+
+from slimkit.core.config import Config
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError, ConfigError
+from slimkit.core.step import StepResult, register_step
+
+_KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
+
+
+class PruneConfig(Config):
+    sparsity: float | None = Field(None, gt=0, lt=1, description="share of the pruned layers' weights set to zero "
+                                                                 "(N:M: implied by the pattern)")
+    pattern: str = Field("unstructured", description="unstructured, or N:M (e.g. 2:4): n kept in every m "
+                                                     "consecutive weights of a row")
+    criterion: Literal["magnitude", "movement", "random"] = Field(
+        "magnitude", description="magnitude |w|; movement (weights training pushes away from zero; needs "
+                                 "fine-tuning and the cubic schedule); random (a control)")
+    scope: Literal["global", "layer"] = Field("global", description="global: one threshold over all pruned "
+                                                                    "layers; layer: the same sparsity in each")
+    schedule: Literal["oneshot", "cubic"] = Field("oneshot", description="oneshot: prune, then fine-tune; cubic: "
+                                                                         "Zhu & Gupta's gradual schedule during "
+                                                                         "fine-tuning")
+    schedule_end: float = Field(0.75, gt=0, le=1, description="cubic: share of the fine-tuning steps after which "
+                                                              "the final sparsity holds")
+    mask_updates: int = Field(20, ge=1, description="cubic: how many times the masks are recomputed")
+    epochs: int = Field(0, ge=0, description="fine-tuning epochs with the masks held (0: prune only)")
+    lr: float = Field(5e-4, gt=0, description="fine-tuning peak learning rate")
+    batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="fine-tuning optimizer")
+    layers: list[Literal["linear", "conv"]] = Field(["linear", "conv"], min_length=1,
+                                                    description="layer kinds to prune")
+    skip: list[str] = Field(default_factory=list, description="module paths left dense")
+    encode: bool = Field(True, description="store pruned weights as bitmask + values (bytes fall with sparsity)")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if v != "unstructured" and not re.fullmatch(r"[1-9]\d*:[1-9]\d*", v):
+            raise ValueError(f"must be 'unstructured' or N:M such as '2:4', got {v!r}")
+        if v != "unstructured":
+            n, m = map(int, v.split(":"))
+            if not n < m:
+                raise ValueError(f"N:M needs n < m, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PruneConfig":
+        if self.pattern == "unstructured" and self.sparsity is None:
+            raise ValueError("sparsity is required for unstructured pruning")
+        if self.pattern != "unstructured":
+            if self.sparsity is not None:
+                raise ValueError(f"pattern {self.pattern} fixes the sparsity; leave sparsity out")
+            if self.schedule != "oneshot" or self.criterion == "movement":
+                raise ValueError("N:M masks are cut once (schedule: oneshot, criterion magnitude or random)")
+        if self.criterion == "movement" and (self.schedule != "cubic" or self.epochs == 0):
+            raise ValueError("criterion movement ranks weights by how training moves them: it needs epochs > 0 "
+                             "and schedule: cubic")
+        if self.schedule == "cubic" and self.epochs == 0:
+            raise ValueError("schedule cubic prunes during fine-tuning: it needs epochs > 0")
+        return self
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        return None if self.pattern == "unstructured" else tuple(map(int, self.pattern.split(":")))
+
+    @property
+    def target_sparsity(self) -> float:
+        if self.nm is None:
+            return float(self.sparsity)
+        n, m = self.nm
+        return 1 - n / m
+
+
+def prunable_weights(model: nn.Module, kinds: list[str], skip: list[str]) -> dict[str, nn.Parameter]:
+    """{module name: weight} of the layers of ``kinds`` not in ``skip`` (unknown names are errors)."""
+    modules = dict(model.named_modules())
+    unknown = [name for name in skip if name not in modules]
+    if unknown:
+        raise ConfigError(f"prune: skip names no module: {unknown}")
+    types = tuple(_KINDS[k] for k in kinds)
+    return {name: m.weight for name, m in modules.items() if type(m) in types and name not in skip}
+
+
+def mask_function(cfg: PruneConfig):
+    from slimkit.techniques.pruning.criteria import masks_from_scores, nm_mask
+
+    if cfg.nm is not None:
+        n, m = cfg.nm
+        return lambda scores, sparsity: {name: nm_mask(s, n, m) for name, s in scores.items()}
+    return lambda scores, sparsity: masks_from_scores(scores, sparsity, cfg.scope)
+
+
+def sparsity_report(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    zeros = {name: int((w == 0).sum()) for name, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
+    return {"sparsity": sum(zeros.values()) / total if total else 0.0,
+            "sparsity_per_layer": {name: round(zeros[name] / w.numel(), 4) for name, w in weights.items()}}
+
+
+def restore_prune(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Re-create the bitmask + values layers of the recorded sizes (the encodings then load)."""
+    from slimkit.techniques.pruning.sparse import densify_, encode_sparse_
+
+    try:
+        densify_(model)  # an earlier prune step's layers: this step's encoding replaces theirs
+        layers = structure["encoded"]
+        encode_sparse_(model, list(layers), {name: int(v["nnz"]) for name, v in layers.items()})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"prune step's recorded structure is malformed ({err!r})") from None
+    return model
+
+
+@register_step("prune", config=PruneConfig, restore=restore_prune)
+def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
+    """Unstructured or N:M pruning of Linear and Conv2d weights (magnitude, movement or random
+    scores, global or per-layer), optionally gradual and fine-tuned with the masks held, then
+    stored sparse (bitmask + values)."""
+    from slimkit.techniques.pruning.callback import PruningCallback
+    from slimkit.techniques.pruning.sparse import densify_, encode_sparse_
+    from slimkit.train.config import TrainConfig
+
+    densify_(model)  # pruning a pruned model again (iterative pruning) starts from dense layers
+    weights = prunable_weights(model, cfg.layers, cfg.skip)
+    if not weights:
+        raise ConfigError(f"prune: the model has no {' or '.join(cfg.layers)} layer to prune")
+    if cfg.nm is not None:
+        _check_nm_rows(weights, cfg.nm[1])
+    callback = PruningCallback(weights, cfg.target_sparsity, mask_function(cfg), criterion=cfg.criterion,
+                               schedule=cfg.schedule, end=cfg.schedule_end, updates=cfg.mask_updates, seed=ctx.seed)
+    info: dict[str, Any] = {"pattern": cfg.pattern, "criterion": cfg.criterion, "scope": cfg.scope,
+                            "schedule": cfg.schedule, "layers_pruned": len(weights)}
+    if cfg.epochs:
+        # with a gradual schedule an early epoch is less sparse: keeping "the best" one would undo it
+        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                            keep_best=cfg.schedule == "oneshot")
+        fit = ctx.train(model, train, callbacks=[callback], description="prune")
+        info["train"] = fit.summary()
+    else:
+        callback.prune_to(cfg.target_sparsity)
+    info.update(sparsity_report(weights))
+    structure = None
+    if cfg.encode:
+        encoded = encode_sparse_(model, list(weights))
+        stored = sum(v["bytes"] for v in encoded.values())
+        dense = sum(v["dense_bytes"] for v in encoded.values())
+        info.update({"encoded_layers": len(encoded), "encoded_bytes": stored, "dense_bytes": dense,
+                     "encoded_ratio": stored / dense if dense else None})
+        structure = {"encoded": {name: {"nnz": v["nnz"]} for name, v in encoded.items()}} if encoded else None
+    return StepResult(model, info=info, structure=structure)
+
+
+def _check_nm_rows(weights: dict[str, torch.Tensor], m: int) -> None:
+    bad = [f"{name} ({w[0].numel()} per row)" for name, w in weights.items() if w[0].numel() % m]
+    if bad:
+        raise ConfigError(f"prune: N:M groups of {m} do not divide the rows of {', '.join(bad)}; skip those layers")
