@@ -27,7 +27,9 @@ class PruningCallback(Callback):
     Scores: ``magnitude`` (|w|, the current weights), ``movement`` (Sanh et al. 2020: minus the
     accumulated ``grad * w``, how far training pushes each weight away from zero; needs training)
     or ``random`` (a control). Gradients of pruned weights are zeroed before each optimizer step,
-    and the weights re-zeroed after it, so Adam's moments never revive them.
+    and the weights re-zeroed after it, so Adam's moments never revive them; under movement a
+    pruned weight's score still follows its gradient (times the value it had), and a weight whose
+    score climbs back into the kept set returns with that value.
     """
 
     def __init__(self, weights: dict[str, nn.Parameter], sparsity: float, mask_fn: MaskFn, *,
@@ -45,6 +47,10 @@ class PruningCallback(Callback):
         self.random = {n: torch.rand(w.shape, generator=generator) for n, w in weights.items()} \
             if criterion == "random" else None
         self.movement = {n: torch.zeros_like(w) for n, w in weights.items()} if criterion == "movement" else None
+        # movement: the value each weight had when it was pruned. Its score keeps collecting
+        # -grad * value while it is out (Sanh et al.'s straight-through scores), and it comes back
+        # with that value if its score rises again
+        self.frozen = {n: torch.zeros_like(w) for n, w in weights.items()} if criterion == "movement" else None
         self.masks: dict[str, torch.Tensor] = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
         self.current = 0.0
         self._every = 1
@@ -59,7 +65,13 @@ class PruningCallback(Callback):
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
         """Recompute the masks at ``sparsity`` and zero what they drop."""
-        self.masks = self.mask_fn(self.scores(), sparsity)
+        masks = self.mask_fn(self.scores(), sparsity)
+        if self.frozen is not None:
+            for name, w in self.weights.items():
+                old, new = self.masks[name], masks[name]
+                self.frozen[name] = torch.where(old & ~new, w, self.frozen[name])  # going out: remember it
+                w.copy_(torch.where(~old & new, self.frozen[name], w))  # coming back: as it left
+        self.masks = masks
         self.current = sparsity
         self.apply()
 
@@ -79,7 +91,8 @@ class PruningCallback(Callback):
             if w.grad is None:
                 continue
             if self.movement is not None:
-                self.movement[name].add_(w.grad.detach() * w.detach())
+                value = torch.where(self.masks[name], w.detach(), self.frozen[name])
+                self.movement[name].add_(w.grad.detach() * value)
             w.grad.mul_(self.masks[name])
 
     def on_step_end(self, state: FitState) -> None:
