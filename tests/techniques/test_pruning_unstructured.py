@@ -206,3 +206,28 @@ def test_prune_step_two_four_and_a_skip_list(tmp_path):
     _, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     per_layer = step["info"]["sparsity_per_layer"]
     assert set(per_layer) == set(model_names[:-1]) and all(v == 0.5 for v in per_layer.values())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_deployed_sparse_models_match_eager_and_openvino_runs_no_decoding(tmp_path, backend):
+    from slimkit.core.registry import BACKENDS
+
+    if not BACKENDS.get(backend).available():
+        pytest.skip(f"{backend} is not available here")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(torch.rand_like(layer.weight) > 0.9)
+    encode_sparse_(model, ["0", "2"])
+    x = torch.randn(4, 256)
+    compiled = BACKENDS.get(backend).compile(model, (x[:1],), precision="fp32", threads=1, workdir=tmp_path)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    dense_bytes = 4 * (256 * 128 + 128 * 10)
+    if backend == "onnxruntime":  # ships the encoding, folds it at load
+        assert compiled.artifact_bytes < 0.25 * dense_bytes
+    else:  # gets the dense weights: its runtime graph has no decoding left
+        import openvino as ov
+
+        ops = {op.get_type_name() for op in ov.Core().read_model(str(compiled.artifact[0])).get_ops()}
+        assert "CumSum" not in ops and compiled.artifact_bytes > dense_bytes

@@ -76,6 +76,11 @@ class Backend:
 
     name: str = ""
     spin_waits: bool = False  # worker threads spin-wait after a call (see ``compile(spin_wait=...)``)
+    # runs a pruned model's bitmask + values layers as they are, rebuilding the dense weight once
+    # (eager caches it; ONNX Runtime constant-folds it at load). Other runtimes get a densified
+    # copy: OpenVINO kept the decoding in its runtime graph (a cumulative sum per call) and its
+    # converter wrote an IR larger than the dense one; inductor and TVM would run it per call
+    reads_sparse_encoding: bool = False
 
     @classmethod
     def available(cls) -> Availability:
@@ -97,6 +102,11 @@ class Backend:
         """
         require(cls)
         check_precision(cls, precision, device)
+        if not cls.reads_sparse_encoding:
+            from slimkit.techniques.pruning.sparse import densified, is_sparse_encoded
+
+            if is_sparse_encoded(model):
+                model = densified(model)
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         with timed() as t:

@@ -41,6 +41,7 @@ def torch_runner(fn, precision: str, device: str):
 @BACKENDS.register("eager", summary="eager PyTorch (the reference runtime); fp32, bf16 (fp16 on CUDA)")
 class EagerBackend(Backend):
     name = "eager"
+    reads_sparse_encoding = True
 
     @classmethod
     def precisions(cls, device: str = "cpu") -> tuple[str, ...]:

@@ -91,6 +91,7 @@ def session_runner(session):
 @BACKENDS.register("onnxruntime", summary="ONNX Runtime (torch.onnx dynamo export, all graph optimisations); fp32")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    reads_sparse_encoding = True
     spin_waits = True  # its intra-op worker threads spin after each call unless told not to
 
     @classmethod

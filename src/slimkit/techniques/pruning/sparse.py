@@ -164,3 +164,17 @@ def densify_(model: nn.Module) -> list[str]:
         setattr(model.get_submodule(parent) if parent else model, child, dense)
         names.append(name)
     return names
+
+
+def is_sparse_encoded(model: nn.Module) -> bool:
+    return any(isinstance(m, _SparseWeight) for m in model.modules())
+
+
+def densified(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its bitmask-encoded layers dense (for runtimes that would keep
+    the decoding in their graph)."""
+    import copy
+
+    dense = copy.deepcopy(model)
+    densify_(dense)
+    return dense
