@@ -7,7 +7,8 @@ quantizers, on the same trained model and the same calibration images, in one ru
 Per task, the baseline is trained with the task's budget and exported once to ONNX (FP32). Then:
 
 - slimkit: the `quantize` step's algorithm (static, min-max, per-channel weights, 512 calibration
-  images), exported as a QDQ graph, deployed on ONNX Runtime and on OpenVINO;
+  images; embedding tables int8 per row), exported as a QDQ graph, deployed on ONNX Runtime and
+  on OpenVINO;
 - ONNX Runtime: `quantize_static` on the same FP32 ONNX file (after its `quant_pre_process`), QDQ,
   per-channel int8 weights, uint8 activations, min-max, `reduce_range` on x86 CPUs without VNNI
   (ONNX Runtime's own advice there), run on ONNX Runtime and on OpenVINO;
@@ -96,10 +97,12 @@ def build_artifacts(task: Any, model: Any, batches: list, folder: Path,
     if text:  # ONNX Runtime's advice for transformers is dynamic quantization; its static one is run too
         add("ort-dynamic", "ONNX Runtime quantize_dynamic", *ort_quantize_dynamic(fp32_onnx, folder), ["onnxruntime"])
         from slimkit.techniques.quantization.dynamic import quantize_dynamic
+        from slimkit.techniques.quantization.step import QuantizeConfig, quantize_embeddings
 
         for granularity in ("token", "tensor"):  # the `quantize` step's method: dynamic (ONNX Runtime only:
             started = time.perf_counter()        # OpenVINO computes MatMulInteger in float)
-            dq = quantize_dynamic(model, granularity=granularity, weight_max=weight_max)[0]
+            dq = quantize_embeddings(quantize_dynamic(model, granularity=granularity, weight_max=weight_max)[0],
+                                     QuantizeConfig())[0]
             seconds = time.perf_counter() - started
             add(f"slimkit-dynamic-{granularity}", f"slimkit dynamic int8, per {granularity}",
                 [export_onnx(dq, example, folder / f"slimkit-dynamic-{granularity}.onnx")], seconds, ["onnxruntime"])
@@ -126,11 +129,14 @@ def input_names(onnx_path: Path) -> list[str]:
 
 def slimkit_quantize(model: Any, batches: list, weight_max: int, bias_correction: bool = True,
                      smoothquant: float | None = None) -> Any:
-    """What the ``quantize`` step does (static, min-max; ``smoothquant: alpha`` if given), on ``batches``."""
+    """What the ``quantize`` step does (static, min-max; ``smoothquant: alpha`` if given; embedding
+    tables int8 per row), on ``batches``."""
     from slimkit.techniques.quantization.ptq import quantize_static
+    from slimkit.techniques.quantization.step import QuantizeConfig, quantize_embeddings
 
-    return quantize_static(model, batches, weight_max=weight_max, bias_correction=bias_correction,
-                           smoothquant=smoothquant)[0]
+    q = quantize_static(model, batches, weight_max=weight_max, bias_correction=bias_correction,
+                        smoothquant=smoothquant)[0]
+    return quantize_embeddings(q, QuantizeConfig())[0]
 
 
 def ort_quantize(fp32_onnx: Path, names: list[str], batches: list, folder: Path,

