@@ -15,8 +15,12 @@ from slimkit.core.registry import BACKENDS
 
 def torch_precisions(device: str) -> tuple[str, ...]:
     # fp16 matmuls on CPUs without native fp16 arithmetic take seconds (docs/ARCHITECTURE.md):
-    # offered on CUDA only.
-    return ("fp32", "bf16", "fp16") if device == "cuda" else ("fp32", "bf16")
+    # offered on CUDA only; bf16 on CPUs that compute it natively (emulated, it is slower than fp32)
+    from slimkit.backends.base import cpu_has_native_bf16
+
+    if device == "cuda":
+        return ("fp32", "bf16", "fp16")
+    return ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
 
 
 def prepare_torch_model(model: nn.Module, precision: str, device: str, workdir: Path) -> tuple[nn.Module, list[Path]]:

@@ -36,14 +36,12 @@ def vnni_available() -> bool | None:
     int16 saturation. None when it cannot be told (not Linux); False on CPUs that are not x86."""
     import platform
 
+    from slimkit.backends.base import cpu_flags
+
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
-    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def default_weight_max() -> int:
