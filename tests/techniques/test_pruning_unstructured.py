@@ -231,3 +231,18 @@ def test_deployed_sparse_models_match_eager_and_openvino_runs_no_decoding(tmp_pa
 
         ops = {op.get_type_name() for op in ov.Core().read_model(str(compiled.artifact[0])).get_ops()}
         assert "CumSum" not in ops and compiled.artifact_bytes > dense_bytes
+
+
+def test_prune_then_quantize_keeps_the_zeros_and_resumes(tmp_path):
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}},
+              "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
+              "steps": [{"prune": {"sparsity": 0.8, "epochs": 3}}, {"quantize": {"method": "dynamic"}}]}
+    base, pruned, quant = run_recipe(recipe, tmp_path / "run").results["steps"]
+    assert quant["info"]["layers_quantized"] == 3
+    assert quant["metrics"]["quality"] >= pruned["metrics"]["quality"] - 0.02
+    task = build_task("digits-mlp")
+    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
+    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:3]]
+    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    codes = [m.weight_int8 for m in rebuilt.modules() if hasattr(m, "weight_int8")]
+    assert len(codes) == 3 and sum(int((c == 0).sum()) for c in codes) >= 0.8 * sum(c.numel() for c in codes)

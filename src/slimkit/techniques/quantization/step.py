@@ -74,6 +74,15 @@ def quantize_embeddings(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Modul
     return q, list(report.layers)
 
 
+def _dense_layers(model: nn.Module) -> nn.Module:
+    """A pruned model's bitmask-encoded layers made dense again (their zeros stay zeros), so the
+    quantizers see ordinary Linear and Conv2d layers: prune, then quantize."""
+    from slimkit.techniques.pruning.sparse import densify_
+
+    densify_(model)
+    return model
+
+
 def _weight_max(cfg: QuantizeConfig) -> int:
     from slimkit.techniques.quantization.modules import default_weight_max
 
@@ -91,6 +100,7 @@ def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Modu
     """Re-apply the module swap to a fresh model; the saved codes and scales then load into it."""
     from slimkit.techniques.quantization.ptq import prepare_static
 
+    model = _dense_layers(model)
     try:
         cfg = QuantizeConfig.model_validate(structure.get("config"))
         weight_max = int(structure["weight_max"])
@@ -122,6 +132,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     """
     from slimkit.techniques.quantization.ptq import calibration_batches, quantize_static
 
+    model = _dense_layers(model)
     weight_max = _weight_max(cfg)
     if cfg.method == "dynamic":
         return _quantize_dynamic(model, cfg, weight_max)
@@ -206,6 +217,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.quantization.qat import convert_qat, prepare_qat
     from slimkit.train.config import TrainConfig
 
+    model = _dense_layers(model)
     bits = 7 if cfg.weight_bits == 8 and default_weight_max() == 63 else cfg.weight_bits
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, 64, ctx.seed)]
@@ -252,6 +264,7 @@ def restore_weight_only(model: nn.Module, structure: dict[str, Any]) -> nn.Modul
     """Re-apply the swap to the recorded layers of a fresh model (the saved codes then load over it)."""
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, layers_of_kinds, quantize_weight_only
 
+    model = _dense_layers(model)
     try:
         cfg = QuantizeWeightsConfig.model_validate(structure.get("config"))
         layers = structure["layers"]
@@ -274,6 +287,7 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context)
     from slimkit.techniques.quantization.ptq import calibration_batches
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, choose_bits, quantize_weight_only
 
+    model = _dense_layers(model)
     batches = None
     if cfg.algorithm == "gptq":
         batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
