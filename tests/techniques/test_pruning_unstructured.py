@@ -1,16 +1,12 @@
 """Unstructured and N:M pruning: masks, the gradual schedule, masks held through training,
 bitmask storage, the recipe step and resume."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from slimkit.core.errors import ConfigError
-from slimkit.core.step import rebuild_model
-from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.pruning.callback import PruningCallback
@@ -173,7 +169,7 @@ def test_bad_prune_configs_name_the_problem(fields, message):
         PruneConfig(**fields)
 
 
-def test_prune_step_fine_tuned_at_90_percent_keeps_accuracy_shrinks_bytes_and_resumes(tmp_path):
+def test_prune_step_fine_tuned_at_90_percent_keeps_accuracy_shrinks_bytes_and_resumes(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 20}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
               "steps": [{"prune": {"sparsity": 0.9}},
@@ -186,12 +182,8 @@ def test_prune_step_fine_tuned_at_90_percent_keeps_accuracy_shrinks_bytes_and_re
     assert tuned["metrics"]["quality"] >= base["metrics"]["quality"] - 0.02
     assert tuned["metrics"]["quality"] > cut["metrics"]["quality"]
     assert cut["metrics"]["size_bytes"] < 0.2 * base["metrics"]["size_bytes"]
-    task = build_task("digits-mlp")
-    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
-    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
-    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / cut["artifact"]))
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-mlp", 1, cut)
     assert sum(isinstance(m, SparseLinear) for m in rebuilt.modules()) == 3
-    quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert quality == pytest.approx(cut["metrics"]["quality"], abs=1e-9)
 
 
@@ -233,16 +225,14 @@ def test_deployed_sparse_models_match_eager_and_openvino_runs_no_decoding(tmp_pa
         assert "CumSum" not in ops and compiled.artifact_bytes > dense_bytes
 
 
-def test_prune_then_quantize_keeps_the_zeros_and_resumes(tmp_path):
+def test_prune_then_quantize_keeps_the_zeros_and_resumes(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
               "steps": [{"prune": {"sparsity": 0.8, "epochs": 3}}, {"quantize": {"method": "dynamic"}}]}
     base, pruned, quant = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert quant["info"]["layers_quantized"] == 3
     assert quant["metrics"]["quality"] >= pruned["metrics"]["quality"] - 0.02
-    task = build_task("digits-mlp")
-    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
-    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:3]]
-    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-mlp", 2, quant)
+    assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
     codes = [m.weight_int8 for m in rebuilt.modules() if hasattr(m, "weight_int8")]
     assert len(codes) == 3 and sum(int((c == 0).sum()) for c in codes) >= 0.8 * sum(c.numel() for c in codes)

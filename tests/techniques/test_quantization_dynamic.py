@@ -1,17 +1,12 @@
 """Dynamic int8: run-time activation quantization, the MatMulInteger export, the recipe step."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
 from slimkit.core.errors import ConfigError
-from slimkit.core.step import rebuild_model
-from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
-from slimkit.tasks import build_task
 from slimkit.techniques.quantization.dynamic import DynamicQuantLinear, quantize_dynamic
 from slimkit.techniques.quantization.step import QuantizeConfig
 
@@ -106,7 +101,7 @@ def test_a_static_only_field_with_method_dynamic_is_an_error():
         run_recipe(recipe, None)
 
 
-def test_quantize_step_dynamic_keeps_accuracy_deploys_on_onnxruntime_and_resumes(tmp_path):
+def test_quantize_step_dynamic_keeps_accuracy_deploys_on_onnxruntime_and_resumes(tmp_path, rebuild_run_step):
     pytest.importorskip("onnxruntime")
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
@@ -117,12 +112,8 @@ def test_quantize_step_dynamic_keeps_accuracy_deploys_on_onnxruntime_and_resumes
     assert quant["metrics"]["quality"] >= base["metrics"]["quality"] - 0.01
     assert deploy["metrics"]["quality"] >= base["metrics"]["quality"] - 0.01
     assert deploy["metrics"]["size_bytes"] < 0.4 * base["metrics"]["size_bytes"]
-    task = build_task("digits-mlp")
-    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
-    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
-    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-mlp", 1, quant)
     assert sum(isinstance(m, DynamicQuantLinear) for m in rebuilt.modules()) == 3
-    quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
 
 

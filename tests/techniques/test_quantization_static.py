@@ -1,14 +1,11 @@
 """Static int8 PTQ: QDQ modules, calibration, the integer path in ONNX Runtime, the recipe step."""
 
-import json
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.core.context import Context
-from slimkit.core.step import rebuild_model
 from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
@@ -241,7 +238,7 @@ def test_quantized_modules_reload_from_a_state_dict_as_frozen(digits):
         QuantLinear(nn.Linear(2, 2), weight_max=100)
 
 
-def test_quantize_step_then_deploy_on_onnxruntime_and_resume(tmp_path):
+def test_quantize_step_then_deploy_on_onnxruntime_and_resume(tmp_path, rebuild_run_step):
     pytest.importorskip("onnxruntime")
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
@@ -255,12 +252,8 @@ def test_quantize_step_then_deploy_on_onnxruntime_and_resume(tmp_path):
     assert deploy["metrics"]["quality"] >= base["metrics"]["quality"] - 0.02
     assert deploy["metrics"]["size_bytes"] < 0.5 * base["metrics"]["size_bytes"]
     # the checkpoint of the quantize step rebuilds into the same model (what resume does)
-    task = build_task("digits-cnn")
-    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
-    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
-    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    rebuilt, rebuilt_quality = rebuild_run_step(tmp_path / "run", "digits-cnn", 1, quant)
     assert isinstance(quantized_layers(rebuilt)["0.0"], QuantConv2d)
-    rebuilt_quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert rebuilt_quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
 
 
@@ -343,7 +336,7 @@ def test_mixed_precision_keeps_the_most_sensitive_layers_float_until_the_drop_fi
     assert loose.float_layers == [] and len(quantized_layers(loose.model)) == 5
 
 
-def test_quantize_step_with_a_quality_budget_reports_bits_and_restores(tmp_path):
+def test_quantize_step_with_a_quality_budget_reports_bits_and_restores(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
               "steps": [{"quantize": {"calibration_samples": 256, "max_quality_drop": 0.0}}]}
@@ -352,10 +345,6 @@ def test_quantize_step_with_a_quality_budget_reports_bits_and_restores(tmp_path)
     assert info["validation_drop_pt"] <= 0.0 and len(info["sensitivity_pt"]) == 5
     assert set(info["bits_per_layer"]) == set(info["sensitivity_pt"])
     assert {n for n, b in info["bits_per_layer"].items() if b == 32} == set(info["layers_float"])
-    task = build_task("digits-cnn")
-    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
-    structures = [(s["technique"], s.get("structure")) for s in state["steps"][:2]]
-    rebuilt = rebuild_model(task.build_model, structures, str(tmp_path / "run" / quant["artifact"]))
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-cnn", 1, quant)
     assert set(quantized_layers(rebuilt)).isdisjoint(info["layers_float"])
-    quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
