@@ -21,9 +21,9 @@ want static int8 or weight-only. In eager PyTorch the layer computes exactly wha
 kernel does: the integer products are summed in float32, exact while the sum stays below 2^24
 (``in_features * 255 * weight_max``; MiniLM's widest layer reaches 12.4M with 7-bit weights).
 
-PyTorch's own CPU int8 matmul (``torch._int_mm``) measured 58x slower than float here, and
+PyTorch's own CPU int8 matmul (``torch._int_mm``) is far slower than float here, and
 ``torch.ao``'s dynamic linear quantizes per tensor with 7-bit activations and is deprecated in
-favour of torchao; neither is used.
+favour of torchao; neither is used (``benchmarks/torch_int8.py`` measures both).
 """
 
 from __future__ import annotations
