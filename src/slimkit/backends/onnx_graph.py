@@ -7,10 +7,10 @@ quantized graph of many small QuantizeLinear/DequantizeLinear nodes it is a larg
 bytes (over half of a QDQ digits CNN before this pass). :func:`compact` drops it, and removes
 what a QDQ export contains that no runtime needs:
 
-- a re-quantization with the grid the value is already on: ``DQ(q; s, z) -> Q(s, z) -> DQ(s, z)``
-  gives back exactly ``DQ(q; s, z)`` (quantize and dequantize are inverse on grid points), so the
-  second pair goes. It appears where a layer's output quantizer feeds the next layer's input
-  quantizer with the same (shared) scale;
+a re-quantization onto the grid the value is already on: ``DQ(q; s, z) -> Q(s, z) -> DQ(s, z)``
+gives back exactly ``DQ(q; s, z)`` (quantize and dequantize are inverse on grid points), so the
+second pair goes. It appears where a layer's output quantizer feeds the next layer's input
+quantizer with the same (shared) scale.
 
 It also drops attributes set to their spec default. Graph inputs and outputs keep their names
 (callers feed and read them); every other value, initializers included, gets a short name.
@@ -18,8 +18,9 @@ It also drops attributes set to their spec default. Graph inputs and outputs kee
 
 from __future__ import annotations
 
+
 def _constant(graph, name: str):
-    """The numpy value of an initializer (or Constant node output) called ``name``, else None."""
+    """The numpy value of the initializer called ``name``, else None."""
     from onnx import numpy_helper
 
     for init in graph.initializer:
@@ -152,8 +153,9 @@ def unshare_zero_points(model) -> int:
     """Give every DequantizeLinear of a constant its own zero-point initializer; returns how many
     copies it made. For OpenVINO: the exporter stores equal zero points once, and where two
     weight DequantizeLinear nodes share one, ``openvino.convert_model`` leaves a runtime
-    subtraction in front of both layers, which then run in float (digits-cnn int8 at batch 256:
-    2.63 ms, against 1.67 ms with the zero points apart)."""
+    subtraction in front of both layers, which then run in float (digits-cnn int8 at batch 256 was
+    1.5x slower than NNCF's model on OpenVINO before this, 1.01x after: benchmarks/quantization.py;
+    tests/techniques/test_quantization_static.py checks the runtime precisions)."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
     seen: set[str] = set()

@@ -63,7 +63,7 @@ def _optimize(model) -> None:
 
 
 def _compact(path: Path) -> None:
-    """Rewrite the file without debug metadata, re-quantizations or zero zero points
+    """Rewrite the file without debug metadata, long names or re-quantizations
     (:func:`slimkit.backends.onnx_graph.compact`)."""
     import onnx
 

@@ -169,8 +169,8 @@ class Fire(nn.Module):
     """SqueezeNet's fire module: squeeze 1x1 -> ReLU, then concat(expand 1x1, expand 3x3) -> ReLU.
 
     Convs carry biases and there is no normalisation, as in Iandola et al. 2016 (and torchvision);
-    ``batch_norm=True`` puts a BatchNorm after each conv (the biases stay, so parameter names and
-    the conv layout match the plain module).
+    ``batch_norm=True`` puts a BatchNorm after each conv (each conv becomes ``Sequential(conv, bn)``
+    and keeps its bias and shape).
     """
 
     def __init__(self, in_ch: int, squeeze_ch: int, expand1x1_ch: int, expand3x3_ch: int,

@@ -137,7 +137,9 @@ def quantize_dynamic(model: nn.Module, *, granularity: Granularity = "token", we
     modules = dict(q.named_modules())
     unknown = [name for name in skip if name not in modules]
     if unknown:
-        raise ValueError(f"dynamic quantization: skip names no module: {unknown}")
+        from slimkit.core.errors import ConfigError
+
+        raise ConfigError(f"quantize (dynamic): skip names no module: {unknown}")
     report = DynamicReport(granularity=granularity, weight_max=weight_max)
     for name, module in list(modules.items()):
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)):

@@ -62,13 +62,15 @@ class QuantizeConfig(Config):
 def quantize_embeddings(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Module, list[str]]:
     """Embedding tables as int8 codes with one scale and zero point per row (``embeddings: int8``):
     the integer kernels of static and dynamic int8 cover matrix products, and a transformer's word
-    embeddings are otherwise most of what stays float (MiniLM: 0.65x the FP32 bytes with them
-    float, 0.26x with them int8, cosine to FP32 0.99598 -> 0.99591)."""
+    embeddings are otherwise most of what stays float (MiniLM static int8: 0.255x the FP32 bytes
+    with them int8, benchmarks/results/quantization.md; 0.65x in that benchmark's earlier runs,
+    with them float)."""
     if cfg.embeddings == "float":
         return model, []
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, quantize_weight_only
 
-    skip = [name for name in cfg.skip if isinstance(model.get_submodule(name), nn.Embedding)]
+    modules = dict(model.named_modules())
+    skip = [name for name in cfg.skip if isinstance(modules.get(name), nn.Embedding)]
     q, report = quantize_weight_only(model, WeightOnlySpec(bits=8, group_size=None, symmetric=False),
                                      kinds=("embedding",), skip=skip)
     return q, list(report.layers)
