@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-HEAVY = ["transformers", "sklearn", "matplotlib", "onnxruntime", "openvino", "tvm", "mlxtend", "scipy", "typer"]
+HEAVY = ["transformers", "torch_pruning", "sklearn", "matplotlib", "onnxruntime", "openvino", "tvm", "mlxtend", "scipy", "typer"]
 
 
 def test_import_slimkit_is_light():
@@ -13,6 +13,6 @@ def test_import_slimkit_is_light():
 
 def test_registries_load_without_optional_packages():
     code = ("import sys, slimkit; slimkit.list_tasks(); slimkit.list_steps(); "
-            "print(','.join(m for m in %r if m in sys.modules))" % ["transformers", "onnxruntime", "openvino", "tvm", "mlxtend"])
+            "print(','.join(m for m in %r if m in sys.modules))" % ["transformers", "torch_pruning", "onnxruntime", "openvino", "tvm", "mlxtend"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"loading the registries pulled in: {out}"
