@@ -1,9 +1,12 @@
-"""Unstructured and N:M pruning on `mnist-mlp` (LeNet-300-100): what fine-tuning recovers, what
-the scores and schedules change, and the bytes of the sparse artifact.
+"""Pruning, one command: unstructured and N:M on `mnist-mlp`, structured on `shapes-cnn`, MiniLM
+and `transformers` models (the structured sections live in `pruning_structured.py`).
 
-    .venv/bin/python benchmarks/pruning.py [--task mnist-mlp] [--seeds 0 1 2] [--sparsity 0.9] [--epochs 5]
+    .venv/bin/python benchmarks/pruning.py [--sections unstructured shapes minilm transformers] [--threads 2]
 
-Per seed, the FP32 baseline is trained with the task's own budget; then, from that baseline:
+Each section writes OUT/pruning[_SECTION].md and .json with the command that reproduces it.
+
+Unstructured (`--task mnist-mlp --seeds 0 1 2 --sparsity 0.9 --epochs 5`):
+per seed, the FP32 baseline is trained with the task's own budget; then, from that baseline:
 
 - dense fine-tune: the same extra epochs, no pruning (a control: what the epochs alone add);
 - one-shot global magnitude at `--sparsity`, without fine-tuning and with `--epochs` of it;
@@ -17,8 +20,7 @@ Every row is the `prune` step itself (its config in the table). Accuracy is on t
 (mean ± std over seeds, the fine-tunes pick epochs on validation); bytes are the step's
 safetensors checkpoint (bitmask + values) and the ONNX file ONNX Runtime runs, whose accuracy is
 checked too. Latency is not compared: ONNX Runtime and OpenVINO rebuild the dense weight at load,
-so unstructured sparsity buys bytes, not speed (structured pruning buys speed). Writes
-OUT/pruning.md and OUT/pruning.json.
+so unstructured sparsity buys bytes, not speed (structured pruning buys speed).
 """
 
 from __future__ import annotations
@@ -177,23 +179,55 @@ def render(res: dict[str, Any], command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="mnist-mlp")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--task", default="mnist-mlp", help="unstructured: the task")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="unstructured: seeds")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5, help="unstructured: fine-tuning epochs")
+    parser.add_argument("--shapes-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--target-macs", type=float, default=0.6, help="shapes: MACs kept")
+    parser.add_argument("--criterion", default="l1", help="shapes: channel score")
+    parser.add_argument("--structured-epochs", type=int, default=8, help="shapes: fine-tuning epochs")
+    parser.add_argument("--minilm-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("slimkit").setLevel(logging.WARNING)
-    command = (f"python benchmarks/pruning.py --task {args.task} --seeds {' '.join(map(str, args.seeds))} "
-               f"--sparsity {args.sparsity} --epochs {args.epochs} --threads {args.threads}")
-    res = measure(args)
-    text = render(res, command)
     from rich.console import Console
 
-    Console().print(text, markup=False, highlight=False)
-    write_atomic(args.out, {"pruning.md": text, "pruning.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
+    console = Console()
+    stamp = f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}, " \
+            f"{time.strftime('%Y-%m-%d')}, {args.threads} threads"
+    for section in args.sections:
+        command = f"python benchmarks/pruning.py --sections {section} {SECTIONS[section](args)} --threads {args.threads}"
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-pruning-{section}-") as tmp:
+            if section == "unstructured":
+                res = measure(args)
+                text = render(res, command)
+                stem = "pruning"
+            else:
+                import pruning_structured as ps
+
+                res = getattr(ps, f"{section}_section")(args, Path(tmp), lambda msg: console.log(msg))
+                text = getattr(ps, f"render_{section}")(res, command, stamp)
+                stem = f"pruning_{section}"
+        res["seconds"] = time.perf_counter() - started
+        console.print(text, markup=False, highlight=False)
+        write_atomic(args.out, {f"{stem}.md": text,
+                                f"{stem}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
+
+
+# the arguments each section reads, as its command line shows them
+SECTIONS = {
+    "unstructured": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --sparsity {a.sparsity} "
+                              f"--epochs {a.epochs}",
+    "shapes": lambda a: f"--shapes-seeds {' '.join(map(str, a.shapes_seeds))} --target-macs {a.target_macs} "
+                        f"--criterion {a.criterion} --structured-epochs {a.structured_epochs}",
+    "minilm": lambda a: f"--minilm-epochs {a.minilm_epochs}",
+    "transformers": lambda a: "",
+}
 
 
 if __name__ == "__main__":
