@@ -99,6 +99,32 @@ def test_a_physically_pruned_model_equals_the_masked_model(case):
     assert not torch.allclose(getattr(original, "logits", original), ref, atol=1e-3)
 
 
+# one model of each zoo family (ShuffleNet: below), at the inputs its tasks use
+ZOO = {"mlp_digits": (64,), "lenet_300_100": (784,), "cnn_digits": (1, 8, 8), "lenet5": (1, 28, 28),
+       "cnn_shapes": (3, 32, 32), "cnn_shapes_dws": (3, 32, 32), "mobilenetv1_025": (3, 32, 32),
+       "mobilenetv2_035": (3, 32, 32), "mobilenetv3_small_075": (3, 32, 32), "mobilenetv3_large_075": (3, 32, 32),
+       "efficientnet_b0": (3, 32, 32), "resnet18": (3, 32, 32), "squeezenet1_0": (3, 32, 32),
+       "squeezenet1_1": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_every_zoo_family_prunes_to_a_smaller_model_equal_to_its_masked_twin(name):
+    import inspect
+
+    from slimkit.core.registry import MODELS
+
+    kwargs = {"small_input": True} if "small_input" in inspect.signature(MODELS.get(name)).parameters else {}
+    torch.manual_seed(0)
+    model = randomise_norms_(create_model(name, num_classes=10, **kwargs))
+    x = (torch.randn(2, *ZOO[name]),)
+    masked, before, params = copy.deepcopy(model), count_macs(model, x), sum(p.numel() for p in model.parameters())
+    pruner = StructuredPruner(model, x, Plan(ratio=0.3))
+    pruner.step()
+    assert count_macs(model, x) < 0.8 * before and sum(p.numel() for p in model.parameters()) < 0.85 * params
+    with torch.no_grad():
+        torch.testing.assert_close(model(*x), zero_removed_(masked, pruner.removed)(*x), atol=1e-5, rtol=1e-4)
+
+
 def test_residual_adds_prune_every_coupled_layer_alike():
     model = create_model("resnet18", num_classes=5, small_input=True, width=8).eval()
     x = (torch.randn(1, 3, 16, 16),)
@@ -204,6 +230,28 @@ def test_taylor_removes_a_large_but_unused_neuron_that_l1_keeps():
     assert 5 in kept["taylor"] and 5 not in kept["l1"]
 
 
+def test_activation_scores_remove_a_large_but_silent_neuron_that_l1_keeps():
+    def net():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        with torch.no_grad():
+            model[0].weight[5] *= 50  # big weights on both sides...
+            model[2].weight[:, 5] *= 50
+            model[0].bias[5] = -1e4  # ...but the ReLU never lets it through
+        return model
+
+    x = torch.randn(32, 6)
+    removed = {}
+    for criterion in ("l1", "activation"):
+        model = net()
+        pruner = StructuredPruner(model, (x[:1],), Plan(ratio=0.25, criterion=criterion, batches=[(x,)]))
+        pruner.step()
+        removed[criterion] = [i for name, h, idxs in pruner.removed if name == "0" for i in idxs]
+    assert 5 in removed["activation"] and 5 not in removed["l1"]
+    with pytest.raises(ConfigError, match="batches"):
+        StructuredPruner(net(), (x[:1],), Plan(ratio=0.25, criterion="activation"))
+
+
 def test_the_slimming_penalty_is_the_l1_norm_of_the_bn_scales_and_its_gradient_their_sign():
     model = randomise_norms_(create_model("cnn_digits", num_classes=10))
     penalty = SlimmingPenalty(1e-3)
@@ -300,9 +348,11 @@ def test_slimming_then_bn_scale_and_a_latency_target(tmp_path, monkeypatch):
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 5}}, "measure": MEASURE,
               "steps": [{"prune_structured": {"criterion": "bn_scale", "allocation": "global", "ratio": 0.4,
                                               "slimming": 1e-3, "slimming_epochs": 2}},
-                        {"prune_structured": {"target_latency": 0.8, "criterion": "random"}}]}
+                        {"prune_structured": {"target_latency": 0.8, "criterion": "random"}},
+                        {"prune_structured": {"ratio": 0.2, "criterion": "activation", "score_batches": 2}}]}
     result = run_recipe(recipe, tmp_path / "run").results
-    base, slim, fast = result["steps"]
+    base, slim, fast, active = result["steps"]
+    assert active["metrics"]["macs"] < fast["metrics"]["macs"]
     assert slim["info"]["slimming_train"]["epochs"] == 2
     assert slim["metrics"]["macs"] < base["metrics"]["macs"]
     trail = fast["info"]["increments"]

@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_leaves
 
 from slimkit.core.errors import ConfigError, SlimkitError
 
-Criterion = Literal["l1", "l2", "bn_scale", "taylor", "random"]
+Criterion = Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"]
 Allocation = Literal["uniform", "global", "sensitivity"]
 _HEAD_COUNT = ("num_attention_heads", "num_heads", "n_heads")
 _HEAD_SIZE = ("head_dim", "attention_head_size", "head_size")
@@ -38,9 +38,10 @@ def torch_pruning():
     return tp
 
 
-def importance(criterion: Criterion):
-    """torch-pruning's group importance for a criterion: each channel's score is reduced over every
-    layer coupled to it (a residual add's channel is scored by all the convs writing to it)."""
+def importance(criterion: Criterion, stats: dict[nn.Module, torch.Tensor] | None = None):
+    """The group importance for a criterion: each channel's score is reduced over every layer
+    coupled to it (a residual add's channel is scored by all the convs writing to it).
+    ``activation`` reads ``stats`` (see ``activation_stats``), filled before each pruning step."""
     imp = torch_pruning().importance
     if criterion in ("l1", "l2"):
         return imp.GroupMagnitudeImportance(p=1 if criterion == "l1" else 2)
@@ -48,9 +49,72 @@ def importance(criterion: Criterion):
         return imp.BNScaleImportance()
     if criterion == "taylor":
         return imp.GroupTaylorImportance()
+    if criterion == "activation":
+        return _activation_importance()(stats if stats is not None else {})
     if criterion == "random":
         return imp.RandomImportance()
     raise ValueError(f"unknown criterion {criterion!r}")
+
+
+def _activation_importance():
+    """A class made on first use, so torch-pruning is imported only when a step runs."""
+    tp = torch_pruning()
+    consumers = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+    class ActivationImportance(tp.importance.GroupMagnitudeImportance):
+        """What removing a channel takes from the layers that read it: for each reader,
+        ``sqrt(E[x_c^2]) * ||W[:, c]||`` (the RMS of channel c's contribution to that layer's output,
+        the structured form of Wanda's |W| * ||X||), summed over the readers. Data-aware and
+        gradient-free, so it works on a model at the optimum of its loss (where Taylor scores vanish)."""
+
+        def __init__(self, stats: dict[nn.Module, torch.Tensor]) -> None:
+            super().__init__(p=2, group_reduction="sum", normalizer="mean")
+            self.stats = stats
+
+        @torch.no_grad()
+        def __call__(self, group):
+            scores, roots = [], []
+            for i, (dep, idxs) in enumerate(group):
+                layer = dep.layer
+                if dep.pruning_fn not in consumers or layer not in self.stats:
+                    continue
+                w = layer.weight.data
+                norms = w.transpose(0, 1).flatten(1).norm(dim=1)  # per input channel (of a group)
+                if isinstance(layer, nn.modules.conv._ConvNd) and layer.groups not in (1, layer.in_channels):
+                    norms = norms.repeat(layer.groups)
+                scores.append((norms * self.stats[layer].sqrt())[idxs])
+                roots.append(group[i].root_idxs)
+            if not scores:  # nothing measured reads these channels: fall back to their weights' norm
+                return super().__call__(group)
+            return self._normalize(self._reduce(scores, roots), self.normalizer)
+
+    return ActivationImportance
+
+
+@torch.no_grad()
+def activation_stats(model: nn.Module, batches: Sequence[Sequence[torch.Tensor]]) -> dict[nn.Module, torch.Tensor]:
+    """{Linear/Conv layer: mean of its input squared, per input channel} over ``batches``."""
+    sums: dict[nn.Module, torch.Tensor] = {}
+    counts: dict[nn.Module, int] = {}
+
+    def hook(module, args):
+        x = args[0].detach().float()
+        channels = x.transpose(0, 1).flatten(1) if isinstance(module, nn.modules.conv._ConvNd) else x.flatten(0, -2).T
+        sums[module] = sums.get(module, 0) + channels.pow(2).sum(1)
+        counts[module] = counts.get(module, 0) + channels.shape[1]
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        for batch in batches:
+            model(*batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {m: sums[m] / counts[m] for m in sums}
 
 
 @dataclass
@@ -139,6 +203,7 @@ class Plan:
     max_ratio: float = 0.9
     round_to: int | None = None
     steps: int = 1
+    batches: Sequence[Sequence[torch.Tensor]] = ()  # activation: the batches its statistics come from
 
 
 class StructuredPruner:
@@ -157,6 +222,8 @@ class StructuredPruner:
         bad = [n for n in (plan.layer_ratios or {}) if n not in modules]
         if bad:
             raise ConfigError(f"prune_structured: layer ratios name no module: {bad}")
+        if plan.criterion == "activation" and not plan.batches:
+            raise ConfigError("prune_structured: the activation criterion needs batches to measure activations on")
         if plan.heads and plan.criterion == "bn_scale":
             raise ConfigError("prune_structured: bn_scale scores BatchNorm channels and attention heads have none; "
                               "score heads with l1, l2, taylor or random")
@@ -167,6 +234,13 @@ class StructuredPruner:
         self.removed: list[tuple[str, str, list[int]]] = []
         self.steps_done = 0
         self._pruner = None
+        self.stats: dict[nn.Module, torch.Tensor] = {}  # activation statistics, refreshed before each step
+        self.score = importance(plan.criterion, self.stats)
+
+    def _refresh_stats(self) -> None:
+        if self.plan.criterion == "activation":
+            self.stats.clear()
+            self.stats.update(activation_stats(self.model, self.plan.batches))
 
     @property
     def pruner(self):
@@ -180,7 +254,7 @@ class StructuredPruner:
             ignored = fixed_width_layers(self.model, self.inputs, self.attention) + [modules[n] for n in plan.ignore]
             # q/k/v are registered as heads so that no channel inside a head is pruned
             self._pruner = _traced(lambda: tp.pruner.MetaPruner(
-                self.model, self.inputs, importance=importance(plan.criterion),
+                self.model, self.inputs, importance=self.score,
                 global_pruning=plan.allocation == "global", pruning_ratio=plan.ratio if ratio_dict is None else 0.0,
                 pruning_ratio_dict=ratio_dict, max_pruning_ratio=plan.max_ratio, iterative_steps=plan.steps,
                 ignored_layers=ignored, round_to=plan.round_to,
@@ -190,8 +264,10 @@ class StructuredPruner:
 
     def step(self) -> None:
         if self.steps_done == 0 and self.plan.heads:
+            self._refresh_stats()
             self._prune_heads()
         if self.plan.ratio or self.plan.layer_ratios:
+            self._refresh_stats()
             for group in self.pruner.step(interactive=True):
                 self._record(group)
                 group.prune()
@@ -202,7 +278,7 @@ class StructuredPruner:
         tp = torch_pruning()
         graph = _traced(lambda: tp.DependencyGraph().build_dependency(
             self.model, example_inputs=self.inputs, forward_fn=_call, output_transform=_scalar_output))
-        score = importance(self.plan.criterion)
+        score = self.score
         for a in self.attention:
             heads, size = a.heads, a.head_size
             drop = min(int(self.plan.heads * heads + 0.5), heads - 1)

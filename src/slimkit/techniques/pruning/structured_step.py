@@ -17,9 +17,10 @@ from slimkit.core.step import StepResult, register_step
 
 
 class StructuredPruneConfig(Config):
-    criterion: Literal["l1", "l2", "bn_scale", "taylor", "random"] = Field(
+    criterion: Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"] = Field(
         "l1", description="channel score: l1/l2 norm of the coupled weights; bn_scale |gamma| (network slimming); "
-                          "taylor |w * dL/dw| on training batches; random (a control)")
+                          "taylor |w * dL/dw| on training batches; activation: RMS of the channel's contribution "
+                          "to the layers reading it, on training batches; random (a control)")
     ratio: float | None = Field(None, gt=0, lt=1, description="share of each prunable layer's channels/neurons "
                                                               "removed (global allocation: of all of them)")
     target_macs: float | None = Field(None, gt=0, lt=1, description="prune until the model's MACs are at most this "
@@ -39,7 +40,8 @@ class StructuredPruneConfig(Config):
     slimming: float = Field(0.0, ge=0, description="network slimming: L1 penalty on BatchNorm scales (e.g. 1e-4), "
                                                    "a loss term during slimming_epochs of training before pruning")
     slimming_epochs: int = Field(0, ge=0, description="training epochs with the slimming penalty before pruning")
-    taylor_batches: int = Field(8, ge=1, description="taylor: training batches whose gradients score the channels")
+    score_batches: int = Field(8, ge=1, description="taylor, activation: training batches (of batch_size) whose "
+                                                    "gradients or activations score the channels")
     sensitivity_grid: list[float] = Field([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1,
                                           description="sensitivity: the ratios each layer is probed at")
     eval_samples: int = Field(1024, ge=1, description="validation samples scoring sensitivity and blocks")
@@ -105,17 +107,21 @@ def validation_loss(ctx: Context, samples: int):
     return loss
 
 
+def training_batches(ctx: Context, batches: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
+    """The inputs of the first ``batches`` training batches."""
+    split = ctx.data.train
+    starts = [b * batch_size for b in range(batches) if b * batch_size < len(split.targets)]
+    return [tuple(t[i:i + batch_size].to(ctx.device) for t in split.inputs) for i in starts]
+
+
 def accumulate_gradients(model: nn.Module, ctx: Context, batches: int, batch_size: int) -> None:
     """Gradients of the task's loss summed over the first training batches (Taylor scores read them)."""
     model.eval()
     model.zero_grad(set_to_none=True)
     split = ctx.data.train
-    for b in range(batches):
-        sl = slice(b * batch_size, (b + 1) * batch_size)
-        inputs = tuple(t[sl].to(ctx.device) for t in split.inputs)
-        if len(inputs[0]) == 0:
-            break
-        ctx.task.loss(model(*inputs), split.targets[sl].to(ctx.device)).backward()
+    for b, inputs in enumerate(training_batches(ctx, batches, batch_size)):
+        targets = split.targets[b * batch_size:(b + 1) * batch_size].to(ctx.device)
+        ctx.task.loss(model(*inputs), targets).backward()
 
 
 def _latency_ms(model: nn.Module, ctx: Context) -> float:
@@ -175,7 +181,8 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         info["blocks"] = {"removed": removed, "loss_increase": {n: round(v, 5) for n, v in scores.items()}}
 
     plan = Plan(criterion=cfg.criterion, ratio=cfg.ratio or 0.0, allocation=cfg.allocation, heads=cfg.heads,
-                ignore=cfg.ignore, max_ratio=cfg.max_ratio, round_to=cfg.round_to)
+                ignore=cfg.ignore, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
+                batches=training_batches(ctx, cfg.score_batches, cfg.batch_size) if cfg.criterion == "activation" else ())
     target = None
     if cfg.target_macs is not None:
         target = ("macs", lambda m: count_macs(m, inputs), cfg.target_macs * macs0)
@@ -211,7 +218,7 @@ def _prune_once(model, inputs, plan, cfg, ctx) -> None:
 
     pruner = StructuredPruner(model, inputs, plan)
     if cfg.criterion == "taylor":
-        accumulate_gradients(model, ctx, cfg.taylor_batches, cfg.batch_size)
+        accumulate_gradients(model, ctx, cfg.score_batches, cfg.batch_size)
     pruner.step()
     model.zero_grad(set_to_none=True)
 
@@ -226,7 +233,7 @@ def _prune_to_target(model, inputs, plan, cfg, ctx, kind: str, measure, budget: 
     trail = []
     for i in range(steps):
         if cfg.criterion == "taylor":
-            accumulate_gradients(model, ctx, cfg.taylor_batches, cfg.batch_size)
+            accumulate_gradients(model, ctx, cfg.score_batches, cfg.batch_size)
         pruner.step()
         value = measure(model)
         trail.append(round(value, 4) if isinstance(value, float) else value)
