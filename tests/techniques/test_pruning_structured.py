@@ -360,3 +360,6 @@ def test_slimming_then_bn_scale_and_a_latency_target(tmp_path, monkeypatch):
     recipe["steps"] = [{"prune_structured": {"ratio": 0.3, "ignore": ["no.such.layer"]}}]
     with pytest.raises(ConfigError, match="no.such.layer"):
         run_recipe(recipe, tmp_path / "bad")
+    recipe["steps"] = [{"quantize_weights": {}}, {"prune_structured": {"ratio": 0.3}}]
+    with pytest.raises(ConfigError, match="before the quantization steps"):
+        run_recipe(recipe, tmp_path / "quantized")

@@ -154,6 +154,9 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     from slimkit.techniques.pruning.structured import Plan, StructuredPruner, attention_heads, sensitivity_ratios
     from slimkit.train.config import TrainConfig
 
+    if any(type(m).__module__.startswith("slimkit.techniques.quantization") for m in model.modules()):
+        raise ConfigError("prune_structured: the model is already quantized; put prune_structured before the "
+                          "quantization steps")
     densify_(model)
     inputs = example_inputs(ctx)
     before = snapshot(model)
