@@ -75,7 +75,11 @@ def fit(
     device = torch.device(device)
     model.to(device)
     loader = data.train.loader(cfg.batch_size, shuffle=True, seed=seed)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    # terms with learned parts of their own (distillation adapters) train with the model
+    extra = [p for term in loss_terms for p in getattr(term, "trainable_parameters", lambda: [])()]
+    for p in extra:
+        p.data = p.data.to(device)
+    optimizer = make_optimizer([*model.parameters(), *extra], cfg)
     total = cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total))
     state = FitState(model=model, optimizer=optimizer, total_steps=total)

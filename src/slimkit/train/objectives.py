@@ -24,6 +24,9 @@ class Batch:
 
 
 class LossTerm(Protocol):
+    """A weighted objective. A term with learned parts of its own (a distillation adapter) also
+    has ``trainable_parameters() -> list[nn.Parameter]``, which ``fit`` adds to its optimizer."""
+
     name: str
     weight: float
 

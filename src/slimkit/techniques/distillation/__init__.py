@@ -1,0 +1,1 @@
+"""Knowledge distillation: teacher-student loss terms for the one training loop."""
