@@ -1,0 +1,55 @@
+"""The ``distill`` step: a zoo student learns from the run's baseline (and reloads), a pruned
+model learns from its unpruned baseline, and bad configurations name the problem."""
+
+import pytest
+
+from slimkit.core.errors import ConfigError
+from slimkit.recipes.runner import run_recipe
+from slimkit.techniques.distillation.step import DistillConfig
+
+MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}
+
+
+def test_a_zoo_student_learns_from_the_baseline_alone_no_labels_and_reloads(tmp_path, rebuild_run_step):
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 10}}, "measure": MEASURE,
+              "steps": [{"distill": {"student": {"model": "mlp_digits", "model_args": {}},
+                                     "losses": {"logits": {"temperature": 4.0}}, "hard_weight": 0.0,
+                                     "epochs": 10, "lr": 2e-3}}]}
+    base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
+    assert step["info"]["student"] == "mlp_digits" and step["info"]["terms"] == ["kd_logits"]
+    assert step["metrics"]["params"] != base["metrics"]["params"]
+    assert step["metrics"]["quality"] >= 0.9
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-cnn", 1, step)
+    assert sum(p.numel() for p in rebuilt.parameters()) == step["metrics"]["params"]
+    assert quality == pytest.approx(step["metrics"]["quality"], abs=1e-9)
+
+
+def test_a_pruned_model_distilled_from_its_baseline_with_features(tmp_path):
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 10}}, "measure": MEASURE,
+              "steps": [{"prune_structured": {"ratio": 0.5}},
+                        {"distill": {"losses": {"logits": {}, "attention": {"pairs": {"1.2": "1.2"}}},
+                                     "epochs": 4, "lr": 1e-3}}]}
+    base, pruned, distilled = run_recipe(recipe, tmp_path / "run").results["steps"]
+    assert distilled["info"]["terms"] == ["kd_logits", "kd_attention"]
+    assert distilled["metrics"]["macs"] == pruned["metrics"]["macs"]
+    assert distilled["metrics"]["quality"] > pruned["metrics"]["quality"]
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"teacher": "input", "student": "input"}, "both the model entering"),
+    ({"losses": {}}, "at least one"),
+    ({"losses": {"features": {"pairs": {}}}}, "at least 1"),
+    ({"losses": {"logits": {"temperature": 0}}}, "greater than 0"),
+    ({"student": {"model": "mlp_digits", "typo": 1}}, "typo"),
+])
+def test_bad_distill_configs_name_the_problem(fields, message):
+    with pytest.raises(Exception, match=message):
+        DistillConfig(**fields)
+
+
+def test_an_unknown_layer_pair_names_the_layer(tmp_path):
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}}, "measure": MEASURE,
+              "steps": [{"distill": {"student": "input", "teacher": "baseline",
+                                     "losses": {"features": {"pairs": {"nope": "1.2"}}}, "epochs": 1}}]}
+    with pytest.raises(ConfigError, match="student has no module named \\['nope'\\]"):
+        run_recipe(recipe, tmp_path / "run")
