@@ -85,7 +85,7 @@ def test_attention_map_and_attention_transfer_match_a_hand_computation():
     x = torch.randn(2, 1, 6, 6)
     value = term(batch_of(student, x))
     expected = (attention_map(student[1](student[0](x))) - attention_map(teacher[1](teacher[0](x)))).norm(dim=1).mean()
-    assert float(value) == pytest.approx(float(expected), rel=1e-5)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     small = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU())
     with pytest.raises(ConfigError, match="'1'.*'1'"):
         AttentionTransfer(small, teacher, {"1": "1"})(batch_of(small, x))
