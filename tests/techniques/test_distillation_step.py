@@ -41,6 +41,7 @@ def test_a_pruned_model_distilled_from_its_baseline_with_features(tmp_path):
     ({"losses": {"features": {"pairs": {}}}}, "at least 1"),
     ({"losses": {"logits": {"temperature": 0}}}, "greater than 0"),
     ({"student": {"model": "mlp_digits", "typo": 1}}, "typo"),
+    ({"student": {"model": "mlp_digitz"}}, "mlp_digits"),
 ])
 def test_bad_distill_configs_name_the_problem(fields, message):
     with pytest.raises(Exception, match=message):

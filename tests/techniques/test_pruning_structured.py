@@ -360,6 +360,12 @@ def test_slimming_then_bn_scale_and_a_latency_target(tmp_path, monkeypatch):
     recipe["steps"] = [{"prune_structured": {"ratio": 0.3, "ignore": ["no.such.layer"]}}]
     with pytest.raises(ConfigError, match="no.such.layer"):
         run_recipe(recipe, tmp_path / "bad")
+    recipe["steps"] = [{"prune_structured": {"heads": 0.5}}]
+    with pytest.raises(ConfigError, match="no attention module"):
+        run_recipe(recipe, tmp_path / "heads")
+    recipe["steps"] = [{"prune_structured": {"ratio": 0.3, "ignore": ["0", "1", "3", "6"]}}]
+    with pytest.raises(SlimkitError, match="removed nothing"):
+        run_recipe(recipe, tmp_path / "nothing")
     recipe["steps"] = [{"quantize_weights": {}}, {"prune_structured": {"ratio": 0.3}}]
     with pytest.raises(ConfigError, match="before the quantization steps"):
         run_recipe(recipe, tmp_path / "quantized")

@@ -146,7 +146,7 @@ class _LayerPairs(_Frozen):
 class FeatureDistillation(_LayerPairs):
     """FitNets hints: ``MSE(adapter(student feature), teacher feature)`` summed over the pairs. The
     adapter is a learned 1x1 conv (4-D features) or linear map from the student's channels to the
-    teacher's (identity-free: created even when the widths agree, as FitNets' regressor), sized on
+    teacher's (created even when the widths agree, as FitNets' regressor is), sized on
     ``example_inputs``; spatial sizes and ranks must match."""
 
     name = "kd_features"

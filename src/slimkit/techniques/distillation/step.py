@@ -8,7 +8,7 @@ import copy
 from typing import Any, Literal
 
 import torch.nn as nn
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimkit.core.config import Config
 from slimkit.core.context import Context
@@ -19,6 +19,18 @@ from slimkit.core.step import StepResult, register_step
 class StudentConfig(Config):
     model: str = Field(description="a zoo model name, built for the task (classes, channels, small input)")
     model_args: dict[str, Any] = Field(default_factory=dict, description="overrides of the factory's arguments")
+
+    @field_validator("model")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from slimkit.core.errors import UnknownNameError
+        from slimkit.core.registry import MODELS
+
+        try:
+            MODELS.get(value)
+        except UnknownNameError as err:
+            raise ValueError(str(err)) from None
+        return value
 
 
 class LogitsLoss(Config):

@@ -164,6 +164,9 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     info: dict[str, Any] = {"criterion": cfg.criterion, "allocation": cfg.allocation,
                             "macs_before": macs0, "params_before": params0}
     heads0 = attention_heads(model)
+    if cfg.heads and not heads0:
+        raise ConfigError("prune_structured: heads is set, but the model has no attention module with q/k/v "
+                          "projections and head-count attributes that slimkit recognises")
     loss = validation_loss(ctx, cfg.eval_samples)
     train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
 
@@ -209,6 +212,10 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         fit = ctx.train(model, train, description="prune_structured")
         info["train"] = fit.summary()
     heads = attention_heads(model)
+    if not removed and count_params(model) == params0:
+        raise SlimkitError("prune_structured removed nothing: every prunable layer is kept at its width (layers "
+                           "whose width is an output's, and those in 'ignore'), or the ratio is too small to "
+                           "remove one channel")
     info.update({"macs_after": count_macs(model, inputs), "params_after": count_params(model),
                  "layers_changed": _widths_changed(before, model)})
     if heads0:
