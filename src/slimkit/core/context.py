@@ -53,11 +53,12 @@ class Context:
 
     def train(self, model: nn.Module, cfg: "TrainConfig", *, loss_terms: Sequence["LossTerm"] = (),
               callbacks: Sequence["Callback"] = (), task_loss_weight: float = 1.0,
-              description: str = "train") -> "FitResult":
-        """Train with the task's loss (weighted) plus ``loss_terms``, validating every epoch."""
+              description: str = "train", data: "DataSplits | None" = None) -> "FitResult":
+        """Train with the task's loss (weighted) plus ``loss_terms``, validating every epoch; on
+        ``data`` instead of the task's splits if given (e.g. with teacher-labelled inputs added)."""
         from slimkit.train.objectives import TaskLoss
 
         terms = [TaskLoss(self.task.loss, weight=task_loss_weight), *loss_terms] if task_loss_weight else list(loss_terms)
-        return self.train_fn(model, self.data, cfg, loss_terms=terms, validate=self.validate,
+        return self.train_fn(model, data if data is not None else self.data, cfg, loss_terms=terms, validate=self.validate,
                              callbacks=callbacks, device=self.device, seed=self.seed,
                              progress=self.progress, description=description)

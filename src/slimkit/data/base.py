@@ -7,8 +7,8 @@ is small enough to live in memory, which keeps loading deterministic and fast.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,18 +25,32 @@ class Split:
     # evaluation batches are cut to their longest row (dynamic padding); example_inputs keep
     # the full padded length so timings use one stated shape.
     mask_input: int | None = None
+    # Per-row tensors that travel with each training batch but are not model inputs (a
+    # teacher's precomputed outputs, for distillation); batched into ``Batch.extras``.
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.targets)
         for i, t in enumerate(self.inputs):
             if len(t) != n:
                 raise ConfigError(f"split input {i} has {len(t)} rows but targets have {n}")
+        for name, t in self.extras.items():
+            if len(t) != n:
+                raise ConfigError(f"split extra {name!r} has {len(t)} rows but targets have {n}")
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def head(self, n: int) -> "Split":
-        return Split(tuple(t[:n] for t in self.inputs), self.targets[:n], self.mask_input)
+        return self.select(slice(0, n))
+
+    def select(self, rows: slice | torch.Tensor) -> "Split":
+        """The given rows (a slice or an index tensor), extras included."""
+        return replace(self, inputs=tuple(t[rows] for t in self.inputs), targets=self.targets[rows],
+                       extras={k: t[rows] for k, t in self.extras.items()})
+
+    def with_extras(self, **extras: torch.Tensor) -> "Split":
+        return replace(self, extras={**self.extras, **extras})
 
     def trim(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Cut padded sequence inputs of a batch to the batch's longest row."""
@@ -57,14 +71,16 @@ class Split:
             yield self.trim(tuple(t[start:stop] for t in self.inputs)), self.targets[start:stop]
 
     def loader(self, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
-        """A DataLoader whose shuffling is fixed by ``seed``; batches are (inputs tuple, targets)."""
+        """A DataLoader whose shuffling is fixed by ``seed``; batches are (inputs tuple, targets,
+        extras dict)."""
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(_SplitDataset(self), batch_size=batch_size, shuffle=shuffle,
                           generator=generator, collate_fn=self._collate)
 
     def _collate(self, items):
         inputs = tuple(torch.stack([it[0][k] for it in items]) for k in range(len(items[0][0])))
-        return self.trim(inputs), torch.stack([it[1] for it in items])
+        extras = {name: torch.stack([it[2][name] for it in items]) for name in items[0][2]}
+        return self.trim(inputs), torch.stack([it[1] for it in items]), extras
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,36 @@ class DataSplits:
     train: Split
     val: Split
     test: Split
+    # Training inputs without labels (their targets are placeholders that nothing reads): what a
+    # few-label task keeps back, and what distillation can have the teacher label.
+    unlabelled: Split | None = None
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        sizes = {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        if self.unlabelled is not None:
+            sizes["unlabelled"] = len(self.unlabelled)
+        return sizes
+
+    def few_labels(self, per_class: int, seed: int) -> "DataSplits":
+        """Keep ``per_class`` labelled training rows of each class (drawn with ``seed``); the rest
+        of the training split becomes ``unlabelled`` with its labels removed (set to -1)."""
+        targets = self.train.targets
+        if targets.dtype != torch.int64 or targets.dim() != 1:
+            raise ConfigError("labels_per_class needs a classification task (one integer label per row)")
+        generator = torch.Generator().manual_seed(seed)
+        keep = []
+        for label in targets.unique():
+            rows = (targets == label).nonzero().flatten()
+            if len(rows) < per_class:
+                raise ConfigError(f"labels_per_class: class {int(label)} has only {len(rows)} training rows, "
+                                  f"fewer than {per_class}")
+            keep.append(rows[torch.randperm(len(rows), generator=generator)[:per_class]])
+        labelled = torch.cat(keep).sort().values
+        rest = torch.ones(len(targets), dtype=torch.bool)
+        rest[labelled] = False
+        unlabelled = self.train.select(rest.nonzero().flatten())
+        unlabelled = replace(unlabelled, targets=torch.full_like(unlabelled.targets, -1))
+        return replace(self, train=self.train.select(labelled), unlabelled=unlabelled)
 
 
 class _SplitDataset(Dataset):
@@ -85,7 +128,8 @@ class _SplitDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int):  # type: ignore[override]
-        return tuple(t[i] for t in self.split.inputs), self.split.targets[i]
+        return (tuple(t[i] for t in self.split.inputs), self.split.targets[i],
+                {name: t[i] for name, t in self.split.extras.items()})
 
 
 def stratified_split(

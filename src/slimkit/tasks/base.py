@@ -26,6 +26,9 @@ class TaskConfig(Config):
     name: str = Field(description="registered task name")
     model: str | None = Field(None, description="a zoo model to use instead of the task's default")
     model_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments for the model factory")
+    labels_per_class: int | None = Field(None, ge=1, description="keep this many labelled training rows per class; "
+                                                                 "the rest become unlabelled inputs")
+    labels_seed: int = Field(0, description="which labelled rows labels_per_class keeps")
 
 
 @dataclass
@@ -40,6 +43,9 @@ class Task:
     baseline_train: TrainConfig | None  # None: the model comes pretrained, no baseline training
     description: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    # model outputs -> targets of the task's loss: how a teacher labels unlabelled inputs
+    # (argmax for classifiers, the embedding itself for encoders scored by agreement)
+    pseudo_label: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """All metrics of the task; ``quality`` is the headline one."""
@@ -86,9 +92,19 @@ def classification_task(cfg: TaskConfig, *, default_model: str, num_classes: int
         except TypeError as err:
             raise ConfigError(f"task {cfg.name!r}: model {model_name!r} rejects its arguments ({err})") from None
 
+    if cfg.labels_per_class is not None:
+        full, per_class, seed = load_data, cfg.labels_per_class, cfg.labels_seed
+
+        def load_data() -> DataSplits:
+            return full().few_labels(per_class, seed)
+
     return Task(name=cfg.name, quality_metric="accuracy", build_model=build, load_data=load_data,
                 loss=F.cross_entropy, baseline_train=baseline, description=description,
-                info={"model": model_name, "model_args": kwargs})
+                info={"model": model_name, "model_args": kwargs}, pseudo_label=_argmax)
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(-1)
 
 
 def build_task(spec: str | dict[str, Any] | Config) -> Task:

@@ -67,14 +67,17 @@ def shapes_cnn(cfg: TaskConfig) -> Task:
 @TASKS.register("minilm", config=TaskConfig)
 def minilm(cfg: TaskConfig) -> Task:
     """all-MiniLM-L6-v2 sentence encoder; quality = agreement with its FP32 embeddings."""
-    if cfg.model is not None:
-        from slimkit.core.errors import ConfigError
+    from slimkit.core.errors import ConfigError
 
+    if cfg.model is not None:
         raise ConfigError("task 'minilm': field 'model' is not supported (the task is the MiniLM encoder)")
+    if cfg.labels_per_class is not None:
+        raise ConfigError("task 'minilm': field 'labels_per_class' is for classification tasks")
     from slimkit.data.text import SEQ_LEN, load_minilm_splits
     from slimkit.measure.quality import cosine_loss
     from slimkit.zoo.minilm import minilm_l6
 
     return Task(name=cfg.name, quality_metric="cosine", build_model=lambda: minilm_l6(**cfg.model_args),
                 load_data=load_minilm_splits, loss=cosine_loss, baseline_train=None,
-                description=minilm.__doc__, info={"model": "minilm_l6", "seq_len": SEQ_LEN})
+                description=minilm.__doc__, info={"model": "minilm_l6", "seq_len": SEQ_LEN},
+                pseudo_label=lambda embeddings: embeddings)

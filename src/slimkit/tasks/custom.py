@@ -63,11 +63,13 @@ def import_object(path: str, where: str) -> Any:
 
 
 def as_splits(obj: Any, where: str) -> DataSplits:
-    """Accept DataSplits, or a mapping of split name to (inputs, targets) tensors/arrays."""
+    """Accept DataSplits, or a mapping of split name to (inputs, targets) tensors/arrays, with an
+    optional ``'unlabelled'`` entry of inputs only (for distillation to have a teacher label)."""
     if isinstance(obj, DataSplits):
         return obj
-    if not isinstance(obj, dict) or set(obj) != {"train", "val", "test"}:
-        raise ConfigError(f"{where}: must return DataSplits or a dict with keys 'train', 'val', 'test'")
+    if not isinstance(obj, dict) or not {"train", "val", "test"} <= set(obj) <= {"train", "val", "test", "unlabelled"}:
+        raise ConfigError(f"{where}: must return DataSplits or a dict with keys 'train', 'val', 'test' "
+                          "(and optionally 'unlabelled')")
 
     def split(value: Any, name: str) -> Split:
         try:
@@ -77,7 +79,12 @@ def as_splits(obj: Any, where: str) -> DataSplits:
         inputs = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
         return Split(tuple(torch.as_tensor(t) for t in inputs), torch.as_tensor(targets))
 
-    return DataSplits(*(split(obj[k], k) for k in ("train", "val", "test")))
+    unlabelled = None
+    if "unlabelled" in obj:
+        inputs = obj["unlabelled"]
+        inputs = tuple(torch.as_tensor(t) for t in (inputs if isinstance(inputs, (tuple, list)) else (inputs,)))
+        unlabelled = Split(inputs, torch.full((len(inputs[0]),), -1))
+    return DataSplits(*(split(obj[k], k) for k in ("train", "val", "test")), unlabelled=unlabelled)
 
 
 @TASKS.register("custom", config=CustomTaskConfig)
@@ -95,4 +102,5 @@ def custom(cfg: CustomTaskConfig) -> Task:
     return Task(name="custom", quality_metric=cfg.metric, build_model=build,
                 load_data=lambda: as_splits(load(), f"task 'custom' field 'data' ({cfg.data})"),
                 loss=LOSSES[cfg.loss], baseline_train=cfg.train, description=cfg.model,
-                info={"model": cfg.model, "data": cfg.data})
+                info={"model": cfg.model, "data": cfg.data},
+                pseudo_label=(lambda logits: logits.argmax(-1)) if cfg.loss == "cross_entropy" else (lambda out: out))

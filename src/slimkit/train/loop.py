@@ -92,10 +92,11 @@ def fit(
             state.epoch = epoch
             model.train()
             running, seen = 0.0, 0
-            for inputs, targets in loader:
+            for inputs, targets, extras in loader:
                 inputs = tuple(t.to(device) for t in inputs)
                 targets = targets.to(device)
-                loss = _step(state, inputs, targets, loss_terms, callbacks, cfg)
+                extras = {k: t.to(device) for k, t in extras.items()}
+                loss = _step(state, inputs, targets, extras, loss_terms, callbacks, cfg)
                 scheduler.step()
                 running += float(loss) * len(targets)
                 seen += len(targets)
@@ -122,14 +123,14 @@ def fit(
     return result
 
 
-def _step(state: FitState, inputs, targets, loss_terms, callbacks, cfg: TrainConfig) -> torch.Tensor:
+def _step(state: FitState, inputs, targets, extras, loss_terms, callbacks, cfg: TrainConfig) -> torch.Tensor:
     model, optimizer = state.model, state.optimizer
     optimizer.zero_grad(set_to_none=True)
     with contextlib.ExitStack() as stack:
         for cb in callbacks:
             stack.enter_context(cb.forward_context(state))
         outputs = model(*inputs)
-        batch = Batch(model=model, inputs=inputs, targets=targets, outputs=outputs)
+        batch = Batch(model=model, inputs=inputs, targets=targets, outputs=outputs, extras=extras)
         loss = sum(term.weight * term(batch) for term in loss_terms)
     if not torch.isfinite(loss):
         raise SlimkitError(f"training diverged: loss is {float(loss)} at step {state.step} (lower the lr?)")

@@ -6,7 +6,7 @@ terms, so one loop trains every technique.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -15,12 +15,14 @@ import torch.nn as nn
 
 @dataclass
 class Batch:
-    """What a loss term may look at: the model, its inputs, targets and outputs for this batch."""
+    """What a loss term may look at: the model, its inputs, targets and outputs for this batch,
+    and the split's per-row extras (e.g. a teacher's cached outputs) for these rows."""
 
     model: nn.Module
     inputs: tuple[torch.Tensor, ...]
     targets: torch.Tensor
     outputs: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class LossTerm(Protocol):

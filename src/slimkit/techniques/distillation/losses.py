@@ -50,18 +50,46 @@ def attention_relation(x: torch.Tensor, heads: int, mask: torch.Tensor | None = 
     return F.log_softmax(scores, dim=-1)
 
 
-class _Frozen:
-    """A teacher that never trains: eval mode, gradients off, run under ``no_grad``."""
+TEACHER_OUTPUTS = "teacher_outputs"  # Batch.extras key of a teacher's precomputed outputs
 
-    def __init__(self, teacher: nn.Module) -> None:
-        self.teacher = teacher.eval()
-        for p in teacher.parameters():
+
+class Teacher:
+    """A teacher that never trains: eval mode, gradients off, run under ``no_grad``. Terms built on
+    one ``Teacher`` share its forward pass: a second ``run`` on the same batch (the same inputs
+    tuple) returns the first one's outputs, and every term's layer hooks have fired by then."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        for p in model.parameters():
             p.requires_grad_(False)
+        self._last: tuple[Any, Any] | None = None
+        self.forwards = 0
 
     @torch.no_grad()
     def run(self, inputs: Sequence[torch.Tensor]) -> Any:
-        self.teacher.eval()
-        return self.teacher(*inputs)
+        if self._last is not None and self._last[0] is inputs:
+            return self._last[1]
+        self.model.eval()
+        out = self.model(*inputs)
+        self.forwards += 1
+        self._last = (inputs, out)
+        return out
+
+
+class _Frozen:
+    """A term holding a ``Teacher`` (built here from a module, or shared with other terms)."""
+
+    def __init__(self, teacher: nn.Module | Teacher) -> None:
+        self.frozen = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
+        self.teacher = self.frozen.model
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> Any:
+        return self.frozen.run(inputs)
+
+    def outputs(self, batch: Batch) -> torch.Tensor:
+        """The teacher's outputs for the batch: precomputed (``batch.extras``) or run now."""
+        cached = batch.extras.get(TEACHER_OUTPUTS)
+        return cached if cached is not None else self.run(batch.inputs)
 
 
 class LogitDistillation(_Frozen):
@@ -70,14 +98,14 @@ class LogitDistillation(_Frozen):
 
     name = "kd_logits"
 
-    def __init__(self, teacher: nn.Module, temperature: float = 4.0, weight: float = 1.0) -> None:
+    def __init__(self, teacher: nn.Module | Teacher, temperature: float = 4.0, weight: float = 1.0) -> None:
         super().__init__(teacher)
         if temperature <= 0:
             raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
         self.temperature, self.weight = temperature, weight
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        return soft_target_loss(batch.outputs, self.run(batch.inputs), self.temperature)
+        return soft_target_loss(batch.outputs, self.outputs(batch), self.temperature)
 
 
 class EmbeddingDistillation(_Frozen):
@@ -85,12 +113,13 @@ class EmbeddingDistillation(_Frozen):
 
     name = "kd_embedding"
 
-    def __init__(self, teacher: nn.Module, loss: Literal["cosine", "mse"] = "cosine", weight: float = 1.0) -> None:
+    def __init__(self, teacher: nn.Module | Teacher, loss: Literal["cosine", "mse"] = "cosine",
+                 weight: float = 1.0) -> None:
         super().__init__(teacher)
         self.loss, self.weight = loss, weight
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        target = self.run(batch.inputs)
+        target = self.outputs(batch)
         if batch.outputs.shape != target.shape:
             raise ConfigError(f"embedding distillation: student outputs {tuple(batch.outputs.shape)} and teacher "
                               f"outputs {tuple(target.shape)} differ in shape")
@@ -126,13 +155,13 @@ class _Hooks:
 class _LayerPairs(_Frozen):
     """A term comparing student layers with teacher layers, pair by pair ({student: teacher})."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: dict[str, str]) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module | Teacher, pairs: dict[str, str]) -> None:
         super().__init__(teacher)
         if not pairs:
             raise ConfigError("distillation: name at least one {student layer: teacher layer} pair")
         self.pairs = dict(pairs)
         self.student_hooks = _Hooks(student, list(self.pairs), "student")
-        self.teacher_hooks = _Hooks(teacher, list(self.pairs.values()), "teacher")
+        self.teacher_hooks = _Hooks(self.teacher, list(self.pairs.values()), "teacher")
 
     def features(self, batch: Batch) -> list[tuple[str, str, torch.Tensor, torch.Tensor]]:
         self.run(batch.inputs)
@@ -151,7 +180,7 @@ class FeatureDistillation(_LayerPairs):
 
     name = "kd_features"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: dict[str, str],
+    def __init__(self, student: nn.Module, teacher: nn.Module | Teacher, pairs: dict[str, str],
                  example_inputs: Sequence[torch.Tensor], weight: float = 1.0) -> None:
         super().__init__(student, teacher, pairs)
         self.weight = weight
@@ -192,7 +221,7 @@ class AttentionTransfer(_LayerPairs):
 
     name = "kd_attention"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: dict[str, str], p: float = 2.0,
+    def __init__(self, student: nn.Module, teacher: nn.Module | Teacher, pairs: dict[str, str], p: float = 2.0,
                  weight: float = 1.0) -> None:
         super().__init__(student, teacher, pairs)
         self.p, self.weight = p, weight
@@ -216,7 +245,7 @@ class AttentionRelationDistillation(_LayerPairs):
 
     name = "kd_attention_relation"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: dict[str, str], relation_heads: int = 12,
+    def __init__(self, student: nn.Module, teacher: nn.Module | Teacher, pairs: dict[str, str], relation_heads: int = 12,
                  mask_input: int | None = 1, weight: float = 1.0) -> None:
         from slimkit.techniques.pruning.structured import find_attention
 
@@ -229,7 +258,8 @@ class AttentionRelationDistillation(_LayerPairs):
                                   f"modules with q/k/v projections (found: {sorted(found)})")
             return found
 
-        s_proj, t_proj = projections(student, "student"), projections(teacher, "teacher")
+        model = teacher.model if isinstance(teacher, Teacher) else teacher
+        s_proj, t_proj = projections(student, "student"), projections(model, "teacher")
         flat = {sp: tp for s, t in pairs.items() for sp, tp in zip(s_proj[s], t_proj[t])}
         super().__init__(student, teacher, flat)
         self.relation_heads, self.mask_input, self.weight = relation_heads, mask_input, weight

@@ -1,6 +1,9 @@
 """The ``distill`` recipe step: train a student with a teacher's outputs as loss terms of the one
-training loop. The student is the model entering the step (e.g. after pruning) or a zoo model
-built for the task; the teacher is the run's baseline or the model entering the step."""
+training loop. The student is the model entering the step (e.g. after pruning), a zoo model built
+for the task, or derived from the teacher (blocks dropped, width shrunk by the structured pruning
+engine, the teacher's weights kept); the teacher is the run's baseline or the model entering the
+step. Besides the labelled training split, the teacher can label the task's unlabelled inputs and
+generated ones (mixup, sentence splicing); its outputs are computed once and cached on disk."""
 
 from __future__ import annotations
 
@@ -31,6 +34,34 @@ class StudentConfig(Config):
         except UnknownNameError as err:
             raise ValueError(str(err)) from None
         return value
+
+
+class Derivation(Config):
+    drop: list[str] = Field(default_factory=list, description="module paths of blocks to remove (residual blocks, "
+                                                              "transformer layers), replaced by the identity")
+    width: float = Field(1.0, gt=0, le=1, description="fraction of channels / neurons kept (structured pruning, "
+                                                      "uniform)")
+    heads: float = Field(0.0, ge=0, lt=1, description="fraction of attention heads removed")
+    criterion: Literal["l1", "l2", "activation"] = Field("l1", description="which channels and heads stay")
+    round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
+
+
+class DerivedStudent(Config):
+    derive: Derivation = Field(description="a student cut from the teacher, keeping its weights")
+
+
+class Generate(Config):
+    method: Literal["mixup", "splice"] = Field(description="mixup: convex mixes of two training inputs; splice: a "
+                                                           "token sequence's head joined to another's tail")
+    count: int = Field(ge=1, description="how many inputs to generate")
+    alpha: float = Field(1.0, gt=0, description="mixup: the mixing weight is drawn from Beta(alpha, alpha)")
+
+
+class DistillData(Config):
+    unlabelled: bool = Field(False, description="add the task's unlabelled training inputs, labelled by the teacher")
+    generate: Generate | None = Field(None, description="add generated inputs, labelled by the teacher")
+    cache_teacher: bool = Field(True, description="compute the teacher's outputs once per input and cache them on "
+                                                  "disk (SLIMKIT_CACHE) instead of running it every batch")
 
 
 class LogitsLoss(Config):
@@ -67,8 +98,11 @@ class Losses(Config):
 class DistillConfig(Config):
     teacher: Literal["baseline", "input"] = Field("baseline", description="the run's baseline model, or the model "
                                                                           "entering this step")
-    student: Literal["input"] | StudentConfig = Field("input", description="'input' (the model entering this step, "
-                                                                           "e.g. pruned) or {model, model_args}")
+    student: Literal["input"] | StudentConfig | DerivedStudent = Field(
+        "input", description="'input' (the model entering this step, e.g. pruned), {model, model_args} (a zoo "
+                             "model) or {derive: {drop, width, heads}} (cut from the teacher)")
+    data: DistillData = Field(default_factory=DistillData, description="what the student trains on besides the "
+                                                                       "labelled training split")
     losses: Losses = Field(default_factory=lambda: Losses(logits=LogitsLoss()), description="distillation terms")
     hard_weight: float = Field(1.0, ge=0, description="weight of the task's own loss on the labels (0: teacher only)")
     epochs: int = Field(10, ge=1, description="training epochs")
@@ -87,10 +121,14 @@ class DistillConfig(Config):
 
 
 def restore_distill(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-    """A zoo student replaced the model: build it again (its weights then load)."""
+    """A zoo student replaced the model: build it again; a derived student: give the model its
+    skeleton (the weights then load)."""
     from slimkit.core.registry import MODELS
+    from slimkit.techniques.pruning.structure import apply_structure_
 
     try:
+        if "derived" in structure:
+            return apply_structure_(model, structure["derived"])
         return MODELS.get(structure["model"])(**structure["model_args"])
     except (KeyError, TypeError) as err:
         raise CheckpointError(f"distill step's recorded student is malformed ({err!r})") from None
@@ -105,36 +143,47 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.distillation import losses as L
     from slimkit.train.config import TrainConfig
 
+
     teacher = _teacher(model, cfg, ctx)
     structure = None
-    if cfg.student == "input":
-        student = model
-    else:
+    if isinstance(cfg.student, StudentConfig):
         student, structure = _zoo_student(cfg.student, ctx)
-    inputs = tuple(t[:2].to(ctx.device) for t in ctx.data.train.inputs)
+    elif isinstance(cfg.student, DerivedStudent):
+        student, structure = _derived_student(model, teacher, cfg.student.derive, cfg, ctx)
+    else:
+        student = model
+    teacher_params = count_params(teacher)
+    frozen = L.Teacher(teacher)
+    data, extra_info = _training_data(frozen, cfg, ctx)
+    inputs = tuple(t[:2].to(ctx.device) for t in data.train.inputs)
     spec, terms = cfg.losses, []
     if spec.logits:
-        terms.append(L.LogitDistillation(teacher, spec.logits.temperature, spec.logits.weight))
+        terms.append(L.LogitDistillation(frozen, spec.logits.temperature, spec.logits.weight))
     if spec.embedding:
-        terms.append(L.EmbeddingDistillation(teacher, spec.embedding.loss, spec.embedding.weight))
+        terms.append(L.EmbeddingDistillation(frozen, spec.embedding.loss, spec.embedding.weight))
     if spec.features:
-        terms.append(L.FeatureDistillation(student, teacher, spec.features.pairs, inputs, spec.features.weight))
+        terms.append(L.FeatureDistillation(student, frozen, spec.features.pairs, inputs, spec.features.weight))
     if spec.attention:
-        terms.append(L.AttentionTransfer(student, teacher, spec.attention.pairs, spec.attention.p,
+        terms.append(L.AttentionTransfer(student, frozen, spec.attention.pairs, spec.attention.p,
                                          spec.attention.weight))
     if spec.relation:
-        mask = ctx.data.train.mask_input
-        terms.append(L.AttentionRelationDistillation(student, teacher, spec.relation.pairs,
-                                                     spec.relation.relation_heads, mask, spec.relation.weight))
+        terms.append(L.AttentionRelationDistillation(student, frozen, spec.relation.pairs,
+                                                     spec.relation.relation_heads, data.train.mask_input,
+                                                     spec.relation.weight))
     try:
         train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
-        fit = ctx.train(student, train, loss_terms=terms, task_loss_weight=cfg.hard_weight, description="distill")
+        fit = ctx.train(student, train, loss_terms=terms, task_loss_weight=cfg.hard_weight, description="distill",
+                        data=data)
     finally:
         for term in terms:
             getattr(term, "remove", lambda: None)()
-    info = {"teacher": cfg.teacher, "student": cfg.student if cfg.student == "input" else cfg.student.model,
-            "teacher_params": count_params(teacher), "student_params": count_params(student),
-            "terms": [t.name for t in terms], "train": fit.summary()}
+    if isinstance(cfg.student, StudentConfig):
+        name = cfg.student.model
+    else:
+        name = "derived" if isinstance(cfg.student, DerivedStudent) else "input"
+    info = {"teacher": cfg.teacher, "student": name, "teacher_params": teacher_params,
+            "student_params": count_params(student), "terms": [t.name for t in terms], **extra_info,
+            "teacher_forwards_in_training": frozen.forwards, "train": fit.summary()}
     return StepResult(student, info=info, structure=structure)
 
 
@@ -159,3 +208,72 @@ def _zoo_student(student: StudentConfig, ctx: Context) -> tuple[nn.Module, dict[
         raise ConfigError(f"distill: task {ctx.task.name!r} does not build zoo models; give student: input")
     model = task.build_model().to(ctx.device)
     return model, {"model": student.model, "model_args": args}
+
+
+def _derived_student(model: nn.Module, teacher: nn.Module, spec: Derivation, cfg: DistillConfig,
+                     ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of the teacher with blocks dropped and channels / heads pruned (its weights kept);
+    recorded as a skeleton relative to the model entering the step."""
+    from slimkit.techniques.pruning.blocks import remove_blocks_
+    from slimkit.techniques.pruning.structure import snapshot, structure_diff
+    from slimkit.techniques.pruning.structured import Plan, StructuredPruner
+
+    if cfg.teacher == "baseline" and ctx.structures:
+        raise ConfigError("distill: a student derived from the baseline must come before steps that change the "
+                          f"model's structure ({[name for name, _ in ctx.structures]}); or use teacher: input")
+    if not spec.drop and spec.width == 1.0 and not spec.heads:
+        raise ConfigError("distill: student.derive changes nothing; set drop, width < 1 or heads > 0")
+    before = snapshot(model)
+    student = copy.deepcopy(teacher)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    remove_blocks_(student, spec.drop)
+    if spec.width < 1.0 or spec.heads:
+        data = ctx.data.train
+        example = tuple(t.to(ctx.device) for t in data.example_inputs(2))
+        batches = [tuple(t.to(ctx.device) for t in inputs) for inputs, _ in data.head(256).batches(64)]
+        plan = Plan(criterion=spec.criterion, ratio=1.0 - spec.width, heads=spec.heads, round_to=spec.round_to,
+                    batches=batches)
+        StructuredPruner(student, example, plan).step()
+    return student.train(), {"derived": structure_diff(before, student, spec.drop)}
+
+
+def _training_data(teacher, cfg: DistillConfig, ctx: Context):
+    """The labelled training split, plus unlabelled and generated inputs with the teacher's
+    pseudo-labels; with ``cache_teacher`` every row carries the teacher's outputs."""
+    from slimkit.data.base import DataSplits
+    from slimkit.techniques.distillation.data import concat, generate, teacher_outputs
+
+    splits: DataSplits = ctx.data
+    train, info = splits.train, {"labelled_rows": len(splits.train)}
+    extra = []
+    if cfg.data.unlabelled:
+        if splits.unlabelled is None or not len(splits.unlabelled):
+            raise ConfigError(f"distill: data.unlabelled is set but task {ctx.task.name!r} has no unlabelled inputs "
+                              "(a classification task gets them with labels_per_class)")
+        extra.append(splits.unlabelled)
+        info["unlabelled_rows"] = len(splits.unlabelled)
+    if cfg.data.generate is not None:
+        g = cfg.data.generate
+        pool = concat([train, *extra])
+        extra.append(generate(pool, g.method, g.count, g.alpha, seed=ctx.seed))
+        info["generated_rows"] = g.count
+    output_terms = cfg.losses.logits is not None or cfg.losses.embedding is not None
+    if not extra and not (cfg.data.cache_teacher and output_terms):
+        return splits, info
+    if extra and cfg.hard_weight and ctx.task.pseudo_label is None:
+        raise ConfigError(f"distill: task {ctx.task.name!r} cannot turn teacher outputs into labels; set "
+                          "hard_weight: 0 to train the extra inputs on the teacher's outputs alone")
+    full = concat([train, *extra])
+    outputs, info["teacher_cache"] = teacher_outputs(teacher.model, full, ctx.device, cfg.data.cache_teacher)
+    if extra:
+        labels = ctx.task.pseudo_label(outputs).to(train.targets.dtype) if ctx.task.pseudo_label else None
+        targets = full.targets.clone()
+        if labels is not None:
+            targets[len(train):] = labels[len(train):]
+        from dataclasses import replace
+
+        full = replace(full, targets=targets)
+    if cfg.data.cache_teacher and output_terms:
+        full = full.with_extras(teacher_outputs=outputs)
+    return DataSplits(full, splits.val, splits.test, splits.unlabelled), info
