@@ -218,9 +218,10 @@ def _derived_student(model: nn.Module, teacher: nn.Module, spec: Derivation, cfg
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
     from slimkit.techniques.pruning.structured import Plan, StructuredPruner
 
-    if cfg.teacher == "baseline" and ctx.structures:
+    changed = [name for name, structure in ctx.structures if structure is not None]
+    if cfg.teacher == "baseline" and changed:
         raise ConfigError("distill: a student derived from the baseline must come before steps that change the "
-                          f"model's structure ({[name for name, _ in ctx.structures]}); or use teacher: input")
+                          f"model's structure ({changed}); or use teacher: input")
     if not spec.drop and spec.width == 1.0 and not spec.heads:
         raise ConfigError("distill: student.derive changes nothing; set drop, width < 1 or heads > 0")
     before = snapshot(model)
