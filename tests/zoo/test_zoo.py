@@ -280,3 +280,10 @@ def test_squeezenet_batch_norm_variant_normalises_every_conv_and_leaves_logits_u
     torch.manual_seed(0)
     logits = bn.eval()(torch.randn(8, 3, 32, 32))
     assert logits.shape == (8, 12) and (logits < 0).any()  # the plain model's final ReLU forbids this
+
+
+def test_lenet5_widths_give_the_caffe_and_the_1998_layouts():
+    assert count_params(create_model("lenet5")) == 431_080  # Caffe's: conv20, conv50, fc500
+    small = create_model("lenet5", widths=(6, 16, 120))  # LeCun et al. 1998's widths
+    assert count_params(small) == 6 * 25 + 6 + 16 * 6 * 25 + 16 + 256 * 120 + 120 + 120 * 10 + 10 == 34_622
+    assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -109,6 +109,8 @@ class DistillConfig(Config):
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     batch_size: int = Field(64, ge=1, description="batch size")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    keep_best: bool = Field(True, description="keep the epoch with the best validation quality (false: the last; "
+                                              "what a few-label setting without a labelled validation set gets)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillConfig":
@@ -171,7 +173,8 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
                                                      spec.relation.relation_heads, data.train.mask_input,
                                                      spec.relation.weight))
     try:
-        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
+                            keep_best=cfg.keep_best)
         fit = ctx.train(student, train, loss_terms=terms, task_loss_weight=cfg.hard_weight, description="distill",
                         data=data)
     finally:
