@@ -10,9 +10,10 @@ and .json with the command that reproduces it.
 
 - fewlabels: `mnist-lenet5` with `labels_per_class` labelled training rows (a different draw per
   seed); the teacher is LeNet-5 trained on those rows, the student a one-hidden-layer MLP. Rows:
-  the student alone; with soft targets on the labelled rows; with the teacher's hard labels on
-  the other (unlabelled) training inputs (self-training, no soft targets); with soft targets on
-  them; plus mixup inputs. The last epoch counts (no labelled validation set picks one).
+  the student alone; with soft targets on the labelled rows; on those and mixup'ed ones; with
+  the teacher's hard labels on the other (unlabelled) training inputs (no soft targets); with
+  soft targets on them; plus mixup inputs. The last epoch counts (no labelled validation set
+  picks one).
 - lenet5: all 4,000 labels; LeNet-5 teacher -> LeNet-5 at LeCun's 1998 widths (6, 16, 120: 12x
   fewer parameters) alone, with soft targets, with soft targets on mixup inputs too; and a student
   cut from the teacher (channels pruned to `--derive-width`, teacher weights kept) distilled.
@@ -69,10 +70,12 @@ def fewlabels_conditions(args) -> dict[str, dict[str, Any]]:
     student = {"model": "mlp_digits", "model_args": {"in_features": 784, "hidden": [args.mlp_hidden]}}
     train = {"hard_weight": 1.0, "epochs": args.student_epochs, "lr": 2e-3, "batch_size": 32, "keep_best": False}
     unlabelled = {"unlabelled": True}
-    mixup = {"unlabelled": True, "generate": {"method": "mixup", "count": args.generated, "alpha": 1.0}}
+    generated = {"generate": {"method": "mixup", "count": args.generated, "alpha": 1.0}}
+    mixup = {"unlabelled": True, **generated}
     return {
         "student alone (labelled rows)": distill_step(student, kd=0.0, **train),
         "KD (labelled rows)": distill_step(student, kd=1.0, **train),
+        "KD + mixup of the labelled rows": distill_step(student, kd=1.0, data=generated, **train),
         "teacher's hard labels on unlabelled rows (no KD)": distill_step(student, kd=0.0, data=unlabelled, **train),
         "KD + unlabelled rows": distill_step(student, kd=1.0, data=unlabelled, **train),
         "KD + unlabelled + mixup rows": distill_step(student, kd=1.0, data=mixup, **train),

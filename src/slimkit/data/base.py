@@ -72,8 +72,15 @@ class Split:
 
     def loader(self, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
         """A DataLoader whose shuffling is fixed by ``seed``; batches are (inputs tuple, targets,
-        extras dict)."""
+        extras dict). Shuffled sequence splits (``mask_input`` set) are grouped by length: each
+        window of ``LENGTH_GROUP`` batches of a fresh permutation is sorted by length before it is
+        cut into batches, and the batches are shuffled, so a batch pads to little more than its
+        own rows (about 2x fewer tokens on the MiniLM corpus) while every epoch still mixes."""
         generator = torch.Generator().manual_seed(seed)
+        if shuffle and self.mask_input is not None:
+            lengths = self.inputs[self.mask_input].sum(1)
+            sampler = _LengthGroupedBatches(lengths, batch_size, generator)
+            return DataLoader(_SplitDataset(self), batch_sampler=sampler, collate_fn=self._collate)
         return DataLoader(_SplitDataset(self), batch_size=batch_size, shuffle=shuffle,
                           generator=generator, collate_fn=self._collate)
 
@@ -118,6 +125,35 @@ class DataSplits:
         unlabelled = self.train.select(rest.nonzero().flatten())
         unlabelled = replace(unlabelled, targets=torch.full_like(unlabelled.targets, -1))
         return replace(self, train=self.train.select(labelled), unlabelled=unlabelled)
+
+
+LENGTH_GROUP = 50  # batches per window sorted by length
+
+
+class _LengthGroupedBatches:
+    """Batches of row indices: a random permutation per epoch, cut into windows of
+    ``LENGTH_GROUP * batch_size`` rows, each sorted by length and cut into batches, all batches
+    then shuffled (the "group by length" sampler of many NLP trainers)."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+        window = LENGTH_GROUP * batch_size
+        n = len(lengths)
+        self._len = sum(-(-min(window, n - start) // batch_size) for start in range(0, n, window))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        n, window = len(self.lengths), LENGTH_GROUP * self.batch_size
+        order = torch.randperm(n, generator=self.generator)
+        batches = []
+        for start in range(0, n, window):
+            chunk = order[start:start + window]
+            chunk = chunk[self.lengths[chunk].argsort(descending=True, stable=True)]
+            batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
 
 
 class _SplitDataset(Dataset):
