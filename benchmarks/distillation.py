@@ -192,6 +192,7 @@ def render_lenet5(res: dict[str, Any], command: str, stamp: str) -> str:
 
 # ---------------------------------------------------------------------------------------- minilm
 LAYERS = "encoder.encoder.layer"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def minilm_undistilled(keep_sets: list[list[int]], threads: int) -> dict[str, float]:
@@ -210,16 +211,19 @@ def minilm_undistilled(keep_sets: list[list[int]], threads: int) -> dict[str, fl
 
 
 def minilm_conditions(args) -> dict[str, list[dict[str, Any]]]:
-    derive = {"derive": {"drop": [f"{LAYERS}.{i}" for i in (1, 3, 5)]}}
-    train = {"hard_weight": 0.0, "epochs": args.minilm_epochs, "lr": args.minilm_lr, "batch_size": 32}
-    embedding = {"embedding": {"loss": "cosine"}}
-    splice = {"generate": {"method": "splice", "count": args.minilm_generated}}
-    deploy = {"deploy": {"backend": "onnxruntime", "versus_baseline": True}}
-    return {
-        "3 layers, distilled on the corpus": [{"distill": {"student": derive, "losses": embedding, **train}}],
-        "3 layers, distilled on corpus + spliced sentences": [
-            {"distill": {"student": derive, "losses": embedding, "data": splice, **train}}, deploy],
-    }
+    """recipes/minilm-distill.yaml's steps (with the command line's epochs, lr and spliced
+    count), and its distill step without the spliced sentences (and without deploy)."""
+    import copy
+
+    import yaml
+
+    steps = yaml.safe_load((RECIPES / "minilm-distill.yaml").read_text())["steps"]
+    steps[0]["distill"].update(epochs=args.minilm_epochs, lr=args.minilm_lr)
+    steps[0]["distill"]["data"]["generate"]["count"] = args.minilm_generated
+    corpus_only = copy.deepcopy(steps[0])
+    corpus_only["distill"]["data"] = {}
+    return {"3 layers, distilled on the corpus": [corpus_only],
+            "3 layers, distilled on corpus + spliced sentences": steps}
 
 
 def minilm_section(args, folder: Path, progress) -> dict[str, Any]:
