@@ -109,3 +109,21 @@ def run_and_write(stem: str, command: str, args: Any, measure, render) -> None:
     results, new = run_sections(args.tasks, measure, stamp, args.out / f"{stem}.json", f"slimkit-bench-{stem}-")
     Console().print(render(new), markup=False, highlight=False)
     write_atomic(args.out, {f"{stem}.md": render(results), f"{stem}.json": json.dumps({"results": results}, indent=2) + "\n"})
+
+
+def section_stamp(threads: int) -> str:
+    """Machine, versions, date and threads, for a section's heading."""
+    import torch
+
+    return f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}, " \
+           f"{time.strftime('%Y-%m-%d')}, {threads} threads"
+
+
+def publish_section(out: Path, stem: str, res: dict[str, Any], text: str, command: str, started: float) -> None:
+    """Print a section's Markdown and write OUT/STEM.md and OUT/STEM.json (with its command and
+    seconds since ``started``)."""
+    from rich.console import Console
+
+    res["seconds"] = time.perf_counter() - started
+    Console().print(text, markup=False, highlight=False)
+    write_atomic(out, {f"{stem}.md": text, f"{stem}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})

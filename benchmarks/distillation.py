@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_atomic  # noqa: E402
+from common import publish_section, section_stamp  # noqa: E402
 
 
 def run(folder: Path, task: Any, seed: int, baseline: dict[str, Any], steps: list[dict[str, Any]],
@@ -84,24 +83,35 @@ def fewlabels_conditions(args) -> dict[str, dict[str, Any]]:
 
 def fewlabels_section(args, folder: Path, progress) -> dict[str, Any]:
     conditions = fewlabels_conditions(args)
-    rows: dict[str, list[float]] = {"teacher (LeNet-5 on the labelled rows)": [], **{k: [] for k in conditions}}
+    teacher = {"train": {"epochs": args.teacher_epochs, "batch_size": 32, "keep_best": False}}
+    res = paired_students(folder, lambda seed: {"name": "mnist-lenet5", "labels_per_class": args.per_class,
+                                                "labels_seed": seed},
+                          args.seeds, "teacher (LeNet-5 on the labelled rows)", teacher, conditions, args.threads,
+                          lambda text: progress(f"fewlabels {text}"))
+    return {**res, "per_class": args.per_class}
+
+
+def paired_students(folder: Path, task_for_seed: Callable[[int], Any], seeds: list[int], teacher_name: str,
+                    teacher: dict[str, Any], conditions: dict[str, dict[str, Any]], threads: int,
+                    progress) -> dict[str, Any]:
+    """Per seed: the teacher trained once (the first run's baseline), then each condition's
+    distill step from it; test accuracies per row, over seeds."""
+    rows: dict[str, list[float]] = {teacher_name: [], **{k: [] for k in conditions}}
     params: dict[str, int] = {}
-    for seed in args.seeds:
-        task = {"name": "mnist-lenet5", "labels_per_class": args.per_class, "labels_seed": seed}
+    for seed in seeds:
         baseline_weights = None
         for i, (name, step) in enumerate(conditions.items()):
-            progress(f"fewlabels seed {seed}: {name}")
-            baseline = ({"train": {"epochs": args.teacher_epochs, "batch_size": 32, "keep_best": False}}
-                        if baseline_weights is None else {"weights": baseline_weights})
-            steps, weights = run(folder / f"s{seed}-{i}", task, seed, baseline, [step], args.threads, repeats=3)
+            progress(f"seed {seed}: {name}")
+            baseline = teacher if baseline_weights is None else {"weights": baseline_weights}
+            steps, weights = run(folder / f"s{seed}-{i}", task_for_seed(seed), seed, baseline, [step], threads, 3)
             if baseline_weights is None:
                 baseline_weights = weights
-                rows["teacher (LeNet-5 on the labelled rows)"].append(steps[0]["metrics"]["quality"])
-                params["teacher (LeNet-5 on the labelled rows)"] = steps[0]["metrics"]["params"]
+                rows[teacher_name].append(steps[0]["metrics"]["quality"])
+                params[teacher_name] = steps[0]["metrics"]["params"]
             rows[name].append(steps[1]["metrics"]["quality"])
             params[name] = steps[1]["metrics"]["params"]
-    return {"rows": {k: summary(v) for k, v in rows.items()}, "params": params, "seeds": args.seeds,
-            "per_class": args.per_class, "conditions": conditions}
+    return {"rows": {k: summary(v) for k, v in rows.items()}, "params": params, "seeds": list(seeds),
+            "conditions": conditions}
 
 
 def render_fewlabels(res: dict[str, Any], command: str, stamp: str) -> str:
@@ -150,23 +160,8 @@ def lenet5_conditions(args) -> dict[str, dict[str, Any]]:
 
 
 def lenet5_section(args, folder: Path, progress) -> dict[str, Any]:
-    conditions = lenet5_conditions(args)
-    rows: dict[str, list[float]] = {"teacher (LeNet-5)": [], **{k: [] for k in conditions}}
-    params: dict[str, int] = {}
-    for seed in args.seeds[:args.lenet5_seeds]:
-        baseline_weights = None
-        for i, (name, step) in enumerate(conditions.items()):
-            progress(f"lenet5 seed {seed}: {name}")
-            baseline = {} if baseline_weights is None else {"weights": baseline_weights}
-            steps, weights = run(folder / f"s{seed}-{i}", "mnist-lenet5", seed, baseline, [step], args.threads, 3)
-            if baseline_weights is None:
-                baseline_weights = weights
-                rows["teacher (LeNet-5)"].append(steps[0]["metrics"]["quality"])
-                params["teacher (LeNet-5)"] = steps[0]["metrics"]["params"]
-            rows[name].append(steps[1]["metrics"]["quality"])
-            params[name] = steps[1]["metrics"]["params"]
-    return {"rows": {k: summary(v) for k, v in rows.items()}, "params": params,
-            "seeds": args.seeds[:args.lenet5_seeds], "conditions": conditions}
+    return paired_students(folder, lambda seed: "mnist-lenet5", args.seeds[:args.lenet5_seeds], "teacher (LeNet-5)",
+                           {}, lenet5_conditions(args), args.threads, lambda text: progress(f"lenet5 {text}"))
 
 
 def render_lenet5(res: dict[str, Any], command: str, stamp: str) -> str:
@@ -312,19 +307,15 @@ def main() -> None:
     from rich.console import Console
 
     console = Console()
-    stamp = f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}, " \
-            f"{time.strftime('%Y-%m-%d')}, {args.threads} threads"
+    stamp = section_stamp(args.threads)
     for section in args.sections:
         command = f"python benchmarks/distillation.py --sections {section} {SECTIONS[section](args)} " \
                   f"--threads {args.threads}"
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-distillation-{section}-") as tmp:
             res = globals()[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
-        res["seconds"] = time.perf_counter() - started
         text = globals()[f"render_{section}"](res, command, stamp)
-        console.print(text, markup=False, highlight=False)
-        write_atomic(args.out, {f"distillation_{section}.md": text,
-                                f"distillation_{section}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
+        publish_section(args.out, f"distillation_{section}", res, text, command, started)
 
 
 if __name__ == "__main__":

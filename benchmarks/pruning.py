@@ -26,7 +26,6 @@ so unstructured sparsity buys bytes, not speed (structured pruning buys speed).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import statistics
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_atomic  # noqa: E402
+from common import publish_section, section_stamp  # noqa: E402
 
 
 def configs(sparsity: float, epochs: int) -> list[tuple[str, dict[str, Any] | None]]:
@@ -202,8 +201,7 @@ def main() -> None:
     from rich.console import Console
 
     console = Console()
-    stamp = f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}, " \
-            f"{time.strftime('%Y-%m-%d')}, {args.threads} threads"
+    stamp = section_stamp(args.threads)
     for section in args.sections:
         command = " ".join(filter(None, ["python benchmarks/pruning.py --sections", section, SECTIONS[section](args),
                                          f"--threads {args.threads}"]))
@@ -219,10 +217,7 @@ def main() -> None:
                 res = getattr(ps, f"{section}_section")(args, Path(tmp), lambda msg: console.log(msg))
                 text = getattr(ps, f"render_{section}")(res, command, stamp)
                 stem = f"pruning_{section}"
-        res["seconds"] = time.perf_counter() - started
-        console.print(text, markup=False, highlight=False)
-        write_atomic(args.out, {f"{stem}.md": text,
-                                f"{stem}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
+        publish_section(args.out, stem, res, text, command, started)
 
 
 # the arguments each section reads, as its command line shows them
