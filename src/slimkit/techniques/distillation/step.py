@@ -8,6 +8,7 @@ generated ones (mixup, sentence splicing); its outputs are computed once and cac
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Literal
 
 import torch.nn as nn
@@ -275,9 +276,7 @@ def _training_data(teacher, cfg: DistillConfig, ctx: Context):
         targets = full.targets.clone()
         if labels is not None:
             targets[len(train):] = labels[len(train):]
-        from dataclasses import replace
-
-        full = replace(full, targets=targets)
+        full = dataclasses.replace(full, targets=targets)
     if cfg.data.cache_teacher and output_terms:
         full = full.with_extras(teacher_outputs=outputs)
     return DataSplits(full, splits.val, splits.test, splits.unlabelled), info
