@@ -1,0 +1,158 @@
+"""Weight sharing: 1-D k-means against scikit-learn, packed codes, shared layers whose codebook
+gradients are the summed weight gradients, and the ``cluster`` step (bytes, accuracy, pruned
+zeros kept, reload, ONNX Runtime)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.core.errors import ConfigError
+from slimkit.recipes.runner import run_recipe
+from slimkit.techniques.sharing.codebook import SharedConv2d, SharedLinear, code_bits, pack_codes, unpack_codes
+from slimkit.techniques.sharing.kmeans import initial_centroids, kmeans_1d
+
+MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}
+
+
+def test_kmeans_1d_matches_scikit_learn_from_the_same_initial_centroids():
+    from sklearn.cluster import KMeans
+
+    torch.manual_seed(0)
+    values = torch.cat([torch.randn(3000) * 0.05, torch.randn(200) * 0.3 + 0.5])
+    for init in ("linear", "density", "random"):
+        start = initial_centroids(values, 8, init, seed=1)
+        ours, codes = kmeans_1d(values, 8, init, iters=300, seed=1)
+        ref = KMeans(8, init=start.numpy().reshape(-1, 1), n_init=1, max_iter=300, tol=0,
+                     algorithm="lloyd").fit(values.double().numpy().reshape(-1, 1))
+        theirs = torch.from_numpy(ref.cluster_centers_.flatten()).float().sort().values
+        assert torch.allclose(ours, theirs, atol=1e-5), init
+        # every value sits with its nearest centroid
+        nearest = (values[:, None] - ours[None, :]).abs().argmin(1)
+        assert bool((nearest == codes).float().mean() > 0.999)
+
+
+def test_initialisations_are_the_papers():
+    values = torch.arange(1000, dtype=torch.float32) ** 2
+    linear = initial_centroids(values, 5, "linear")
+    assert float(linear[0]) == 0 and float(linear[-1]) == 999**2 and torch.allclose(linear.diff(), linear.diff()[0])
+    density = initial_centroids(values, 4, "density")  # quantiles 1/8, 3/8, 5/8, 7/8
+    assert torch.allclose(density.sqrt(), torch.tensor([124.875, 374.625, 624.375, 874.125], dtype=torch.float64),
+                          atol=0.01)
+    random = initial_centroids(values, 6, "random", seed=3)
+    assert set(random.tolist()) <= set(values.double().tolist()) and random.unique().numel() == 6
+    with pytest.raises(ConfigError, match="distinct values"):
+        initial_centroids(torch.zeros(10), 3, "random")
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_packed_codes_round_trip_and_take_bits_per_code(bits):
+    codes = torch.randint(2**bits, (1001,))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(1001 * bits / 8)
+    assert torch.equal(unpack_codes(packed, 1001, bits), codes)
+    with pytest.raises(ValueError, match="codes must lie"):
+        pack_codes(torch.tensor([2**bits]), bits)
+    assert code_bits(2**bits) == bits
+
+
+def test_a_shared_layer_decodes_its_codebook_and_sums_gradients_per_centroid():
+    torch.manual_seed(0)
+    linear = nn.Linear(20, 7)
+    centroids, codes = kmeans_1d(linear.weight, 16)
+    shared = SharedLinear(linear, 16)
+    shared.set_codes(codes, centroids)
+    assert torch.equal(shared.dense_weight(), centroids[codes])
+    x = torch.randn(5, 20)
+    out = shared(x)
+    dense = nn.Linear(20, 7)
+    with torch.no_grad():
+        dense.weight.copy_(centroids[codes])
+        dense.bias.copy_(linear.bias)
+    assert torch.allclose(out, dense(x), atol=1e-6)
+    out.square().sum().backward()
+    dense(x).square().sum().backward()
+    expected = torch.zeros(16).index_add_(0, codes.flatten(), dense.weight.grad.flatten())
+    assert torch.allclose(shared.codebook.grad, expected, atol=1e-5)
+    assert shared.stored_bytes() == math.ceil(140 * 4 / 8) + 16 * 4
+
+
+def test_a_pruned_layer_keeps_its_zeros_exact_and_untrained():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3)
+    with torch.no_grad():
+        conv.weight[conv.weight.abs() < 0.1] = 0
+    zeros = conv.weight == 0
+    nonzero = conv.weight[~zeros]
+    centroids, index = kmeans_1d(nonzero, 7)
+    codes = torch.zeros(conv.weight.shape, dtype=torch.int64)
+    codes[~zeros] = index + 1
+    shared = SharedConv2d(conv, 8, fixed_zero=True)
+    shared.set_codes(codes, torch.cat([torch.zeros(1), centroids]))
+    optimizer = torch.optim.SGD(shared.parameters(), lr=0.5)
+    shared(torch.randn(2, 3, 6, 6)).sum().backward()
+    optimizer.step()
+    weight = shared.dense_weight()
+    assert torch.equal(weight == 0, zeros) and weight[~zeros].unique().numel() <= 7
+    assert shared.codebook.numel() == 7  # the zero is not a stored, trainable value
+
+
+def test_the_cluster_step_cuts_bytes_keeps_accuracy_and_reloads(tmp_path, rebuild_run_step):
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 30}}, "measure": MEASURE,
+              "steps": [{"cluster": {"clusters": 16, "epochs": 2, "lr": 1e-4}}]}
+    base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
+    info = step["info"]
+    assert info["layers_shared"] == 3 and info["encoded_ratio"] < 0.14  # 4-bit codes + codebooks
+    assert step["metrics"]["size_bytes"] < base["metrics"]["size_bytes"] / 6
+    assert step["metrics"]["quality"] >= base["metrics"]["quality"] - 0.01
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-mlp", 1, step)
+    assert quality == pytest.approx(step["metrics"]["quality"], abs=1e-9)
+    for module in rebuilt.modules():
+        if isinstance(module, SharedLinear):
+            assert module.dense_weight().unique().numel() <= 16
+
+
+def test_clustering_a_pruned_model_keeps_it_pruned(tmp_path):
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}}, "measure": MEASURE,
+              "steps": [{"prune": {"sparsity": 0.8, "epochs": 1}}, {"cluster": {"clusters": 8, "epochs": 1}}]}
+    _, pruned, shared = run_recipe(recipe, tmp_path / "run").results["steps"]
+    assert all(v["fixed_zero"] for v in shared["info"]["layers"].values())
+    from slimkit.core.io import load_state_dict
+
+    state = load_state_dict(tmp_path / "run" / shared["artifact"])
+    codes = {k: v for k, v in state.items() if k.endswith("weight_codes")}
+    assert len(codes) == 3 and all(v.dtype == torch.uint8 for v in codes.values())
+    assert shared["metrics"]["quality"] >= pruned["metrics"]["quality"] - 0.03
+
+
+def test_a_shared_model_runs_in_onnx_runtime(tmp_path):
+    from slimkit.backends.onnxruntime import export_onnx, load_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10)).eval()
+    for i, k in ((0, 4), (3, 16)):
+        centroids, codes = kmeans_1d(model[i].weight, k)
+        twin = (SharedConv2d if i == 0 else SharedLinear)(model[i], k)
+        twin.set_codes(codes, centroids)
+        model[i] = twin
+    x = torch.randn(2, 1, 8, 8)
+    built = load_onnx(export_onnx(model, (x,), tmp_path / "m.onnx"), threads=1)
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(built.run(x)), model(x), atol=1e-5)
+
+
+def test_cluster_misconfigurations_name_the_problem(tmp_path):
+    def run(steps):
+        recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
+                  "steps": steps}
+        run_recipe(recipe, tmp_path / f"run{len(list(tmp_path.iterdir()))}")
+
+    with pytest.raises(ConfigError, match="already shared"):
+        run([{"cluster": {}}, {"cluster": {}}])
+    with pytest.raises(ConfigError, match="skip names no module"):
+        run([{"cluster": {"skip": ["nope"]}}])
+    with pytest.raises(ConfigError, match="quantized"):
+        run([{"quantize": {}}, {"cluster": {}}])
+    with pytest.raises(Exception, match="less than or equal to 256"):
+        run([{"cluster": {"clusters": 300}}])
