@@ -111,6 +111,15 @@ def test_the_cluster_step_cuts_bytes_keeps_accuracy_and_reloads(tmp_path, rebuil
     for module in rebuilt.modules():
         if isinstance(module, SharedLinear):
             assert module.dense_weight().unique().numel() <= 16
+    # the Huffman-coded file beside the checkpoint decodes to the checkpoint, in fewer bytes
+    from slimkit.core.io import load_state_dict
+    from slimkit.techniques.sharing.entropy import read_archive
+
+    checkpoint = tmp_path / "run" / step["artifact"]
+    archive = checkpoint.parent / info["entropy_coded"]["file"]
+    assert archive.stat().st_size == info["entropy_coded"]["bytes"] < checkpoint.stat().st_size
+    decoded, saved = read_archive(archive, rebuilt), load_state_dict(checkpoint)
+    assert decoded.keys() == saved.keys() and all(torch.equal(decoded[k], v) for k, v in saved.items())
 
 
 def test_clustering_a_pruned_model_keeps_it_pruned(tmp_path):
@@ -156,3 +165,69 @@ def test_cluster_misconfigurations_name_the_problem(tmp_path):
         run([{"quantize": {}}, {"cluster": {}}])
     with pytest.raises(Exception, match="less than or equal to 256"):
         run([{"cluster": {"clusters": 300}}])
+
+
+# ------------------------------------------------------------------------------ entropy coding
+from slimkit.techniques.sharing import entropy  # noqa: E402
+
+
+@pytest.mark.parametrize("symbols", [
+    torch.randint(16, (5000,)).numpy(),
+    torch.distributions.Geometric(0.3).sample((5000,)).long().numpy(),  # skewed, many symbols
+    torch.full((100,), 7).numpy(),  # one symbol
+    torch.zeros(0, dtype=torch.long).numpy(),
+])
+def test_huffman_decode_of_encode_is_the_input_and_costs_within_one_bit_of_the_entropy(symbols):
+    import numpy as np
+
+    alphabet, lengths, stream = entropy.huffman_encode(symbols)
+    assert np.array_equal(entropy.huffman_decode(alphabet, lengths, stream, symbols.size), symbols)
+    if symbols.size and len(alphabet) > 1:
+        p = np.bincount(np.searchsorted(alphabet, symbols)) / symbols.size
+        h = float(-(p * np.log2(p)).sum())
+        mean_length = float((p * lengths).sum())
+        assert h <= mean_length < h + 1  # Huffman's bound
+        assert len(stream) == math.ceil(float((np.bincount(np.searchsorted(alphabet, symbols)) * lengths).sum()) / 8)
+        codes = entropy.canonical_codes(dict(zip(alphabet.tolist(), lengths.tolist())))
+        words = [format(c, f"0{n}b") for c, n in codes.values()]
+        assert not any(a != b and b.startswith(a) for a in words for b in words)  # prefix-free
+
+
+def test_a_pruned_layers_gaps_and_codes_round_trip():
+    import numpy as np
+
+    codes = np.zeros(10_000, dtype=np.int64)
+    where = np.sort(np.random.default_rng(0).choice(10_000, 800, replace=False))
+    codes[where] = np.random.default_rng(1).integers(1, 16, 800)
+    parts = entropy.encode_layer(codes, fixed_zero=True)
+    assert np.array_equal(entropy.decode_layer(parts), codes)
+    assert sum(v.nbytes for k, v in parts.items() if k.endswith("stream")) < 10_000 * 4 / 8 / 3  # far below 4 bits
+    bad = dict(parts, codes_stream=parts["codes_stream"][:3])
+    with pytest.raises(Exception, match="ends early"):
+        entropy.decode_layer(bad)
+
+
+def test_the_archive_decodes_to_the_exact_state_dict_in_fewer_bytes(tmp_path):
+    from slimkit.core.io import save_state_dict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10))
+    with torch.no_grad():
+        model[0].weight[model[0].weight.abs() < 0.08] = 0  # ~85% pruned
+    centroids, index = kmeans_1d(model[0].weight[model[0].weight != 0], 15)
+    codes = torch.zeros(model[0].weight.shape, dtype=torch.int64)
+    codes[model[0].weight != 0] = index + 1
+    first = SharedLinear(model[0], 16, fixed_zero=True)
+    first.set_codes(codes, torch.cat([torch.zeros(1), centroids]))
+    model[0] = first
+    centroids, codes = kmeans_1d(model[2].weight, 4)
+    second = SharedLinear(model[2], 4)
+    second.set_codes(codes, centroids)
+    model[2] = second
+    info = entropy.write_archive(tmp_path / "m.huffman.safetensors", model)
+    assert info["coded_layers"] == 2
+    plain = save_state_dict(tmp_path / "m.safetensors", model.state_dict()).stat().st_size
+    assert info["bytes"] < plain
+    state = entropy.read_archive(tmp_path / "m.huffman.safetensors", model)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

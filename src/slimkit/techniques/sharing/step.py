@@ -32,6 +32,8 @@ class ClusterConfig(Config):
     lr: float = Field(1e-4, gt=0, description="fine-tuning peak learning rate")
     batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="fine-tuning optimizer")
+    entropy_code: bool = Field(True, description="also write the model Huffman-coded (codes, and a pruned "
+                                                 "layer's nonzero positions) to model.huffman.safetensors")
 
 
 def restore_cluster(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
@@ -99,5 +101,22 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     stored = sum(v["bytes"] for v in layers.values())
     dense = sum(v["dense_bytes"] for v in layers.values())
     info.update({"encoded_bytes": stored, "dense_bytes": dense, "encoded_ratio": stored / dense, "layers": layers})
+    if cfg.entropy_code:
+        info["entropy_coded"] = _write_archive(model, ctx)
     structure = {"clusters": cfg.clusters, "shared": {n: {"fixed_zero": v["fixed_zero"]} for n, v in layers.items()}}
     return StepResult(model, info=info, structure=structure)
+
+
+def _write_archive(model: nn.Module, ctx: Context) -> dict[str, Any]:
+    """The Huffman-coded file beside the step's checkpoint (a temporary one outside a run)."""
+    import tempfile
+    from pathlib import Path
+
+    from slimkit.techniques.sharing.entropy import write_archive
+
+    if ctx.out_dir is not None:
+        Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(ctx.out_dir) / "model.huffman.safetensors"
+        return {**write_archive(path, model), "file": path.name}
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_archive(Path(tmp) / "model.huffman.safetensors", model)
