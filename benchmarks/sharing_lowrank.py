@@ -1,13 +1,16 @@
-"""Weight sharing and low-rank factorization, one command (issue 8; the low-rank and HashedNets
-sections land with their techniques).
+"""Weight sharing and low-rank factorization, one command (issue 8; the low-rank sections land
+with their techniques).
 
-    .venv/bin/python benchmarks/sharing_lowrank.py [--sections deep_compression sharing] [--threads 2]
+    .venv/bin/python benchmarks/sharing_lowrank.py [--sections deep_compression sharing hashednets] [--threads 2]
 
 - deep_compression: the shipped recipes `recipes/{mnist-mlp,mnist-lenet5}-deep-compression.yaml`
   (prune 92% -> fine-tune -> 16 shared values -> fine-tune codebooks -> Huffman) over `--seeds`:
   test accuracy and bytes after each stage (the FP32 safetensors checkpoint; the pruned one,
   bitmask + values; the shared one, packed 4-bit codes + codebooks; the Huffman-coded file), and
   the ratio to FP32.
+- hashednets: LeNet-300-100 on `mnist-mlp` with every layer hashed to `--compression` of its
+  weights, trained from scratch (and from the dense weights), against a dense 784-3h-h-10 MLP with
+  as many stored weights, each trained for `--hash-epochs`, over `--seeds`.
 - sharing: 16 shared values alone (no pruning), each of the three centroid initialisations, with
   and without a short codebook fine-tune: accuracy drop and bytes against FP32, on `mnist-mlp`
   and `mnist-lenet5`.
@@ -135,9 +138,73 @@ def render_sharing(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------ hashednets
+def dense_equivalent(stored: int) -> list[int]:
+    """Hidden widths (3h, h) of a 784-3h-h-10 MLP with at most ``stored`` weights (biases aside)."""
+    h = 1
+    while 784 * 3 * (h + 1) + 3 * (h + 1) * (h + 1) + (h + 1) * 10 <= stored:
+        h += 1
+    return [3 * h, h]
+
+
+def hashednets_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.recipes.runner import run_recipe
+
+    measure = {"batch_n": 64, "repeats": 3, "warmup": 1, "threads": args.threads, "memory": False}
+    epochs = args.hash_epochs
+    virtual = 784 * 300 + 300 * 100 + 100 * 10
+    stored = sum(round(n * args.compression) for n in (784 * 300, 300 * 100, 100 * 10))
+    hidden = dense_equivalent(stored)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for seed in args.seeds:
+        progress(f"hashednets seed {seed}: LeNet-300-100, its hashed twin trained from scratch, from the dense weights")
+        recipe = {"task": "mnist-mlp", "seed": seed, "baseline": {"train": {"epochs": epochs}}, "measure": measure,
+                  "steps": [{"hash": {"compression": args.compression, "init": "random", "epochs": epochs}}]}
+        base, scratch = run_recipe(recipe, folder / f"h{seed}").results["steps"]
+        recipe["steps"] = [{"hash": {"compression": args.compression, "init": "project", "epochs": epochs // 2,
+                                     "lr": 5e-4}}]
+        recipe["baseline"] = {"weights": str(folder / f"h{seed}" / base["artifact"])}
+        _, projected = run_recipe(recipe, folder / f"p{seed}").results["steps"]
+        progress(f"hashednets seed {seed}: dense 784-{hidden[0]}-{hidden[1]}-10")
+        dense = {"task": {"name": "mnist-mlp", "model": "mlp_digits", "model_args": {"in_features": 784,
+                                                                                      "hidden": hidden}},
+                 "seed": seed, "baseline": {"train": {"epochs": epochs}}, "measure": measure,
+                 "steps": []}
+        small = run_recipe(dense, folder / f"d{seed}").results["steps"][0]
+        for name, step in ((f"LeNet-300-100 dense ({virtual:,} weights)", base),
+                           (f"HashedNets 1/{1 / args.compression:g}, trained from scratch", scratch),
+                           (f"HashedNets 1/{1 / args.compression:g}, from the dense weights + {epochs // 2} epochs",
+                            projected),
+                           (f"dense 784-{hidden[0]}-{hidden[1]}-10 (same stored weights)", small)):
+            row = rows.setdefault(name, {"quality": [], "params": [], "bytes": []})
+            row["quality"].append(step["metrics"]["quality"])
+            row["params"].append(step["metrics"]["params"])
+            row["bytes"].append(step["metrics"]["size_bytes"])
+    return {"rows": rows, "seeds": args.seeds, "stored": stored, "epochs": epochs}
+
+
+def render_hashednets(res: dict[str, Any], command: str, stamp: str) -> str:
+    rows = list(res["rows"].items())
+    lines = ["# HashedNets against a dense net with as many stored weights: `mnist-mlp`", "",
+             f"Command: `{command}`; {stamp}.", "",
+             f"Seeds {', '.join(map(str, res['seeds']))}; {res['epochs']} training epochs each (the dense control "
+             "is the task's baseline training of the small MLP). Params are stored parameters (biases included); "
+             "bytes the safetensors checkpoint.", "",
+             "| model | stored params | bytes | test accuracy | vs the dense equivalent, paired |", "|---|---|---|---|---|"]
+    control = rows[-1][1]["quality"]
+    for name, r in rows:
+        paired = "—" if r["quality"] is control else \
+            f"{100 * statistics.fmean(a - b for a, b in zip(r['quality'], control)):+.2f} pt"
+        lines.append(f"| {name} | {statistics.median(r['params']):,.0f} | {statistics.median(r['bytes']):,.0f} | "
+                     f"{_mean_std(r['quality'])} | {paired} |")
+    return "\n".join(lines) + "\n"
+
+
 SECTIONS = {
     "deep_compression": lambda a: f"--seeds {' '.join(map(str, a.seeds))}",
     "sharing": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --sharing-epochs {a.sharing_epochs}",
+    "hashednets": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --compression {a.compression} "
+                            f"--hash-epochs {a.hash_epochs}",
 }
 
 
@@ -146,6 +213,8 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sharing-epochs", type=int, default=2)
+    parser.add_argument("--compression", type=float, default=0.125, help="hashednets: stored / virtual weights")
+    parser.add_argument("--hash-epochs", type=int, default=20, help="hashednets: training epochs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()

@@ -231,3 +231,65 @@ def test_the_archive_decodes_to_the_exact_state_dict_in_fewer_bytes(tmp_path):
     state = entropy.read_archive(tmp_path / "m.huffman.safetensors", model)
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------------- HashedNets
+from slimkit.techniques.sharing.hashing import HashedLinear, hash_indices  # noqa: E402
+
+
+def test_hash_indices_are_deterministic_spread_and_signed():
+    bucket, sign = hash_indices(80_000, 1000, seed=3)
+    again, _ = hash_indices(80_000, 1000, seed=3)
+    assert torch.equal(bucket, again) and not torch.equal(bucket, hash_indices(80_000, 1000, seed=4)[0])
+    assert int(bucket.min()) >= 0 and int(bucket.max()) < 1000
+    counts = torch.bincount(bucket, minlength=1000).float()
+    assert float(counts.min()) > 40 and float(counts.max()) < 125  # about 80 each
+    assert set(sign.unique().tolist()) == {-1.0, 1.0} and abs(float(sign.mean())) < 0.02
+
+
+def test_a_hashed_layer_decodes_its_vector_and_sums_signed_gradients():
+    torch.manual_seed(0)
+    linear = nn.Linear(30, 20)
+    hashed = HashedLinear(linear, stored=75, seed=1)
+    bucket, sign = hash_indices(600, 75, seed=1)
+    truth = torch.randn(75)
+    hashed.project_((truth[bucket] * sign).reshape(20, 30))  # an exactly representable weight comes back
+    assert torch.allclose(hashed.hashed_weight, truth, atol=1e-6)
+    x = torch.randn(4, 30)
+    out = hashed(x)
+    dense = nn.Linear(30, 20)
+    with torch.no_grad():
+        dense.weight.copy_((truth[bucket] * sign).reshape(20, 30))
+        dense.bias.copy_(linear.bias)
+    assert torch.allclose(out, dense(x), atol=1e-6)
+    out.square().sum().backward()
+    dense(x).square().sum().backward()
+    expected = torch.zeros(75).index_add_(0, bucket, dense.weight.grad.flatten() * sign)
+    assert torch.allclose(hashed.hashed_weight.grad, expected, atol=1e-5)
+    assert sum(p.numel() for p in hashed.parameters()) == 75 + 20
+
+
+def test_the_hash_step_trains_an_eighth_of_the_weights_and_reloads(tmp_path, rebuild_run_step):
+    from slimkit.backends.onnxruntime import export_onnx, load_onnx
+
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 20}}, "measure": MEASURE,
+              "steps": [{"hash": {"compression": 0.125, "epochs": 20, "lr": 2e-3}}]}
+    base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
+    layers = step["info"]["layers"]
+    assert all(abs(v["stored"] / v["virtual"] - 0.125) < 0.01 for v in layers.values())
+    assert step["metrics"]["size_bytes"] < 0.2 * base["metrics"]["size_bytes"]
+    assert step["metrics"]["quality"] >= 0.85  # trained from scratch on 1/8 of the weights (baseline ~0.97)
+    rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-mlp", 1, step)
+    assert quality == pytest.approx(step["metrics"]["quality"], abs=1e-9)
+    x = torch.randn(3, 64)
+    built = load_onnx(export_onnx(rebuilt, (x,), tmp_path / "h.onnx"), threads=1)
+    with torch.no_grad():
+        assert torch.allclose(torch.as_tensor(built.run(x)), rebuilt(x), atol=1e-5)
+    assert (tmp_path / "h.onnx").stat().st_size < 0.3 * 4 * sum(v["virtual"] for v in layers.values())
+
+
+def test_hash_refuses_an_encoded_model(tmp_path):
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
+              "steps": [{"cluster": {}}, {"hash": {"epochs": 0}}]}
+    with pytest.raises(ConfigError, match="hash a dense model"):
+        run_recipe(recipe, tmp_path / "run")

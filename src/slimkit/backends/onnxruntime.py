@@ -45,13 +45,16 @@ def _optimize(model) -> None:
     """The exporter's own optimisation (onnxscript's constant folding and fusions), except that no
     node reading a uint8 constant is folded: those are packed weight encodings (4-bit codes,
     sparse bitmasks) that the file must ship packed, not as the float tensor they decode to
-    (onnxscript folds results of up to 262,144 elements, so small layers came out dense).
-    Runtimes fold the decoding at load time."""
+    (onnxscript folds results of up to 262,144 elements, so small layers came out dense). Nor is
+    a ``Range``: HashedNets' bucket indices are computed from one, and folded they would ship as
+    an int64 tensor twice the size of the weight they replace. Runtimes fold both at load time."""
     import onnx_ir as ir
     import onnxscript
     from onnxscript.rewriter import onnx_fusions
 
     def should_fold(node) -> bool | None:
+        if node.op_type == "Range":
+            return False
         for value in node.inputs:
             const = None if value is None else value.const_value
             if const is not None and const.dtype == ir.DataType.UINT8 and const.size > 1:
