@@ -41,3 +41,14 @@ def test_fp32_model_agrees_with_its_reference_and_noise_does_not(task):
             p.add_(0.02 * torch.randn_like(p))
     noisy = task.evaluate(predict(model, test, 64), test.targets)
     assert noisy["quality"] < 0.99 and noisy["knn10_overlap"] < clean["knn10_overlap"]
+
+
+def test_length_grouped_training_batches_halve_the_padded_positions_on_the_corpus(task):
+    """The figure in ``Split.loader``'s docstring: token positions computed per epoch at batch 32,
+    length-grouped against plain random batches (measured 65,504 vs 133,944, 2.04x)."""
+    split = task.data.train
+    lengths = split.inputs[split.mask_input].sum(1)
+    grouped = sum(m.shape[1] * len(t) for (_, m), t, _ in split.loader(32, shuffle=True, seed=0))
+    perm = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))
+    random = sum(int(lengths[perm[i:i + 32]].max()) * len(perm[i:i + 32]) for i in range(0, len(perm), 32))
+    assert grouped < 0.55 * random and grouped < 1.05 * int(lengths.sum())
