@@ -127,3 +127,23 @@ def publish_section(out: Path, stem: str, res: dict[str, Any], text: str, comman
     res["seconds"] = time.perf_counter() - started
     Console().print(text, markup=False, highlight=False)
     write_atomic(out, {f"{stem}.md": text, f"{stem}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
+
+
+def run_section_loop(script: str, stem: str, args: Any, sections: dict[str, Any], namespace: dict[str, Any]) -> None:
+    """For each of ``args.sections``: run ``namespace[SECTION_section](args, tmp folder, progress)``
+    in a temporary folder, render it with ``namespace[render_SECTION]`` and publish it as
+    OUT/STEM_SECTION.md/.json with the command that reproduces it (``sections[SECTION](args)``
+    gives that section's arguments)."""
+    import tempfile
+
+    from rich.console import Console
+
+    console = Console()
+    stamp = section_stamp(args.threads)
+    for section in args.sections:
+        command = f"python benchmarks/{script} --sections {section} {sections[section](args)} --threads {args.threads}"
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-{stem}-{section}-") as tmp:
+            res = namespace[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
+        text = namespace[f"render_{section}"](res, command, stamp)
+        publish_section(args.out, f"{stem}_{section}", res, text, command, started)

@@ -30,15 +30,13 @@ import json
 import logging
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import publish_section, section_stamp  # noqa: E402
+from common import run_section_loop  # noqa: E402
 
 
 def run(folder: Path, task: Any, seed: int, baseline: dict[str, Any], steps: list[dict[str, Any]],
@@ -304,18 +302,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("slimkit").setLevel(logging.WARNING)
-    from rich.console import Console
-
-    console = Console()
-    stamp = section_stamp(args.threads)
-    for section in args.sections:
-        command = f"python benchmarks/distillation.py --sections {section} {SECTIONS[section](args)} " \
-                  f"--threads {args.threads}"
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-distillation-{section}-") as tmp:
-            res = globals()[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
-        text = globals()[f"render_{section}"](res, command, stamp)
-        publish_section(args.out, f"distillation_{section}", res, text, command, started)
+    run_section_loop("distillation.py", "distillation", args, SECTIONS, globals())
 
 
 if __name__ == "__main__":

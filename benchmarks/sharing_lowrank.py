@@ -24,15 +24,13 @@ import argparse
 import logging
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import publish_section, section_stamp  # noqa: E402
+from common import run_section_loop  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TASKS = ("mnist-mlp", "mnist-lenet5")
@@ -220,18 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("slimkit").setLevel(logging.WARNING)
-    from rich.console import Console
-
-    console = Console()
-    stamp = section_stamp(args.threads)
-    for section in args.sections:
-        command = f"python benchmarks/sharing_lowrank.py --sections {section} {SECTIONS[section](args)} " \
-                  f"--threads {args.threads}"
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-sharing-{section}-") as tmp:
-            res = globals()[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
-        text = globals()[f"render_{section}"](res, command, stamp)
-        publish_section(args.out, f"sharing_lowrank_{section}", res, text, command, started)
+    run_section_loop("sharing_lowrank.py", "sharing_lowrank", args, SECTIONS, globals())
 
 
 if __name__ == "__main__":

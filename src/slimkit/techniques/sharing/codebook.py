@@ -14,6 +14,7 @@ constant-fold; eager PyTorch keeps the unpacked codes cached.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -120,26 +121,38 @@ class SharedConv2d(_SharedWeight):
 TWINS = {nn.Linear: SharedLinear, nn.Conv2d: SharedConv2d}
 
 
+def swap_twins_(model: nn.Module, names: list[str], twins: dict[type, Any], what: str,
+                build: Callable[[str, Any], nn.Module]) -> dict[str, nn.Module]:
+    """Replace each named Linear / Conv2d by ``build(name, twin class)`` (moved to the layer's
+    device), in place; {name: new module}."""
+    modules = dict(model.named_modules())
+    done = {}
+    for name in names:
+        layer = modules[name]
+        twin_type = twins.get(type(layer))
+        if twin_type is None:
+            raise ValueError(f"{what}: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
+        twin = build(name, twin_type).to(layer.weight.device)
+        model.set_submodule(name, twin)
+        done[name] = twin
+    return done
+
+
 def share_(model: nn.Module, names: list[str], k: int, fixed_zero: dict[str, bool],
            clusters: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, nn.Module]:
     """Swap the named Linear/Conv2d layers for shared twins with ``k`` values, in place. With
     ``clusters`` ({name: (centroids, codes)}) the twins are filled; without, they are empty
     skeletons of the right sizes for a checkpoint to load into."""
     modules = dict(model.named_modules())
-    done = {}
-    for name in names:
-        layer = modules[name]
-        twin_type = TWINS.get(type(layer))
-        if twin_type is None:
-            raise ValueError(f"weight sharing: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
-        twin = twin_type(layer, k, fixed_zero[name]).to(layer.weight.device)
+
+    def build(name: str, twin_type) -> nn.Module:
+        twin = twin_type(modules[name], k, fixed_zero[name])
         if clusters is not None:
             centroids, codes = clusters[name]
-            twin.set_codes(codes, centroids.to(layer.weight.device))
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else model, child, twin)
-        done[name] = twin
-    return done
+            twin.set_codes(codes, centroids)
+        return twin
+
+    return swap_twins_(model, names, TWINS, "weight sharing", build)
 
 
 def is_shared(model: nn.Module) -> bool:

@@ -103,17 +103,10 @@ class HashedConv2d(_HashedWeight):
 TWINS = {nn.Linear: HashedLinear, nn.Conv2d: HashedConv2d}
 
 
-def hash_(model: nn.Module, layers: dict[str, dict[str, int]]) -> dict[str, _HashedWeight]:
+def hash_(model: nn.Module, layers: dict[str, dict[str, int]]) -> dict[str, nn.Module]:
     """Swap the named layers ({name: {stored, seed}}) for hashed twins (weights zero), in place."""
+    from slimkit.techniques.sharing.codebook import swap_twins_
+
     modules = dict(model.named_modules())
-    done = {}
-    for name, spec in layers.items():
-        layer = modules[name]
-        twin_type = TWINS.get(type(layer))
-        if twin_type is None:
-            raise ValueError(f"hashing: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
-        twin = twin_type(layer, int(spec["stored"]), int(spec["seed"])).to(layer.weight.device)
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else model, child, twin)
-        done[name] = twin
-    return done
+    return swap_twins_(model, list(layers), TWINS, "hashing",
+                       lambda name, twin: twin(modules[name], int(layers[name]["stored"]), int(layers[name]["seed"])))
