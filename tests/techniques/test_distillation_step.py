@@ -102,3 +102,7 @@ def test_derived_students_name_what_is_wrong(tmp_path):
         run([{"distill": {"student": {"model": "mlp_digits"}, "data": {"unlabelled": True}, "epochs": 1}}])
     with pytest.raises(ConfigError, match="no module named"):
         run([{"distill": {"student": {"derive": {"drop": ["nope"]}}, "epochs": 1}}])
+    with pytest.raises(ConfigError, match="no longer runs or changes its output shape; blocks that can go"):
+        run([{"distill": {"student": {"derive": {"drop": ["0"]}}, "epochs": 1}}])  # the first conv block: 1 -> C
+    with pytest.raises(ConfigError, match="no attention module"):
+        run([{"distill": {"student": {"derive": {"heads": 0.5}}, "epochs": 1}}])

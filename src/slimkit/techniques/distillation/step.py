@@ -218,9 +218,8 @@ def _derived_student(model: nn.Module, teacher: nn.Module, spec: Derivation, cfg
                      ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
     """A copy of the teacher with blocks dropped and channels / heads pruned (its weights kept);
     recorded as a skeleton relative to the model entering the step."""
-    from slimkit.techniques.pruning.blocks import remove_blocks_
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
-    from slimkit.techniques.pruning.structured import Plan, StructuredPruner
+    from slimkit.techniques.pruning.structured import Plan, StructuredPruner, attention_heads
 
     changed = [name for name, structure in ctx.structures if structure is not None]
     if cfg.teacher == "baseline" and changed:
@@ -232,15 +231,38 @@ def _derived_student(model: nn.Module, teacher: nn.Module, spec: Derivation, cfg
     student = copy.deepcopy(teacher)
     for p in student.parameters():
         p.requires_grad_(True)
-    remove_blocks_(student, spec.drop)
+    data = ctx.data.train
+    example = tuple(t.to(ctx.device) for t in data.example_inputs(2))
+    if spec.heads and not attention_heads(student):
+        raise ConfigError("distill: student.derive.heads is set, but the teacher has no attention module that "
+                          "slimkit recognises")
+    if spec.drop:
+        _drop_blocks(student, spec.drop, example, teacher)
     if spec.width < 1.0 or spec.heads:
-        data = ctx.data.train
-        example = tuple(t.to(ctx.device) for t in data.example_inputs(2))
         batches = [tuple(t.to(ctx.device) for t in inputs) for inputs, _ in data.head(256).batches(64)]
         plan = Plan(criterion=spec.criterion, ratio=1.0 - spec.width, heads=spec.heads, round_to=spec.round_to,
                     batches=batches)
         StructuredPruner(student, example, plan).step()
     return student.train(), {"derived": structure_diff(before, student, spec.drop)}
+
+
+def _drop_blocks(student: nn.Module, names: list[str], example: tuple, teacher: nn.Module) -> None:
+    """Replace the named blocks by the identity; refuse any whose removal breaks the forward pass
+    or changes the output's shape (its output did not have its input's shape)."""
+    import torch
+
+    from slimkit.techniques.pruning.blocks import removable_blocks, remove_blocks_
+
+    with torch.no_grad():
+        shape = student.eval()(*example).shape
+        remove_blocks_(student, names)
+        try:
+            after = student(*example).shape
+        except (RuntimeError, ValueError, TypeError):
+            after = None
+    if after != shape:
+        raise ConfigError(f"distill: student.derive.drop {names}: without these blocks the model no longer runs or "
+                          f"changes its output shape; blocks that can go: {removable_blocks(teacher, example)}")
 
 
 def _training_data(teacher, cfg: DistillConfig, ctx: Context):
