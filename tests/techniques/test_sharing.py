@@ -231,6 +231,26 @@ def test_the_archive_decodes_to_the_exact_state_dict_in_fewer_bytes(tmp_path):
     state = entropy.read_archive(tmp_path / "m.huffman.safetensors", model)
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    # a hostile file names what is wrong instead of allocating, wrapping around or tracing back
+    from slimkit.core.errors import CheckpointError
+    from slimkit.core.io import load_state_dict
+
+    good = load_state_dict(tmp_path / "m.huffman.safetensors")
+    for key, value, message in [("0.weight_huffman.count", torch.tensor([10**12]), "expected 5000"),
+                                ("0.weight_huffman.nonzeros", torch.tensor([6000]), "inconsistent counts"),
+                                ("0.weight_huffman.gaps_symbols", -good["0.weight_huffman.gaps_symbols"] - 1,
+                                 "negative"),
+                                ("2.weight_huffman.codes_symbols", good["2.weight_huffman.codes_symbols"] + 9,
+                                 "codes must lie"),
+                                ("0.weight_huffman.codes_lengths", None, "malformed")]:
+        bad = dict(good)
+        if value is None:
+            del bad[key]
+        else:
+            bad[key] = value
+        save_state_dict(tmp_path / "bad.safetensors", bad)
+        with pytest.raises(CheckpointError, match=message):
+            entropy.read_archive(tmp_path / "bad.safetensors", model)
 
 
 # ----------------------------------------------------------------------------------- HashedNets

@@ -125,21 +125,35 @@ def encode_layer(codes: np.ndarray, fixed_zero: bool) -> dict[str, np.ndarray]:
     return parts
 
 
-def decode_layer(parts: Mapping[str, np.ndarray]) -> np.ndarray:
-    count = int(parts["count"][0])
+def decode_layer(parts: Mapping[str, np.ndarray], expected: int | None = None) -> np.ndarray:
+    """The codes ``encode_layer`` coded; a malformed or hostile entry (missing parts, counts that
+    disagree with ``expected``, negative gaps, positions outside the layer, codes that do not
+    parse) is a CheckpointError, checked before anything large is allocated."""
+    try:
+        count = int(parts["count"][0])
+        nonzeros = int(parts["nonzeros"][0]) if "nonzeros" in parts else None
 
-    def stream(key: str, n: int) -> np.ndarray:
-        return huffman_decode(parts[f"{key}_symbols"], parts[f"{key}_lengths"], parts[f"{key}_stream"].tobytes(), n)
+        def stream(key: str, n: int) -> np.ndarray:
+            return huffman_decode(parts[f"{key}_symbols"], parts[f"{key}_lengths"], parts[f"{key}_stream"].tobytes(),
+                                  n)
 
-    if "nonzeros" not in parts:
-        return stream("codes", count)
-    n = int(parts["nonzeros"][0])
-    positions = np.cumsum(stream("gaps", n) + 1) - 1
-    codes = np.zeros(count, dtype=np.int64)
-    if n and (positions[-1] >= count or positions[0] < 0):
-        raise CheckpointError("entropy-coded positions fall outside the layer")
-    codes[positions] = stream("codes", n)
-    return codes
+        if expected is not None and count != expected:
+            raise CheckpointError(f"entropy-coded layer holds {count} codes, expected {expected}")
+        if count < 0 or (nonzeros is not None and not 0 <= nonzeros <= count):
+            raise CheckpointError(f"entropy-coded layer has inconsistent counts ({count} codes, {nonzeros} nonzero)")
+        if nonzeros is None:
+            return stream("codes", count)
+        gaps = stream("gaps", nonzeros)
+        if gaps.size and int(gaps.min()) < 0:
+            raise CheckpointError("entropy-coded gaps between nonzeros are negative")
+        positions = np.cumsum(gaps + 1) - 1
+        if positions.size and positions[-1] >= count:
+            raise CheckpointError("entropy-coded positions fall outside the layer")
+        codes = np.zeros(count, dtype=np.int64)
+        codes[positions] = stream("codes", nonzeros)
+        return codes
+    except (KeyError, IndexError, ValueError, TypeError) as err:
+        raise CheckpointError(f"entropy-coded layer is malformed ({err!r})") from None
 
 
 def write_archive(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[str, int]:
@@ -178,9 +192,12 @@ def read_archive(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[s
         parts = {k[len(key):]: state.pop(k).numpy() for k in [k for k in state if k.startswith(key)]}
         if not parts:
             raise CheckpointError(f"{path}: no entropy-coded codes for shared layer {name!r}")
-        codes = decode_layer(parts)
-        if codes.size != math.prod(module.weight_shape):
-            raise CheckpointError(f"{path}: layer {name!r} decodes to {codes.size} codes, expected "
-                                  f"{math.prod(module.weight_shape)}")
-        state[prefix + "weight_codes"] = pack_codes(torch.from_numpy(codes), module.bits)
+        try:
+            codes = decode_layer(parts, expected=math.prod(module.weight_shape))
+            packed = pack_codes(torch.from_numpy(codes), module.bits)
+        except CheckpointError as err:
+            raise CheckpointError(f"{path}: layer {name!r}: {err}") from None
+        except ValueError as err:  # codes beyond the layer's bits
+            raise CheckpointError(f"{path}: layer {name!r}: {err}") from None
+        state[prefix + "weight_codes"] = packed
     return state
