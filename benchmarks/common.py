@@ -147,3 +147,13 @@ def run_section_loop(script: str, stem: str, args: Any, sections: dict[str, Any]
             res = namespace[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
         text = namespace[f"render_{section}"](res, command, stamp)
         publish_section(args.out, f"{stem}_{section}", res, text, command, started)
+
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped(name: str) -> dict[str, Any]:
+    """A recipe shipped in recipes/, as a dict (benchmarks run the recipes users get)."""
+    import yaml
+
+    return yaml.safe_load((RECIPES / name).read_text())

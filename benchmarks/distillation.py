@@ -36,7 +36,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import run_section_loop  # noqa: E402
+from common import run_section_loop, shipped  # noqa: E402
 
 
 def run(folder: Path, task: Any, seed: int, baseline: dict[str, Any], steps: list[dict[str, Any]],
@@ -185,7 +185,6 @@ def render_lenet5(res: dict[str, Any], command: str, stamp: str) -> str:
 
 # ---------------------------------------------------------------------------------------- minilm
 LAYERS = "encoder.encoder.layer"
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def minilm_undistilled(keep_sets: list[list[int]], threads: int) -> dict[str, float]:
@@ -208,9 +207,7 @@ def minilm_conditions(args) -> dict[str, list[dict[str, Any]]]:
     count), and its distill step without the spliced sentences (and without deploy)."""
     import copy
 
-    import yaml
-
-    steps = yaml.safe_load((RECIPES / "minilm-distill.yaml").read_text())["steps"]
+    steps = shipped("minilm-distill.yaml")["steps"]
     steps[0]["distill"].update(epochs=args.minilm_epochs, lr=args.minilm_lr)
     steps[0]["distill"]["data"]["generate"]["count"] = args.minilm_generated
     corpus_only = copy.deepcopy(steps[0])

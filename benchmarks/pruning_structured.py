@@ -19,14 +19,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from common import shipped  # benchmarks/ is on sys.path: this module runs through pruning.py
+
 # ----------------------------------------------------------------------------------------- shapes
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
-
-def shipped(name: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load((RECIPES / name).read_text())
 
 
 def shapes_recipe(seed: int, threads: int, target_macs: float, epochs: int, criterion: str) -> dict[str, Any]:
@@ -97,7 +93,7 @@ def render_shapes(res: dict[str, Any], command: str, stamp: str) -> str:
     scratch_q = [s["scratch"]["quality"] for s in seeds]
     b, p = seeds[0]["baseline"], seeds[0]["pruned"]
     drop = [100 * (x - y) for x, y in zip(base_q, pruned_q)]
-    lines = [f"# Structured pruning on shapes-cnn (cnn_shapes, width 32)", "", f"Command: `{command}`; {stamp}.", "",
+    lines = ["# Structured pruning on shapes-cnn (cnn_shapes, width 32)", "", f"Command: `{command}`; {stamp}.", "",
              "Per seed: the recipe below (baseline trained by the runner; `prune_structured` to the MACs budget and "
              "fine-tuned; `deploy` times every runtime on the pruned model and, interleaved in the same process "
              "(ABBA rounds), on the baseline), then the pruned architecture re-initialised and trained from scratch "

@@ -30,16 +30,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import run_section_loop  # noqa: E402
+from common import run_section_loop, shipped  # noqa: E402
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 TASKS = ("mnist-mlp", "mnist-lenet5")
 
-
-def shipped(name: str) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load((RECIPES / name).read_text())
 
 
 def _mean_std(values: list[float]) -> str:

@@ -6,3 +6,4 @@ from slimkit.techniques.pruning import step as _pruning_step  # noqa: F401
 from slimkit.techniques.pruning import structured_step as _structured_pruning_step  # noqa: F401
 from slimkit.techniques.distillation import step as _distillation_step  # noqa: F401
 from slimkit.techniques.sharing import step as _sharing_step  # noqa: F401
+from slimkit.techniques.sharing import hash_step as _hash_step  # noqa: F401

@@ -1,0 +1,82 @@
+"""The ``hash`` recipe step: HashedNets (Chen et al. 2015), each layer's weight a virtual matrix
+indexing a small stored vector by a hash of the entry's position, trained through the one loop."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from slimkit.core.config import Config
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError, ConfigError
+from slimkit.core.step import StepResult, register_step
+
+_KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
+
+
+class HashConfig(Config):
+    compression: float = Field(0.125, gt=0, lt=1, description="stored values / virtual weights per hashed layer "
+                                                               "(HashedNets' compression factor, e.g. 1/8)")
+    init: Literal["project", "random"] = Field("random", description="project: the least-squares fit of the "
+                                                                     "current weights; random: fresh weights, "
+                                                                     "trained from scratch as in the paper")
+    layers: list[Literal["linear", "conv"]] = Field(["linear"], min_length=1, description="layer kinds to hash")
+    skip: list[str] = Field(default_factory=list, description="module paths left dense")
+    min_weights: int = Field(256, ge=1, description="layers with fewer weights stay dense")
+    epochs: int = Field(20, ge=0, description="training epochs with the hashed weights")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    batch_size: int = Field(64, ge=1, description="batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+
+
+def restore_hash(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    from slimkit.techniques.sharing.hashing import hash_
+
+    try:
+        hash_(model, structure["hashed"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"hash step's recorded structure is malformed ({err!r})") from None
+    return model
+
+
+@register_step("hash", config=HashConfig, restore=restore_hash)
+def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
+    """HashedNets: each layer's weight becomes a virtual matrix whose entries index a small stored
+    vector by a hash of their position (with a hashed sign); then trained through the one loop."""
+    from slimkit.techniques.pruning.sparse import is_sparse_encoded
+    from slimkit.techniques.quantization.modules import is_quantized
+    from slimkit.techniques.sharing.codebook import is_shared
+    from slimkit.techniques.sharing.hashing import hash_
+    from slimkit.train.config import TrainConfig
+
+    if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
+        raise ConfigError("hash: the model is already quantized, shared or pruned-and-encoded; hash a dense model")
+    kinds = tuple(_KINDS[k] for k in cfg.layers)
+    modules = dict(model.named_modules())
+    unknown = [s for s in cfg.skip if s not in modules]
+    if unknown:
+        raise ConfigError(f"hash: skip names no module: {unknown}")
+    chosen = {n: m for n, m in modules.items() if type(m) in kinds and n not in cfg.skip
+              and m.weight.numel() >= cfg.min_weights}
+    if not chosen:
+        raise ConfigError(f"hash: the model has no {' or '.join(cfg.layers)} layer with >= {cfg.min_weights} weights")
+    spec = {n: {"stored": max(1, round(m.weight.numel() * cfg.compression)), "seed": ctx.seed * 1000 + i}
+            for i, (n, m) in enumerate(chosen.items())}
+    weights = {n: m.weight.detach().clone() for n, m in chosen.items()}
+    fans = {n: m.weight[0].numel() for n, m in chosen.items()}
+    twins = hash_(model, spec)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    for name, twin in twins.items():
+        if cfg.init == "project":
+            twin.project_(weights[name])
+        else:
+            twin.init_(fans[name], generator)
+    info: dict[str, Any] = {"compression": cfg.compression, "init": cfg.init,
+                            "layers": {n: {"virtual": weights[n].numel(), "stored": s["stored"]} for n, s in spec.items()}}
+    if cfg.epochs:
+        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+        info["train"] = ctx.train(model, train, description="hash").summary()
+    return StepResult(model, info=info, structure={"hashed": spec})
