@@ -1,7 +1,7 @@
-"""Weight sharing and low-rank factorization, one command (issue 8; the low-rank sections land
-with their techniques).
+"""Weight sharing and low-rank factorization, one command (issue 8).
 
-    .venv/bin/python benchmarks/sharing_lowrank.py [--sections deep_compression sharing hashednets] [--threads 2]
+    .venv/bin/python benchmarks/sharing_lowrank.py [--sections deep_compression sharing hashednets minilm conv lora]
+        [--threads 2]
 
 - deep_compression: the shipped recipes `recipes/{mnist-mlp,mnist-lenet5}-deep-compression.yaml`
   (prune 92% -> fine-tune -> 16 shared values -> fine-tune codebooks -> Huffman) over `--seeds`:
@@ -14,6 +14,19 @@ with their techniques).
 - sharing: 16 shared values alone (no pruning), each of the three centroid initialisations, with
   and without a short codebook fine-tune: accuracy drop and bytes against FP32, on `mnist-mlp`
   and `mnist-lenet5`.
+- minilm: all-MiniLM-L6-v2's 12 FFN Linears factorized to 54% of their weights (30% of the
+  encoder's parameters removed) by plain, activation-scaled (ASVD) and whitened (SVD-LLM) truncated SVD:
+  cosine to the FP32 embeddings before fine-tuning; then the shipped
+  `recipes/minilm-lowrank.yaml` (whitened, fine-tuned against the FP32 embeddings, exported to
+  ONNX Runtime and timed against the FP32 model in one process), and with `--minilm-control`
+  the same fine-tune from plain SVD.
+- conv: `digits-cnn`'s 3x3 convolutions as Tucker-2 chains (`recipes/digits-cnn-lowrank.yaml`)
+  and as CP chains from the same baseline, over `--seeds`: MACs of the factorized layers,
+  accuracy before and after fine-tuning, and every runtime timed against the baseline (the
+  `deploy` step's paired timing); then the same factorization of `shapes-cnn`'s larger CNN,
+  untrained, for timing only.
+- lora: an under-trained digits-mlp fine-tuned by LoRA adapters (merged after) against full
+  fine-tuning for the same epochs: accuracy and trainable parameters.
 
 Each section writes OUT/sharing_lowrank_SECTION.md and .json with the command that reproduces it.
 """
@@ -21,6 +34,7 @@ Each section writes OUT/sharing_lowrank_SECTION.md and .json with the command th
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -192,11 +206,252 @@ def render_hashednets(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------- minilm
+FFN = ["*.intermediate.dense", "*.layer.?.output.dense"]
+
+
+def embedding_params() -> int:
+    """Parameters of MiniLM's embedding tables (and their LayerNorm), which factorizing leaves alone."""
+    from slimkit.tasks import build_task
+
+    model = build_task("minilm").build_model()
+    return sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in n)
+
+
+def minilm_recipe(args, method: str = "whiten") -> dict[str, Any]:
+    recipe = shipped("minilm-lowrank.yaml")
+    recipe["measure"].update(threads=args.threads, repeats=args.repeats)
+    factorize, distill = recipe["steps"][0]["factorize"], recipe["steps"][1]["distill"]
+    factorize.update(method=method, ratio=args.minilm_ratio)
+    distill.update(epochs=args.minilm_epochs, lr=args.minilm_lr)
+    distill["data"]["generate"]["count"] = args.minilm_generated
+    return recipe
+
+
+def _step_row(step: dict[str, Any]) -> dict[str, Any]:
+    keep = ("quality", "quality_metrics", "params", "macs", "size_bytes", "latency_b1", "latency_bN")
+    info = {k: v for k, v in step.get("info", {}).items() if k in (
+        "method", "weights", "factorized_weights", "macs", "factorized_macs", "quality_before_finetune", "train",
+        "generated_rows", "candidates", "layers_factorized", "search")}
+    return {"step": step["name"], "metrics": {k: step["metrics"].get(k) for k in keep}, "info": info}
+
+
+def minilm_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.recipes.runner import run_recipe
+
+    before = {}
+    for method in ("plain", "asvd", "whiten"):
+        progress(f"minilm: {method} SVD, no fine-tune")
+        recipe = minilm_recipe(args, method)
+        recipe["steps"] = recipe["steps"][:1]
+        recipe["measure"]["repeats"] = 3
+        base, step = run_recipe(recipe, folder / f"before-{method}").results["steps"]
+        before[method] = _step_row(step)
+    runs = {}
+    for method in ("whiten", "plain") if args.minilm_control else ("whiten",):
+        progress(f"minilm: {method} SVD, fine-tuned, ONNX Runtime")
+        recipe = minilm_recipe(args, method)
+        if method == "plain":
+            recipe["steps"] = recipe["steps"][:2]  # the control: same fine-tune, no deploy
+        runs[method] = [_step_row(s) for s in run_recipe(recipe, folder / f"tuned-{method}").results["steps"]]
+    return {"before": before, "runs": runs, "recipe": minilm_recipe(args), "embedding_params": embedding_params()}
+
+
+def render_minilm(res: dict[str, Any], command: str, stamp: str) -> str:
+    base = res["runs"]["whiten"][0]["metrics"]
+
+    def encoder_params(params: int) -> int:
+        return params - res["embedding_params"]
+
+    lines = ["# Low-rank MiniLM: the 12 FFN Linears factorized", "", f"Command: `{command}`; {stamp}.", "",
+             "Each FFN Linear (384 ↔ 1536) becomes two Linears through rank r keeping "
+             f"{res['recipe']['steps'][0]['factorize']['ratio']:.0%} of its weights. Quality: mean "
+             "cosine to the FP32 model's embeddings on the 1,000 held-out test sentences (and the overlap of each "
+             "sentence's 10 nearest neighbours). Encoder params exclude the "
+             f"{res['embedding_params']:,} parameters of the embedding tables.", "",
+             "| factorization | fine-tune | cosine | top-10 overlap | params | encoder params | MACs | eager b1 ms "
+             "| eager b32 ms |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def line(name: str, tune: str, m: dict[str, Any]) -> str:
+        b1, bn = m.get("latency_b1") or {}, m.get("latency_bN") or {}
+        knn = (m.get("quality_metrics") or {}).get("knn10_overlap")
+        return (f"| {name} | {tune} | {m['quality']:.4f} | {'—' if knn is None else f'{knn:.3f}'} | {m['params']:,} | "
+                f"{encoder_params(m['params']):,} ({1 - encoder_params(m['params']) / encoder_params(base['params']):.0%}"
+                f" fewer) | {m['macs']:,} | {b1.get('median_ms', float('nan')):.2f} | "
+                f"{bn.get('median_ms', float('nan')):.2f} |")
+
+    lines.append(line("none (FP32)", "—", base).replace("(0% fewer)", ""))
+    names = {"plain": "plain SVD", "asvd": "ASVD (activation-scaled)", "whiten": "SVD-LLM (whitened)"}
+    for method, row in res["before"].items():
+        lines.append(line(names[method], "none", row["metrics"]))
+    notes = []
+    for method, steps in res["runs"].items():
+        tuned = next(s for s in steps if s["step"] == "distill")
+        lines.append(line(names[method], f"{tuned['info']['train']['epochs']} epochs", tuned["metrics"]))
+        t = tuned["info"]["train"]
+        notes.append(f"{names[method]}: fine-tuned on the corpus + {tuned['info'].get('generated_rows')} spliced "
+                     f"sentences, best epoch {t['best_epoch']} (validation cosine {t['best_val_quality']:.4f}).")
+        deploy = next((s for s in steps if s["step"] == "deploy"), None)
+        for c in (deploy or {"info": {}})["info"].get("candidates") or []:
+            if c.get("paired_b1_ms") is not None:
+                notes.append(f"{names[method]}, fine-tuned: ONNX Runtime, paired with the FP32 model in one process: "
+                             f"b1 {c['versus_b1_ms']:.3f} → {c['paired_b1_ms']:.3f} ms "
+                             f"({c['speedup_vs_versus_b1']:.2f}× faster), b32 {c['versus_bN_ms']:.3f} → "
+                             f"{c['paired_bN_ms']:.3f} ms ({c['speedup_vs_versus_bN']:.2f}×); max relative "
+                             f"difference from eager {c.get('max_rel_diff', 0):.1e}.")
+    ffn = res["runs"]["whiten"][1]["info"]
+    notes.append(f"FFN weights {ffn['weights']:,} → {ffn['factorized_weights']:,}; FFN MACs per token-batch of the "
+                 f"timing shape {ffn['macs']:,} → {ffn['factorized_macs']:,}.")
+    lines += ["", *notes, "", "Recipe (the whitened run):", "", "```json", json.dumps(res["recipe"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ conv
+def conv_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.recipes.runner import run_recipe
+
+    seeds = []
+    for seed in args.seeds:
+        row: dict[str, Any] = {"seed": seed}
+        baseline = None
+        for conv in ("tucker2", "cp"):
+            progress(f"conv: digits-cnn seed {seed}: {conv}")
+            recipe = conv_recipe(args, seed, conv)
+            if baseline is not None:
+                recipe["baseline"] = {"weights": baseline}
+            run_dir = folder / f"{conv}-{seed}"
+            base, step, deployed = run_recipe(recipe, run_dir).results["steps"]
+            baseline = baseline or str(run_dir / base["artifact"])
+            row["baseline"] = _step_row(base)
+            row[conv] = {**_step_row(step), "candidates": deployed["info"]["candidates"],
+                         "chosen": deployed["info"]["backend"]}
+        seeds.append(row)
+    scale = {}
+    for conv in ("tucker2", "cp"):  # timing only: the same factorization of a larger CNN, untrained
+        progress(f"conv: shapes-cnn (untrained, timing only): {conv}")
+        recipe = conv_recipe(args, 0, conv)
+        recipe["task"] = {"name": "shapes-cnn", "model": "cnn_shapes", "model_args": {"width": 32}}
+        recipe["baseline"] = {"train": {"epochs": 0}}
+        recipe["steps"][0]["factorize"]["epochs"] = 0
+        base, step, deployed = run_recipe(recipe, folder / f"scale-{conv}").results["steps"]
+        scale[conv] = {**_step_row(step), "baseline": _step_row(base), "candidates": deployed["info"]["candidates"]}
+    return {"seeds": seeds, "scale": scale, "recipe": conv_recipe(args, 0, "tucker2")}
+
+
+def conv_recipe(args, seed: int, conv: str) -> dict[str, Any]:
+    recipe = shipped("digits-cnn-lowrank.yaml")
+    recipe["seed"] = seed
+    recipe["measure"]["threads"] = args.threads
+    recipe["steps"][0]["factorize"].update(conv=conv, ratio=args.conv_ratio, epochs=args.conv_epochs)
+    return recipe
+
+
+def render_conv(res: dict[str, Any], command: str, stamp: str) -> str:
+    seeds = res["seeds"]
+    lines = ["# Low-rank convolutions: Tucker-2 and CP on digits-cnn", "", f"Command: `{command}`; {stamp}.", "",
+             f"Seeds {', '.join(str(s['seed']) for s in seeds)}; `digits-cnn` (16-32-pool-64-pool on 8×8 digits), "
+             "both 3x3 convolutions after the stem factorized to the same kept-weight ratio, then fine-tuned; both "
+             "factorizations start from the same baseline per seed. Accuracy: test split, mean ± std; MACs per image.",
+             "", "| model | accuracy before fine-tune | accuracy | vs baseline, paired | params | MACs | MACs of the "
+             "factorized layers | × fewer there |", "|---|---|---|---|---|---|---|---|"]
+    base_q = [s["baseline"]["metrics"]["quality"] for s in seeds]
+    b = seeds[0]["baseline"]["metrics"]
+    lines.append(f"| baseline | — | {_mean_std(base_q)} | — | {b['params']:,} | {b['macs']:,} | "
+                 f"{seeds[0]['tucker2']['info']['macs']:,} | 1.00 |")
+    for conv, name in (("tucker2", "Tucker-2"), ("cp", "CP")):
+        q = [s[conv]["metrics"]["quality"] for s in seeds]
+        pre = [s[conv]["info"]["quality_before_finetune"] for s in seeds]
+        info, m = seeds[0][conv]["info"], seeds[0][conv]["metrics"]
+        diff = statistics.fmean(a - c for a, c in zip(q, base_q))
+        lines.append(f"| {name} | {_mean_std(pre)} (validation) | {_mean_std(q)} | {100 * diff:+.2f} pt | "
+                     f"{m['params']:,} | {m['macs']:,} | {info['factorized_macs']:,} | "
+                     f"{info['macs'] / info['factorized_macs']:.2f} |")
+    lines += ["", "Latency, seed by seed: each runtime timed on the factorized model and, interleaved in the same "
+              "process, on the baseline (ABBA rounds); speed-up = baseline ms / factorized ms; medians.", "",
+              "| seed | model | runtime | b1 ms baseline → factorized | b1 speed-up | b64 ms baseline → factorized | "
+              "b64 speed-up |", "|---|---|---|---|---|---|---|"]
+    for s in seeds:
+        for conv, name in (("tucker2", "Tucker-2"), ("cp", "CP")):
+            for c in s[conv]["candidates"]:
+                if c.get("paired_b1_ms") is None:
+                    continue
+                lines.append(f"| {s['seed']} | {name} | {c['backend']} | {c['versus_b1_ms']:.3f} → "
+                             f"{c['paired_b1_ms']:.3f} | {c['speedup_vs_versus_b1']:.2f}× | {c['versus_bN_ms']:.3f} → "
+                             f"{c['paired_bN_ms']:.3f} | {c['speedup_vs_versus_bN']:.2f}× |")
+    lines += ["", "Timing only, at a larger size: `shapes-cnn`'s plain CNN (cnn_shapes, width 32: 32-64-128 channels on "
+              "32×32 RGB), untrained, the same factorization (no fine-tune; accuracy is not the point here).", "",
+              "| model | MACs | MACs of the factorized layers | runtime | b1 ms baseline → factorized | b1 speed-up | "
+              "b64 ms baseline → factorized | b64 speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for conv, name in (("tucker2", "Tucker-2"), ("cp", "CP")):
+        r = res["scale"][conv]
+        for c in r["candidates"]:
+            if c.get("paired_b1_ms") is None:
+                continue
+            lines.append(f"| {name} | {r['baseline']['metrics']['macs']:,} → {r['metrics']['macs']:,} | "
+                         f"{r['info']['macs']:,} → {r['info']['factorized_macs']:,} | {c['backend']} | "
+                         f"{c['versus_b1_ms']:.3f} → {c['paired_b1_ms']:.3f} | {c['speedup_vs_versus_b1']:.2f}× | "
+                         f"{c['versus_bN_ms']:.3f} → {c['paired_bN_ms']:.3f} | {c['speedup_vs_versus_bN']:.2f}× |")
+    lines += ["", "Recipe (Tucker-2; the CP run sets `conv: cp`):", "", "```json", json.dumps(res["recipe"], indent=1),
+              "```", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ lora
+def lora_section(args, folder: Path, progress) -> dict[str, Any]:
+    """An under-trained digits-mlp (1 epoch), then the same epochs of LoRA (merged) or of full
+    fine-tuning, from the same weights per seed."""
+    from slimkit.recipes.runner import run_recipe
+
+    measure = {"batch_n": 64, "repeats": 3, "warmup": 1, "threads": args.threads, "memory": False}
+    arms = {f"LoRA rank {args.lora_rank}, merged": {"lora": {"rank": args.lora_rank, "alpha": 2 * args.lora_rank,
+                                                              "epochs": args.lora_epochs, "lr": 1e-2}},
+            "full fine-tune, lr 1e-3": {"train": {"epochs": args.lora_epochs, "lr": 1e-3}},
+            "full fine-tune, lr 1e-2": {"train": {"epochs": args.lora_epochs, "lr": 1e-2}}}
+    rows: dict[str, dict[str, list[Any]]] = {}
+    for seed in args.seeds:
+        baseline = None
+        for i, (name, step) in enumerate(arms.items()):
+            progress(f"lora: seed {seed}: {name}")
+            recipe = {"task": "digits-mlp", "seed": seed, "measure": measure, "steps": [step],
+                      "baseline": {"train": {"epochs": 1}} if baseline is None else {"weights": baseline}}
+            run_dir = folder / f"{seed}-{i}"
+            base, done = run_recipe(recipe, run_dir).results["steps"]
+            if baseline is None:
+                baseline = str(run_dir / base["artifact"])
+                row = rows.setdefault("baseline (1 epoch)", {"quality": [], "trainable": []})
+                row["quality"].append(base["metrics"]["quality"])
+                row["trainable"].append(base["metrics"]["params"])
+            row = rows.setdefault(name, {"quality": [], "trainable": [], "merge_diff": []})
+            row["quality"].append(done["metrics"]["quality"])
+            row["trainable"].append(done["info"].get("trainable_params", done["metrics"]["params"]))
+            if "merge_max_abs_diff" in done["info"]:
+                row["merge_diff"].append(done["info"]["merge_max_abs_diff"])
+    return {"rows": rows, "seeds": args.seeds, "epochs": args.lora_epochs, "arms": arms}
+
+
+def render_lora(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# LoRA against full fine-tuning: digits-mlp", "", f"Command: `{command}`; {stamp}.", "",
+             f"Seeds {', '.join(map(str, res['seeds']))}; a digits-mlp trained 1 epoch, then {res['epochs']} epochs of "
+             "each arm from the same weights. Test accuracy mean ± std; trainable = parameters the arm updates.", "",
+             "| arm | trainable params | test accuracy | largest merged − adapted output difference |",
+             "|---|---|---|---|"]
+    for name, r in res["rows"].items():
+        diff = f"{max(r['merge_diff']):.1e}" if r.get("merge_diff") else "—"
+        lines.append(f"| {name} | {statistics.median(r['trainable']):,.0f} | {_mean_std(r['quality'])} | {diff} |")
+    lines += ["", "Steps:", "", "```json", json.dumps(res["arms"], indent=1), "```", ""]
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "deep_compression": lambda a: f"--seeds {' '.join(map(str, a.seeds))}",
     "sharing": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --sharing-epochs {a.sharing_epochs}",
     "hashednets": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --compression {a.compression} "
                             f"--hash-epochs {a.hash_epochs}",
+    "minilm": lambda a: f"--minilm-ratio {a.minilm_ratio} --minilm-epochs {a.minilm_epochs} --minilm-lr {a.minilm_lr} "
+                        f"--minilm-generated {a.minilm_generated} --repeats {a.repeats}"
+                        f"{' --minilm-control' if a.minilm_control else ''}",
+    "lora": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --lora-rank {a.lora_rank} --lora-epochs {a.lora_epochs}",
+    "conv": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --conv-ratio {a.conv_ratio} --conv-epochs {a.conv_epochs}",
 }
 
 
@@ -207,6 +462,17 @@ def main() -> None:
     parser.add_argument("--sharing-epochs", type=int, default=2)
     parser.add_argument("--compression", type=float, default=0.125, help="hashednets: stored / virtual weights")
     parser.add_argument("--hash-epochs", type=int, default=20, help="hashednets: training epochs")
+    parser.add_argument("--minilm-ratio", type=float, default=0.54, help="minilm: FFN weights kept")
+    parser.add_argument("--minilm-epochs", type=int, default=8, help="minilm: fine-tuning epochs")
+    parser.add_argument("--minilm-lr", type=float, default=2e-4, help="minilm: fine-tuning learning rate")
+    parser.add_argument("--minilm-generated", type=int, default=8000, help="minilm: spliced sentences")
+    parser.add_argument("--minilm-control", action="store_true",
+                        help="minilm: also fine-tune the plain-SVD model the same way (another ~30 minutes)")
+    parser.add_argument("--repeats", type=int, default=30, help="minilm: latency repeats")
+    parser.add_argument("--conv-ratio", type=float, default=0.4, help="conv: weights kept per factorized layer")
+    parser.add_argument("--conv-epochs", type=int, default=8, help="conv: fine-tuning epochs")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-epochs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()

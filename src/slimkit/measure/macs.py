@@ -12,7 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
-    """MACs of one forward pass on ``example_inputs`` (FLOPs of matmuls/convs/attention / 2).
+    """MACs of one forward pass; see ``count_macs_by_module``."""
+    return count_macs_by_module(model, example_inputs)[""]
+
+
+@torch.no_grad()
+def count_macs_by_module(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, int]:
+    """MACs of one forward pass on ``example_inputs`` (FLOPs of matmuls/convs/attention / 2), in
+    total (key ``""``) and inside each submodule that does any (keyed by its path in ``model``).
 
     Element-wise ops (activations, bias adds, normalisation) are not counted, as in the
     papers' MAC figures. PyTorch's fused multi-head-attention fast path is invisible to the
@@ -29,4 +36,9 @@ def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
-    return int(counter.get_total_flops()) // 2
+    by_module = {"": int(counter.get_total_flops()) // 2}
+    root = type(model).__name__
+    for name, flops in counter.get_flop_counts().items():
+        if name.startswith(root + "."):  # the counter names modules "<root class>.<path>"
+            by_module[name[len(root) + 1:]] = int(sum(flops.values())) // 2
+    return by_module

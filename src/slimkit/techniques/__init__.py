@@ -7,3 +7,5 @@ from slimkit.techniques.pruning import structured_step as _structured_pruning_st
 from slimkit.techniques.distillation import step as _distillation_step  # noqa: F401
 from slimkit.techniques.sharing import step as _sharing_step  # noqa: F401
 from slimkit.techniques.sharing import hash_step as _hash_step  # noqa: F401
+from slimkit.techniques.lowrank import step as _lowrank_step  # noqa: F401
+from slimkit.techniques.lowrank import lora_step as _lora_step  # noqa: F401

@@ -1,0 +1,96 @@
+"""The ``lora`` recipe step: LoRA adapters (Hu et al. 2021) on the chosen Linear layers, trained
+through the one loop with everything else frozen, then merged back into plain Linears."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatch
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from slimkit.core.config import Config
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError, ConfigError
+from slimkit.core.step import StepResult, register_step
+
+
+class LoraConfig(Config):
+    rank: int = Field(8, ge=1, description="rank r of each adapter's update B @ A")
+    alpha: float = Field(16, gt=0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training")
+    targets: list[str] = Field(default_factory=list, description="module-path patterns (fnmatch) of the Linears "
+                                                                 "to adapt; empty: every nn.Linear")
+    skip: list[str] = Field(default_factory=list, description="module paths of Linears left unadapted")
+    min_weights: int = Field(256, ge=1, description="Linears with fewer weights are left unadapted")
+    train_bias: bool = Field(False, description="also train the adapted layers' biases")
+    epochs: int = Field(3, ge=1, description="training epochs of the adapters")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    batch_size: int = Field(64, ge=1, description="batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer")
+    merge: bool = Field(True, description="merge the adapters into the weights after training (plain Linears, "
+                                          "no inference cost); false keeps them as separate modules")
+
+
+def restore_lora(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Re-add unmerged adapters (skeletons of the recorded ranks) for the checkpoint to load into."""
+    from slimkit.techniques.lowrank.lora import add_lora_
+
+    try:
+        for name, spec in structure["lora"].items():
+            add_lora_(model, [name], int(spec["rank"]), float(spec["alpha"]), float(spec.get("dropout", 0.0)))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"lora step's recorded structure is malformed ({err!r})") from None
+    return model
+
+
+@register_step("lora", config=LoraConfig, restore=restore_lora)
+def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
+    """LoRA: a trainable rank-r update (alpha/r) * B @ A beside each chosen frozen Linear, trained
+    with the rest of the model frozen, then (by default) merged into the Linear's weight."""
+    from slimkit.techniques.lowrank.lora import add_lora_, freeze_except_lora_, is_lora, merge_lora_
+    from slimkit.techniques.pruning.sparse import is_sparse_encoded
+    from slimkit.techniques.quantization.modules import is_quantized
+    from slimkit.techniques.sharing.codebook import is_shared
+    from slimkit.train.config import TrainConfig
+
+    if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
+        raise ConfigError("lora: the model is already quantized, shared or pruned-and-encoded; adapt a dense model")
+    if is_lora(model):
+        raise ConfigError("lora: the model already holds unmerged LoRA adapters (an earlier lora step with "
+                          "merge: false)")
+    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    unknown = [s for s in cfg.skip if s not in linears]
+    if unknown:
+        raise ConfigError(f"lora: skip names no nn.Linear: {unknown}")
+    unmatched = [p for p in cfg.targets if not any(fnmatch(n, p) for n in linears)]
+    if unmatched:
+        raise ConfigError(f"lora: targets pattern(s) match no nn.Linear: {unmatched} (Linears: {list(linears)})")
+    chosen = [n for n, m in linears.items() if (not cfg.targets or any(fnmatch(n, p) for p in cfg.targets))
+              and n not in cfg.skip and m.weight.numel() >= cfg.min_weights]
+    if not chosen:
+        raise ConfigError(f"lora: no nn.Linear chosen (targets {cfg.targets}, skip {cfg.skip}, "
+                          f">= {cfg.min_weights} weights)")
+    too_small = [f"{n} ({linears[n].in_features} -> {linears[n].out_features})" for n in chosen
+                 if cfg.rank >= min(linears[n].in_features, linears[n].out_features)]
+    if too_small:
+        raise ConfigError(f"lora: rank {cfg.rank} is not below min(in, out) of {too_small}; lower rank or skip them")
+    add_lora_(model, chosen, cfg.rank, cfg.alpha, cfg.dropout, torch.Generator().manual_seed(ctx.seed))
+    thaw = {id(p) for p in model.parameters() if p.requires_grad}  # all but the frozen bases, given back after
+    trainable, total = freeze_except_lora_(model, cfg.train_bias)
+    train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+    info: dict[str, Any] = {"rank": cfg.rank, "alpha": cfg.alpha, "layers": chosen, "trainable_params": trainable,
+                            "trainable_fraction": trainable / total,
+                            "train": ctx.train(model, train, description="lora").summary(), "merged": cfg.merge}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in thaw)
+    if not cfg.merge:
+        return StepResult(model, info=info, structure={"lora": {n: {"rank": cfg.rank, "alpha": cfg.alpha,
+                                                                    "dropout": cfg.dropout} for n in chosen}})
+    inputs = tuple(t[:64].to(ctx.device) for t in ctx.data.val.inputs)
+    with torch.no_grad():
+        adapted = model.eval()(*inputs)
+        merge_lora_(model)
+        info["merge_max_abs_diff"] = float((model(*inputs) - adapted).abs().max())
+    return StepResult(model, info=info)

@@ -1,0 +1,389 @@
+"""The ``factorize`` recipe step: low-rank factorization of Linear layers (truncated SVD, plain or
+activation-aware) and Conv2d layers (Tucker-2 or CP), with ranks chosen per layer by a kept
+weight ratio, a spectral energy, a fixed rank, or a search under a quality budget; then an
+optional fine-tune through the one training loop."""
+
+from __future__ import annotations
+
+from fnmatch import fnmatch
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, model_validator
+
+from slimkit.core.config import Config
+from slimkit.core.context import Context
+from slimkit.core.errors import CheckpointError, ConfigError
+from slimkit.core.step import StepResult, register_step
+
+_KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
+_SELECTIONS = ("rank", "ratio", "energy", "search")
+
+
+class SearchConfig(Config):
+    max_drop: float = Field(1.0, ge=0, description="largest validation quality drop (points: 100 × quality) "
+                                                   "the factorized model may have before fine-tuning")
+    ratios: list[float] = Field([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1,
+                                description="kept weight fractions tried for each layer")
+    samples: int = Field(512, ge=1, description="validation rows each candidate is scored on")
+
+    @model_validator(mode="after")
+    def _ratios_in_range(self) -> "SearchConfig":
+        bad = [r for r in self.ratios if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"search ratios must lie in (0, 1), got {bad}")
+        return self
+
+
+class FactorizeConfig(Config):
+    layers: list[Literal["linear", "conv"]] = Field(["linear"], min_length=1, description="layer kinds to factorize")
+    targets: list[str] = Field(default_factory=list, description="module-path patterns (fnmatch) to factorize; "
+                                                                 "empty: every layer of the kinds")
+    skip: list[str] = Field(default_factory=list, description="module paths left dense")
+    min_weights: int = Field(1024, ge=1, description="layers with fewer weights stay dense")
+    method: Literal["plain", "asvd", "whiten"] = Field("whiten", description="Linear layers: plain truncated SVD, "
+                                                       "ASVD (activation-scaled columns) or SVD-LLM whitening")
+    conv: Literal["tucker2", "cp"] = Field("tucker2", description="Conv2d layers: Tucker-2 or CP decomposition")
+    rank: int | None = Field(None, ge=1, description="the same rank for every layer (Tucker-2: both ranks)")
+    ratio: float | None = Field(None, gt=0, lt=1, description="keep this fraction of each layer's weights "
+                                                              "(the default, 0.5, when no selection is given)")
+    energy: float | None = Field(None, gt=0, le=1, description="smallest rank holding this share of the squared "
+                                                               "singular values (of W, W·S, or the kernel's "
+                                                               "channel unfoldings)")
+    search: SearchConfig | None = Field(None, description="per-layer ranks searched under a quality budget")
+    alpha: float = Field(0.5, ge=0, description="ASVD: exponent of the activation scaling")
+    damp: float = Field(0.01, gt=0, description="whitening: diagonal damping, relative to the Gram's mean diagonal")
+    calibration_samples: int = Field(256, ge=1, description="training rows whose layer inputs calibrate asvd / "
+                                                            "whiten")
+    iters: int = Field(100, ge=1, description="Tucker-2 (HOOI) / CP (ALS) iterations")
+    epochs: int = Field(0, ge=0, description="fine-tuning epochs after factorizing")
+    lr: float = Field(1e-4, gt=0, description="fine-tuning peak learning rate")
+    batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="fine-tuning optimizer")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "FactorizeConfig":
+        given = [k for k in _SELECTIONS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of rank, ratio, energy, search (got {', '.join(given)})")
+        if self.energy is not None and self.conv == "cp" and "conv" in self.layers:
+            raise ValueError("energy selects ranks from singular values, which a CP decomposition has none of: "
+                             "give ratio, rank or search for cp")
+        return self
+
+    def selection(self) -> tuple[str, Any]:
+        for key in _SELECTIONS:
+            if getattr(self, key) is not None:
+                return key, getattr(self, key)
+        return "ratio", 0.5
+
+
+# --------------------------------------------------------------------------------- one layer
+def _weights_of(layer: nn.Module, kind: str, rank: int | tuple[int, int]) -> int:
+    if kind == "svd":
+        return rank * (layer.in_features + layer.out_features)
+    k = layer.kernel_size[0] * layer.kernel_size[1]
+    if kind == "tucker2":
+        r_out, r_in = rank
+        return layer.in_channels * r_in + r_in * r_out * k + r_out * layer.out_channels
+    return rank * (layer.in_channels + sum(layer.kernel_size) + layer.out_channels)
+
+
+def _clamp(layer: nn.Module, kind: str, rank: int | tuple[int, int]) -> int | tuple[int, int]:
+    if kind == "tucker2":
+        return min(rank[0], layer.out_channels), min(rank[1], layer.in_channels)
+    if kind == "svd":
+        return min(rank, layer.in_features, layer.out_features)
+    return rank
+
+
+def _rank_for(layer: nn.Module, kind: str, how: str, value: Any, spectrum) -> int | tuple[int, int]:
+    from slimkit.techniques.lowrank.conv import cp_rank_for_ratio, tucker2_ranks_for_ratio
+    from slimkit.techniques.lowrank.svd import rank_for_energy, rank_for_ratio
+
+    if how == "rank":
+        return _clamp(layer, kind, (value, value) if kind == "tucker2" else value)
+    if how == "ratio":
+        if kind == "svd":
+            return rank_for_ratio(layer.out_features, layer.in_features, value)
+        return tucker2_ranks_for_ratio(layer, value) if kind == "tucker2" else cp_rank_for_ratio(layer, value)
+    # energy
+    if kind == "svd":
+        return rank_for_energy(spectrum()[1], value)
+    w = layer.weight.detach().double().cpu()
+    out_s = torch.linalg.svdvals(w.flatten(1))
+    in_s = torch.linalg.svdvals(w.transpose(0, 1).flatten(1))
+    return rank_for_energy(out_s, value), rank_for_energy(in_s, value)
+
+
+class _Factorizer:
+    """Builds the factorized twin of each chosen layer; SVDs computed once per layer."""
+
+    def __init__(self, cfg: FactorizeConfig, stats: dict[str, Any], seed: int) -> None:
+        self.cfg, self.stats, self.seed = cfg, stats, seed
+        self._spectra: dict[str, tuple] = {}
+
+    def spectrum(self, name: str, layer: nn.Linear):
+        from slimkit.techniques.lowrank.svd import factor_spectrum
+
+        if name not in self._spectra:
+            self._spectra[name] = factor_spectrum(layer.weight, self.cfg.method, self.stats.get(name),
+                                                  alpha=self.cfg.alpha, damp=self.cfg.damp)
+        return self._spectra[name]
+
+    def twin(self, name: str, layer: nn.Module, kind: str, rank: int | tuple[int, int]) -> tuple[nn.Module, dict]:
+        from slimkit.techniques.lowrank.conv import cp_conv, tucker2_conv
+        from slimkit.techniques.lowrank.svd import low_rank_linear, truncate
+
+        if kind == "svd":
+            u, s, vh, inverse = self.spectrum(name, layer)
+            up, down = truncate(u, s, vh, inverse, rank)
+            kept = float(s[:rank].pow(2).sum() / s.pow(2).sum().clamp_min(1e-300))
+            return low_rank_linear(layer, up, down), {"energy_kept": kept}
+        if kind == "tucker2":
+            return tucker2_conv(layer, rank, self.cfg.iters), {}
+        twin, error = cp_conv(layer, rank, self.cfg.iters, self.seed)
+        return twin, {"kernel_relative_error": error}
+
+
+def _chosen_layers(model: nn.Module, cfg: FactorizeConfig) -> dict[str, tuple[nn.Module, str]]:
+    from slimkit.techniques.lowrank.conv import check_factorizable
+
+    modules = dict(model.named_modules())
+    unknown = [s for s in cfg.skip if s not in modules]
+    if unknown:
+        raise ConfigError(f"factorize: skip names no module: {unknown}")
+    kinds = tuple(_KINDS[k] for k in cfg.layers)
+    candidates = {n: m for n, m in modules.items() if type(m) in kinds}
+    unmatched = [p for p in cfg.targets if not any(fnmatch(n, p) for n in candidates)]
+    if unmatched:
+        raise ConfigError(f"factorize: targets {unmatched} match no {' or '.join(cfg.layers)} layer "
+                          f"(layers: {list(candidates)[:8]}{' ...' if len(candidates) > 8 else ''})")
+    chosen = {}
+    for name, m in candidates.items():
+        if name in cfg.skip or m.weight.numel() < cfg.min_weights:
+            continue
+        if cfg.targets and not any(fnmatch(name, p) for p in cfg.targets):
+            continue
+        if isinstance(m, nn.Conv2d):
+            why = check_factorizable(m)
+            if why is not None:
+                if cfg.targets:
+                    raise ConfigError(f"factorize: {name} cannot be decomposed: {why}")
+                continue
+            if m.kernel_size == (1, 1):  # a channel mixer: Tucker-2 / CP would only add stages
+                if cfg.targets:
+                    raise ConfigError(f"factorize: {name} is a 1x1 convolution; Tucker-2 and CP factorize "
+                                      "spatial kernels")
+                continue
+            kind = cfg.conv
+        else:
+            kind = "svd"
+        chosen[name] = (m, kind)
+    if not chosen:
+        raise ConfigError(f"factorize: no {' or '.join(cfg.layers)} layer with >= {cfg.min_weights} weights "
+                          f"{'matches ' + str(cfg.targets) if cfg.targets else 'to factorize'}")
+    return chosen
+
+
+@torch.no_grad()
+def input_statistics(model: nn.Module, names: list[str], ctx: Context, samples: int) -> dict[str, Any]:
+    """Each named Linear's input Gram matrix and mean |x| over ``samples`` training rows, from one
+    pass; on sequence data only the real tokens' rows count (padding is masked out)."""
+    from slimkit.techniques.lowrank.svd import InputStatistics
+    from slimkit.techniques.quantization.ptq import calibration_batches
+
+    split = ctx.data.train
+    modules = dict(model.named_modules())
+    stats = {n: InputStatistics(modules[n].in_features) for n in names}
+    mask: list[torch.Tensor | None] = [None]
+
+    def hook(module, args, name):
+        x = args[0]
+        if mask[0] is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask[0].shape):
+            x = x[mask[0].bool()]
+        stats[name].add(x)
+
+    handles = [modules[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in calibration_batches(split, samples, 32, ctx.seed):
+            batch = tuple(t.to(ctx.device) for t in split.trim(batch))
+            mask[0] = batch[split.mask_input] if split.mask_input is not None else None
+            model(*batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return stats
+
+
+def _plan(model: nn.Module, cfg: FactorizeConfig, chosen: dict, factorizer: _Factorizer, ctx: Context
+          ) -> tuple[dict[str, int | tuple[int, int] | None], dict[str, Any]]:
+    """{name: rank, or None to leave dense} and what the search (if any) found."""
+    how, value = cfg.selection()
+    if how != "search":
+        return {name: _rank_for(layer, kind, how, value, lambda n=name, l=layer: factorizer.spectrum(n, l))
+                for name, (layer, kind) in chosen.items()}, {}
+    return _search(model, cfg.search, chosen, factorizer, ctx)
+
+
+def _search(model: nn.Module, search: SearchConfig, chosen: dict, factorizer: _Factorizer, ctx: Context
+            ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-layer ranks under a quality budget: each layer's drop at each ratio, alone (its
+    sensitivity curve), then the cheapest allocation whose summed drops stay within a budget,
+    checked on the whole model; the budget is halved until the check passes."""
+    from slimkit.measure.quality import predict
+
+    val = ctx.data.val.head(min(search.samples, len(ctx.data.val)))
+
+    def quality() -> float:
+        return ctx.task.evaluate(predict(model.eval(), val, 256, ctx.device), val.targets)["quality"]
+
+    def swapped(assignment: dict[str, Any]) -> float:
+        originals = {}
+        for name, rank in assignment.items():
+            layer, kind = chosen[name]
+            originals[name] = layer
+            model.set_submodule(name, factorizer.twin(name, layer, kind, rank)[0])
+        try:
+            return quality()
+        finally:
+            for name, layer in originals.items():
+                model.set_submodule(name, layer)
+
+    reference = quality()
+    options: dict[str, list[tuple[int, Any, float]]] = {}  # name -> [(weights, rank, drop)], dense first
+    for name, (layer, kind) in chosen.items():
+        opts = [(layer.weight.numel(), None, 0.0)]
+        for ratio in sorted(set(search.ratios), reverse=True):
+            rank = _rank_for(layer, kind, "ratio", ratio, None)
+            weights = _weights_of(layer, kind, rank)
+            if weights < opts[-1][0]:
+                opts.append((weights, rank, max(0.0, 100 * (reference - swapped({name: rank})))))
+        options[name] = opts
+    evaluations = sum(len(o) - 1 for o in options.values()) + 1
+    budget, tried = search.max_drop, []
+    while True:
+        plan = _allocate(options, budget)
+        assignment = {n: r for n, r in plan.items() if r is not None}
+        drop = 100 * (reference - swapped(assignment)) if assignment else 0.0
+        evaluations += 1
+        tried.append({"budget": budget, "drop": drop, "layers": len(assignment)})
+        if drop <= search.max_drop or not assignment:
+            break
+        budget /= 2
+    sensitivity = {n: {f"{w}": round(d, 4) for w, _, d in opts[1:]} for n, opts in options.items()}
+    return plan, {"reference": reference, "drop": drop, "tried": tried, "evaluations": evaluations,
+                  "sensitivity_pt": sensitivity}
+
+
+def _allocate(options: dict[str, list[tuple[int, Any, float]]], budget: float) -> dict[str, Any]:
+    """Greedy: repeatedly take the one-layer move to a smaller option that saves the most weights
+    per point of (solo) drop added, while the summed drops stay within ``budget``."""
+    current = {n: 0 for n in options}
+    spent = 0.0
+    while True:
+        best, best_score = None, -1.0
+        for name, opts in options.items():
+            here = opts[current[name]]
+            for j in range(current[name] + 1, len(opts)):
+                added = opts[j][2] - here[2]
+                if spent + added > budget + 1e-12:
+                    continue
+                score = (here[0] - opts[j][0]) / max(added, 1e-6)
+                if score > best_score:
+                    best, best_score = (name, j, added), score
+        if best is None:
+            return {n: options[n][i][1] for n, i in current.items()}
+        name, j, added = best
+        current[name] = j
+        spent += max(added, 0.0)
+
+
+# ----------------------------------------------------------------------------------- the step
+def _skeleton(layer: nn.Module, kind: str, rank) -> nn.Module:
+    from slimkit.techniques.lowrank.conv import CPConv, Tucker2Conv
+    from slimkit.techniques.lowrank.svd import LowRankLinear
+
+    if kind == "svd":
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"svd needs a Linear, found {type(layer).__name__}")
+        return LowRankLinear(layer.in_features, layer.out_features, int(rank), bias=layer.bias is not None)
+    if not isinstance(layer, nn.Conv2d):
+        raise TypeError(f"{kind} needs a Conv2d, found {type(layer).__name__}")
+    return Tucker2Conv(layer, tuple(rank)) if kind == "tucker2" else CPConv(layer, int(rank))
+
+
+def restore_factorize(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Re-create the factorized layers (sizes only) for the checkpoint to load into."""
+    try:
+        modules = dict(model.named_modules())
+        for name, spec in structure["factorized"].items():
+            layer = modules[name]
+            model.set_submodule(name, _skeleton(layer, spec["kind"], spec["rank"]).to(layer.weight.device))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"factorize step's recorded structure is malformed ({err!r})") from None
+    return model
+
+
+@register_step("factorize", config=FactorizeConfig, restore=restore_factorize)
+def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResult:
+    """Low-rank factorization: each chosen Linear becomes two thinner Linears (truncated SVD,
+    plain or activation-aware), each chosen Conv2d a Tucker-2 or CP chain of convolutions; layers
+    whose rank saves nothing stay dense. Then optionally fine-tuned."""
+    from slimkit.measure.macs import count_macs_by_module
+    from slimkit.techniques.pruning.sparse import is_sparse_encoded
+    from slimkit.techniques.quantization.modules import is_quantized
+    from slimkit.techniques.sharing.codebook import is_shared
+    from slimkit.train.config import TrainConfig
+
+    if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
+        raise ConfigError("factorize: the model is already quantized, shared or pruned-and-encoded; factorize "
+                          "before those steps")
+    chosen = _chosen_layers(model, cfg)
+    linear = [n for n, (_, kind) in chosen.items() if kind == "svd"]
+    stats = input_statistics(model, linear, ctx, cfg.calibration_samples) if cfg.method != "plain" and linear else {}
+    factorizer = _Factorizer(cfg, stats, ctx.seed)
+    plan, search = _plan(model, cfg, chosen, factorizer, ctx)
+
+    example = tuple(t.to(ctx.device) for t in ctx.data.val.example_inputs(1))
+    macs_before = count_macs_by_module(model, example)
+    layers: dict[str, dict[str, Any]] = {}
+    structure: dict[str, dict[str, Any]] = {}
+    for name, (layer, kind) in chosen.items():
+        rank = plan.get(name)
+        weights = layer.weight.numel()
+        row: dict[str, Any] = {"kind": kind, "weights": weights, "macs": macs_before.get(name, 0)}
+        new_weights = None if rank is None else _weights_of(layer, kind, rank)
+        if new_weights is None or new_weights >= weights:
+            row["kept_dense"] = "searched" if rank is None else f"rank {rank} saves nothing"
+            layers[name] = row
+            continue
+        twin, extra = factorizer.twin(name, layer, kind, rank)
+        model.set_submodule(name, twin)
+        row.update(rank=list(rank) if isinstance(rank, tuple) else rank, factorized_weights=new_weights, **extra)
+        layers[name] = row
+        structure[name] = {"kind": kind, "rank": row["rank"]}
+    if not structure:
+        raise ConfigError("factorize: no chosen layer gets smaller at the selected ranks "
+                          f"({cfg.selection()[0]} = {cfg.selection()[1]}); lower it")
+    macs_after = count_macs_by_module(model, example)
+    for name in structure:
+        layers[name]["factorized_macs"] = macs_after.get(name, 0)
+    done = [layers[n] for n in structure]
+    info: dict[str, Any] = {
+        "method": cfg.method, "conv": cfg.conv, "selection": {cfg.selection()[0]: (cfg.search.to_json_dict() if cfg.search else cfg.selection()[1])},
+        "layers_factorized": len(structure), "layers_dense": len(layers) - len(structure),
+        "weights": sum(r["weights"] for r in done), "factorized_weights": sum(r["factorized_weights"] for r in done),
+        "macs": sum(r["macs"] for r in done), "factorized_macs": sum(r["factorized_macs"] for r in done),
+        "layers": layers}
+    if search:
+        info["search"] = search
+    info["quality_before_finetune"] = ctx.validate(model)
+    if cfg.epochs:
+        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+        info["train"] = ctx.train(model, train, description="factorize").summary()
+    return StepResult(model, info=info, structure={"factorized": structure})
