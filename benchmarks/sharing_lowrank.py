@@ -276,11 +276,11 @@ def render_minilm(res: dict[str, Any], command: str, stamp: str) -> str:
         b1, bn = m.get("latency_b1") or {}, m.get("latency_bN") or {}
         knn = (m.get("quality_metrics") or {}).get("knn10_overlap")
         return (f"| {name} | {tune} | {m['quality']:.4f} | {'—' if knn is None else f'{knn:.3f}'} | {m['params']:,} | "
-                f"{encoder_params(m['params']):,} ({1 - encoder_params(m['params']) / encoder_params(base['params']):.0%}"
+                f"{encoder_params(m['params']):,} ({1 - encoder_params(m['params']) / encoder_params(base['params']):.1%}"
                 f" fewer) | {m['macs']:,} | {b1.get('median_ms', float('nan')):.2f} | "
                 f"{bn.get('median_ms', float('nan')):.2f} |")
 
-    lines.append(line("none (FP32)", "—", base).replace("(0% fewer)", ""))
+    lines.append(line("none (FP32)", "—", base).replace(" (0.0% fewer)", ""))
     names = {"plain": "plain SVD", "asvd": "ASVD (activation-scaled)", "whiten": "SVD-LLM (whitened)"}
     for method, row in res["before"].items():
         lines.append(line(names[method], "none", row["metrics"]))
@@ -300,8 +300,8 @@ def render_minilm(res: dict[str, Any], command: str, stamp: str) -> str:
                              f"{c['paired_bN_ms']:.3f} ms ({c['speedup_vs_versus_bN']:.2f}×); max relative "
                              f"difference from eager {c.get('max_rel_diff', 0):.1e}.")
     ffn = res["runs"]["whiten"][1]["info"]
-    notes.append(f"FFN weights {ffn['weights']:,} → {ffn['factorized_weights']:,}; FFN MACs per token-batch of the "
-                 f"timing shape {ffn['macs']:,} → {ffn['factorized_macs']:,}.")
+    notes.append(f"FFN weights {ffn['weights']:,} → {ffn['factorized_weights']:,}; FFN MACs per sentence of 64 "
+                 f"tokens {ffn['macs']:,} → {ffn['factorized_macs']:,}.")
     lines += ["", *notes, "", "Recipe (the whitened run):", "", "```json", json.dumps(res["recipe"], indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.io import load_state_dict
 from slimkit.recipes.runner import run_recipe
-from slimkit.techniques.lowrank import lora_step  # noqa: F401  (registers the step)
+from slimkit.techniques.lowrank import lora_step
 from slimkit.techniques.lowrank.lora import LoRALinear, add_lora_, freeze_except_lora_, merge_lora_
 
 MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}

@@ -308,6 +308,8 @@ def _skeleton(layer: nn.Module, kind: str, rank) -> nn.Module:
     from slimkit.techniques.lowrank.conv import CPConv, Tucker2Conv
     from slimkit.techniques.lowrank.svd import LowRankLinear
 
+    if kind not in ("svd", "tucker2", "cp"):
+        raise ValueError(f"unknown factorization kind {kind!r}")
     if kind == "svd":
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"svd needs a Linear, found {type(layer).__name__}")
@@ -367,6 +369,10 @@ def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResul
         row.update(rank=list(rank) if isinstance(rank, tuple) else rank, factorized_weights=new_weights, **extra)
         layers[name] = row
         structure[name] = {"kind": kind, "rank": row["rank"]}
+    if not structure and cfg.search is not None:
+        least = {n: min(curve.values()) for n, curve in search["sensitivity_pt"].items() if curve}
+        raise ConfigError(f"factorize: no layer can be factorized within search.max_drop = {cfg.search.max_drop} "
+                          f"points (each layer's smallest solo drop: {least}); raise max_drop or the ratios")
     if not structure:
         raise ConfigError("factorize: no chosen layer gets smaller at the selected ranks "
                           f"({cfg.selection()[0]} = {cfg.selection()[1]}); lower it")
