@@ -208,3 +208,22 @@ def test_a_malformed_recorded_structure_is_a_checkpoint_error():
             restore_factorize(model, structure)
     restore_factorize(model, {"factorized": {"0": {"kind": "tucker2", "rank": [4, 2]}, "2": {"kind": "svd", "rank": 2}}})
     assert isinstance(model[0], Tucker2Conv) and isinstance(model[2], LowRankLinear)
+
+
+def test_whitening_a_layer_the_forward_pass_never_reaches_names_it():
+    from slimkit.core.context import Context
+    from slimkit.tasks import build_task
+    from slimkit.techniques.lowrank.step import FactorizeConfig, factorize
+
+    class WithUnused(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net, self.unused = net, nn.Linear(64, 64)  # registered, never called
+
+        def forward(self, x):
+            return self.net(x)
+
+    task = build_task("digits-mlp")
+    model = WithUnused(task.build_model())
+    with pytest.raises(ConfigError, match=r"no calibration input reached \['unused'\]"):
+        factorize(model, FactorizeConfig(method="whiten", min_weights=1), Context(task=task))

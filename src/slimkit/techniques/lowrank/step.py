@@ -217,6 +217,10 @@ def input_statistics(model: nn.Module, names: list[str], ctx: Context, samples: 
         for h in handles:
             h.remove()
         model.train(was_training)
+    unreached = [n for n, s in stats.items() if s.n == 0]
+    if unreached:
+        raise ConfigError(f"factorize: no calibration input reached {unreached} (unused in forward?); "
+                          "skip them or use method: plain")
     return stats
 
 

@@ -42,17 +42,8 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
-    def weight_product(self) -> torch.Tensor:
-        """The dense weight this layer computes with, ``up @ down``."""
-        return self.up.weight @ self.down.weight
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
-
-
-def break_even_rank(out_features: int, in_features: int) -> int:
-    """The largest rank below which the factorized layer has fewer parameters than the dense one."""
-    return (out_features * in_features) // (out_features + in_features)
 
 
 def rank_for_ratio(out_features: int, in_features: int, ratio: float) -> int:
