@@ -218,14 +218,25 @@ def embedding_params() -> int:
     return sum(p.numel() for n, p in model.named_parameters() if ".embeddings." in n)
 
 
-def minilm_recipe(args, method: str = "whiten") -> dict[str, Any]:
+def minilm_recipe(args, method: str = "whiten", hidden: bool = True) -> dict[str, Any]:
+    """The shipped recipe with the command's settings; ``hidden=False`` drops the hidden-state term
+    (the embedding-only control)."""
     recipe = shipped("minilm-lowrank.yaml")
     recipe["measure"].update(threads=args.threads, repeats=args.repeats)
     factorize, distill = recipe["steps"][0]["factorize"], recipe["steps"][1]["distill"]
     factorize.update(method=method, ratio=args.minilm_ratio)
     distill.update(epochs=args.minilm_epochs, lr=args.minilm_lr)
     distill["data"]["generate"]["count"] = args.minilm_generated
+    if hidden and args.minilm_hidden_weight > 0:
+        distill["losses"]["features"]["weight"] = args.minilm_hidden_weight
+    else:
+        del distill["losses"]["features"]
     return recipe
+
+
+# the fine-tuned arms: {label: (factorization, hidden-state term, deploy)}; the first always runs
+MINILM_ARMS = {"whiten": ("whiten", True, True), "embedding-only": ("whiten", False, False),
+               "plain": ("plain", True, False)}
 
 
 def _step_row(step: dict[str, Any]) -> dict[str, Any]:
@@ -248,17 +259,21 @@ def minilm_section(args, folder: Path, progress) -> dict[str, Any]:
         base, step = run_recipe(recipe, folder / f"before-{method}").results["steps"]
         before[method] = _step_row(step)
     runs = {}
-    for method in ("whiten", "plain") if args.minilm_control else ("whiten",):
-        progress(f"minilm: {method} SVD, fine-tuned, ONNX Runtime")
-        recipe = minilm_recipe(args, method)
-        if method == "plain":
-            recipe["steps"] = recipe["steps"][:2]  # the control: same fine-tune, no deploy
-        runs[method] = [_step_row(s) for s in run_recipe(recipe, folder / f"tuned-{method}").results["steps"]]
+    for label in ["whiten", *args.minilm_controls]:
+        method, hidden, deploy = MINILM_ARMS[label]
+        progress(f"minilm: {method} SVD, fine-tuned{'' if hidden else ' on embeddings only'}"
+                 f"{', ONNX Runtime' if deploy else ''}")
+        recipe = minilm_recipe(args, method, hidden)
+        if not deploy:
+            recipe["steps"] = recipe["steps"][:2]  # a control: the fine-tune only
+        steps = [_step_row(s) for s in run_recipe(recipe, folder / f"tuned-{label}").results["steps"]]
+        runs[label] = {"method": method, "hidden": "features" in recipe["steps"][1]["distill"]["losses"],
+                       "steps": steps}
     return {"before": before, "runs": runs, "recipe": minilm_recipe(args), "embedding_params": embedding_params()}
 
 
 def render_minilm(res: dict[str, Any], command: str, stamp: str) -> str:
-    base = res["runs"]["whiten"][0]["metrics"]
+    base = res["runs"]["whiten"]["steps"][0]["metrics"]
 
     def encoder_params(params: int) -> int:
         return params - res["embedding_params"]
@@ -285,21 +300,25 @@ def render_minilm(res: dict[str, Any], command: str, stamp: str) -> str:
     for method, row in res["before"].items():
         lines.append(line(names[method], "none", row["metrics"]))
     notes = []
-    for method, steps in res["runs"].items():
+    for label, run in res["runs"].items():
+        steps, name = run["steps"], names[run["method"]]
         tuned = next(s for s in steps if s["step"] == "distill")
-        lines.append(line(names[method], f"{tuned['info']['train']['epochs']} epochs", tuned["metrics"]))
+        terms = "embeddings + hidden states" if run["hidden"] else "embeddings only"
+        n = tuned["info"]["train"]["epochs"]
+        lines.append(line(name, f"{n} epoch{'' if n == 1 else 's'}, {terms}", tuned["metrics"]))
         t = tuned["info"]["train"]
-        notes.append(f"{names[method]}: fine-tuned on the corpus + {tuned['info'].get('generated_rows')} spliced "
-                     f"sentences, best epoch {t['best_epoch']} (validation cosine {t['best_val_quality']:.4f}).")
+        curve = ", ".join(f"{v:.4f}" for v in t.get("val_history", []))
+        notes.append(f"{name}, {terms}: fine-tuned on the corpus + {tuned['info'].get('generated_rows')} spliced "
+                     f"sentences, best epoch {t['best_epoch']} (validation cosine by epoch: {curve}).")
         deploy = next((s for s in steps if s["step"] == "deploy"), None)
         for c in (deploy or {"info": {}})["info"].get("candidates") or []:
             if c.get("paired_b1_ms") is not None:
-                notes.append(f"{names[method]}, fine-tuned: ONNX Runtime, paired with the FP32 model in one process: "
+                notes.append(f"{name}, fine-tuned: ONNX Runtime, paired with the FP32 model in one process: "
                              f"b1 {c['versus_b1_ms']:.3f} → {c['paired_b1_ms']:.3f} ms "
                              f"({c['speedup_vs_versus_b1']:.2f}× faster), b32 {c['versus_bN_ms']:.3f} → "
                              f"{c['paired_bN_ms']:.3f} ms ({c['speedup_vs_versus_bN']:.2f}×); max relative "
                              f"difference from eager {c.get('max_rel_diff', 0):.1e}.")
-    ffn = res["runs"]["whiten"][1]["info"]
+    ffn = res["runs"]["whiten"]["steps"][1]["info"]
     notes.append(f"FFN weights {ffn['weights']:,} → {ffn['factorized_weights']:,}; FFN MACs per sentence of 64 "
                  f"tokens {ffn['macs']:,} → {ffn['factorized_macs']:,}.")
     lines += ["", *notes, "", "Recipe (the whitened run):", "", "```json", json.dumps(res["recipe"], indent=1), "```", ""]
@@ -448,8 +467,9 @@ SECTIONS = {
     "hashednets": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --compression {a.compression} "
                             f"--hash-epochs {a.hash_epochs}",
     "minilm": lambda a: f"--minilm-ratio {a.minilm_ratio} --minilm-epochs {a.minilm_epochs} --minilm-lr {a.minilm_lr} "
-                        f"--minilm-generated {a.minilm_generated} --repeats {a.repeats}"
-                        f"{' --minilm-control' if a.minilm_control else ''}",
+                        f"--minilm-generated {a.minilm_generated} --minilm-hidden-weight {a.minilm_hidden_weight} "
+                        f"--repeats {a.repeats}"
+                        f"{' --minilm-controls ' + ' '.join(a.minilm_controls) if a.minilm_controls else ''}",
     "lora": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --lora-rank {a.lora_rank} --lora-epochs {a.lora_epochs}",
     "conv": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --conv-ratio {a.conv_ratio} --conv-epochs {a.conv_epochs}",
 }
@@ -466,8 +486,11 @@ def main() -> None:
     parser.add_argument("--minilm-epochs", type=int, default=8, help="minilm: fine-tuning epochs")
     parser.add_argument("--minilm-lr", type=float, default=2e-4, help="minilm: fine-tuning learning rate")
     parser.add_argument("--minilm-generated", type=int, default=8000, help="minilm: spliced sentences")
-    parser.add_argument("--minilm-control", action="store_true",
-                        help="minilm: also fine-tune the plain-SVD model the same way (another ~30 minutes)")
+    parser.add_argument("--minilm-hidden-weight", type=float, default=1.0,
+                        help="minilm: weight of the hidden-state term (0: embeddings only)")
+    parser.add_argument("--minilm-controls", nargs="*", default=[], choices=[a for a in MINILM_ARMS if a != "whiten"],
+                        help="minilm: control fine-tunes, ~25 minutes each: the same without the hidden-state term "
+                             "(embedding-only), or of the plain-SVD model (plain)")
     parser.add_argument("--repeats", type=int, default=30, help="minilm: latency repeats")
     parser.add_argument("--conv-ratio", type=float, default=0.4, help="conv: weights kept per factorized layer")
     parser.add_argument("--conv-epochs", type=int, default=8, help="conv: fine-tuning epochs")

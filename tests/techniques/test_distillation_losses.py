@@ -122,6 +122,43 @@ def test_feature_distillation_adapts_widths_refuses_other_shapes_and_its_adapter
         FeatureDistillation(student, teacher, {"1": "missing"}, (x[:2],))
 
 
+class _Tokens(nn.Module):
+    """(ids, mask) -> per-token features (N, L, C), like an encoder layer's hidden states."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.embed, self.body = nn.Embedding(10, width), nn.Linear(width, width)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.body(self.embed(ids)).mean(1)
+
+
+def test_feature_distillation_without_adapter_compares_hidden_states_of_real_tokens_only():
+    torch.manual_seed(0)
+    student, teacher = _Tokens(4), _Tokens(4)
+    ids = torch.randint(0, 10, (3, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    term = FeatureDistillation(student, teacher, {"body": "body"}, (ids[:2], mask[:2]), adapter="none",
+                               mask_input=1)
+    assert isinstance(term.adapters["body"], nn.Identity) and term.trainable_parameters() == []
+    value = term(batch_of(student, ids, mask))
+    fs, ft = student.body(student.embed(ids)), teacher.body(teacher.embed(ids))
+    real = mask.bool()
+    assert float(value) == pytest.approx(float(((fs - ft)[real] ** 2).mean()), rel=1e-6)
+    assert float(value) != pytest.approx(float(F.mse_loss(fs, ft)), rel=1e-3)  # padding would count otherwise
+    # padding tokens' features do not move the term
+    other = ids.clone()
+    other[2, 1:] = (other[2, 1:] + 1) % 10
+    assert float(term(batch_of(student, other, mask))) == pytest.approx(float(value), rel=1e-6)
+
+    unmasked = FeatureDistillation(student, teacher, {"body": "body"}, (ids[:2], mask[:2]), adapter="none")
+    assert float(unmasked(batch_of(student, ids, mask))) == pytest.approx(float(F.mse_loss(fs, ft)), rel=1e-6)
+    with pytest.raises(ConfigError, match=r"adapter 'none'.*\(2, 5, 4\).*\(2, 5, 8\).*adapter: linear"):
+        FeatureDistillation(student, _Tokens(8), {"body": "body"}, (ids[:2], mask[:2]), adapter="none")
+    with pytest.raises(ConfigError, match="adapter must be"):
+        FeatureDistillation(student, teacher, {"body": "body"}, (ids[:2], mask[:2]), adapter="conv")
+
+
 def test_attention_relation_matches_a_hand_computation_and_keeps_padding_out():
     x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (1, 3, 2), the third token is padding
     mask = torch.tensor([[1, 1, 0]])

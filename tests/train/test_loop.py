@@ -107,3 +107,4 @@ def test_keep_best_restores_best_validation_epoch():
     result = fit(model, data, TrainConfig(epochs=3, batch_size=64), loss_terms=[TaskLoss(F.cross_entropy)],
                  validate=validate, seed=0)
     assert result.best_epoch == 2 and torch.equal(model[0].weight, best["w"])
+    assert result.summary()["val_history"] == [0.5, 0.9, 0.1] and result.summary()["best_val_quality"] == 0.9

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,10 +29,12 @@ class FitResult:
     best_val: float | None
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float | int | None]:
+    def summary(self) -> dict[str, Any]:
+        """The run in brief, with the validation quality of every epoch (empty without validation)."""
         last = self.history[-1] if self.history else {}
         return {"epochs": self.epochs, "steps": self.steps, "best_epoch": self.best_epoch,
-                "best_val_quality": self.best_val, "final_train_loss": last.get("loss")}
+                "best_val_quality": self.best_val, "final_train_loss": last.get("loss"),
+                "val_history": [r["val_quality"] for r in self.history if "val_quality" in r]}
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

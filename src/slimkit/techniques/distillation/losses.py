@@ -176,14 +176,20 @@ class FeatureDistillation(_LayerPairs):
     """FitNets hints: ``MSE(adapter(student feature), teacher feature)`` summed over the pairs. The
     adapter is a learned 1x1 conv (4-D features) or linear map from the student's channels to the
     teacher's (created even when the widths agree, as FitNets' regressor is), sized on
-    ``example_inputs``; spatial sizes and ranks must match."""
+    ``example_inputs``; spatial sizes and ranks must match. ``adapter="none"`` compares the
+    features directly (TinyBERT's hidden-state term for a student as wide as its teacher, such as
+    a factorized or pruned copy of it): the widths must agree. With ``mask_input`` set, sequence
+    features (N, L, C) count only the real tokens of that attention-mask input."""
 
     name = "kd_features"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | Teacher, pairs: dict[str, str],
-                 example_inputs: Sequence[torch.Tensor], weight: float = 1.0) -> None:
+                 example_inputs: Sequence[torch.Tensor], weight: float = 1.0,
+                 adapter: Literal["linear", "none"] = "linear", mask_input: int | None = None) -> None:
         super().__init__(student, teacher, pairs)
-        self.weight = weight
+        if adapter not in ("linear", "none"):
+            raise ConfigError(f"feature distillation: adapter must be 'linear' or 'none', got {adapter!r}")
+        self.weight, self.mask_input = weight, mask_input
         was_training = student.training
         with torch.no_grad():
             student.eval()(*example_inputs)
@@ -192,8 +198,15 @@ class FeatureDistillation(_LayerPairs):
         for s, t, fs, ft in self.features(Batch(student, tuple(example_inputs), torch.empty(0), torch.empty(0))):
             self._check(s, t, fs, ft)
             conv = fs.dim() == 4
-            self.adapters[s.replace(".", "/")] = (nn.Conv2d(fs.shape[1], ft.shape[1], 1, bias=False) if conv
-                                                  else nn.Linear(fs.shape[-1], ft.shape[-1], bias=False))
+            if adapter == "none":
+                if fs.shape != ft.shape:
+                    raise ConfigError(f"feature distillation: adapter 'none' compares features directly, but student "
+                                      f"layer {s!r} gives {tuple(fs.shape)} and teacher layer {t!r} gives "
+                                      f"{tuple(ft.shape)}; use adapter: linear")
+                self.adapters[s.replace(".", "/")] = nn.Identity()
+            else:
+                self.adapters[s.replace(".", "/")] = (nn.Conv2d(fs.shape[1], ft.shape[1], 1, bias=False) if conv
+                                                      else nn.Linear(fs.shape[-1], ft.shape[-1], bias=False))
 
     @staticmethod
     def _check(s: str, t: str, fs: torch.Tensor, ft: torch.Tensor) -> None:
@@ -208,10 +221,15 @@ class FeatureDistillation(_LayerPairs):
         return list(self.adapters.parameters())
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        mask = None if self.mask_input is None else batch.inputs[self.mask_input].bool()
         total = 0.0
         for s, t, fs, ft in self.features(batch):
             adapter = self.adapters[s.replace(".", "/")].to(fs.device)
-            total = total + F.mse_loss(adapter(fs), ft)
+            predicted = adapter(fs)
+            if mask is not None and predicted.dim() == 3 and predicted.shape[:2] == mask.shape:
+                total = total + F.mse_loss(predicted[mask], ft[mask])  # real tokens only
+            else:
+                total = total + F.mse_loss(predicted, ft)
         return total
 
 

@@ -80,6 +80,12 @@ class PairsLoss(Config):
     weight: float = Field(1.0, ge=0, description="weight of the term")
 
 
+class FeaturesLoss(PairsLoss):
+    adapter: Literal["linear", "none"] = Field("linear", description="linear: a learned map from the student's "
+                                               "channels to the teacher's (FitNets); none: compare the features "
+                                               "directly (same shapes; TinyBERT's hidden-state term)")
+
+
 class AttentionLoss(PairsLoss):
     p: float = Field(2.0, gt=0, description="attention map exponent (|F|^p, mean over channels)")
 
@@ -91,7 +97,8 @@ class RelationLoss(PairsLoss):
 class Losses(Config):
     logits: LogitsLoss | None = Field(None, description="Hinton's soft targets")
     embedding: EmbeddingLoss | None = Field(None, description="output embeddings (sentence encoders)")
-    features: PairsLoss | None = Field(None, description="FitNets hints through learned adapters")
+    features: FeaturesLoss | None = Field(None, description="FitNets hints through learned adapters, or "
+                                          "hidden states matched directly (padding tokens excluded)")
     attention: AttentionLoss | None = Field(None, description="attention transfer of spatial maps")
     relation: RelationLoss | None = Field(None, description="MiniLMv2 self-attention relations")
 
@@ -165,7 +172,8 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
     if spec.embedding:
         terms.append(L.EmbeddingDistillation(frozen, spec.embedding.loss, spec.embedding.weight))
     if spec.features:
-        terms.append(L.FeatureDistillation(student, frozen, spec.features.pairs, inputs, spec.features.weight))
+        terms.append(L.FeatureDistillation(student, frozen, spec.features.pairs, inputs, spec.features.weight,
+                                           spec.features.adapter, data.train.mask_input))
     if spec.attention:
         terms.append(L.AttentionTransfer(student, frozen, spec.attention.pairs, spec.attention.p,
                                          spec.attention.weight))
