@@ -39,6 +39,7 @@ def test_a_pruned_model_distilled_from_its_baseline_with_features(tmp_path):
     ({"teacher": "input", "student": "input"}, "both the model entering"),
     ({"losses": {}}, "at least one"),
     ({"losses": {"features": {"pairs": {}}}}, "at least 1"),
+    ({"losses": {"features": {"pairs": {"1": "1"}, "adapter": "conv"}}}, "(?s)features.adapter.*'linear' or 'none'"),
     ({"losses": {"logits": {"temperature": 0}}}, "greater than 0"),
     ({"student": {"model": "mlp_digits", "typo": 1}}, "typo"),
     ({"student": {"model": "mlp_digitz"}}, "mlp_digits"),
