@@ -19,8 +19,9 @@ and .json with the command that reproduces it.
   cut from the teacher (channels pruned to `--derive-width`, teacher weights kept) distilled.
 - minilm: all-MiniLM-L6-v2 -> 3 layers (1, 3, 5 dropped; the teacher's weights kept): cosine to
   the teacher before distilling (for several choices of kept layers), after distilling with the
-  embedding term on the corpus's training split, and with spliced sentences added; exported to
-  ONNX Runtime and timed against the teacher in one process (paired b1 and b32).
+  embedding term on the corpus's training split, with spliced sentences added, and with the
+  hidden-state term too (the shipped recipe); that one exported to ONNX Runtime and timed against
+  the teacher in one process (paired b1 and b32).
 """
 
 from __future__ import annotations
