@@ -17,9 +17,10 @@
 - minilm: all-MiniLM-L6-v2's 12 FFN Linears factorized to 54% of their weights (30% of the
   encoder's parameters removed) by plain, activation-scaled (ASVD) and whitened (SVD-LLM) truncated SVD:
   cosine to the FP32 embeddings before fine-tuning; then the shipped
-  `recipes/minilm-lowrank.yaml` (whitened, fine-tuned against the FP32 embeddings, exported to
-  ONNX Runtime and timed against the FP32 model in one process), and with `--minilm-control`
-  the same fine-tune from plain SVD.
+  `recipes/minilm-lowrank.yaml` (whitened, fine-tuned against the FP32 embeddings and every
+  layer's hidden states, exported to ONNX Runtime and timed against the FP32 model in one
+  process); `--minilm-controls embedding-only plain` adds the same fine-tune without the
+  hidden-state term, or from plain SVD.
 - conv: `digits-cnn`'s 3x3 convolutions as Tucker-2 chains (`recipes/digits-cnn-lowrank.yaml`)
   and as CP chains from the same baseline, over `--seeds`: MACs of the factorized layers,
   accuracy before and after fine-tuning, and every runtime timed against the baseline (the
