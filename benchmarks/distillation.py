@@ -52,10 +52,10 @@ def run(folder: Path, task: Any, seed: int, baseline: dict[str, Any], steps: lis
 
 
 def distill_step(student: Any, *, kd: float, temperature: float = 4.0, data: dict[str, Any] | None = None,
-                 **train: Any) -> dict[str, Any]:
+                 hard_weight: float = 1.0, **finetune: Any) -> dict[str, Any]:
     """kd = 0: the control (the soft-target term weighs nothing; hard labels only)."""
     return {"distill": {"student": student, "losses": {"logits": {"weight": kd, "temperature": temperature}},
-                        "data": data or {}, **train}}
+                        "data": data or {}, "hard_weight": hard_weight, "finetune": finetune}}
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -210,7 +210,7 @@ def minilm_conditions(args) -> dict[str, list[dict[str, Any]]]:
     import copy
 
     steps = shipped("minilm-distill.yaml")["steps"]
-    steps[0]["distill"].update(epochs=args.minilm_epochs, lr=args.minilm_lr)
+    steps[0]["distill"]["finetune"].update(epochs=args.minilm_epochs, lr=args.minilm_lr)
     steps[0]["distill"]["data"]["generate"]["count"] = args.minilm_generated
     embedding_only = copy.deepcopy(steps[0])
     del embedding_only["distill"]["losses"]["features"]

@@ -43,18 +43,18 @@ from common import publish_section, section_stamp  # noqa: E402
 
 def configs(sparsity: float, epochs: int) -> list[tuple[str, dict[str, Any] | None]]:
     """(row name, prune step config; None = the dense fine-tune control)."""
-    s = sparsity
+    s, tune = sparsity, {"finetune": {"epochs": epochs}}
     return [
         (f"dense fine-tune ({epochs} ep)", None),
         (f"magnitude {s:.0%} global, no fine-tune", {"sparsity": s}),
         (f"magnitude {s:.0%} per layer, no fine-tune", {"sparsity": s, "scope": "layer"}),
-        (f"magnitude {s:.0%} global, one-shot + fine-tune", {"sparsity": s, "epochs": epochs}),
-        (f"magnitude {s:.0%} per layer, one-shot + fine-tune", {"sparsity": s, "scope": "layer", "epochs": epochs}),
-        (f"magnitude {s:.0%} global, cubic", {"sparsity": s, "epochs": epochs, "schedule": "cubic"}),
-        (f"movement {s:.0%} global, cubic", {"sparsity": s, "epochs": epochs, "schedule": "cubic",
+        (f"magnitude {s:.0%} global, one-shot + fine-tune", {"sparsity": s, **tune}),
+        (f"magnitude {s:.0%} per layer, one-shot + fine-tune", {"sparsity": s, "scope": "layer", **tune}),
+        (f"magnitude {s:.0%} global, cubic", {"sparsity": s, **tune, "schedule": "cubic"}),
+        (f"movement {s:.0%} global, cubic", {"sparsity": s, **tune, "schedule": "cubic",
                                              "criterion": "movement"}),
-        (f"random {s:.0%} global, one-shot + fine-tune", {"sparsity": s, "epochs": epochs, "criterion": "random"}),
-        ("magnitude 2:4, one-shot + fine-tune", {"pattern": "2:4", "epochs": epochs}),
+        (f"random {s:.0%} global, one-shot + fine-tune", {"sparsity": s, **tune, "criterion": "random"}),
+        ("magnitude 2:4, one-shot + fine-tune", {"pattern": "2:4", **tune}),
     ]
 
 

@@ -30,7 +30,8 @@ def shapes_recipe(seed: int, threads: int, target_macs: float, epochs: int, crit
     recipe = shipped("shapes-cnn-prune.yaml")
     recipe["seed"] = seed
     recipe["measure"]["threads"] = threads
-    recipe["steps"][0]["prune_structured"].update(target_macs=target_macs, epochs=epochs, criterion=criterion)
+    recipe["steps"][0]["prune_structured"].update(target_macs=target_macs, criterion=criterion,
+                                                  finetune={"epochs": epochs})
     return recipe
 
 

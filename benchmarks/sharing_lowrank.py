@@ -116,7 +116,7 @@ def sharing_section(args, folder: Path, progress) -> dict[str, Any]:
                               "baseline": {} if baseline is None else {"weights": baseline},
                               "measure": {"batch_n": 64, "repeats": 3, "warmup": 1, "threads": args.threads,
                                           "memory": False},
-                              "steps": [{"cluster": {"clusters": 16, "init": init, "epochs": epochs, "lr": 1e-4}}]}
+                              "steps": [{"cluster": {"clusters": 16, "init": init, "finetune": {"epochs": epochs, "lr": 1e-4}}}]}
                     run_dir = folder / f"{task}-{seed}-{init}-{epochs}"
                     base, step = run_recipe(recipe, run_dir).results["steps"]
                     baseline = baseline or str(run_dir / base["artifact"])
@@ -166,10 +166,10 @@ def hashednets_section(args, folder: Path, progress) -> dict[str, Any]:
     for seed in args.seeds:
         progress(f"hashednets seed {seed}: LeNet-300-100, its hashed twin trained from scratch, from the dense weights")
         recipe = {"task": "mnist-mlp", "seed": seed, "baseline": {"train": {"epochs": epochs}}, "measure": measure,
-                  "steps": [{"hash": {"compression": args.compression, "init": "random", "epochs": epochs}}]}
+                  "steps": [{"hash": {"compression": args.compression, "init": "random", "finetune": {"epochs": epochs}}}]}
         base, scratch = run_recipe(recipe, folder / f"h{seed}").results["steps"]
-        recipe["steps"] = [{"hash": {"compression": args.compression, "init": "project", "epochs": epochs // 2,
-                                     "lr": 5e-4}}]
+        recipe["steps"] = [{"hash": {"compression": args.compression, "init": "project",
+                                     "finetune": {"epochs": epochs // 2, "lr": 5e-4}}}]
         recipe["baseline"] = {"weights": str(folder / f"h{seed}" / base["artifact"])}
         _, projected = run_recipe(recipe, folder / f"p{seed}").results["steps"]
         progress(f"hashednets seed {seed}: dense 784-{hidden[0]}-{hidden[1]}-10")
@@ -226,7 +226,7 @@ def minilm_recipe(args, method: str = "whiten", hidden: bool = True) -> dict[str
     recipe["measure"].update(threads=args.threads, repeats=args.repeats)
     factorize, distill = recipe["steps"][0]["factorize"], recipe["steps"][1]["distill"]
     factorize.update(method=method, ratio=args.minilm_ratio)
-    distill.update(epochs=args.minilm_epochs, lr=args.minilm_lr)
+    distill["finetune"].update(epochs=args.minilm_epochs, lr=args.minilm_lr)
     distill["data"]["generate"]["count"] = args.minilm_generated
     if hidden and args.minilm_hidden_weight > 0:
         distill["losses"]["features"]["weight"] = args.minilm_hidden_weight
@@ -352,7 +352,7 @@ def conv_section(args, folder: Path, progress) -> dict[str, Any]:
         recipe = conv_recipe(args, 0, conv)
         recipe["task"] = {"name": "shapes-cnn", "model": "cnn_shapes", "model_args": {"width": 32}}
         recipe["baseline"] = {"train": {"epochs": 0}}
-        recipe["steps"][0]["factorize"]["epochs"] = 0
+        recipe["steps"][0]["factorize"]["finetune"]["epochs"] = 0
         base, step, deployed = run_recipe(recipe, folder / f"scale-{conv}").results["steps"]
         scale[conv] = {**_step_row(step), "baseline": _step_row(base), "candidates": deployed["info"]["candidates"]}
     return {"seeds": seeds, "scale": scale, "recipe": conv_recipe(args, 0, "tucker2")}
@@ -362,7 +362,8 @@ def conv_recipe(args, seed: int, conv: str) -> dict[str, Any]:
     recipe = shipped("digits-cnn-lowrank.yaml")
     recipe["seed"] = seed
     recipe["measure"]["threads"] = args.threads
-    recipe["steps"][0]["factorize"].update(conv=conv, ratio=args.conv_ratio, epochs=args.conv_epochs)
+    recipe["steps"][0]["factorize"].update(conv=conv, ratio=args.conv_ratio)
+    recipe["steps"][0]["factorize"]["finetune"]["epochs"] = args.conv_epochs
     return recipe
 
 
@@ -424,7 +425,7 @@ def lora_section(args, folder: Path, progress) -> dict[str, Any]:
 
     measure = {"batch_n": 64, "repeats": 3, "warmup": 1, "threads": args.threads, "memory": False}
     arms = {f"LoRA rank {args.lora_rank}, merged": {"lora": {"rank": args.lora_rank, "alpha": 2 * args.lora_rank,
-                                                              "epochs": args.lora_epochs, "lr": 1e-2}},
+                                                              "finetune": {"epochs": args.lora_epochs, "lr": 1e-2}}},
             "full fine-tune, lr 1e-3": {"train": {"epochs": args.lora_epochs, "lr": 1e-3}},
             "full fine-tune, lr 1e-2": {"train": {"epochs": args.lora_epochs, "lr": 1e-2}}}
     rows: dict[str, dict[str, list[Any]]] = {}

@@ -14,7 +14,7 @@ def test_a_zoo_student_learns_from_the_baseline_alone_no_labels_and_reloads(tmp_
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 10}}, "measure": MEASURE,
               "steps": [{"distill": {"student": {"model": "mlp_digits", "model_args": {}},
                                      "losses": {"logits": {"temperature": 4.0}}, "hard_weight": 0.0,
-                                     "epochs": 10, "lr": 2e-3}}]}
+                                     "finetune": {"epochs": 10, "lr": 2e-3}}}]}
     base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert step["info"]["student"] == "mlp_digits" and step["info"]["terms"] == ["kd_logits"]
     assert step["metrics"]["params"] != base["metrics"]["params"]
@@ -28,7 +28,7 @@ def test_a_pruned_model_distilled_from_its_baseline_with_features(tmp_path):
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 10}}, "measure": MEASURE,
               "steps": [{"prune_structured": {"ratio": 0.5}},
                         {"distill": {"losses": {"logits": {}, "attention": {"pairs": {"1.2": "1.2"}}},
-                                     "epochs": 4, "lr": 1e-3}}]}
+                                     "finetune": {"epochs": 4, "lr": 1e-3}}}]}
     base, pruned, distilled = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert distilled["info"]["terms"] == ["kd_logits", "kd_attention"]
     assert distilled["metrics"]["macs"] == pruned["metrics"]["macs"]
@@ -52,7 +52,7 @@ def test_bad_distill_configs_name_the_problem(fields, message):
 def test_an_unknown_layer_pair_names_the_layer(tmp_path):
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}}, "measure": MEASURE,
               "steps": [{"distill": {"student": "input", "teacher": "baseline",
-                                     "losses": {"features": {"pairs": {"nope": "1.2"}}}, "epochs": 1}}]}
+                                     "losses": {"features": {"pairs": {"nope": "1.2"}}}, "finetune": {"epochs": 1}}}]}
     with pytest.raises(ConfigError, match="student has no module named \\['nope'\\]"):
         run_recipe(recipe, tmp_path / "run")
 
@@ -62,7 +62,7 @@ def test_teacher_labelled_unlabelled_inputs_lift_a_few_label_student(tmp_path):
         recipe = {"task": {"name": "digits-cnn", "labels_per_class": 10}, "seed": 0,
                   "baseline": {"train": {"epochs": 40}}, "measure": MEASURE,
                   "steps": [{"distill": {"student": {"model": "mlp_digits"}, "data": data, "hard_weight": 0.5,
-                                         "losses": {"logits": {}}, "epochs": 30, "lr": 2e-3}}]}
+                                         "losses": {"logits": {}}, "finetune": {"epochs": 30, "lr": 2e-3}}}]}
         return run_recipe(recipe, tmp_path / name).results["steps"]
 
     base, labelled_only = run({}, "few")
@@ -79,7 +79,7 @@ def test_a_student_derived_from_the_teacher_keeps_its_weights_and_reloads(tmp_pa
     task = {"name": "digits-cnn", "model": "resnet18", "model_args": {"width": 8}}
     derive = {"drop": ["features.1.1", "features.3.1"], "width": 0.5, "round_to": 2}
     recipe = {"task": task, "seed": 0, "baseline": {"train": {"epochs": 6}}, "measure": MEASURE,
-              "steps": [{"distill": {"student": {"derive": derive}, "losses": {"logits": {}}, "epochs": 1}}]}
+              "steps": [{"distill": {"student": {"derive": derive}, "losses": {"logits": {}}, "finetune": {"epochs": 1}}}]}
     base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert step["info"]["student"] == "derived"
     assert step["metrics"]["params"] < 0.4 * base["metrics"]["params"]
@@ -95,15 +95,15 @@ def test_derived_students_name_what_is_wrong(tmp_path):
         run_recipe(recipe, tmp_path / f"run{len(list(tmp_path.iterdir()))}")
 
     with pytest.raises(ConfigError, match="changes nothing"):
-        run([{"distill": {"student": {"derive": {}}, "epochs": 1}}])
+        run([{"distill": {"student": {"derive": {}}, "finetune": {"epochs": 1}}}])
     with pytest.raises(ConfigError, match="before steps that change"):
-        run([{"prune_structured": {"ratio": 0.3, "epochs": 0}},
-             {"distill": {"student": {"derive": {"width": 0.5}}, "epochs": 1}}])
+        run([{"prune_structured": {"ratio": 0.3, "finetune": {"epochs": 0}}},
+             {"distill": {"student": {"derive": {"width": 0.5}}, "finetune": {"epochs": 1}}}])
     with pytest.raises(ConfigError, match="no unlabelled inputs"):
-        run([{"distill": {"student": {"model": "mlp_digits"}, "data": {"unlabelled": True}, "epochs": 1}}])
+        run([{"distill": {"student": {"model": "mlp_digits"}, "data": {"unlabelled": True}, "finetune": {"epochs": 1}}}])
     with pytest.raises(ConfigError, match="no module named"):
-        run([{"distill": {"student": {"derive": {"drop": ["nope"]}}, "epochs": 1}}])
+        run([{"distill": {"student": {"derive": {"drop": ["nope"]}}, "finetune": {"epochs": 1}}}])
     with pytest.raises(ConfigError, match="no longer runs or changes its output shape; blocks that can go"):
-        run([{"distill": {"student": {"derive": {"drop": ["0"]}}, "epochs": 1}}])  # the first conv block: 1 -> C
+        run([{"distill": {"student": {"derive": {"drop": ["0"]}}, "finetune": {"epochs": 1}}}])  # the first conv block: 1 -> C
     with pytest.raises(ConfigError, match="no attention module"):
-        run([{"distill": {"student": {"derive": {"heads": 0.5}}, "epochs": 1}}])
+        run([{"distill": {"student": {"derive": {"heads": 0.5}}, "finetune": {"epochs": 1}}}])

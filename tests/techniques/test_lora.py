@@ -89,7 +89,7 @@ def test_the_step_trains_only_the_adapters_and_thaws_the_rest_after():
     model = task.build_model()
     ctx.train(model, TrainConfig(epochs=1, batch_size=32))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = lora_step.LoraConfig(epochs=1, lr=1e-2, skip=["7"], merge=False)
+    cfg = lora_step.LoraConfig(finetune={"epochs": 1, "lr": 1e-2}, skip=["7"], merge=False)
     result = STEPS.get("lora").fn(model, cfg, ctx)
     assert result.info["layers"] == ["1", "4"]
     state = model.state_dict()
@@ -104,7 +104,7 @@ def test_the_step_trains_only_the_adapters_and_thaws_the_rest_after():
 
 def test_lora_fine_tunes_an_undertrained_baseline_and_merges_into_plain_linears(tmp_path):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
-              "steps": [{"lora": {"epochs": 5, "lr": 1e-2}}]}
+              "steps": [{"lora": {"finetune": {"epochs": 5, "lr": 1e-2}}}]}
     base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     info = step["info"]
     assert info["merged"] and info["layers"] == ["1", "4", "7"]
@@ -119,7 +119,7 @@ def test_lora_fine_tunes_an_undertrained_baseline_and_merges_into_plain_linears(
 
 def test_unmerged_adapters_keep_the_baseline_weights_and_reload(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
-              "steps": [{"lora": {"rank": 4, "alpha": 4, "epochs": 2, "lr": 1e-2, "merge": False}}]}
+              "steps": [{"lora": {"rank": 4, "alpha": 4, "finetune": {"epochs": 2, "lr": 1e-2}, "merge": False}}]}
     base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert not step["info"]["merged"] and "merge_max_abs_diff" not in step["info"]
     baseline = load_state_dict(tmp_path / "run" / base["artifact"])
@@ -159,6 +159,6 @@ def test_lora_misconfigurations_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="quantized"):
         run([{"quantize": {}}, {"lora": {}}])
     with pytest.raises(ConfigError, match="unmerged LoRA adapters"):
-        run([{"lora": {"epochs": 1, "merge": False}}, {"lora": {}}])
+        run([{"lora": {"finetune": {"epochs": 1}, "merge": False}}, {"lora": {}}])
     with pytest.raises(CheckpointError, match="lora step's recorded structure is malformed"):
         lora_step.restore_lora(_two_linears(), {"lora": {"1": {"rank": 1, "alpha": 1}}})

@@ -95,7 +95,7 @@ def _run(tmp_path, task, steps, epochs=8, name="run"):
 
 @pytest.mark.parametrize("conv", ["tucker2", "cp"])
 def test_factorized_convolutions_halve_their_macs_and_recover_accuracy(tmp_path, rebuild_run_step, conv):
-    step = {"factorize": {"layers": ["conv"], "conv": conv, "ratio": 0.4, "epochs": 3, "lr": 1e-3}}
+    step = {"factorize": {"layers": ["conv"], "conv": conv, "ratio": 0.4, "finetune": {"epochs": 3, "lr": 1e-3}}}
     base, done = _run(tmp_path, "digits-cnn", [step])
     info = done["info"]
     assert info["layers_factorized"] == 2 and info["factorized_macs"] * 2 <= info["macs"]

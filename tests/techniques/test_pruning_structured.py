@@ -322,7 +322,7 @@ MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": Fals
 
 def test_the_step_meets_a_macs_target_keeps_accuracy_and_resumes(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 15}}, "measure": MEASURE,
-              "steps": [{"prune_structured": {"target_macs": 0.6, "epochs": 6, "lr": 5e-4}},
+              "steps": [{"prune_structured": {"target_macs": 0.6, "finetune": {"epochs": 6, "lr": 5e-4}}},
                         {"prune_structured": {"target_macs": 0.7, "allocation": "sensitivity", "blocks": 1,
                                               "sensitivity_grid": [0.25, 0.5, 0.75], "eval_samples": 256}}]}
     result = run_recipe(recipe, tmp_path / "run").results

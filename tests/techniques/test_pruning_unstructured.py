@@ -160,8 +160,8 @@ def test_movement_scores_rank_by_how_training_pushes_weights():
     ({"pattern": "2:4", "sparsity": 0.5}, "fixes the sparsity"),
     ({"pattern": "4:2"}, "n < m"),
     ({"pattern": "two:four"}, "N:M"),
-    ({"sparsity": 0.5, "criterion": "movement"}, "needs epochs"),
-    ({"sparsity": 0.5, "schedule": "cubic"}, "needs epochs > 0"),
+    ({"sparsity": 0.5, "criterion": "movement"}, "needs finetune.epochs"),
+    ({"sparsity": 0.5, "schedule": "cubic"}, "needs finetune.epochs > 0"),
     ({"sparsity": 1.0}, "less than 1"),
 ])
 def test_bad_prune_configs_name_the_problem(fields, message):
@@ -173,7 +173,7 @@ def test_prune_step_fine_tuned_at_90_percent_keeps_accuracy_shrinks_bytes_and_re
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 20}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
               "steps": [{"prune": {"sparsity": 0.9}},
-                        {"prune": {"sparsity": 0.9, "epochs": 8, "schedule": "cubic", "lr": 1e-3}}]}
+                        {"prune": {"sparsity": 0.9, "schedule": "cubic", "finetune": {"epochs": 8, "lr": 1e-3}}}]}
     # the second step prunes what the first left (its magnitude masks keep the zeros) while fine-tuning
     result = run_recipe(recipe, tmp_path / "run").results
     base, cut, tuned = result["steps"]
@@ -228,7 +228,7 @@ def test_deployed_sparse_models_match_eager_and_openvino_runs_no_decoding(tmp_pa
 def test_prune_then_quantize_keeps_the_zeros_and_resumes(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
-              "steps": [{"prune": {"sparsity": 0.8, "epochs": 3}}, {"quantize": {"method": "dynamic"}}]}
+              "steps": [{"prune": {"sparsity": 0.8, "finetune": {"epochs": 3}}}, {"quantize": {"method": "dynamic"}}]}
     base, pruned, quant = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert quant["info"]["layers_quantized"] == 3
     assert quant["metrics"]["quality"] >= pruned["metrics"]["quality"] - 0.02

@@ -210,7 +210,7 @@ def test_qat_step_in_a_recipe_then_deploy_and_restore(tmp_path):
     pytest.importorskip("onnxruntime")
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}},
               "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
-              "steps": [{"qat": {"weight_bits": 3, "epochs": 2}}, {"deploy": {"backend": "onnxruntime"}}]}
+              "steps": [{"qat": {"weight_bits": 3, "finetune": {"epochs": 2}}}, {"deploy": {"backend": "onnxruntime"}}]}
     result = run_recipe(recipe, tmp_path / "run").results
     base, qat, deploy = result["steps"]
     assert qat["info"]["weight_bits"] == 3 and qat["info"]["layers_quantized"] == 3

@@ -100,7 +100,7 @@ def test_a_pruned_layer_keeps_its_zeros_exact_and_untrained():
 
 def test_the_cluster_step_cuts_bytes_keeps_accuracy_and_reloads(tmp_path, rebuild_run_step):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 30}}, "measure": MEASURE,
-              "steps": [{"cluster": {"clusters": 16, "epochs": 2, "lr": 1e-4}}]}
+              "steps": [{"cluster": {"clusters": 16, "finetune": {"epochs": 2, "lr": 1e-4}}}]}
     base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     info = step["info"]
     assert info["layers_shared"] == 3 and info["encoded_ratio"] < 0.14  # 4-bit codes + codebooks
@@ -124,7 +124,7 @@ def test_the_cluster_step_cuts_bytes_keeps_accuracy_and_reloads(tmp_path, rebuil
 
 def test_clustering_a_pruned_model_keeps_it_pruned(tmp_path):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 10}}, "measure": MEASURE,
-              "steps": [{"prune": {"sparsity": 0.8, "epochs": 1}}, {"cluster": {"clusters": 8, "epochs": 1}}]}
+              "steps": [{"prune": {"sparsity": 0.8, "finetune": {"epochs": 1}}}, {"cluster": {"clusters": 8, "finetune": {"epochs": 1}}}]}
     _, pruned, shared = run_recipe(recipe, tmp_path / "run").results["steps"]
     assert all(v["fixed_zero"] for v in shared["info"]["layers"].values())
     from slimkit.core.io import load_state_dict
@@ -293,7 +293,7 @@ def test_the_hash_step_trains_an_eighth_of_the_weights_and_reloads(tmp_path, reb
     from slimkit.backends.onnxruntime import export_onnx, load_onnx
 
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 20}}, "measure": MEASURE,
-              "steps": [{"hash": {"compression": 0.125, "epochs": 20, "lr": 2e-3}}]}
+              "steps": [{"hash": {"compression": 0.125, "finetune": {"epochs": 20, "lr": 2e-3}}}]}
     base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
     layers = step["info"]["layers"]
     assert all(abs(v["stored"] / v["virtual"] - 0.125) < 0.01 for v in layers.values())
@@ -310,6 +310,6 @@ def test_the_hash_step_trains_an_eighth_of_the_weights_and_reloads(tmp_path, reb
 
 def test_hash_refuses_an_encoded_model(tmp_path):
     recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
-              "steps": [{"cluster": {}}, {"hash": {"epochs": 0}}]}
+              "steps": [{"cluster": {}}, {"hash": {"finetune": {"epochs": 0}}}]}
     with pytest.raises(ConfigError, match="hash a dense model"):
         run_recipe(recipe, tmp_path / "run")

@@ -27,15 +27,18 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     """One line naming each bad field, what was given and what was expected."""
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(value)"
-        if e["type"] == "extra_forbidden":
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc and e["type"] == "value_error":  # a check across fields: its message says it all
+            parts.append(msg)
+        elif e["type"] == "extra_forbidden":
             parts.append(f"unknown field {loc!r}")
         elif e["type"] == "missing":
             parts.append(f"missing field {loc!r}")
         else:
             given = e.get("input")
             given_txt = f" (got {given!r})" if not isinstance(given, dict) else ""
-            parts.append(f"field {loc!r}: {e['msg']}{given_txt}")
+            parts.append(f"field {loc or '(value)'!r}: {msg}{given_txt}")
     return f"{where}: " + "; ".join(parts)
 
 
@@ -66,7 +69,7 @@ def parameter_table(cls: type[Config] | None) -> list[dict[str, Any]]:
                 "name": name,
                 "type": _type_name(prop, schema),
                 "required": name in required,
-                "default": None if name in required else _jsonable(field.default),
+                "default": None if name in required else _jsonable(field.get_default(call_default_factory=True)),
                 "description": field.description or "",
             }
         )

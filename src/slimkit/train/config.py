@@ -1,10 +1,15 @@
-"""Training hyper-parameters, shared by baseline training and every step that trains."""
+"""Training hyper-parameters, shared by baseline training and every step that trains.
+
+A step that trains holds one nested ``finetune: TrainConfig`` (``TrainingStepConfig``); its
+defaults may differ per step (``finetune_config``), every field is honoured by the one loop.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
 from slimkit.core.config import Config
 
@@ -19,3 +24,31 @@ class TrainConfig(Config):
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule over all steps")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     keep_best: bool = Field(True, description="restore the weights of the epoch with the best validation quality")
+
+
+def finetune_config(name: str, **defaults: Any) -> type[TrainConfig]:
+    """A ``TrainConfig`` subclass whose defaults suit one step: ``epochs=0`` keeps the field's
+    bounds and description; ``epochs=Field(3, ge=1)`` also tightens them."""
+    fields: dict[str, Any] = {}
+    for key, value in defaults.items():
+        base = TrainConfig.model_fields[key]
+        info = FieldInfo.merge_field_infos(base, value) if isinstance(value, FieldInfo) \
+            else FieldInfo.merge_field_infos(base, default=value)
+        fields[key] = (base.annotation, info)
+    return create_model(name, __base__=TrainConfig, __module__=__name__, **fields)
+
+
+class TrainingStepConfig(Config):
+    """Base of the configs of steps that train: training settings live under ``finetune``, and a
+    recipe that writes them at the step's top level (``prune: {epochs: 3}``) is told where they went."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _training_fields_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in data if k in TrainConfig.model_fields and k not in cls.model_fields]
+            if moved:
+                nested = ", ".join(f"{k}: {data[k]!r}" for k in moved)
+                raise ValueError(f"{', '.join(moved)}: training settings live under finetune "
+                                 f"(write finetune: {{{nested}}})")
+        return data

@@ -18,6 +18,7 @@ from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
 class StudentConfig(Config):
@@ -103,7 +104,10 @@ class Losses(Config):
     relation: RelationLoss | None = Field(None, description="MiniLMv2 self-attention relations")
 
 
-class DistillConfig(Config):
+DistillFinetune = finetune_config("DistillFinetune", epochs=Field(10, ge=1))
+
+
+class DistillConfig(TrainingStepConfig):
     teacher: Literal["baseline", "input"] = Field("baseline", description="the run's baseline model, or the model "
                                                                           "entering this step")
     student: Literal["input"] | StudentConfig | DerivedStudent = Field(
@@ -113,12 +117,9 @@ class DistillConfig(Config):
                                                                        "labelled training split")
     losses: Losses = Field(default_factory=lambda: Losses(logits=LogitsLoss()), description="distillation terms")
     hard_weight: float = Field(1.0, ge=0, description="weight of the task's own loss on the labels (0: teacher only)")
-    epochs: int = Field(10, ge=1, description="training epochs")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    batch_size: int = Field(64, ge=1, description="batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
-    keep_best: bool = Field(True, description="keep the epoch with the best validation quality (false: the last; "
-                                              "what a few-label setting without a labelled validation set gets)")
+    finetune: DistillFinetune = Field(default_factory=DistillFinetune,
+                                      description="the student's training (keep_best: false keeps the last epoch, "
+                                                  "for a few-label setting without a labelled validation set)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DistillConfig":
@@ -151,9 +152,6 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
     loop (plus the task's own loss, weighted by hard_weight)."""
     from slimkit.measure.size import count_params
     from slimkit.techniques.distillation import losses as L
-    from slimkit.train.config import TrainConfig
-
-
     teacher = _teacher(model, cfg, ctx)
     structure = None
     if isinstance(cfg.student, StudentConfig):
@@ -182,9 +180,7 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
                                                      spec.relation.relation_heads, data.train.mask_input,
                                                      spec.relation.weight))
     try:
-        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-                            keep_best=cfg.keep_best)
-        fit = ctx.train(student, train, loss_terms=terms, task_loss_weight=cfg.hard_weight, description="distill",
+        fit = ctx.train(student, cfg.finetune, loss_terms=terms, task_loss_weight=cfg.hard_weight, description="distill",
                         data=data)
     finally:
         for term in terms:

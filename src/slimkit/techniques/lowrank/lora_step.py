@@ -4,19 +4,23 @@ through the one loop with everything else frozen, then merged back into plain Li
 from __future__ import annotations
 
 from fnmatch import fnmatch
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn as nn
 from pydantic import Field
 
-from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
-class LoraConfig(Config):
+LoraFinetune = finetune_config("LoraFinetune", epochs=Field(3, ge=1, description="training epochs of the adapters"),
+                               optimizer="adamw")
+
+
+class LoraConfig(TrainingStepConfig):
     rank: int = Field(8, ge=1, description="rank r of each adapter's update B @ A")
     alpha: float = Field(16, gt=0, description="the update is scaled by alpha / rank")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input while training")
@@ -25,10 +29,7 @@ class LoraConfig(Config):
     skip: list[str] = Field(default_factory=list, description="module paths of Linears left unadapted")
     min_weights: int = Field(256, ge=1, description="Linears with fewer weights are left unadapted")
     train_bias: bool = Field(False, description="also train the adapted layers' biases")
-    epochs: int = Field(3, ge=1, description="training epochs of the adapters")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    batch_size: int = Field(64, ge=1, description="batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="optimizer")
+    finetune: LoraFinetune = Field(default_factory=LoraFinetune, description="training of the adapters")
     merge: bool = Field(True, description="merge the adapters into the weights after training (plain Linears, "
                                           "no inference cost); false keeps them as separate modules")
 
@@ -53,7 +54,6 @@ def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.pruning.sparse import is_sparse_encoded
     from slimkit.techniques.quantization.modules import is_quantized
     from slimkit.techniques.sharing.codebook import is_shared
-    from slimkit.train.config import TrainConfig
 
     if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
         raise ConfigError("lora: the model is already quantized, shared or pruned-and-encoded; adapt a dense model")
@@ -79,10 +79,9 @@ def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     add_lora_(model, chosen, cfg.rank, cfg.alpha, cfg.dropout, torch.Generator().manual_seed(ctx.seed))
     thaw = {id(p) for p in model.parameters() if p.requires_grad}  # all but the frozen bases, given back after
     trainable, total = freeze_except_lora_(model, cfg.train_bias)
-    train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
     info: dict[str, Any] = {"rank": cfg.rank, "alpha": cfg.alpha, "layers": chosen, "trainable_params": trainable,
                             "trainable_fraction": trainable / total,
-                            "train": ctx.train(model, train, description="lora").summary(), "merged": cfg.merge}
+                            "train": ctx.train(model, cfg.finetune, description="lora").summary(), "merged": cfg.merge}
     for p in model.parameters():
         p.requires_grad_(id(p) in thaw)
     if not cfg.merge:

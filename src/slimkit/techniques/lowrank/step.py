@@ -16,6 +16,7 @@ from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
 _SELECTIONS = ("rank", "ratio", "energy", "search")
@@ -36,7 +37,11 @@ class SearchConfig(Config):
         return self
 
 
-class FactorizeConfig(Config):
+FactorizeFinetune = finetune_config("FactorizeFinetune", epochs=Field(0, ge=0, description="fine-tuning epochs "
+                                                                     "after factorizing"), lr=1e-4, optimizer="adamw")
+
+
+class FactorizeConfig(TrainingStepConfig):
     layers: list[Literal["linear", "conv"]] = Field(["linear"], min_length=1, description="layer kinds to factorize")
     targets: list[str] = Field(default_factory=list, description="module-path patterns (fnmatch) to factorize; "
                                                                  "empty: every layer of the kinds")
@@ -57,10 +62,8 @@ class FactorizeConfig(Config):
     calibration_samples: int = Field(256, ge=1, description="training rows whose layer inputs calibrate asvd / "
                                                             "whiten")
     iters: int = Field(100, ge=1, description="Tucker-2 (HOOI) / CP (ALS) iterations")
-    epochs: int = Field(0, ge=0, description="fine-tuning epochs after factorizing")
-    lr: float = Field(1e-4, gt=0, description="fine-tuning peak learning rate")
-    batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="fine-tuning optimizer")
+    finetune: FactorizeFinetune = Field(default_factory=FactorizeFinetune, description="fine-tuning after "
+                                                                                        "factorizing")
 
     @model_validator(mode="after")
     def _one_selection(self) -> "FactorizeConfig":
@@ -344,7 +347,6 @@ def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResul
     from slimkit.techniques.pruning.sparse import is_sparse_encoded
     from slimkit.techniques.quantization.modules import is_quantized
     from slimkit.techniques.sharing.codebook import is_shared
-    from slimkit.train.config import TrainConfig
 
     if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
         raise ConfigError("factorize: the model is already quantized, shared or pruned-and-encoded; factorize "
@@ -393,7 +395,6 @@ def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResul
     if search:
         info["search"] = search
     info["quality_before_finetune"] = ctx.validate(model)
-    if cfg.epochs:
-        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
-        info["train"] = ctx.train(model, train, description="factorize").summary()
+    if cfg.finetune.epochs:
+        info["train"] = ctx.train(model, cfg.finetune, description="factorize").summary()
     return StepResult(model, info=info, structure={"factorized": structure})

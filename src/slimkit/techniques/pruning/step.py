@@ -10,15 +10,19 @@ import torch
 import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
 
-from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
-class PruneConfig(Config):
+PruneFinetune = finetune_config("PruneFinetune", epochs=Field(0, ge=0, description="fine-tuning epochs with the "
+                                                             "masks held (0: prune only)"), lr=5e-4)
+
+
+class PruneConfig(TrainingStepConfig):
     sparsity: float | None = Field(None, gt=0, lt=1, description="share of the pruned layers' weights set to zero "
                                                                  "(N:M: implied by the pattern)")
     pattern: str = Field("unstructured", description="unstructured, or N:M (e.g. 2:4): n kept in every m "
@@ -34,10 +38,9 @@ class PruneConfig(Config):
     schedule_end: float = Field(0.75, gt=0, le=1, description="cubic: share of the fine-tuning steps after which "
                                                               "the final sparsity holds")
     mask_updates: int = Field(20, ge=1, description="cubic: how many times the masks are recomputed")
-    epochs: int = Field(0, ge=0, description="fine-tuning epochs with the masks held (0: prune only)")
-    lr: float = Field(5e-4, gt=0, description="fine-tuning peak learning rate")
-    batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="fine-tuning optimizer")
+    finetune: PruneFinetune = Field(default_factory=PruneFinetune,
+                                    description="fine-tuning with the masks held (schedule cubic: keep_best is off, "
+                                                "an earlier epoch is less sparse)")
     layers: list[Literal["linear", "conv"]] = Field(["linear", "conv"], min_length=1,
                                                     description="layer kinds to prune")
     skip: list[str] = Field(default_factory=list, description="module paths left dense")
@@ -54,6 +57,18 @@ class PruneConfig(Config):
                 raise ValueError(f"N:M needs n < m, got {v!r}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _cubic_keeps_last(cls, data: Any) -> Any:
+        """Under the cubic schedule fine-tuning keeps its last epoch unless told otherwise."""
+        if isinstance(data, dict) and data.get("schedule") == "cubic":
+            finetune = data.get("finetune") or {}
+            if isinstance(finetune, dict) and "keep_best" not in finetune:
+                data = {**data, "finetune": {**finetune, "keep_best": False}}
+            elif isinstance(finetune, PruneFinetune) and "keep_best" not in finetune.model_fields_set:
+                data = {**data, "finetune": finetune.model_copy(update={"keep_best": False})}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "PruneConfig":
         if self.pattern == "unstructured" and self.sparsity is None:
@@ -63,11 +78,14 @@ class PruneConfig(Config):
                 raise ValueError(f"pattern {self.pattern} fixes the sparsity; leave sparsity out")
             if self.schedule != "oneshot" or self.criterion == "movement":
                 raise ValueError("N:M masks are cut once (schedule: oneshot, criterion magnitude or random)")
-        if self.criterion == "movement" and (self.schedule != "cubic" or self.epochs == 0):
-            raise ValueError("criterion movement ranks weights by how training moves them: it needs epochs > 0 "
-                             "and schedule: cubic")
-        if self.schedule == "cubic" and self.epochs == 0:
-            raise ValueError("schedule cubic prunes during fine-tuning: it needs epochs > 0")
+        if self.criterion == "movement" and (self.schedule != "cubic" or self.finetune.epochs == 0):
+            raise ValueError("criterion movement ranks weights by how training moves them: it needs "
+                             "finetune.epochs > 0 and schedule: cubic")
+        if self.schedule == "cubic" and self.finetune.epochs == 0:
+            raise ValueError("schedule cubic prunes during fine-tuning: it needs finetune.epochs > 0")
+        if self.schedule == "cubic" and self.finetune.keep_best:
+            raise ValueError("finetune.keep_best with schedule cubic would restore an epoch before the final "
+                             "sparsity: leave it out")
         return self
 
     @property
@@ -128,7 +146,6 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
     stored sparse (bitmask + values)."""
     from slimkit.techniques.pruning.callback import PruningCallback
     from slimkit.techniques.pruning.sparse import densify_, encode_sparse_
-    from slimkit.train.config import TrainConfig
 
     densify_(model)  # pruning a pruned model again (iterative pruning) starts from dense layers
     weights = prunable_weights(model, cfg.layers, cfg.skip)
@@ -140,11 +157,8 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
                                schedule=cfg.schedule, end=cfg.schedule_end, updates=cfg.mask_updates, seed=ctx.seed)
     info: dict[str, Any] = {"pattern": cfg.pattern, "criterion": cfg.criterion, "scope": cfg.scope,
                             "schedule": cfg.schedule, "layers_pruned": len(weights)}
-    if cfg.epochs:
-        # with a gradual schedule an early epoch is less sparse: keeping "the best" one would undo it
-        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-                            keep_best=cfg.schedule == "oneshot")
-        fit = ctx.train(model, train, callbacks=[callback], description="prune")
+    if cfg.finetune.epochs:
+        fit = ctx.train(model, cfg.finetune, callbacks=[callback], description="prune")
         info["train"] = fit.summary()
     else:
         callback.prune_to(cfg.target_sparsity)

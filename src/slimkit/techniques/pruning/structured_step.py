@@ -10,13 +10,17 @@ import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
 
-from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
-class StructuredPruneConfig(Config):
+StructuredFinetune = finetune_config("StructuredFinetune", epochs=Field(0, ge=0, description="fine-tuning epochs "
+                                                                       "after pruning"))
+
+
+class StructuredPruneConfig(TrainingStepConfig):
     criterion: Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"] = Field(
         "l1", description="channel score: l1/l2 norm of the coupled weights; bn_scale |gamma| (network slimming); "
                           "taylor |w * dL/dw| on training batches; activation: RMS of the channel's contribution "
@@ -47,10 +51,10 @@ class StructuredPruneConfig(Config):
     eval_samples: int = Field(1024, ge=1, description="validation samples scoring sensitivity and blocks")
     steps: int = Field(40, ge=1, description="target_macs/target_latency: pruning increments on the way to the "
                                              "budget (uniform/global allocation)")
-    epochs: int = Field(0, ge=0, description="fine-tuning epochs after pruning")
-    lr: float = Field(1e-3, gt=0, description="fine-tuning (and slimming) peak learning rate")
-    batch_size: int = Field(64, ge=1, description="fine-tuning (and slimming) batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="fine-tuning (and slimming) optimizer")
+    finetune: StructuredFinetune = Field(default_factory=StructuredFinetune,
+                                         description="fine-tuning after pruning; slimming trains with the same "
+                                                     "settings for slimming_epochs, and batch_size also sizes the "
+                                                     "scoring batches")
 
     @model_validator(mode="after")
     def _consistent(self) -> "StructuredPruneConfig":
@@ -151,8 +155,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     from slimkit.techniques.pruning.blocks import block_sensitivity, remove_blocks_, removable_blocks
     from slimkit.techniques.pruning.sparse import densify_
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
-    from slimkit.techniques.pruning.structured import Plan, StructuredPruner, attention_heads, sensitivity_ratios
-    from slimkit.train.config import TrainConfig
+    from slimkit.techniques.pruning.structured import Plan, attention_heads, sensitivity_ratios
 
     if any(type(m).__module__.startswith("slimkit.techniques.quantization") for m in model.modules()):
         raise ConfigError("prune_structured: the model is already quantized; put prune_structured before the "
@@ -168,7 +171,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         raise ConfigError("prune_structured: heads is set, but the model has no attention module with q/k/v "
                           "projections and head-count attributes that slimkit recognises")
     loss = validation_loss(ctx, cfg.eval_samples)
-    train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
+    train = cfg.finetune
 
     if cfg.slimming:
         fit = ctx.train(model, train.model_copy(update={"epochs": cfg.slimming_epochs, "keep_best": False}),
@@ -188,7 +191,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
 
     plan = Plan(criterion=cfg.criterion, ratio=cfg.ratio or 0.0, allocation=cfg.allocation, heads=cfg.heads,
                 ignore=cfg.ignore, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                batches=training_batches(ctx, cfg.score_batches, cfg.batch_size) if cfg.criterion == "activation" else ())
+                batches=training_batches(ctx, cfg.score_batches, train.batch_size) if cfg.criterion == "activation" else ())
     target = None
     if cfg.target_macs is not None:
         target = ("macs", lambda m: count_macs(m, inputs), cfg.target_macs * macs0)
@@ -208,7 +211,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     else:
         info["increments"] = _prune_to_target(model, inputs, plan, cfg, ctx, *target)
 
-    if cfg.epochs:
+    if train.epochs:
         fit = ctx.train(model, train, description="prune_structured")
         info["train"] = fit.summary()
     heads = attention_heads(model)
@@ -228,7 +231,7 @@ def _prune_once(model, inputs, plan, cfg, ctx) -> None:
 
     pruner = StructuredPruner(model, inputs, plan)
     if cfg.criterion == "taylor":
-        accumulate_gradients(model, ctx, cfg.score_batches, cfg.batch_size)
+        accumulate_gradients(model, ctx, cfg.score_batches, cfg.finetune.batch_size)
     pruner.step()
     model.zero_grad(set_to_none=True)
 
@@ -243,7 +246,7 @@ def _prune_to_target(model, inputs, plan, cfg, ctx, kind: str, measure, budget: 
     trail = []
     for i in range(steps):
         if cfg.criterion == "taylor":
-            accumulate_gradients(model, ctx, cfg.score_batches, cfg.batch_size)
+            accumulate_gradients(model, ctx, cfg.score_batches, cfg.finetune.batch_size)
         pruner.step()
         value = measure(model)
         trail.append(round(value, 4) if isinstance(value, float) else value)

@@ -16,6 +16,7 @@ from slimkit.core.config import Config, format_validation_error
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 from slimkit.techniques.quantization.observers import ObserverName
 from slimkit.techniques.quantization.qscheme import StepInit
 
@@ -182,17 +183,19 @@ def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) ->
     return StepResult(q, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max})
 
 
-class QATConfig(Config):
+QATFinetune = finetune_config("QATFinetune", epochs=Field(5, ge=1, description="fine-tuning epochs through the "
+                                                                              "fake quantizers"))
+
+
+class QATConfig(TrainingStepConfig):
     weight_bits: int = Field(4, ge=2, le=8, description="weight bits: symmetric per-channel codes in "
                                                         "[-(2^(b-1)-1), 2^(b-1)-1] (2: ternary), stored in int8")
     activation_bits: Literal[8] = Field(8, description="activation bits; 8 only: ONNX's uint8 QuantizeLinear "
                                                        "cannot clamp to a narrower code range")
     init: StepInit = Field("mse", description="initial weight steps: mse (least squared error), lsq "
                                               "(2 mean|w|/sqrt(Q)), lsq+ (mean +- 3 std) or minmax (PTQ's)")
-    epochs: int = Field(5, ge=1, description="fine-tuning epochs through the fake quantizers")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate (weights, biases and steps)")
-    batch_size: int = Field(64, ge=1, description="examples per optimizer step")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    finetune: QATFinetune = Field(default_factory=QATFinetune, description="training through the fake quantizers "
+                                                                           "(weights, biases and steps)")
     calibration_samples: int = Field(512, ge=1, description="training examples that set the initial "
                                                             "activation ranges")
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
@@ -217,7 +220,6 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.quantization.modules import default_weight_max
     from slimkit.techniques.quantization.ptq import calibration_batches
     from slimkit.techniques.quantization.qat import convert_qat, prepare_qat
-    from slimkit.train.config import TrainConfig
 
     model = _dense_layers(model)
     bits = 7 if cfg.weight_bits == 8 and default_weight_max() == 63 else cfg.weight_bits
@@ -225,8 +227,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
         ctx.data.train, cfg.calibration_samples, 64, ctx.seed)]
     model, report = prepare_qat(model, batches, bits_weights=bits, bits_activations=cfg.activation_bits,
                                 skip=cfg.skip, init=cfg.init)
-    fit = ctx.train(model, TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-                                       optimizer=cfg.optimizer), description="qat")
+    fit = ctx.train(model, cfg.finetune, description="qat")
     convert_qat(model)
     layers = {k: v for k, v in report.to_dict().items() if k not in ("bias_corrected", "max_bias_shift")}
     info = {"method": "lsq", "weight_bits": bits, "activation_bits": cfg.activation_bits, "init": cfg.init,

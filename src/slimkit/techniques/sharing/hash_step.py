@@ -9,15 +9,19 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
-class HashConfig(Config):
+HashFinetune = finetune_config("HashFinetune", epochs=Field(20, ge=0, description="training epochs with the "
+                                                                                 "hashed weights"))
+
+
+class HashConfig(TrainingStepConfig):
     compression: float = Field(0.125, gt=0, lt=1, description="stored values / virtual weights per hashed layer "
                                                                "(HashedNets' compression factor, e.g. 1/8)")
     init: Literal["project", "random"] = Field("random", description="project: the least-squares fit of the "
@@ -26,10 +30,7 @@ class HashConfig(Config):
     layers: list[Literal["linear", "conv"]] = Field(["linear"], min_length=1, description="layer kinds to hash")
     skip: list[str] = Field(default_factory=list, description="module paths left dense")
     min_weights: int = Field(256, ge=1, description="layers with fewer weights stay dense")
-    epochs: int = Field(20, ge=0, description="training epochs with the hashed weights")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    batch_size: int = Field(64, ge=1, description="batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    finetune: HashFinetune = Field(default_factory=HashFinetune, description="training with the hashed weights")
 
 
 def restore_hash(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
@@ -50,7 +51,6 @@ def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.quantization.modules import is_quantized
     from slimkit.techniques.sharing.codebook import is_shared
     from slimkit.techniques.sharing.hashing import hash_
-    from slimkit.train.config import TrainConfig
 
     if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
         raise ConfigError("hash: the model is already quantized, shared or pruned-and-encoded; hash a dense model")
@@ -76,7 +76,6 @@ def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
             twin.init_(fans[name], generator)
     info: dict[str, Any] = {"compression": cfg.compression, "init": cfg.init,
                             "layers": {n: {"virtual": weights[n].numel(), "stored": s["stored"]} for n, s in spec.items()}}
-    if cfg.epochs:
-        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
-        info["train"] = ctx.train(model, train, description="hash").summary()
+    if cfg.finetune.epochs:
+        info["train"] = ctx.train(model, cfg.finetune, description="hash").summary()
     return StepResult(model, info=info, structure={"hashed": spec})

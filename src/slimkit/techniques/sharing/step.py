@@ -10,15 +10,20 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from slimkit.core.config import Config
 from slimkit.core.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
 
 
-class ClusterConfig(Config):
+ClusterFinetune = finetune_config("ClusterFinetune", epochs=Field(0, ge=0, description="fine-tuning epochs "
+                                                                 "(codebooks, biases and unshared layers train)"),
+                                  lr=1e-4)
+
+
+class ClusterConfig(TrainingStepConfig):
     clusters: int = Field(16, ge=2, le=256, description="shared values per layer (codes of ceil(log2 k) bits)")
     init: Literal["linear", "density", "random"] = Field("linear", description="centroid initialisation (Han et "
                                                                                "al.: linear is best)")
@@ -28,10 +33,7 @@ class ClusterConfig(Config):
     skip: list[str] = Field(default_factory=list, description="module paths left unshared")
     min_weights: int = Field(256, ge=1, description="layers with fewer weights stay unshared (the codebook "
                                                     "would cost more than it saves)")
-    epochs: int = Field(0, ge=0, description="fine-tuning epochs (codebooks, biases and unshared layers train)")
-    lr: float = Field(1e-4, gt=0, description="fine-tuning peak learning rate")
-    batch_size: int = Field(64, ge=1, description="fine-tuning batch size")
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="fine-tuning optimizer")
+    finetune: ClusterFinetune = Field(default_factory=ClusterFinetune, description="fine-tuning of the codebooks")
     entropy_code: bool = Field(True, description="also write the model Huffman-coded (codes, and a pruned "
                                                  "layer's nonzero positions) to model.huffman.safetensors")
 
@@ -60,7 +62,6 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     from slimkit.techniques.quantization.modules import is_quantized
     from slimkit.techniques.sharing.codebook import encoded_bytes, is_shared, share_
     from slimkit.techniques.sharing.kmeans import kmeans_1d
-    from slimkit.train.config import TrainConfig
 
     if is_shared(model):
         raise ConfigError("cluster: the model's weights are already shared (one cluster step per run)")
@@ -95,9 +96,8 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
                         "weight_error": float((centroids[codes] - w).pow(2).mean().sqrt())}
     share_(model, names, cfg.clusters, fixed_zero, clusters)
     info: dict[str, Any] = {"clusters": cfg.clusters, "init": cfg.init, "layers_shared": len(names)}
-    if cfg.epochs:
-        train = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, optimizer=cfg.optimizer)
-        info["train"] = ctx.train(model, train, description="cluster").summary()
+    if cfg.finetune.epochs:
+        info["train"] = ctx.train(model, cfg.finetune, description="cluster").summary()
     stored = sum(v["bytes"] for v in layers.values())
     dense = sum(v["dense_bytes"] for v in layers.values())
     info.update({"encoded_bytes": stored, "dense_bytes": dense, "encoded_ratio": stored / dense, "layers": layers})

@@ -1,0 +1,74 @@
+"""Every step that trains holds one nested ``finetune`` TrainConfig and hands all of it to the loop."""
+
+import pytest
+
+from slimkit.core.config import parse_config
+from slimkit.core.context import Context
+from slimkit.core.errors import ConfigError
+from slimkit.core.registry import STEPS, load_builtins
+from slimkit.recipes.schema import load_recipe
+from slimkit.tasks import build_task
+from slimkit.train.config import TrainConfig
+from slimkit.train.loop import fit
+
+# the smallest config of each training step that trains on digits-mlp
+TRAINING_STEPS = {
+    "prune": {"sparsity": 0.5},
+    "prune_structured": {"ratio": 0.3},
+    "distill": {"teacher": "input", "student": {"model": "mlp_digits", "model_args": {"hidden": [16]}}},
+    "factorize": {"min_weights": 256},
+    "lora": {"rank": 4},
+    "qat": {"calibration_samples": 64},
+    "cluster": {"clusters": 4},
+    "hash": {},
+}
+# every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
+FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 3e-4, "optimizer": "sgd", "momentum": 0.8, "weight_decay": 1e-3,
+            "schedule": "constant", "grad_clip": 2.0, "keep_best": False}
+
+
+def _steps_with_finetune() -> set[str]:
+    load_builtins()
+    return {name for name in STEPS.names() if "finetune" in (STEPS.entry(name).config.model_fields or {})}
+
+
+def test_the_table_covers_every_step_with_a_finetune_field():
+    assert _steps_with_finetune() == set(TRAINING_STEPS)
+
+
+@pytest.mark.parametrize("name", sorted(TRAINING_STEPS))
+def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name):
+    task = build_task("digits-mlp")
+    calls = []
+
+    def recording_fit(model, data, cfg, **kwargs):
+        calls.append(cfg)
+        return fit(model, data, cfg, **kwargs)
+
+    cfg = parse_config(STEPS.entry(name).config, {**TRAINING_STEPS[name], "finetune": FINETUNE}, name)
+    STEPS.get(name).fn(task.build_model(), cfg, Context(task=task, train_fn=recording_fit,
+                                                              task_config={"name": "digits-mlp"}))
+    assert calls, f"{name} did not train"
+    assert all(c.model_dump() == TrainConfig(**FINETUNE).model_dump() for c in calls)
+
+
+@pytest.mark.parametrize("field", ["epochs", "lr", "batch_size", "optimizer", "keep_best"])
+def test_a_flat_training_field_is_pointed_at_finetune(field):
+    value = {"epochs": 3, "lr": 0.01, "batch_size": 8, "optimizer": "sgd", "keep_best": False}[field]
+    with pytest.raises(ConfigError, match=rf"steps\[0\] 'cluster': {field}: training settings live under finetune "
+                                          rf"\(write finetune: {{{field}: {value!r}}}\)"):
+        load_recipe({"task": "digits-mlp", "steps": [{"cluster": {field: value}}]})
+
+
+def test_step_defaults_survive_a_partial_finetune():
+    """``finetune: {epochs: 3}`` keeps the step's own default lr, not TrainConfig's."""
+    prune = parse_config(STEPS.entry("prune").config, {"sparsity": 0.5, "finetune": {"epochs": 3}}, "prune")
+    assert prune.finetune.lr == 5e-4 and TrainConfig().lr == 1e-3
+    cubic = parse_config(STEPS.entry("prune").config,
+                         {"sparsity": 0.5, "schedule": "cubic", "finetune": {"epochs": 3}}, "prune")
+    assert cubic.finetune.keep_best is False  # an earlier, less sparse epoch must not come back
+    with pytest.raises(ConfigError, match="keep_best with schedule cubic"):
+        parse_config(STEPS.entry("prune").config,
+                     {"sparsity": 0.5, "schedule": "cubic", "finetune": {"epochs": 3, "keep_best": True}}, "prune")
+    with pytest.raises(ConfigError, match=r"field 'finetune.epochs'.*greater than or equal to 1"):
+        parse_config(STEPS.entry("qat").config, {"finetune": {"epochs": 0}}, "qat")
