@@ -60,7 +60,7 @@ def configs(sparsity: float, epochs: int) -> list[tuple[str, dict[str, Any] | No
 
 class Bench:
     def __init__(self, task_name: str, seed: int, folder: Path) -> None:
-        from slimkit.core.context import Context
+        from slimkit.tasks.context import Context
         from slimkit.tasks import build_task
 
         self.task, self.seed, self.folder = build_task(task_name), seed, folder

@@ -37,7 +37,7 @@ def shapes_recipe(seed: int, threads: int, target_macs: float, epochs: int, crit
 
 def scratch_control(run_dir: Path, recipe: dict[str, Any], extra_epochs: int, seed: int) -> dict[str, Any]:
     """The pruned architecture with fresh weights, trained for baseline + fine-tune epochs."""
-    from slimkit.core.context import Context
+    from slimkit.tasks.context import Context
     from slimkit.core.step import rebuild_model
     from slimkit.measure.quality import predict
     from slimkit.tasks import build_task

@@ -48,7 +48,7 @@ class Bench:
     """The task, its FP32 baseline and calibration batches, and how every model is scored."""
 
     def __init__(self, task_name: str, folder: Path) -> None:
-        from slimkit.core.context import Context
+        from slimkit.tasks.context import Context
         from slimkit.tasks import build_task
         from slimkit.techniques.quantization.ptq import calibration_batches
 
@@ -84,7 +84,7 @@ class Bench:
 
     def train(self, model: torch.nn.Module, epochs: int, lr: float, seed: int) -> float:
         """Fine-tune ``model`` with the task's loss through the one loop (what the ``qat`` step does); seconds."""
-        from slimkit.core.context import Context
+        from slimkit.tasks.context import Context
         from slimkit.train.config import TrainConfig
 
         started = time.perf_counter()

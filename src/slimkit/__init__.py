@@ -36,9 +36,12 @@ def build_task(spec: Any):
 
 
 def measure_model(model: Any, task: Any, cfg: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Every metric of ``model`` on ``task``'s test split; see ``slimkit measure``."""
+    """Every metric of ``model`` on ``task`` (a Task, a task name or a task mapping)'s test split;
+    see ``slimkit measure``."""
     from slimkit.measure.model import measure_model as _measure
 
+    if isinstance(task, (str, dict)):
+        task = build_task(task)
     return _measure(model, task, cfg, **kwargs)
 
 

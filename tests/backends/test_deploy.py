@@ -126,7 +126,7 @@ def test_bad_deploy_config_names_the_problem(params, message):
 
 def test_deploy_outside_a_run_is_a_clear_error():
     from slimkit.backends.step import DeployConfig, deploy
-    from slimkit.core.context import Context
+    from slimkit.tasks.context import Context
 
     with pytest.raises(SlimkitError, match="inside a recipe run"):
         deploy(torch.nn.Linear(2, 2), DeployConfig(), Context(task=build_task("digits-cnn")))

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task

@@ -79,7 +79,7 @@ def test_gradients_reach_only_the_adapters(train_bias):
 
 
 def test_the_step_trains_only_the_adapters_and_thaws_the_rest_after():
-    from slimkit.core.context import Context
+    from slimkit.tasks.context import Context
     from slimkit.core.registry import STEPS
     from slimkit.tasks import build_task
     from slimkit.train.config import TrainConfig

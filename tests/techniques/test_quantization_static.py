@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task

@@ -98,7 +98,7 @@ def test_gptq_lowers_the_output_error_on_correlated_inputs():
 def mlp():
     task = build_task("digits-mlp")
     torch.manual_seed(0)
-    from slimkit.core.context import Context
+    from slimkit.tasks.context import Context
     from slimkit.train.config import TrainConfig
 
     model = task.build_model()

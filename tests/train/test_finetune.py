@@ -3,7 +3,7 @@
 import pytest
 
 from slimkit.core.config import parse_config
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.registry import STEPS, load_builtins
 from slimkit.recipes.schema import load_recipe

@@ -18,6 +18,12 @@ import torch
 from slimkit.core.errors import CheckpointError
 
 
+def cache_dir() -> Path:
+    """Where slimkit caches what is slow to recompute (reference outputs, teacher outputs):
+    ``SLIMKIT_CACHE``, default ``~/.cache/slimkit``."""
+    return Path(os.environ.get("SLIMKIT_CACHE", Path.home() / ".cache" / "slimkit"))
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)

@@ -35,12 +35,9 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
     """All metrics of ``model`` on ``task``'s held-out test split.
 
     ``size_bytes`` is the size of ``artifact`` when given (the file the run wrote), else of the
-    model's safetensors serialization. ``task`` is a Task (or a task name).
+    model's safetensors serialization. ``task`` is a Task (``slimkit.measure_model`` also takes a
+    task name).
     """
-    if isinstance(task, (str, dict)):
-        from slimkit.tasks import build_task
-
-        task = build_task(task)
     cfg = cfg or MeasureConfig()
     data = data or task.data
     device = resolve_device(cfg.device)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError, SlimkitError
 from slimkit.core.io import atomic_write_json, atomic_write_text, load_into_, load_state_dict, read_json, save_state_dict
 from slimkit.core.step import rebuild_model

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 
-from slimkit.core.context import Context
 from slimkit.core.step import StepResult, register_step
 from slimkit.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from slimkit.tasks.context import Context
 
 
 @register_step("train", config=TrainConfig)

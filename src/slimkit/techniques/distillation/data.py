@@ -111,7 +111,7 @@ def teacher_outputs(model: nn.Module, split: Split, device: torch.device | str, 
     ``hit`` (read from the cache), ``stored`` (computed and cached) or ``computed``. A cache file
     that cannot be read is computed again and replaced."""
     from slimkit.core.io import load_state_dict, save_state_dict
-    from slimkit.data.text import cache_dir
+    from slimkit.core.io import cache_dir
     from slimkit.measure.quality import predict
 
     path = cache_dir() / f"distill-teacher-{_key(model, split)}.safetensors" if use_disk else None

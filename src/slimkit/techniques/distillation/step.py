@@ -15,7 +15,7 @@ import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
 
 from slimkit.core.config import Config
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
 from slimkit.train.config import TrainingStepConfig, finetune_config

@@ -14,7 +14,7 @@ import torch.nn as nn
 from pydantic import Field, ValidationError
 
 from slimkit.core.config import Config, format_validation_error
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError
 from slimkit.core.step import StepResult, register_step
 from slimkit.techniques.fusion.fuse import fuse_model

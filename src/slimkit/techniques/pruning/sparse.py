@@ -69,7 +69,9 @@ class _SparseWeight(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         """The weight with its zeros back, in the layer's shape."""
-        if self._cache is not None and not torch.compiler.is_compiling():
+        # a weight rebuilt under inference_mode (measurement) cannot enter autograd (training others)
+        if self._cache is not None and not torch.compiler.is_compiling() \
+                and not (self._cache.is_inference() and not torch.is_inference_mode_enabled()):
             return self._cache
         numel = math.prod(self.weight_shape)
         mask = unpack_bits(self.weight_bitmask, numel)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
 
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.step import StepResult, register_step
 from slimkit.train.config import TrainingStepConfig, finetune_config

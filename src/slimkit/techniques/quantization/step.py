@@ -13,7 +13,7 @@ import torch.nn as nn
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from slimkit.core.config import Config, format_validation_error
-from slimkit.core.context import Context
+from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError
 from slimkit.core.step import StepResult, register_step
 from slimkit.train.config import TrainingStepConfig, finetune_config

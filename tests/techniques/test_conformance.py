@@ -1,0 +1,151 @@
+"""The same checks for every registered step (as timm tests every registered model).
+
+Each step, with the smallest config that does something on digits-cnn, must: refuse an unknown
+field by name; change the model (or, for ``deploy``, where it is measured); survive a kill right
+after it with the same final weights as an uninterrupted run (its checkpoint reloads through its
+``restore``, and a later step trains on the reloaded model exactly as on the live one); reload to
+the quality the run recorded; and export to ONNX Runtime with outputs that match eager. A new
+step fails ``test_every_registered_step_has_a_case`` until it is given a case here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimkit.core.config import parse_config
+from slimkit.core.errors import ConfigError
+from slimkit.core.io import load_state_dict
+from slimkit.core.registry import STEPS, load_builtins
+from slimkit.recipes.runner import run_recipe
+from slimkit.tasks import build_task
+
+# the smallest config of each step that changes a trained digits-cnn
+CASES: dict[str, dict] = {
+    "train": {"epochs": 1, "lr": 1e-3},
+    "fuse": {},
+    "prune": {"sparsity": 0.7},
+    "prune_structured": {"ratio": 0.3},
+    "distill": {"student": {"derive": {"width": 0.5}}, "losses": {"logits": {}}, "finetune": {"epochs": 1}},
+    "factorize": {"ratio": 0.3},
+    "lora": {"rank": 4, "finetune": {"epochs": 1}},
+    "quantize": {"calibration_samples": 128},
+    "qat": {"calibration_samples": 128, "finetune": {"epochs": 1}},
+    "quantize_weights": {"bits": 4, "group_size": 32},
+    "cluster": {"clusters": 8},
+    "hash": {"finetune": {"epochs": 1}},
+    "deploy": {"backend": "onnxruntime"},
+}
+# steps whose model computes the same function by design (judged by what else they change)
+EXACT = {"fuse", "deploy"}
+# what runs after the step: it trains the reloaded model (so a resumed run matches only if the
+# checkpoint restores every tensor and flag); models whose weights are integer codes cannot train,
+# and are measured again on ONNX Runtime instead (eager's figures there come from the reloaded model)
+AFTER: dict[str, dict] = {"quantize": {"deploy": {"backend": "onnxruntime"}},
+                          "qat": {"deploy": {"backend": "onnxruntime"}}}
+MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}
+
+
+def _recipe(name: str) -> dict:
+    return {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 3}}, "measure": MEASURE,
+            "steps": [{name: CASES[name]}, AFTER.get(name, {"train": {"epochs": 1, "lr": 1e-4}})]}
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """name -> (run folder, results) of the uninterrupted run, made once per step."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            out = tmp_path_factory.mktemp(f"conformance-{name}") / "run"
+            made[name] = (out, run_recipe(_recipe(name), out).results)
+        return made[name]
+
+    return get
+
+
+def test_every_registered_step_has_a_case():
+    load_builtins()
+    assert set(STEPS.names()) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_case_validates_and_an_unknown_field_is_named(name):
+    cls = STEPS.entry(name).config
+    parse_config(cls, CASES[name], name)
+    with pytest.raises(ConfigError, match=rf"{name}: unknown field 'no_such_field'"):
+        parse_config(cls, {**CASES[name], "no_such_field": 1}, name)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_step_is_not_a_no_op(name, runs, rebuild_run_step):
+    """It changes the stored tensors and what the model computes (``fuse``: the tensors only;
+    ``deploy``: neither, but where every later measurement runs)."""
+    out, results = runs(name)
+    base, step = results["steps"][0], results["steps"][1]
+    before, after = load_state_dict(out / base["artifact"]), load_state_dict(out / step["artifact"])
+    same_tensors = before.keys() == after.keys() and all(
+        before[k].shape == after[k].shape and torch.equal(before[k], after[k]) for k in before)
+    if name == "deploy":
+        assert same_tensors and step["metrics"]["backend"] == "onnxruntime" != base["metrics"]["backend"]
+        return
+    assert not same_tensors, f"{name} left every tensor as it was"
+    if name not in EXACT:
+        x = build_task("digits-cnn").data.test.inputs[0]
+        with torch.no_grad():
+            outputs = [rebuild_run_step(out, "digits-cnn", i, results["steps"][i])[0](x) for i in (0, 1)]
+        assert not torch.equal(*outputs), f"{name}: the model computes what it computed before"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kill_after_the_step_then_resume_gives_the_same_weights(name, runs, tmp_path):
+    out, results = runs(name)
+
+    def kill_before_the_next_step(line: str) -> None:
+        if line.startswith("step 2/2"):
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        run_recipe(_recipe(name), tmp_path / "run", report=kill_before_the_next_step)
+    resumed = run_recipe(_recipe(name), tmp_path / "run")
+    assert resumed.resumed_steps == 2
+    last = results["steps"][-1]["artifact"]
+    straight, again = load_state_dict(out / last), load_state_dict(tmp_path / "run" / last)
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight), f"{name}: resumed weights differ"
+    def qualities(res):
+        return [s["metrics"].get("eager", s["metrics"])["quality"] for s in res["steps"]]
+
+    assert qualities(resumed.results) == qualities(results)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_checkpoint_reloads_to_the_recorded_quality(name, runs, rebuild_run_step):
+    out, results = runs(name)
+    step = results["steps"][1]
+    _, quality = rebuild_run_step(out, "digits-cnn", 1, step)
+    recorded = step["metrics"]["eager"]["quality"] if "eager" in step["metrics"] else step["metrics"]["quality"]
+    assert quality == pytest.approx(recorded, abs=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_model_exports_to_onnx_runtime_and_matches_eager(name, runs, rebuild_run_step, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from slimkit.backends.step import default_tolerance
+    from slimkit.core.registry import BACKENDS
+
+    out, results = runs(name)
+    model, _ = rebuild_run_step(out, "digits-cnn", 1, results["steps"][1])
+    test = build_task("digits-cnn").data.test
+    x = test.inputs[0][:64]
+    compiled = BACKENDS.get("onnxruntime").compile(model, (x[:1],), precision="fp32", threads=1,
+                                                   workdir=tmp_path / "ort")
+    with torch.no_grad():
+        eager = model(x)
+    rel = float((compiled(x) - eager).abs().max() / eager.abs().max())
+    assert rel <= default_tolerance(model), f"{name}: ONNX Runtime differs from eager by {rel:.2g}"
