@@ -1,9 +1,12 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from slimkit.core.errors import CheckpointError, SlimkitError
+from slimkit.core.io import load_state_dict
+from slimkit.core.registry import STEPS
 from slimkit.recipes.runner import run_recipe
 from slimkit.train.loop import fit
 
@@ -133,3 +136,33 @@ def test_hostile_run_state_is_refused(tmp_path, tamper, message):
     state_path.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=message):
         run_recipe(recipe, tmp_path / "r")
+
+
+def test_baseline_initial_weights_are_kept_for_every_step_and_after_resume(tmp_path, monkeypatch):
+    seen: list[str | None] = []
+    entry = STEPS.entry("train")
+
+    def recording(model, cfg, ctx):
+        seen.append(ctx.initial_weights)
+        return entry.obj.fn(model, cfg, ctx)
+
+    monkeypatch.setitem(STEPS._entries, "train", dataclasses.replace(entry, obj=dataclasses.replace(entry.obj, fn=recording)))
+    recipe = {**RECIPE, "steps": RECIPE["steps"][:2]}
+    with pytest.raises(_Killed):  # baseline and step 1 finish; killed during step 2
+        run_recipe(recipe, tmp_path / "r", train_fn=_counting_fit([], kill_at=3))
+    path = tmp_path / "r" / "steps/00-baseline/initial.safetensors"
+    assert seen == [str(path)] * 2
+    initial = load_state_dict(path)
+    torch.manual_seed(RECIPE["seed"])
+    from slimkit.tasks import build_task
+
+    fresh = build_task("digits-mlp").build_model().state_dict()
+    assert initial.keys() == fresh.keys() and all(torch.equal(initial[k], fresh[k]) for k in fresh)
+    trained = load_state_dict(tmp_path / "r" / "steps/00-baseline/model.safetensors")
+    assert not any(torch.equal(initial[k], trained[k]) for k in initial if k.endswith("weight"))
+
+    path.unlink()  # a run folder from before initial weights were kept: re-created from the seed
+    run_recipe(recipe, tmp_path / "r")
+    assert seen[2:] == [str(path)]
+    again = load_state_dict(path)
+    assert all(torch.equal(again[k], initial[k]) for k in initial)

@@ -17,4 +17,6 @@ class MeasureConfig(Config):
     threads: int = Field(2, ge=1, description="intra-op threads while timing (and training)")
     eval_batch_size: int = Field(256, ge=1, description="batch size for the quality evaluation")
     memory: bool = Field(True, description="measure peak inference memory at batch_n")
+    per_row: int = Field(32, ge=1, description="test rows measured one at a time (MACs, batch-1 latency) for a model "
+                                            "whose cost depends on its input (input_dependent_cost = True)")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where to run: cuda only when asked and present")

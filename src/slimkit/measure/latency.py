@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -59,6 +60,29 @@ def measure_latency(fn: Callable[..., object], inputs: Sequence[torch.Tensor], *
             if budget_end is not None and i >= 2 and time.perf_counter() > budget_end:
                 break
     return _stats(times, inputs, threads)
+
+
+def measure_latency_over_rows(fn: Callable[..., object], rows: Sequence[Sequence[torch.Tensor]], *, warmup: int = 5,
+                              repeats: int = 30, threads: int | None = None, sync: Callable[[], None] | None = None,
+                              max_seconds: float | None = None, min_warmup_seconds: float = 0.2) -> LatencyStats:
+    """Time ``fn`` on each of ``rows`` (batches of one), for a model whose cost depends on its input.
+
+    Warm-up cycles through the rows (``warmup`` calls per row, at least ``min_warmup_seconds``);
+    then each of ``repeats`` rounds times every row once (``max_seconds`` caps the rounds after
+    the third). The figures pool all rows' times: the median is over rows and repeats, and the
+    quartiles show how much the cost varies with the input.
+    """
+    sync = sync or (lambda: None)
+    cycle = itertools.cycle(rows)
+    times: list[float] = []
+    with torch_threads(threads), torch.inference_mode():
+        _warm_up(lambda: fn(*next(cycle)), (), sync, warmup * len(rows), min_warmup_seconds, max_seconds)
+        budget_end = None if max_seconds is None else time.perf_counter() + max_seconds
+        for r in range(repeats):
+            times += [_time_once(fn, row, sync) for row in rows]
+            if budget_end is not None and r >= 2 and time.perf_counter() > budget_end:
+                break
+    return _stats(times, rows[0], threads)
 
 
 def measure_paired_latency(fns: dict[str, Callable[..., object]], inputs: Sequence[torch.Tensor], *,

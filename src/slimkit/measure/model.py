@@ -11,9 +11,10 @@ import torch.nn as nn
 
 from slimkit.data.base import DataSplits
 from slimkit.measure.config import MeasureConfig
-from slimkit.measure.latency import measure_latency
+from slimkit.measure.latency import measure_latency, measure_latency_over_rows
 from slimkit.measure.macs import count_macs
 from slimkit.measure.memory import peak_inference_bytes
+from slimkit.measure.per_row import has_input_dependent_cost, leading_rows, per_row_macs
 from slimkit.measure.quality import predict
 from slimkit.measure.size import count_nonzero_params, count_params, dense_fp32_bytes, file_bytes, serialized_bytes
 
@@ -36,7 +37,9 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
 
     ``size_bytes`` is the size of ``artifact`` when given (the file the run wrote), else of the
     model's safetensors serialization. ``task`` is a Task (``slimkit.measure_model`` also takes a
-    task name).
+    task name). A model declaring
+    ``input_dependent_cost = True`` gets its MACs and batch-1 latency over ``cfg.per_row`` test
+    rows, one at a time (``macs`` is then the mean; ``macs_per_row`` summarises them).
     """
     cfg = cfg or MeasureConfig()
     data = data or task.data
@@ -47,7 +50,8 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
     xn = tuple(t.to(device) for t in data.test.example_inputs(cfg.batch_n))
     timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
                   max_seconds=cfg.max_seconds)
-    lat1 = measure_latency(model, x1, **timing)
+    rows = leading_rows(data.test, cfg.per_row, device) if has_input_dependent_cost(model) else None
+    lat1 = measure_latency(model, x1, **timing) if rows is None else measure_latency_over_rows(model, rows, **timing)
     latn = measure_latency(model, xn, **timing)
     outputs = predict(model, data.test, cfg.eval_batch_size, device)
     quality = task.evaluate(outputs, data.test.targets)
@@ -58,7 +62,7 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
         "dense_fp32_bytes": dense_fp32_bytes(model),
         "params": count_params(model),
         "nonzero_params": count_nonzero_params(model),
-        "macs": count_macs(model, x1),
+        "macs": count_macs(model, x1) if rows is None else None,
         "latency_ms_b1": lat1.median_ms,
         "latency_ms_bN": latn.median_ms,
         "batch_N": cfg.batch_n,
@@ -70,6 +74,10 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
         "quality_metrics": {k: v for k, v in quality.items() if k != "quality"},
         "artifact": Path(artifact).name if artifact is not None else None,
     }
+    if rows is not None:
+        metrics["macs_per_row"] = by_row = per_row_macs(model, rows)
+        metrics["macs"] = round(by_row["mean"])
+        metrics["latency_b1"]["rows"] = len(rows)
     if cfg.memory:
         metrics["peak_memory_bytes"] = peak_inference_bytes(model, xn)
     return metrics

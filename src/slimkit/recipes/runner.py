@@ -6,6 +6,7 @@ Output folder::
     recipe.yaml          the resolved recipe (every default filled in)
     run-state.json       fingerprint of the recipe and the finished steps (for resume)
     steps/NN-name/model.safetensors   each step's model
+    steps/00-baseline/initial.safetensors   the baseline's freshly initialised weights (for rewinding)
     results.json         the results contract (see docs/ARCHITECTURE.md)
     report.md, report.html, pareto.png
 """
@@ -35,6 +36,7 @@ from slimkit.recipes.schema import Recipe, dump_yaml, load_recipe
 from slimkit.tasks.base import Task, build_task
 
 STATE_FILE = "run-state.json"
+INITIAL_FILE = "steps/00-baseline/initial.safetensors"
 STATE_VERSION = 1
 Reporter = Callable[[str], None]
 
@@ -65,17 +67,19 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
         else:
             atomic_write_text(out / "recipe.yaml", dump_yaml(recipe))
             started = time.perf_counter()
-            model = build_baseline(task, recipe, device, progress, train_fn, say)
+            model = build_baseline(task, recipe, device, progress, train_fn, say, initial=out / INITIAL_FILE)
             baseline_seconds = time.perf_counter() - started
             _finish(out, recipe, task, model, state, index=0, name="baseline", technique="baseline",
                     params=recipe.to_dict()["baseline"], info={}, structure=None, seconds=baseline_seconds,
                     deployment=None)
             say(_line(records[-1]))
+        initial = _initial_weights(task, recipe, out)
         for step in recipe.steps[len(records) - 1:]:
             say(f"step {step.index}/{len(recipe.steps)}: {step.name}")
             ctx = Context(task=task, device=device, seed=recipe.seed + step.index, out_dir=out / _step_dir(step.index, step.name),
                           progress=progress, measure=recipe.measure, task_config=recipe.task.to_json_dict(),
                           structures=_structures(records), baseline_weights=str(out / records[0]["artifact"]),
+                          initial_weights=initial,
                           **({"train_fn": train_fn} if train_fn else {}))
             started = time.perf_counter()
             torch.manual_seed(ctx.seed)
@@ -128,9 +132,13 @@ def _check_record(rec: Any, out: Path, where: str) -> None:
 
 
 def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: bool,
-              train_fn: Callable[..., Any] | None, say: Reporter) -> nn.Module:
+                   train_fn: Callable[..., Any] | None, say: Reporter, *, initial: Path | None = None) -> nn.Module:
+    """The baseline model, loaded or trained; its freshly initialised weights are saved to
+    ``initial`` first when given (lottery-ticket rewinding needs them)."""
     torch.manual_seed(recipe.seed)
     model = task.build_model()
+    if initial is not None:
+        _save_initial(initial, model, task)
     if recipe.baseline_weights is not None:
         say(f"baseline: loading {recipe.baseline_weights}")
         load_into_(model, load_state_dict(recipe.baseline_weights), str(recipe.baseline_weights))
@@ -140,6 +148,19 @@ def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: b
                       **({"train_fn": train_fn} if train_fn else {}))
         ctx.train(model, recipe.baseline_train, description="baseline")
     return model.eval()
+
+
+def _initial_weights(task: Task, recipe: Recipe, out: Path) -> str:
+    """The baseline's initial weights file; re-created from the seed if a resumed run lacks it."""
+    path = out / INITIAL_FILE
+    if not path.is_file():
+        torch.manual_seed(recipe.seed)
+        _save_initial(path, task.build_model(), task)
+    return str(path)
+
+
+def _save_initial(path: Path, model: nn.Module, task: Task) -> None:
+    save_state_dict(path, model.state_dict(), metadata={"slimkit_step": "initial", "task": task.name})
 
 
 def _restore(task: Task, records: list[dict[str, Any]], out: Path) -> nn.Module:

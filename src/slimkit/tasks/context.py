@@ -39,6 +39,7 @@ class Context:
     task_config: dict[str, Any] | None = None  # the task as the recipe wrote it (to rebuild the model elsewhere)
     structures: list[tuple[str, Any]] = field(default_factory=list)  # structural edits of earlier steps
     baseline_weights: str | None = None  # the run's baseline checkpoint (safetensors), for before/after comparisons
+    initial_weights: str | None = None  # the baseline's weights before training or loading (safetensors), for rewinding
 
     @property
     def data(self) -> "DataSplits":

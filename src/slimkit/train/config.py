@@ -16,7 +16,9 @@ from slimkit.core.config import Config
 
 class TrainConfig(Config):
     epochs: int = Field(10, ge=0, description="passes over the training split")
-    batch_size: int = Field(64, ge=1, description="examples per optimizer step")
+    batch_size: int = Field(64, ge=1, description="examples per forward pass")
+    accumulate: int = Field(1, ge=1, description="batches whose gradients are summed per optimizer step "
+                                                 "(effective batch: batch_size * accumulate)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")

@@ -17,6 +17,7 @@ from slimkit.data.base import DataSplits
 from slimkit.train.callbacks import Callback, FitState
 from slimkit.train.config import TrainConfig
 from slimkit.train.objectives import Batch, LossTerm
+from slimkit.train.progress import progress_bar
 
 Validate = Callable[[nn.Module], float]
 
@@ -69,9 +70,11 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on ``data.train`` with the sum of ``loss_terms``.
 
-    Deterministic for a given ``seed`` (shuffling and initialisation of anything random in the
-    terms). With ``cfg.keep_best`` and a ``validate`` function, the weights of the epoch with
-    the best validation quality are restored at the end.
+    Deterministic for a given ``seed`` (shuffling, batch transforms and initialisation of
+    anything random in the terms). The optimizer steps once every ``cfg.accumulate`` batches
+    (and at the end of each epoch), on their summed gradients; the schedule counts optimizer
+    steps. With ``cfg.keep_best`` and a ``validate`` function, the weights of the epoch with the
+    best validation quality are restored at the end.
     """
     torch.manual_seed(seed)
     device = torch.device(device)
@@ -82,27 +85,33 @@ def fit(
     for p in extra:
         p.data = p.data.to(device)
     optimizer = make_optimizer([*model.parameters(), *extra], cfg)
-    total = cfg.epochs * len(loader)
+    total = cfg.epochs * math.ceil(len(loader) / cfg.accumulate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total))
-    state = FitState(model=model, optimizer=optimizer, total_steps=total)
+    state = FitState(model=model, optimizer=optimizer, total_steps=total, seed=seed,
+                     generator=torch.Generator().manual_seed(seed))
     result = FitResult(epochs=cfg.epochs, steps=0, best_epoch=None, best_val=None)
     best_state = None
     for cb in callbacks:
         cb.on_fit_start(state)
-    with _progress(progress, description, total) as advance:
+    with progress_bar(progress, description, cfg.epochs * len(loader)) as advance:
         for epoch in range(cfg.epochs):
             state.epoch = epoch
             model.train()
             running, seen = 0.0, 0
-            for inputs, targets, extras in loader:
+            for i, (inputs, targets, extras) in enumerate(loader):
+                group = _group(i, len(loader), cfg.accumulate)
+                if i % cfg.accumulate == 0:
+                    optimizer.zero_grad(set_to_none=True)
                 inputs = tuple(t.to(device) for t in inputs)
-                targets = targets.to(device)
                 extras = {k: t.to(device) for k, t in extras.items()}
-                loss = _step(state, inputs, targets, extras, loss_terms, callbacks, cfg)
-                scheduler.step()
-                running += float(loss) * len(targets)
-                seen += len(targets)
-                state.step += 1
+                loss, rows = _train_batch(state, inputs, targets.to(device), extras, loss_terms, callbacks, group)
+                state.batch += 1
+                if (i + 1) % cfg.accumulate == 0 or i + 1 == len(loader):
+                    _optimizer_step(state, callbacks, cfg)
+                    scheduler.step()
+                    state.step += 1
+                running += float(loss) * rows
+                seen += rows
                 advance(f"epoch {epoch + 1}/{cfg.epochs} loss {running / seen:.4f}")
             record = {"epoch": epoch + 1, "loss": running / max(seen, 1)}
             if validate is not None:
@@ -125,56 +134,55 @@ def fit(
     return result
 
 
-def _step(state: FitState, inputs, targets, extras, loss_terms, callbacks, cfg: TrainConfig) -> torch.Tensor:
-    model, optimizer = state.model, state.optimizer
-    optimizer.zero_grad(set_to_none=True)
-    with contextlib.ExitStack() as stack:
-        for cb in callbacks:
-            stack.enter_context(cb.forward_context(state))
-        outputs = model(*inputs)
-        batch = Batch(model=model, inputs=inputs, targets=targets, outputs=outputs, extras=extras)
-        loss = sum(term.weight * term(batch) for term in loss_terms)
-    if not torch.isfinite(loss):
-        raise SlimkitError(f"training diverged: loss is {float(loss)} at step {state.step} (lower the lr?)")
-    loss.backward()
+def _group(index: int, batches: int, accumulate: int) -> int:
+    """How many batches share the optimizer step of batch ``index`` (fewer at an epoch's end)."""
+    return min(accumulate, batches - index // accumulate * accumulate)
+
+
+def _train_batch(state: FitState, inputs, targets, extras, loss_terms, callbacks, group: int) -> tuple[torch.Tensor, int]:
+    """Forward and backward of one batch (every pass of it); (summed loss, rows trained on)."""
     for cb in callbacks:
-        cb.after_backward(state)
-    if cfg.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
+        inputs, targets, extras = cb.transform_batch(state, inputs, targets, extras)
+    total: torch.Tensor | None = None
+    for index, pass_context in enumerate(_passes(state, callbacks)):
+        with pass_context:
+            with contextlib.ExitStack() as stack:
+                for cb in callbacks:
+                    stack.enter_context(cb.forward_context(state))
+                outputs = state.model(*inputs)
+                batch = Batch(model=state.model, inputs=inputs, targets=targets, outputs=outputs, extras=extras,
+                              pass_index=index)
+                loss = sum(term.weight * term(batch) for term in loss_terms)
+            if not torch.isfinite(loss):
+                raise SlimkitError(f"training diverged: loss is {float(loss)} at step {state.step} (lower the lr?)")
+            scaled = loss / group if group > 1 else loss
+            for cb in callbacks:
+                scaled = cb.scale_loss(state, scaled)
+            scaled.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    if total is None:
+        raise SlimkitError(f"no forward pass at step {state.step}: a callback's forward_passes gave none")
+    return total, len(targets)
+
+
+def _passes(state: FitState, callbacks: Sequence[Callback]):
+    """The pass contexts of this batch: those one callback asks for, else one plain pass."""
+    asked = [(cb, p) for cb in callbacks if (p := cb.forward_passes(state)) is not None]
+    if len(asked) > 1:
+        names = ", ".join(type(cb).__name__ for cb, _ in asked)
+        raise SlimkitError(f"forward_passes: only one callback may define a step's passes; {names} all do")
+    return asked[0][1] if asked else [contextlib.nullcontext()]
+
+
+def _optimizer_step(state: FitState, callbacks: Sequence[Callback], cfg: TrainConfig) -> None:
+    """Unscale, let callbacks read or edit gradients, clip, step (unless a callback skips it)."""
+    verdicts = [cb.unscale_gradients_(state) for cb in callbacks]
+    state.stepped = all(v is not False for v in verdicts)
+    if state.stepped:
+        for cb in callbacks:
+            cb.after_backward(state)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+        state.optimizer.step()
     for cb in callbacks:
         cb.on_step_end(state)
-    return loss.detach()
-
-
-class _NoProgress:
-    def __enter__(self):
-        return lambda text: None
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _RichProgress:
-    def __init__(self, description: str, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=True)
-        self.description, self.total = description, total
-
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task(self.description, total=self.total, status="")
-
-        def advance(text: str) -> None:
-            self.progress.update(task, advance=1, status=text)
-
-        return advance
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-
-def _progress(enabled: bool, description: str, total: int):
-    return _RichProgress(description, total) if enabled and total > 0 else _NoProgress()

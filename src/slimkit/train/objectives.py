@@ -16,13 +16,15 @@ import torch.nn as nn
 @dataclass
 class Batch:
     """What a loss term may look at: the model, its inputs, targets and outputs for this batch,
-    and the split's per-row extras (e.g. a teacher's cached outputs) for these rows."""
+    the split's per-row extras (e.g. a teacher's cached outputs) for these rows, and which of the
+    step's forward passes this is (0 unless a callback runs several, see ``forward_passes``)."""
 
     model: nn.Module
     inputs: tuple[torch.Tensor, ...]
     targets: torch.Tensor
     outputs: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    pass_index: int = 0
 
 
 class LossTerm(Protocol):
