@@ -73,6 +73,9 @@ def test_deploy_auto_picks_the_fastest_within_tolerance_and_later_steps_use_it(t
         first = (tmp_path / "run" / m["artifact"].split(" + ")[0])
         assert first.is_file() and m["size_bytes"] >= first.stat().st_size
     assert train["deployment"] == {"backend": info["backend"], "precision": "fp32"}
+    assert [s["target"]["backend"] for s in result["steps"]] == ["eager", "eager", info["backend"], info["backend"]]
+    assert base["deployment"] is None and train["target"] == {"backend": info["backend"], "precision": "fp32",
+                                                              "device": "cpu", "topology": None}
     for c in info["candidates"]:  # versus_baseline: the unfused baseline timed beside the fused model
         assert c["versus_b1_ms"] > 0 and c["speedup_vs_versus_b1"] == pytest.approx(c["versus_b1_ms"] / c["paired_b1_ms"])
         assert c["speedup_vs_versus_bN"] == pytest.approx(c["versus_bN_ms"] / c["paired_bN_ms"])
@@ -178,3 +181,17 @@ def test_default_tolerance_is_looser_for_quantized_models():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
     assert default_tolerance(model) == 1e-4
     assert default_tolerance(prepare_static(model)[0]) == 0.02
+
+
+def test_a_backend_owns_its_device_rule():
+    """Shared measurement code asks the backend where it runs; none is special-cased by name."""
+    import inspect
+
+    from slimkit.backends import measure
+    from slimkit.core.registry import BACKENDS, load_builtins
+
+    load_builtins()
+    assert BACKENDS.get("tensorrt").device_for("cpu") == "cuda"
+    assert BACKENDS.get("onnxruntime").device_for("cpu") == "cpu"
+    source = inspect.getsource(measure)
+    assert not any(f'== "{name}"' in source for name in BACKENDS.names() if name != "eager")

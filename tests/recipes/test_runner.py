@@ -124,6 +124,8 @@ def test_baseline_weights_are_loaded_not_trained(tmp_path):
     (lambda s: s["steps"][0].update(artifact="../../outside.safetensors"), "points outside the run folder"),
     (lambda s: s["steps"][0].pop("technique"), "malformed step record"),
     (lambda s: s["steps"].__setitem__(0, "junk"), "malformed step record"),
+    (lambda s: s["steps"][0]["target"].update(device="tpu"), r"steps\[0\]: target: field 'device'"),
+    (lambda s: s["steps"][0].pop("target"), r"steps\[0\]: target"),
 ])
 def test_hostile_run_state_is_refused(tmp_path, tamper, message):
     recipe = {**RECIPE, "steps": RECIPE["steps"][:1]}

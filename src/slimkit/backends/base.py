@@ -91,6 +91,12 @@ class Backend:
         return ("fp32",)
 
     @classmethod
+    def device_for(cls, requested: str) -> str:
+        """The device this backend runs on when the run measures on ``requested`` ("cpu" or
+        "cuda"): the same, unless the runtime only has one."""
+        return requested
+
+    @classmethod
     def compile(cls, model: nn.Module, example_inputs: Sequence[torch.Tensor], *, precision: str = "fp32",
                 threads: int | None = None, workdir: Path, device: str = "cpu", spin_wait: bool = True) -> Compiled:
         """Check the backend can run ``precision`` on ``device`` here, then build (timed).

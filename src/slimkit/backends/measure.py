@@ -21,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,9 @@ import torch.nn as nn
 from slimkit.core.errors import SlimkitError
 from slimkit.core.io import atomic_write_json, load_state_dict, read_json, save_state_dict
 from slimkit.measure.config import MeasureConfig
+
+if TYPE_CHECKING:
+    from slimkit.core.target import Target
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,10 @@ def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, 
     """
     from slimkit.core.registry import BACKENDS
     from slimkit.measure.latency import measure_latency, measure_paired_latency, torch_threads
+    from slimkit.measure.model import resolve_device
     from slimkit.measure.quality import predict
 
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if backend == "tensorrt":
-        device = "cuda"
+    device = BACKENDS.get(backend).device_for(resolve_device(cfg.device).type)
     test = task.data.test
     workdir.mkdir(parents=True, exist_ok=True)
     with torch_threads(cfg.threads):
@@ -185,6 +187,40 @@ def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig,
     if reference is not None:
         run.max_abs_diff, run.max_rel_diff = output_difference(outputs, reference)
     return run
+
+
+def measure_on_target(model: nn.Module, task: Any, cfg: MeasureConfig, target: "Target", *, artifact: Path,
+                      spec: ModelSpec, workdir: Path, measured: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every results.json figure of ``model`` where it runs: eager in this process; on any other
+    target, latency, quality and size (the artifact's bytes) from the backend's own process, with
+    eager's figures kept under ``"eager"``. ``measured``: the target's run of this model, if the
+    step already took it (its artifact paths relative to ``workdir``). ``metrics["artifact"]`` is
+    the checkpoint's name for eager, the list of files measured otherwise."""
+    from slimkit.measure.model import measure_model
+
+    metrics = measure_model(model, task, cfg, artifact=artifact)
+    if target.is_eager:
+        return metrics
+    if target.topology is not None:
+        raise SlimkitError(f"measuring a split model ({target.describe()}, topology {target.topology}) is not "
+                           "supported yet")
+    if measured is None:
+        where = workdir / f"deploy-{target.backend}-{target.precision}"
+        run = measure_backend(task, target.backend, target.precision, cfg, where, spec=spec,
+                              reference=eager_reference(model, task, cfg))
+        if not run.ok:
+            raise SlimkitError(f"measuring on the deployed backend {target.describe()} failed: {run.error}")
+        measured = {**run.to_dict(), "artifact": [str(where / a) for a in run.artifact]}
+    else:
+        measured = {**measured, "artifact": [str(workdir / a) for a in measured["artifact"]]}
+    eager = {k: metrics[k] for k in ("quality", "size_bytes", "latency_ms_b1", "latency_ms_bN", "artifact")}
+    return {**metrics, "quality": measured["quality"], "quality_metrics": measured["quality_metrics"],
+            "size_bytes": measured["artifact_bytes"], "latency_ms_b1": measured["latency_b1"]["median_ms"],
+            "latency_ms_bN": measured["latency_bN"]["median_ms"], "latency_b1": measured["latency_b1"],
+            "latency_bN": measured["latency_bN"], "backend": measured["backend"], "precision": measured["precision"],
+            "device": target.device, "artifact": measured["artifact"],
+            "max_rel_diff_vs_eager": measured["max_rel_diff"], "max_abs_diff_vs_eager": measured["max_abs_diff"],
+            "eager": eager}
 
 
 def output_difference(outputs: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:

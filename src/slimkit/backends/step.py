@@ -19,6 +19,7 @@ from slimkit.core.config import Config
 from slimkit.tasks.context import Context
 from slimkit.core.errors import SlimkitError
 from slimkit.core.step import StepResult, register_step
+from slimkit.core.target import Target
 
 
 def _check_backend(name: str) -> str:
@@ -79,12 +80,13 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
     """Pick the runtime (or 'auto': the fastest within tolerance); later steps are measured on it."""
     from slimkit.backends.measure import ModelSpec, all_candidates, eager_reference, measure_backends, write_table
     from slimkit.core.io import save_state_dict
+    from slimkit.core.registry import BACKENDS
     from slimkit.measure.config import MeasureConfig
 
     if ctx.out_dir is None or ctx.task_config is None:
         raise SlimkitError("deploy: runs inside a recipe run (it needs the run folder and the task's config)")
     measure = ctx.measure or MeasureConfig()
-    device = "cuda" if ctx.device.type == "cuda" else "cpu"
+    device = ctx.target.device
     if cfg.backend == "auto":
         pairs = all_candidates(cfg.precision, cfg.candidates, device)
     else:
@@ -117,9 +119,10 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
     info = {"backend": chosen.backend, "precision": chosen.precision, "objective": cfg.objective,
             "tolerance": tolerance, "max_quality_drop": cfg.max_quality_drop,
             "eager_fp32_quality": reference_quality, "candidates": rows}
-    deployment = {"backend": chosen.backend, "precision": chosen.precision,
-                  "run": {**chosen.to_dict(), "artifact": [f"{run_dir}/{a}" for a in chosen.artifact]}}
-    return StepResult(model, info=info, deployment=deployment)
+    target = Target(backend=chosen.backend, precision=chosen.precision,
+                    device=BACKENDS.get(chosen.backend).device_for(device))
+    measured = {**chosen.to_dict(), "artifact": [f"{run_dir}/{a}" for a in chosen.artifact]}
+    return StepResult(model, info=info, target=target, measured=measured)
 
 
 def default_tolerance(model: nn.Module) -> float:

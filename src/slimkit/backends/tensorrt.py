@@ -93,6 +93,10 @@ class TensorRtBackend(Backend):
         return ("fp32", "fp16")
 
     @classmethod
+    def device_for(cls, requested: str) -> str:
+        return "cuda"
+
+    @classmethod
     def build(cls, model, example_inputs, *, precision, threads, workdir, device, spin_wait=True) -> Built:
         from slimkit.backends.onnxruntime import export_onnx
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from slimkit.core.registry import STEPS
+from slimkit.core.target import Target
 
 
 @dataclass
@@ -21,9 +22,11 @@ class StepResult:
     model: nn.Module
     info: dict[str, Any] = field(default_factory=dict)  # what the step did, as the step reports it
     structure: dict[str, Any] | None = None  # JSON-able; given to ``restore`` on resume
-    # Set by the ``deploy`` step: {"backend", "precision"} that measures this and every later step,
-    # and optionally "run", the chosen backend's measurement (so it is not measured twice).
-    deployment: dict[str, Any] | None = None
+    # Set by a step that moves the model to another runtime (``deploy``): this step and every later
+    # one are measured there. ``measured``: that target's measurement of this model, when the step
+    # already took it (a ``BackendRun`` as a dict, artifact paths relative to the step's folder).
+    target: Target | None = None
+    measured: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

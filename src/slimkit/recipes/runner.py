@@ -17,27 +17,30 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from pydantic import ValidationError
 
 from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError, SlimkitError
 from slimkit.core.io import atomic_write_json, atomic_write_text, load_into_, load_state_dict, read_json, save_state_dict
 from slimkit.core.step import rebuild_model
+from slimkit.core.target import Target
+from slimkit.core.config import format_validation_error
 from slimkit.core.registry import STEPS
 from slimkit.measure.latency import torch_threads
-from slimkit.measure.model import measure_model, resolve_device
+from slimkit.measure.model import resolve_device
 from slimkit.recipes.report import write_report
 from slimkit.recipes.schema import Recipe, dump_yaml, load_recipe
 from slimkit.tasks.base import Task, build_task
 
 STATE_FILE = "run-state.json"
 INITIAL_FILE = "steps/00-baseline/initial.safetensors"
-STATE_VERSION = 1
+STATE_VERSION = 2
 Reporter = Callable[[str], None]
 
 
@@ -59,6 +62,7 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
     task = build_task(recipe.task)
     device = resolve_device(recipe.measure.device)
     records: list[dict[str, Any]] = state["steps"]
+    run = RunFolder(out, recipe, task, state)
     resumed = len(records)
     with torch_threads(recipe.measure.threads):
         if records:
@@ -68,26 +72,27 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
             atomic_write_text(out / "recipe.yaml", dump_yaml(recipe))
             started = time.perf_counter()
             model = build_baseline(task, recipe, device, progress, train_fn, say, initial=out / INITIAL_FILE)
-            baseline_seconds = time.perf_counter() - started
-            _finish(out, recipe, task, model, state, index=0, name="baseline", technique="baseline",
-                    params=recipe.to_dict()["baseline"], info={}, structure=None, seconds=baseline_seconds,
-                    deployment=None)
+            done = Done(index=0, name="baseline", technique="baseline", params=recipe.to_dict()["baseline"],
+                        seconds=time.perf_counter() - started, target=_first_target(recipe))
+            _finish(run, model, done)
             say(_line(records[-1]))
         initial = _initial_weights(task, recipe, out)
         for step in recipe.steps[len(records) - 1:]:
             say(f"step {step.index}/{len(recipe.steps)}: {step.name}")
+            target = _current_target(records)
             ctx = Context(task=task, device=device, seed=recipe.seed + step.index, out_dir=out / _step_dir(step.index, step.name),
                           progress=progress, measure=recipe.measure, task_config=recipe.task.to_json_dict(),
                           structures=_structures(records), baseline_weights=str(out / records[0]["artifact"]),
-                          initial_weights=initial,
+                          initial_weights=initial, target=target,
                           **({"train_fn": train_fn} if train_fn else {}))
             started = time.perf_counter()
             torch.manual_seed(ctx.seed)
             result = STEPS.get(step.technique).fn(model, step.config, ctx)
             model = result.model
-            _finish(out, recipe, task, model, state, index=step.index, name=step.name, technique=step.technique,
-                    params=step.config.to_json_dict(), info=result.info, structure=result.structure,
-                    seconds=time.perf_counter() - started, deployment=result.deployment or _deployment(records))
+            _finish(run, model, Done(index=step.index, name=step.name, technique=step.technique,
+                                     params=step.config.to_json_dict(), seconds=time.perf_counter() - started,
+                                     target=result.target or target, info=result.info, structure=result.structure,
+                                     measured=result.measured))
             say(_line(records[-1]))
     return RunResult(out, _results(recipe, task, records), resumed)
 
@@ -125,10 +130,10 @@ def _check_record(rec: Any, out: Path, where: str) -> None:
     artifact = (out / rec["artifact"]).resolve()
     if not artifact.is_relative_to(out.resolve()):
         raise CheckpointError(f"{where}: artifact path {rec['artifact']!r} points outside the run folder")
-    deployment = rec.get("deployment")
-    if deployment is not None and not (isinstance(deployment, dict) and isinstance(deployment.get("backend"), str)
-                                       and isinstance(deployment.get("precision"), str)):
-        raise CheckpointError(f"{where}: malformed deployment {deployment!r}")
+    try:
+        Target.model_validate(rec.get("target"))
+    except ValidationError as err:
+        raise CheckpointError(format_validation_error(err, f"{where}: target")) from None
 
 
 def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: bool,
@@ -176,62 +181,72 @@ def _step_dir(index: int, name: str) -> str:
     return f"steps/{index:02d}-{name.replace('#', '-')}"
 
 
-def _deployment(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The backend the last deploy step chose (None: eager PyTorch)."""
-    for rec in reversed(records):
-        if rec.get("deployment") is not None:
-            return {k: rec["deployment"][k] for k in ("backend", "precision")}
-    return None
+def _first_target(recipe: Recipe) -> Target:
+    """Eager PyTorch, FP32, on the run's measurement device."""
+    return Target(device=resolve_device(recipe.measure.device).type)
 
 
-def _finish(out: Path, recipe: Recipe, task: Task, model: nn.Module, state: dict[str, Any], *, index: int, name: str,
-            technique: str, params: Any, info: dict[str, Any], structure: Any, seconds: float,
-            deployment: dict[str, Any] | None) -> dict[str, Any]:
-    """Checkpoint the step's model, measure it, record it in the run state, rewrite the outputs."""
-    artifact = f"{_step_dir(index, name)}/model.safetensors"
-    save_state_dict(out / artifact, model.state_dict(), metadata={"slimkit_step": name, "task": task.name})
-    metrics = measure_model(model, task, recipe.measure, artifact=out / artifact)
-    if deployment is not None:
-        structures = [*_structures(state["steps"]), (technique, structure)]
-        metrics = _deployed_metrics(out, recipe, task, model, metrics, deployment, structures, artifact)
-        deployment = {k: deployment[k] for k in ("backend", "precision")}
-    record = {"name": name, "technique": technique, "params": params, "info": _jsonable(info), "metrics": metrics,
-              "seconds": round(seconds, 3), "artifact": artifact, "structure": structure, "deployment": deployment,
+def _current_target(records: list[dict[str, Any]]) -> Target:
+    """Where the last finished step ran (a deploy step moved it, or eager)."""
+    return Target.model_validate(records[-1]["target"])
+
+
+@dataclass
+class RunFolder:
+    """The run being written: its folder, recipe, task and run state."""
+
+    out: Path
+    recipe: Recipe
+    task: Task
+    state: dict[str, Any]
+
+
+@dataclass
+class Done:
+    """A finished step (or the baseline), as the runner records it."""
+
+    index: int
+    name: str
+    technique: str
+    params: Any
+    seconds: float
+    target: Target
+    info: dict[str, Any] = field(default_factory=dict)
+    structure: Any = None
+    measured: dict[str, Any] | None = None  # the target's measurement, if the step took it
+
+
+def _finish(run: RunFolder, model: nn.Module, done: Done) -> dict[str, Any]:
+    """Checkpoint the step's model, measure it on its target, record it in the run state, rewrite
+    the outputs."""
+    from slimkit.backends.measure import ModelSpec, measure_on_target
+
+    out, recipe, task = run.out, run.recipe, run.task
+    folder = _step_dir(done.index, done.name)
+    artifact = f"{folder}/model.safetensors"
+    save_state_dict(out / artifact, model.state_dict(), metadata={"slimkit_step": done.name, "task": task.name})
+    spec = ModelSpec(recipe.task.to_json_dict(), str((out / artifact).resolve()),
+                     [*_structures(run.state["steps"]), (done.technique, done.structure)])
+    metrics = measure_on_target(model, task, recipe.measure, done.target, artifact=out / artifact, spec=spec,
+                                workdir=out / folder, measured=done.measured)
+    _relative_artifacts(metrics, out)
+    record = {"name": done.name, "technique": done.technique, "params": done.params, "info": _jsonable(done.info),
+              "metrics": metrics, "seconds": round(done.seconds, 3), "artifact": artifact,
+              "structure": done.structure, "target": done.target.to_json_dict(),
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    state["steps"].append(record)
-    atomic_write_json(out / STATE_FILE, state)
-    results = _results(recipe, task, state["steps"])
+    run.state["steps"].append(record)
+    atomic_write_json(out / STATE_FILE, run.state)
+    results = _results(recipe, task, run.state["steps"])
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return record
 
 
-def _deployed_metrics(out: Path, recipe: Recipe, task: Task, model: nn.Module, metrics: dict[str, Any],
-                      deployment: dict[str, Any], structures: list[tuple[str, Any]], checkpoint: str) -> dict[str, Any]:
-    """Replace latency, quality and size by their values on the deployed backend (measured in its
-    own process); eager's figures stay under ``metrics["eager"]``."""
-    from slimkit.backends.measure import ModelSpec, eager_reference, measure_backend
-
-    step_dir = Path(checkpoint).parent
-    run = deployment.get("run")
-    if run is None:
-        workdir = out / step_dir / f"deploy-{deployment['backend']}-{deployment['precision']}"
-        spec = ModelSpec(recipe.task.to_json_dict(), str((out / checkpoint).resolve()), structures)
-        measured = measure_backend(task, deployment["backend"], deployment["precision"], recipe.measure, workdir,
-                                   spec=spec, reference=eager_reference(model, task, recipe.measure))
-        if not measured.ok:
-            raise SlimkitError(f"measuring on the deployed backend {deployment['backend']}/{deployment['precision']} "
-                               f"failed: {measured.error}")
-        run = {**measured.to_dict(), "artifact": [str((workdir / a).relative_to(out)) for a in measured.artifact]}
-    else:
-        run = {**run, "artifact": [str(step_dir / a) for a in run["artifact"]]}
-    eager = {k: metrics[k] for k in ("quality", "size_bytes", "latency_ms_b1", "latency_ms_bN", "artifact")}
-    return {**metrics, "quality": run["quality"], "quality_metrics": run["quality_metrics"],
-            "size_bytes": run["artifact_bytes"], "latency_ms_b1": run["latency_b1"]["median_ms"],
-            "latency_ms_bN": run["latency_bN"]["median_ms"], "latency_b1": run["latency_b1"],
-            "latency_bN": run["latency_bN"], "backend": run["backend"], "precision": run["precision"],
-            "artifact": " + ".join(run["artifact"]), "max_rel_diff_vs_eager": run["max_rel_diff"],
-            "max_abs_diff_vs_eager": run["max_abs_diff"], "eager": eager}
+def _relative_artifacts(metrics: dict[str, Any], out: Path) -> None:
+    """``metrics["artifact"]``: the files measured, as paths inside the run folder (" + "-joined)."""
+    files = metrics.get("artifact")
+    if isinstance(files, list):
+        metrics["artifact"] = " + ".join(str(Path(f).resolve().relative_to(out.resolve())) for f in files)
 
 
 def _results(recipe: Recipe, task: Task, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -243,8 +258,16 @@ def _results(recipe: Recipe, task: Task, records: list[dict[str, Any]]) -> dict[
         "recipe": recipe.to_dict(),
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "threads": recipe.measure.threads},
-        "steps": [{k: v for k, v in r.items() if k != "structure"} for r in records],
+        "steps": [_public_record(r) for r in records],
     }
+
+
+def _public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A step as results.json shows it: no structure; ``deployment`` ({backend, precision}) when it
+    was measured on a backend other than eager."""
+    target = record["target"]
+    deployment = None if target["backend"] == "eager" else {k: target[k] for k in ("backend", "precision")}
+    return {**{k: v for k, v in record.items() if k != "structure"}, "deployment": deployment}
 
 
 def _jsonable(obj: Any) -> Any:

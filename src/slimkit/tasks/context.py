@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from slimkit.core.target import Target
+
 if TYPE_CHECKING:
     from slimkit.data.base import DataSplits
     from slimkit.measure.config import MeasureConfig
@@ -39,6 +41,7 @@ class Context:
     task_config: dict[str, Any] | None = None  # the task as the recipe wrote it (to rebuild the model elsewhere)
     structures: list[tuple[str, Any]] = field(default_factory=list)  # structural edits of earlier steps
     baseline_weights: str | None = None  # the run's baseline checkpoint (safetensors), for before/after comparisons
+    target: Target = field(default_factory=Target)  # where the model runs and is measured now (deploy moves it)
     initial_weights: str | None = None  # the baseline's weights before training or loading (safetensors), for rewinding
 
     @property
