@@ -41,14 +41,15 @@ def test_shared_parameters_counted_once():
     assert count_params(model) == 20
 
 
-def test_quantized_weight_codes_count_as_weights():
+def test_encoded_layers_count_the_weights_of_the_dense_layer_they_stand_for():
     from slimkit.techniques.quantization.modules import QuantLinear
+    from slimkit.techniques.quantization.weight_only import WeightOnlyLinear, WeightOnlySpec
 
-    layer = QuantLinear(nn.Linear(10, 5))  # int8 codes are a buffer, the bias stays a parameter
+    layer = QuantLinear(nn.Linear(10, 5))  # int8 codes, scales and zero points as buffers, activation quantizers
     assert count_params(layer) == 10 * 5 + 5
     with torch.no_grad():
         layer.weight_int8[:2] = 0
     assert count_nonzero_params(layer) == 55 - 20
-    # codes, bias and the per-channel scales counted as dense float32; zero points (int64) and the
-    # activation quantizers' int32 zero points are not weights
-    assert dense_fp32_bytes(layer) == 4 * (50 + 5 + 5 + 2)
+    assert dense_fp32_bytes(layer) == 4 * 55  # the float layer's weight and bias, nothing of the encoding
+    packed = nn.Sequential(WeightOnlyLinear(nn.Linear(64, 8), WeightOnlySpec(bits=4, group_size=32)), nn.ReLU())
+    assert count_params(packed) == 64 * 8 + 8 and dense_fp32_bytes(packed) == 4 * (64 * 8 + 8)

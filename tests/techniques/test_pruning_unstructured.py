@@ -11,7 +11,7 @@ from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.pruning.callback import PruningCallback
 from slimkit.techniques.pruning.criteria import cubic_sparsity, keep_count, masks_from_scores, nm_mask, topk_mask
-from slimkit.techniques.pruning.sparse import SparseConv2d, SparseLinear, encode_sparse_, pack_bits, unpack_bits
+from slimkit.techniques.pruning.sparse import SparseConv2d, SparseLinear, encode_sparse_
 from slimkit.techniques.pruning.step import PruneConfig
 from slimkit.train.callbacks import FitState
 
@@ -49,15 +49,6 @@ def test_cubic_schedule_follows_zhu_and_gupta():
     assert cubic_sparsity(37.5, 100, 0.9) == pytest.approx(0.9 * (1 - 0.5 ** 3))
     values = [cubic_sparsity(t, 100, 0.9) for t in range(0, 101, 5)]
     assert values == sorted(values)
-
-
-def test_bit_packing_round_trips_and_is_little_endian():
-    mask = torch.tensor([True, False, False, False, False, False, False, False, True, True])
-    packed = pack_bits(mask)
-    assert packed.tolist() == [1, 3] and unpack_bits(packed, 10).tolist() == mask.tolist()
-    torch.manual_seed(0)
-    big = torch.rand(3, 5, 7) > 0.7
-    assert torch.equal(unpack_bits(pack_bits(big), big.numel()).reshape(big.shape), big)
 
 
 def test_sparse_layers_equal_the_masked_dense_layers_and_store_fewer_bytes():

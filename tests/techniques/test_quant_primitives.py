@@ -1,10 +1,9 @@
-"""Quantization arithmetic, observers and int4 packing against hand-computed values."""
+"""Quantization arithmetic and observers against hand-computed values."""
 
 import pytest
 import torch
 
 from slimkit.techniques.quantization.observers import make_observer
-from slimkit.techniques.quantization.pack import pack_int4, unpack_int4
 from slimkit.techniques.quantization.qscheme import (QuantSpec, dequantize, fake_quantize, qparams_from_range, quantize,
                                                       weight_qparams)
 
@@ -100,14 +99,3 @@ def test_observer_memory_is_bounded():
     assert sum(s.numel() for s in obs.samples) <= 1000
 
 
-@pytest.mark.parametrize("shape, qmin", [((7, 5), -8), ((4, 16), 0), ((1,), -8), ((0,), 0)])
-def test_int4_pack_round_trip(shape, qmin):
-    q = torch.randint(qmin, qmin + 16, shape, dtype=torch.int32)
-    packed = pack_int4(q, qmin)
-    assert packed.dtype == torch.uint8 and packed.numel() == (q.numel() + 1) // 2
-    assert torch.equal(unpack_int4(packed, shape, qmin), q)
-
-
-def test_int4_pack_rejects_codes_out_of_range():
-    with pytest.raises(ValueError, match="4-bit"):
-        pack_int4(torch.tensor([0, 16]), 0)

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from slimkit.core.errors import ConfigError
 from slimkit.recipes.runner import run_recipe
-from slimkit.techniques.sharing.codebook import SharedConv2d, SharedLinear, code_bits, pack_codes, unpack_codes
+from slimkit.techniques.sharing.codebook import SharedConv2d, SharedLinear, code_bits
 from slimkit.techniques.sharing.kmeans import initial_centroids, kmeans_1d
 
 MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}
@@ -47,13 +47,7 @@ def test_initialisations_are_the_papers():
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
-def test_packed_codes_round_trip_and_take_bits_per_code(bits):
-    codes = torch.randint(2**bits, (1001,))
-    packed = pack_codes(codes, bits)
-    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(1001 * bits / 8)
-    assert torch.equal(unpack_codes(packed, 1001, bits), codes)
-    with pytest.raises(ValueError, match="codes must lie"):
-        pack_codes(torch.tensor([2**bits]), bits)
+def test_a_codebook_of_2_to_the_bits_values_takes_bits_per_code(bits):
     assert code_bits(2**bits) == bits
 
 

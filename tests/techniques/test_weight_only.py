@@ -13,21 +13,12 @@ from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.quantization.gptq import HessianAccumulator, gptq_quantize
-from slimkit.techniques.quantization.pack import pack_int4
 from slimkit.techniques.quantization.step import restore_weight_only
 from slimkit.techniques.quantization.weight_only import (WeightOnlyConv2d, WeightOnlyEmbedding, WeightOnlyLinear,
-                                                          WeightOnlySpec, quantize_weight_only, unpack_nibbles)
+                                                          WeightOnlySpec, quantize_weight_only)
 
 SPECS = [WeightOnlySpec(4, 32, False), WeightOnlySpec(4, 64, True), WeightOnlySpec(8, 32, False),
          WeightOnlySpec(4, None, False), WeightOnlySpec(8, None, True)]
-
-
-def test_nibbles_unpack_what_pack_int4_packed():
-    codes = torch.randint(0, 16, (6, 10), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
-    packed = pack_int4(codes, 0).reshape(6, 5)
-    assert packed.dtype == torch.uint8 and packed.numel() == 30
-    assert torch.equal(unpack_nibbles(packed), codes)
-    assert int(packed[0, 0]) == int(codes[0, 0]) | (int(codes[0, 1]) << 4)  # low nibble first
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)

@@ -19,7 +19,6 @@ packages are imported inside each backend's own file, never at ``import slimkit`
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,9 @@ import torch
 import torch.nn as nn
 
 from slimkit.core.errors import BackendUnavailableError, ConfigError
+from slimkit.core.hardware import cpu_flags
+from slimkit.encoding.export import exporting_for
+from slimkit.encoding.model import densified, is_encoded
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -108,11 +110,8 @@ class Backend:
         """
         require(cls)
         check_precision(cls, precision, device)
-        if not cls.reads_sparse_encoding:
-            from slimkit.techniques.pruning.sparse import densified, is_sparse_encoded
-
-            if is_sparse_encoded(model):
-                model = densified(model)
+        if not cls.reads_sparse_encoding and is_encoded(model, "sparse"):
+            model = densified(model, "sparse")
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         with timed() as t:
@@ -138,19 +137,6 @@ def packages_available(*modules: str, extra: str) -> Availability:
             return Availability(False, f"python package {module!r} is not importable ({first}); "
                                        f"pip install 'slimkit[{extra}]'")
     return Availability(True)
-
-
-def cpu_flags() -> set[str] | None:
-    """This CPU's feature flags (``/proc/cpuinfo``: x86 ``flags``, ARM ``Features``), or None
-    where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return set()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -192,39 +178,19 @@ def dynamic_shapes(inputs: Sequence[torch.Tensor]) -> tuple[dict[int, Any], ...]
     return tuple({0: dyn, 1: dyn} if is_token_input(t) else {0: dyn} for t in inputs)
 
 
-_EXPORT_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("slimkit_export_target", default=None)
-
-
-def export_target() -> str | None:
-    """What a ``torch.export`` in progress is for: ``"onnxruntime"`` (an ONNX file that may use ONNX
-    Runtime's contrib ops), ``"onnx"`` (standard ONNX, any runtime), or None (any other use of the
-    program: torch.compile, TVM, OpenVINO's PyTorch frontend).
-
-    A layer may write itself differently for one target: a weight-only int4 linear becomes ONNX
-    Runtime's ``MatMulNBits`` contrib op when exported for ONNX Runtime, and standard ops (which
-    every runtime reads) otherwise; a dynamic int8 linear becomes ONNX's ``MatMulInteger`` in
-    either ONNX file."""
-    return _EXPORT_TARGET.get() if torch.compiler.is_exporting() else None
-
-
 def export_program(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
                    dynamic: bool = True, target: str | None = None) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` in eval mode, with dynamic batch/sequence sizes when ``dynamic``.
 
     With dynamic shapes, example inputs of batch size 1 would specialise the batch dimension, so
     they are repeated to batch 2 for the trace (likewise a sequence of length 1). ``target``:
-    the runtime the program is for, if it is for one only (see ``export_target``).
+    the runtime the program is for, if it is for one only (see ``slimkit.encoding.export_target``).
     """
     inputs = tuple(example_inputs)
     if dynamic:
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in inputs)
-    token = _EXPORT_TARGET.set(target)
-    try:
-        with torch.no_grad():
-            return torch.export.export(model.eval(), inputs,
-                                       dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
-    finally:
-        _EXPORT_TARGET.reset(token)
+    with exporting_for(target), torch.no_grad():
+        return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
 
 
 def cast_floats(inputs: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

@@ -32,9 +32,9 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
     xml.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from slimkit.techniques.quantization.modules import is_quantized
+        from slimkit.encoding import is_encoded
 
-        if is_quantized(model):
+        if is_encoded(model, ("quantized", "dynamic_int8")):
             # OpenVINO's torch.export frontend does not take convolutions on dequantized weights;
             # its ONNX frontend reads QuantizeLinear/DequantizeLinear as FakeQuantize, which its
             # low-precision transformations run as int8

@@ -126,10 +126,11 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
 
 
 def default_tolerance(model: nn.Module) -> float:
-    """1e-4 relative for a float model; 0.02 for one with quantized layers."""
-    from slimkit.techniques.quantization.modules import is_quantized
+    """1e-4 relative for a float model; 0.02 for one with layers that runtimes compute on integers
+    (static and dynamic int8: their rounding differs from eager's float reference by an LSB)."""
+    from slimkit.encoding import is_encoded
 
-    return 0.02 if is_quantized(model) else 1e-4
+    return 0.02 if is_encoded(model, ("quantized", "dynamic_int8")) else 1e-4
 
 
 def _verdict(row: dict[str, Any], cfg: DeployConfig, tolerance: float, reference_quality: float) -> str:

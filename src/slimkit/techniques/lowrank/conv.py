@@ -41,7 +41,8 @@ def check_factorizable(conv: nn.Conv2d) -> str | None:
 
 
 class Tucker2Conv(nn.Module):
-    """``last(core(first(x)))``: 1×1 ``I → r_in``, kh×kw ``r_in → r_out``, 1×1 ``r_out → O``."""
+    """``last(core(first(x)))``: 1×1 ``I → r_in``, kh×kw ``r_in → r_out``, 1×1 ``r_out → O``.
+    Not an encoded layer: its children are plain Conv2d layers."""
 
     def __init__(self, conv: nn.Conv2d, ranks: tuple[int, int]) -> None:
         super().__init__()
@@ -58,7 +59,8 @@ class Tucker2Conv(nn.Module):
 
 
 class CPConv(nn.Module):
-    """``last(horizontal(vertical(first(x))))``: 1×1 ``I → R``, depthwise kh×1 and 1×kw, 1×1 ``R → O``."""
+    """``last(horizontal(vertical(first(x))))``: 1×1 ``I → R``, depthwise kh×1 and 1×kw, 1×1 ``R → O``.
+    Not an encoded layer: its children are plain Conv2d layers."""
 
     def __init__(self, conv: nn.Conv2d, rank: int) -> None:
         super().__init__()

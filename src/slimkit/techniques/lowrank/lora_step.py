@@ -50,13 +50,10 @@ def restore_lora(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
 def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     """LoRA: a trainable rank-r update (alpha/r) * B @ A beside each chosen frozen Linear, trained
     with the rest of the model frozen, then (by default) merged into the Linear's weight."""
+    from slimkit.encoding import refuse_encoded
     from slimkit.techniques.lowrank.lora import add_lora_, freeze_except_lora_, is_lora, merge_lora_
-    from slimkit.techniques.pruning.sparse import is_sparse_encoded
-    from slimkit.techniques.quantization.modules import is_quantized
-    from slimkit.techniques.sharing.codebook import is_shared
 
-    if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
-        raise ConfigError("lora: the model is already quantized, shared or pruned-and-encoded; adapt a dense model")
+    refuse_encoded(model, "lora", "adapt a dense model")
     if is_lora(model):
         raise ConfigError("lora: the model already holds unmerged LoRA adapters (an earlier lora step with "
                           "merge: false)")

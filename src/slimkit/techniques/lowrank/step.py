@@ -343,14 +343,10 @@ def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResul
     """Low-rank factorization: each chosen Linear becomes two thinner Linears (truncated SVD,
     plain or activation-aware), each chosen Conv2d a Tucker-2 or CP chain of convolutions; layers
     whose rank saves nothing stay dense. Then optionally fine-tuned."""
+    from slimkit.encoding import refuse_encoded
     from slimkit.measure.macs import count_macs_by_module
-    from slimkit.techniques.pruning.sparse import is_sparse_encoded
-    from slimkit.techniques.quantization.modules import is_quantized
-    from slimkit.techniques.sharing.codebook import is_shared
 
-    if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
-        raise ConfigError("factorize: the model is already quantized, shared or pruned-and-encoded; factorize "
-                          "before those steps")
+    refuse_encoded(model, "factorize", "factorize before those steps")
     chosen = _chosen_layers(model, cfg)
     linear = [n for n, (_, kind) in chosen.items() if kind == "svd"]
     stats = input_statistics(model, linear, ctx, cfg.calibration_samples) if cfg.method != "plain" and linear else {}

@@ -31,7 +31,8 @@ METHODS = ("plain", "asvd", "whiten")
 
 
 class LowRankLinear(nn.Module):
-    """``up(down(x))``: a Linear factorized through ``rank`` channels (down has no bias)."""
+    """``up(down(x))``: a Linear factorized through ``rank`` channels (down has no bias). Not an
+    encoded layer: its children are plain Linears, which every step and backend already reads."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__()

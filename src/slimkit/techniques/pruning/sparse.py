@@ -18,34 +18,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-_POWERS = [1 << i for i in range(8)]
-
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """A bool tensor (any shape) -> uint8 bytes, 8 elements a byte, little-endian bit order."""
-    flat = mask.flatten().to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor(_POWERS, dtype=torch.int32)
-    return (flat.reshape(-1, 8).to(torch.int32) * weights).sum(dim=1).to(torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    """Inverse of ``pack_bits``: the first ``numel`` bits as bool, with division and remainder
-    only (OpenVINO's PyTorch frontend has no bit shifts)."""
-    p = packed.to(torch.int32).unsqueeze(-1)
-    powers = torch.tensor(_POWERS, dtype=torch.int32, device=packed.device)
-    bits = torch.remainder(torch.div(p, powers, rounding_mode="floor"), 2)
-    return bits.flatten()[:numel].bool()
-
+from slimkit.encoding.bits import pack_bits, unpack_bits
+from slimkit.encoding.dense import dense_conv2d, dense_linear
+from slimkit.encoding.layer import EncodedLayer, tensor_bytes
 
 def encoded_bytes(numel: int, nnz: int) -> int:
+    """Bytes of the bitmask and the float32 kept values."""
     return math.ceil(numel / 8) + 4 * nnz
 
 
-class _SparseWeight(nn.Module):
+class _SparseWeight(EncodedLayer):
     """A weight stored as ``weight_bitmask`` (uint8) and ``weight_values`` (float32) buffers."""
+
+    kind = "sparse"
 
     def __init__(self, weight: torch.Tensor, nnz: int | None = None) -> None:
         super().__init__()
@@ -86,7 +71,11 @@ class _SparseWeight(nn.Module):
         return dense
 
     def stored_bytes(self) -> int:
-        return self.weight_bitmask.numel() + 4 * self.nnz
+        return tensor_bytes(self.weight_bitmask, self.weight_values)
+
+    def nonzero_weights(self) -> int:
+        bias = 0 if self.bias is None else int(torch.count_nonzero(self.bias))
+        return int(torch.count_nonzero(self.weight_values)) + bias
 
     def extra_repr(self) -> str:
         numel = math.prod(self.weight_shape)
@@ -102,6 +91,9 @@ class SparseLinear(_SparseWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dense_weight(), self.bias)
 
+    def densify(self) -> nn.Linear:
+        return dense_linear(self.dense_weight(), self.bias)
+
 
 class SparseConv2d(_SparseWeight):
     def __init__(self, conv: nn.Conv2d, nnz: int | None = None) -> None:
@@ -113,6 +105,9 @@ class SparseConv2d(_SparseWeight):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def densify(self) -> nn.Conv2d:
+        return dense_conv2d(self.dense_weight(), self.bias, self)
 
 
 _TWINS = {nn.Linear: SparseLinear, nn.Conv2d: SparseConv2d}
@@ -140,43 +135,3 @@ def encode_sparse_(model: nn.Module, names: list[str], nnz: dict[str, int] | Non
         done[name] = {"kind": type(layer).__name__, "nnz": count, "numel": numel,
                       "bytes": twin.stored_bytes(), "dense_bytes": 4 * numel}
     return done
-
-
-def densify_(model: nn.Module) -> list[str]:
-    """Swap every bitmask-encoded layer back to a dense ``nn.Linear`` / ``nn.Conv2d`` holding the
-    same (zero-filled) weight, in place; returns their names. Steps that work on dense layers
-    (pruning again, quantization) start from this."""
-    names = []
-    for name, module in list(model.named_modules()):
-        if not isinstance(module, _SparseWeight):
-            continue
-        w = module.dense_weight().detach().clone()
-        if isinstance(module, SparseLinear):
-            dense = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
-        else:
-            dense = nn.Conv2d(w.shape[1] * module.groups, w.shape[0], tuple(w.shape[2:]), stride=module.stride,
-                              padding=module.padding, dilation=module.dilation, groups=module.groups,
-                              bias=module.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(w)
-            if module.bias is not None:
-                dense.bias.copy_(module.bias)
-        dense.to(w.device)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, dense)
-        names.append(name)
-    return names
-
-
-def is_sparse_encoded(model: nn.Module) -> bool:
-    return any(isinstance(m, _SparseWeight) for m in model.modules())
-
-
-def densified(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with its bitmask-encoded layers dense (for runtimes that would keep
-    the decoding in their graph)."""
-    import copy
-
-    dense = copy.deepcopy(model)
-    densify_(dense)
-    return dense

@@ -128,10 +128,11 @@ def sparsity_report(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def restore_prune(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     """Re-create the bitmask + values layers of the recorded sizes (the encodings then load)."""
-    from slimkit.techniques.pruning.sparse import densify_, encode_sparse_
+    from slimkit.encoding import densify_
+    from slimkit.techniques.pruning.sparse import encode_sparse_
 
     try:
-        densify_(model)  # an earlier prune step's layers: this step's encoding replaces theirs
+        densify_(model, "sparse")  # an earlier prune step's layers: this step's encoding replaces theirs
         layers = structure["encoded"]
         encode_sparse_(model, list(layers), {name: int(v["nnz"]) for name, v in layers.items()})
     except (KeyError, TypeError, ValueError) as err:
@@ -144,10 +145,11 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
     """Unstructured or N:M pruning of Linear and Conv2d weights (magnitude, movement or random
     scores, global or per-layer), optionally gradual and fine-tuned with the masks held, then
     stored sparse (bitmask + values)."""
+    from slimkit.encoding import densify_
     from slimkit.techniques.pruning.callback import PruningCallback
-    from slimkit.techniques.pruning.sparse import densify_, encode_sparse_
+    from slimkit.techniques.pruning.sparse import encode_sparse_
 
-    densify_(model)  # pruning a pruned model again (iterative pruning) starts from dense layers
+    densify_(model, "sparse")  # pruning a pruned model again (iterative pruning) starts from dense layers
     weights = prunable_weights(model, cfg.layers, cfg.skip)
     if not weights:
         raise ConfigError(f"prune: the model has no {' or '.join(cfg.layers)} layer to prune")

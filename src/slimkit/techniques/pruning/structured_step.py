@@ -150,17 +150,15 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     linear neurons, attention heads and blocks removed to a ratio, MACs or latency target (uniform,
     global or sensitivity-allocated ratios; L1/L2, BN-scale with network slimming, Taylor or random
     scores), then fine-tuned: the result is a smaller dense model."""
+    from slimkit.encoding import QUANTIZED_KINDS, densify_, refuse_encoded
     from slimkit.measure.macs import count_macs
     from slimkit.measure.size import count_params
     from slimkit.techniques.pruning.blocks import block_sensitivity, remove_blocks_, removable_blocks
-    from slimkit.techniques.pruning.sparse import densify_
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
     from slimkit.techniques.pruning.structured import Plan, attention_heads, sensitivity_ratios
 
-    if any(type(m).__module__.startswith("slimkit.techniques.quantization") for m in model.modules()):
-        raise ConfigError("prune_structured: the model is already quantized; put prune_structured before the "
-                          "quantization steps")
-    densify_(model)
+    refuse_encoded(model, "prune_structured", "put prune_structured before the quantization steps", QUANTIZED_KINDS)
+    densify_(model, "sparse")
     inputs = example_inputs(ctx)
     before = snapshot(model)
     macs0, params0 = count_macs(model, inputs), count_params(model)

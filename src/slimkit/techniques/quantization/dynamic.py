@@ -36,14 +36,18 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from slimkit.backends.base import export_target
+from slimkit.encoding.dense import dense_linear
+from slimkit.encoding.export import export_target
+from slimkit.encoding.layer import EncodedLayer, tensor_bytes
 
 Granularity = Literal["token", "tensor"]
 log = logging.getLogger("slimkit.quantize")
 
 
-class DynamicQuantLinear(nn.Module):
+class DynamicQuantLinear(EncodedLayer):
     """A linear with int8 per-channel weights whose input is quantized at run time."""
+
+    kind = "dynamic_int8"
 
     def __init__(self, linear: nn.Linear, granularity: Granularity = "token", weight_max: int = 127) -> None:
         super().__init__()
@@ -102,8 +106,19 @@ class DynamicQuantLinear(nn.Module):
                                       dtype=torch.int32, shape=shape, version=10)
         return self._rescale(acc.float(), scale)
 
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight_int8.shape)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def densify(self) -> nn.Linear:
+        """The float linear on the dequantized weight (no run-time rounding of the input)."""
+        return dense_linear(self.dense_weight(), self.bias)
+
     def stored_bytes(self) -> int:
-        return self.weight_int8.numel() + 4 * self.weight_scale.numel()
+        return tensor_bytes(self.weight_int8, self.weight_scale)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.out_features}, int8 weights (max {self.weight_max}), "

@@ -17,11 +17,15 @@ int8 while eager PyTorch runs the same arithmetic as a float reference (fake qua
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.quantized_decomposed
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.encoding.dense import dense_conv2d, dense_linear
+from slimkit.encoding.layer import EncodedLayer, tensor_bytes
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
 from slimkit.techniques.quantization.qscheme import QuantSpec, quantize
 
@@ -36,7 +40,7 @@ def vnni_available() -> bool | None:
     int16 saturation. None when it cannot be told (not Linux); False on CPUs that are not x86."""
     import platform
 
-    from slimkit.backends.base import cpu_flags
+    from slimkit.core.hardware import cpu_flags
 
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
@@ -51,14 +55,6 @@ def default_weight_max() -> int:
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return 127
     return 127 if vnni_available() else 63
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` holds int8 layers that run on integer kernels when exported to ONNX
-    (static QDQ layers, dynamic int8 linears)."""
-    from slimkit.techniques.quantization.dynamic import DynamicQuantLinear
-
-    return any(isinstance(m, (ActQuant, DynamicQuantLinear)) for m in model.modules())
 
 
 def _dtype(spec: QuantSpec) -> torch.dtype:
@@ -117,8 +113,10 @@ class ActQuant(nn.Module):
             "" if self.calibrating else f", scale={float(self.scale):.4g}, zero_point={int(self.zero_point)}")
 
 
-class _QuantLayer(nn.Module):
+class _QuantLayer(EncodedLayer):
     """A conv or linear layer with int8 per-channel weights (buffers) and quantized input/output."""
+
+    kind = "quantized"
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, activation: nn.Module | None, act_spec: QuantSpec,
                  observer: ObserverName, quantize_output: bool, weight_max: int = 127,
@@ -158,6 +156,23 @@ class _QuantLayer(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return _QD.dequantize_per_channel(self.weight_int8, self.weight_scale, self.weight_zero_point, 0,
                                           -self.weight_max, self.weight_max, torch.int8)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight_int8.shape)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The dequantized weight acting on the unsmoothed input (SmoothQuant's factors folded back)."""
+        w = self.dequantized_weight()
+        return w if self.input_smoothing is None else w * self.input_smoothing
+
+    def stored_bytes(self) -> int:
+        return tensor_bytes(self.weight_int8, self.weight_scale, self.weight_zero_point, self.input_smoothing)
+
+    def _with_activation(self, layer: nn.Module) -> nn.Module:
+        """``layer`` followed by the fused activation, if any: the float twin of this layer
+        (its output differs from this layer's only by the rounding of activations)."""
+        return layer if self.activation is None else nn.Sequential(layer, copy.deepcopy(self.activation))
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -210,6 +225,9 @@ class QuantConv2d(_QuantLayer):
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def densify(self) -> nn.Module:
+        return self._with_activation(dense_conv2d(self.dense_weight(), self.bias, self))
+
 
 class QuantLinear(_QuantLayer):
     channel_dim = -1
@@ -222,3 +240,6 @@ class QuantLinear(_QuantLayer):
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, self.bias)
+
+    def densify(self) -> nn.Module:
+        return self._with_activation(dense_linear(self.dense_weight(), self.bias))

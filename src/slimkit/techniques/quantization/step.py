@@ -80,9 +80,9 @@ def quantize_embeddings(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Modul
 def _dense_layers(model: nn.Module) -> nn.Module:
     """A pruned model's bitmask-encoded layers made dense again (their zeros stay zeros), so the
     quantizers see ordinary Linear and Conv2d layers: prune, then quantize."""
-    from slimkit.techniques.pruning.sparse import densify_
+    from slimkit.encoding import densify_
 
-    densify_(model)
+    densify_(model, "sparse")
     return model
 
 

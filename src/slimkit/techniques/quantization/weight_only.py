@@ -9,7 +9,7 @@ which is not stored. 4-bit codes are packed two to a byte, low nibble first, row
 
 That layout is exactly ONNX Runtime's ``MatMulNBits`` contrib operator's (``B`` as
 ``[N, blocks, block_size * bits / 8]`` bytes, ``scales`` and packed ``zero_points`` per block),
-so a ``WeightOnlyLinear`` exported for ONNX Runtime (``backends.base.export_target``) becomes one
+so a ``WeightOnlyLinear`` exported for ONNX Runtime (``slimkit.encoding.export_target``) becomes one
 ``MatMulNBits`` node that runs on the packed weights; exported anywhere else (OpenVINO, TVM, or
 ``torch.export`` in general) it is written with standard ops that unpack and dequantize the
 weight, which runtimes fold at load time (the file still ships the packed bytes). Embeddings
@@ -28,9 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.backends.base import export_target
-from slimkit.techniques.quantization.pack import pack_int4
+from slimkit.encoding.bits import pack_nibbles, unpack_nibbles
+from slimkit.encoding.dense import dense_conv2d, dense_embedding, dense_linear
+from slimkit.encoding.export import export_target
+from slimkit.encoding.layer import EncodedLayer, tensor_bytes
 from slimkit.techniques.quantization.qscheme import QuantSpec, qparams_from_range
+
 
 @dataclass(frozen=True)
 class WeightOnlySpec:
@@ -84,16 +87,10 @@ def quantize_groups(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     return q.clamp(0, spec.levels).to(torch.int32)
 
 
-def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """``(..., B)`` bytes -> ``(..., 2B)`` int32 4-bit codes, low nibble first (``pack_int4``'s
-    order), in plain integer arithmetic (OpenVINO's PyTorch frontend has no bit shifts)."""
-    p = packed.to(torch.int32)
-    high = torch.div(p, 16, rounding_mode="floor")
-    return torch.stack([p - 16 * high, high], dim=-1).flatten(-2)
-
-
-class _WeightOnly(nn.Module):
+class _WeightOnly(EncodedLayer):
     """Packed integer weight codes, scales and (asymmetric) zero points as buffers."""
+
+    kind = "weight_only"
 
     def __init__(self, weight: torch.Tensor, spec: WeightOnlySpec, codes: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None, zero_point: torch.Tensor | None = None) -> None:
@@ -112,7 +109,7 @@ class _WeightOnly(nn.Module):
             codes = quantize_groups(wg, scale, zero_point, spec)
         codes = codes.reshape(self.out_features, self.in_features)
         if spec.bits == 4:
-            self.register_buffer("weight_packed", pack_int4(codes, 0).reshape(self.out_features, self.n_groups, -1))
+            self.register_buffer("weight_packed", pack_nibbles(codes).reshape(self.out_features, self.n_groups, -1))
         else:
             self.register_buffer("weight_packed", codes.to(torch.uint8).reshape(self.out_features, self.n_groups, -1))
         self.register_buffer("weight_scale", scale.float().reshape(self.out_features, self.n_groups).contiguous())
@@ -121,7 +118,7 @@ class _WeightOnly(nn.Module):
         else:
             zp = zero_point.reshape(self.out_features, self.n_groups).to(torch.int32)
             if spec.bits == 4:  # per row, padded to whole bytes, as MatMulNBits reads them
-                zp = torch.stack([pack_int4(row, 0) for row in zp])
+                zp = torch.stack([pack_nibbles(row) for row in zp])
             else:
                 zp = zp.to(torch.uint8)
             self.register_buffer("weight_zero_point", zp.contiguous())
@@ -147,10 +144,12 @@ class _WeightOnly(nn.Module):
         w = (q - self.zero_points().unsqueeze(-1)) * self.weight_scale.unsqueeze(-1)
         return w.reshape(self.weight_shape)
 
+    def dense_weight(self) -> torch.Tensor:
+        return self.dequantized_weight()
+
     def stored_bytes(self) -> int:
         """Bytes of the codes, scales and zero points (what the layer's weight costs on disk)."""
-        return sum(t.numel() * t.element_size() for t in (self.weight_packed, self.weight_scale, self.weight_zero_point)
-                   if t is not None)
+        return tensor_bytes(self.weight_packed, self.weight_scale, self.weight_zero_point)
 
     def extra_repr(self) -> str:
         scheme = "symmetric" if self.spec.symmetric else "asymmetric"
@@ -161,6 +160,9 @@ class WeightOnlyLinear(_WeightOnly):
     def __init__(self, linear: nn.Linear, spec: WeightOnlySpec, **codes) -> None:
         super().__init__(linear.weight, spec, **codes)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def densify(self) -> nn.Linear:
+        return dense_linear(self.dense_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if export_target() == "onnxruntime" and self.group >= 16 and self.group & (self.group - 1) == 0:
@@ -194,6 +196,9 @@ class WeightOnlyConv2d(_WeightOnly):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dequantized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def densify(self) -> nn.Conv2d:
+        return dense_conv2d(self.dense_weight(), self.bias, self)
+
 
 class WeightOnlyEmbedding(_WeightOnly):
     """An embedding table quantized row by row (groups along the embedding dimension); lookups
@@ -204,6 +209,10 @@ class WeightOnlyEmbedding(_WeightOnly):
             raise ValueError("WeightOnlyEmbedding: max_norm renormalises rows at lookup and is not supported")
         super().__init__(embedding.weight, spec, **codes)
         self.padding_idx = embedding.padding_idx
+        self.bias = None
+
+    def densify(self) -> nn.Embedding:
+        return dense_embedding(self.dense_weight(), self.padding_idx)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         packed = self.weight_packed[ids]  # (..., G, bytes per group)
@@ -211,13 +220,6 @@ class WeightOnlyEmbedding(_WeightOnly):
         scale = self.weight_scale[ids].unsqueeze(-1)
         zp = self.zero_points()[ids].unsqueeze(-1)
         return ((q.float() - zp) * scale).reshape(*ids.shape, self.in_features)
-
-
-WEIGHT_ONLY_TYPES = (WeightOnlyLinear, WeightOnlyConv2d, WeightOnlyEmbedding)
-
-
-def weight_only_layers(model: nn.Module) -> dict[str, _WeightOnly]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, _WeightOnly)}
 
 
 def float_weight_bytes(module: nn.Module) -> int:

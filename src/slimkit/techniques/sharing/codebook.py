@@ -20,28 +20,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.techniques.pruning.sparse import pack_bits, unpack_bits
+from slimkit.encoding.bits import pack_codes, unpack_codes
+from slimkit.encoding.dense import dense_conv2d, dense_linear
+from slimkit.encoding.layer import EncodedLayer, tensor_bytes
 
 
 def code_bits(k: int) -> int:
     return max(1, math.ceil(math.log2(k)))
-
-
-def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer codes in [0, 2**bits) -> uint8 bytes, ``bits`` bits each, low bit first."""
-    flat = codes.flatten().to(torch.int64)
-    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2**bits):
-        raise ValueError(f"codes must lie in [0, {2**bits}) for {bits} bits")
-    powers = torch.tensor([1 << j for j in range(bits)], dtype=torch.int64)
-    planes = torch.remainder(torch.div(flat[:, None], powers, rounding_mode="floor"), 2).bool()
-    return pack_bits(planes)
-
-
-def unpack_codes(packed: torch.Tensor, numel: int, bits: int) -> torch.Tensor:
-    """Inverse of ``pack_codes``: the first ``numel`` codes as int64."""
-    planes = unpack_bits(packed, numel * bits).reshape(numel, bits).to(torch.int64)
-    powers = torch.tensor([1 << j for j in range(bits)], dtype=torch.int64, device=packed.device)
-    return (planes * powers).sum(1)
 
 
 def encoded_bytes(numel: int, k: int) -> int:
@@ -49,8 +34,10 @@ def encoded_bytes(numel: int, k: int) -> int:
     return math.ceil(numel * code_bits(k) / 8) + 4 * k
 
 
-class _SharedWeight(nn.Module):
+class _SharedWeight(EncodedLayer):
     """A weight stored as ``weight_codes`` (packed uint8 buffer) and ``codebook`` (parameter)."""
+
+    kind = "shared"
 
     def __init__(self, weight_shape: tuple[int, ...], k: int, fixed_zero: bool) -> None:
         super().__init__()
@@ -90,7 +77,7 @@ class _SharedWeight(nn.Module):
         return self.table()[self.codes()].reshape(self.weight_shape)
 
     def stored_bytes(self) -> int:
-        return self.weight_codes.numel() + 4 * self.codebook.numel()
+        return tensor_bytes(self.weight_codes, self.codebook)
 
     def extra_repr(self) -> str:
         return f"{self.weight_shape}, {self.k} shared values ({self.bits}-bit codes{', 0 fixed' if self.fixed_zero else ''})"
@@ -105,6 +92,9 @@ class SharedLinear(_SharedWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dense_weight(), self.bias)
 
+    def densify(self) -> nn.Linear:
+        return dense_linear(self.dense_weight(), self.bias)
+
 
 class SharedConv2d(_SharedWeight):
     def __init__(self, conv: nn.Conv2d, k: int, fixed_zero: bool = False) -> None:
@@ -116,6 +106,9 @@ class SharedConv2d(_SharedWeight):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def densify(self) -> nn.Conv2d:
+        return dense_conv2d(self.dense_weight(), self.bias, self)
 
 
 TWINS = {nn.Linear: SharedLinear, nn.Conv2d: SharedConv2d}
@@ -153,7 +146,3 @@ def share_(model: nn.Module, names: list[str], k: int, fixed_zero: dict[str, boo
         return twin
 
     return swap_twins_(model, names, TWINS, "weight sharing", build)
-
-
-def is_shared(model: nn.Module) -> bool:
-    return any(isinstance(m, _SharedWeight) for m in model.modules())

@@ -181,7 +181,8 @@ def read_archive(path: str | os.PathLike[str], model: torch.nn.Module) -> dict[s
     """The exact state dict ``write_archive`` wrote for ``model`` (a model of the same skeleton:
     its shared layers say how many bits each code takes)."""
     from slimkit.core.io import load_state_dict
-    from slimkit.techniques.sharing.codebook import _SharedWeight, pack_codes
+    from slimkit.encoding.bits import pack_codes
+    from slimkit.techniques.sharing.codebook import _SharedWeight
 
     state = load_state_dict(path)
     for name, module in model.named_modules():

@@ -47,13 +47,10 @@ def restore_hash(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
 def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
     """HashedNets: each layer's weight becomes a virtual matrix whose entries index a small stored
     vector by a hash of their position (with a hashed sign); then trained through the one loop."""
-    from slimkit.techniques.pruning.sparse import is_sparse_encoded
-    from slimkit.techniques.quantization.modules import is_quantized
-    from slimkit.techniques.sharing.codebook import is_shared
+    from slimkit.encoding import refuse_encoded
     from slimkit.techniques.sharing.hashing import hash_
 
-    if is_quantized(model) or is_shared(model) or is_sparse_encoded(model):
-        raise ConfigError("hash: the model is already quantized, shared or pruned-and-encoded; hash a dense model")
+    refuse_encoded(model, "hash", "hash a dense model")
     kinds = tuple(_KINDS[k] for k in cfg.layers)
     modules = dict(model.named_modules())
     unknown = [s for s in cfg.skip if s not in modules]

@@ -17,6 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.encoding.dense import dense_conv2d, dense_linear
+from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+
 PRIME = 2**31 - 1
 
 
@@ -36,8 +39,10 @@ def hash_indices(numel: int, stored: int, seed: int, device=None,
     return bucket, sign
 
 
-class _HashedWeight(nn.Module):
+class _HashedWeight(EncodedLayer):
     """A weight of ``weight_shape`` backed by ``hashed_weight`` (``stored`` values)."""
+
+    kind = "hashed"
 
     def __init__(self, weight_shape: tuple[int, ...], stored: int, seed: int) -> None:
         super().__init__()
@@ -74,6 +79,9 @@ class _HashedWeight(nn.Module):
         bucket, sign = self.index()
         return (self.hashed_weight[bucket] * sign).reshape(self.weight_shape)
 
+    def stored_bytes(self) -> int:
+        return tensor_bytes(self.hashed_weight)
+
     def extra_repr(self) -> str:
         return f"{self.weight_shape}, {self.stored} stored values (1/{math.prod(self.weight_shape) / self.stored:.1f})"
 
@@ -87,6 +95,9 @@ class HashedLinear(_HashedWeight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dense_weight(), self.bias)
 
+    def densify(self) -> nn.Linear:
+        return dense_linear(self.dense_weight(), self.bias)
+
 
 class HashedConv2d(_HashedWeight):
     def __init__(self, conv: nn.Conv2d, stored: int, seed: int) -> None:
@@ -98,6 +109,9 @@ class HashedConv2d(_HashedWeight):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def densify(self) -> nn.Conv2d:
+        return dense_conv2d(self.dense_weight(), self.bias, self)
 
 
 TWINS = {nn.Linear: HashedLinear, nn.Conv2d: HashedConv2d}

@@ -40,11 +40,11 @@ class ClusterConfig(TrainingStepConfig):
 
 def restore_cluster(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     """Re-create the shared layers (sizes and codebook lengths) for the checkpoint to load into."""
-    from slimkit.techniques.pruning.sparse import densify_
+    from slimkit.encoding import densify_
     from slimkit.techniques.sharing.codebook import share_
 
     try:
-        densify_(model)
+        densify_(model, "sparse")
         layers = structure["shared"]
         share_(model, list(layers), int(structure["clusters"]),
                {name: bool(v["fixed_zero"]) for name, v in layers.items()})
@@ -58,16 +58,13 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     """Weight sharing: each Linear / Conv2d weight clustered into ``clusters`` values by 1-D
     k-means (a pruned layer's zeros stay exact zeros), optionally fine-tuned (a centroid's
     gradient is the sum of its weights' gradients), stored as codebook + packed codes."""
-    from slimkit.techniques.pruning.sparse import densify_
-    from slimkit.techniques.quantization.modules import is_quantized
-    from slimkit.techniques.sharing.codebook import encoded_bytes, is_shared, share_
+    from slimkit.encoding import QUANTIZED_KINDS, densify_, refuse_encoded
+    from slimkit.techniques.sharing.codebook import encoded_bytes, share_
     from slimkit.techniques.sharing.kmeans import kmeans_1d
 
-    if is_shared(model):
-        raise ConfigError("cluster: the model's weights are already shared (one cluster step per run)")
-    if is_quantized(model):
-        raise ConfigError("cluster: the model is quantized; cluster before the quantization steps")
-    densify_(model)  # a pruned model: its zeros are kept exact below
+    refuse_encoded(model, "cluster", "one cluster or hash step per run", ("shared", "hashed"))
+    refuse_encoded(model, "cluster", "cluster before the quantization steps", QUANTIZED_KINDS)
+    densify_(model, "sparse")  # a pruned model: its zeros are kept exact below
     kinds = tuple(_KINDS[k] for k in cfg.layers)
     modules = dict(model.named_modules())
     unknown = [s for s in cfg.skip if s not in modules]
