@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from slimkit.core.step import restore_step
 from slimkit.core.errors import ConfigError
 from slimkit.core.io import load_into_, load_state_dict
 from slimkit.core.registry import MODELS, STEPS
@@ -347,7 +348,7 @@ def test_fuse_step_runs_resumes_and_restores(tmp_path):
     structure = state["steps"][1]["structure"]
     assert structure == {"fold_bn": True, "fuse_activations": True, "merge_linear": True}
     task = build_task("digits-cnn")
-    restored = load_into_(STEPS.get("fuse").restore(task.build_model(), structure),
+    restored = load_into_(restore_step("fuse", task.build_model(), structure),
                           load_state_dict(out / step["artifact"]), "fused artifact").eval()
     original = load_into_(task.build_model(), load_state_dict(out / baseline["artifact"]), "baseline").eval()
     x = torch.randn(4, 1, 8, 8)

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.core.step import restore_step
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.io import load_state_dict
 from slimkit.recipes.runner import run_recipe
@@ -60,7 +61,7 @@ def test_merging_gives_plain_linears_computing_what_the_adapted_model_does():
     merged = model(x).detach()
     assert float((merged - adapted).abs().max()) < 1e-5
     assert float((merged - before).abs().max()) > 0.1  # the merge carried the update
-    with pytest.raises(TypeError, match="1 is a ReLU"):
+    with pytest.raises(ValueError, match="1 is a ReLU"):
         add_lora_(model, ["1"], rank=1, alpha=1)
 
 
@@ -160,5 +161,7 @@ def test_lora_misconfigurations_name_the_problem(tmp_path):
         run([{"quantize": {}}, {"lora": {}}])
     with pytest.raises(ConfigError, match="unmerged LoRA adapters"):
         run([{"lora": {"finetune": {"epochs": 1}, "merge": False}}, {"lora": {}}])
-    with pytest.raises(CheckpointError, match="lora step's recorded structure is malformed"):
-        lora_step.restore_lora(_two_linears(), {"lora": {"1": {"rank": 1, "alpha": 1}}})
+    with pytest.raises(CheckpointError, match="lora step's recorded structure does not fit this model: LoRA: 1 is a"):
+        restore_step("lora", _two_linears(), {"lora": {"1": {"rank": 1, "alpha": 1}}})
+    with pytest.raises(CheckpointError, match="lora step's recorded structure: field 'lora.0.rank'"):
+        restore_step("lora", _two_linears(), {"lora": {"0": {"rank": 0, "alpha": 1}}})

@@ -198,15 +198,20 @@ def test_energy_picks_the_smallest_rank_holding_that_energy(tmp_path):
 
 def test_a_malformed_recorded_structure_is_a_checkpoint_error():
     from slimkit.core.errors import CheckpointError
-    from slimkit.techniques.lowrank.step import restore_factorize
+    from slimkit.core.step import restore_step
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
-    for structure in ({"factorized": {"2": {"kind": "svd"}}}, {"factorized": {"9": {"kind": "svd", "rank": 2}}},
-                      {"factorized": {"0": {"kind": "svd", "rank": 2}}}, {"factorized": {"0": {"kind": "bogus", "rank": 2}}},
-                      {"layers": {}}):
-        with pytest.raises(CheckpointError, match="factorize step's recorded structure is malformed"):
-            restore_factorize(model, structure)
-    restore_factorize(model, {"factorized": {"0": {"kind": "tucker2", "rank": [4, 2]}, "2": {"kind": "svd", "rank": 2}}})
+    for structure, message in (
+            ({"factorized": {"2": {"kind": "svd"}}}, "missing field 'factorized.2.rank'"),
+            ({"factorized": {"9": {"kind": "svd", "rank": 2}}}, "names layer '9', which this model does not have"),
+            ({"factorized": {"0": {"kind": "svd", "rank": 2}}}, "does not fit this model: svd needs a Linear"),
+            ({"factorized": {"0": {"kind": "bogus", "rank": 2}}}, "field 'factorized.0.kind'"),
+            ({"factorized": {"0": {"kind": "tucker2", "rank": 2}}}, "does not fit kind 'tucker2'"),
+            ({"layers": {}}, "unknown field 'layers'")):
+        with pytest.raises(CheckpointError, match=f"factorize step's recorded structure.*{message}"):
+            restore_step("factorize", model, structure)
+    restore_step("factorize", model, {"factorized": {"0": {"kind": "tucker2", "rank": [4, 2]},
+                                                     "2": {"kind": "svd", "rank": 2}}})
     assert isinstance(model[0], Tucker2Conv) and isinstance(model[2], LowRankLinear)
 
 

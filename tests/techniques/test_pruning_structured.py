@@ -292,13 +292,16 @@ def test_the_recorded_structure_rebuilds_the_pruned_model_from_a_fresh_one():
     remove_blocks_(model, removed)
     StructuredPruner(model, x, Plan(ratio=0.4)).step()
     structure = structure_diff(before, model, removed)
-    assert structure["tensors"] and structure["attrs"] and structure["removed"] == removed
+    assert structure.tensors and structure.attrs and structure.removed == removed
     rebuilt = apply_structure_(build(), structure)
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(*x), model.eval()(*x))
-    bad = {**structure, "tensors": {"nope.weight": [1]}}
-    with pytest.raises(CheckpointError, match="does not fit"):
+    bad = structure.model_copy(update={"tensors": {"nope.weight": [1]}})
+    with pytest.raises(CheckpointError, match="names layer 'nope', which this model does not have"):
+        apply_structure_(build(), bad)
+    bad = structure.model_copy(update={"tensors": {"conv1.nope": [1]}})
+    with pytest.raises(CheckpointError, match="does not fit this model: conv1.nope is not a tensor"):
         apply_structure_(build(), bad)
 
 

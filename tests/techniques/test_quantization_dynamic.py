@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from slimkit.core.step import restore_step
 from slimkit.core.errors import ConfigError
 from slimkit.recipes.runner import run_recipe
 from slimkit.techniques.quantization.dynamic import DynamicQuantLinear, quantize_dynamic
@@ -118,7 +119,7 @@ def test_quantize_step_dynamic_keeps_accuracy_deploys_on_onnxruntime_and_resumes
 
 
 def test_embedding_tables_become_int8_rows_and_the_checkpoint_restores():
-    from slimkit.techniques.quantization.step import quantize_embeddings, restore_quantization
+    from slimkit.techniques.quantization.step import quantize_embeddings
     from slimkit.techniques.quantization.weight_only import WeightOnlyEmbedding
 
     def build():
@@ -134,8 +135,6 @@ def test_embedding_tables_become_int8_rows_and_the_checkpoint_restores():
     assert 0 < float((q(ids) - reference).abs().max()) < 0.05 * float(reference.abs().max())
     assert quantize_embeddings(build(), QuantizeConfig(embeddings="float"))[1] == []
     structure = {"config": cfg.to_json_dict(), "weight_max": 63}
-    fresh = restore_quantization(build(), structure)
+    fresh = restore_step("quantize", build(), structure)
     fresh.load_state_dict(q.state_dict())
     assert torch.equal(fresh(ids), q(ids))
-    legacy = {"config": {k: v for k, v in cfg.to_json_dict().items() if k != "embeddings"}, "weight_max": 63}
-    assert isinstance(restore_quantization(build(), legacy)[0], nn.Embedding)  # older checkpoints: float tables

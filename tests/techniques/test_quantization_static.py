@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.core.step import restore_step
 from slimkit.tasks.context import Context
 from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
@@ -295,7 +296,6 @@ def test_smoothed_layers_export_to_onnx_runtime_and_restore_from_a_state_dict(tm
     pytest.importorskip("onnxruntime")
     from slimkit.backends.onnxruntime import export_onnx, load_onnx
     from slimkit.techniques.quantization.ptq import quantize_static
-    from slimkit.techniques.quantization.step import restore_quantization
 
     model, batches, (x,) = _outlier_model_and_batches()
     q, report = quantize_static(model, batches, smoothquant=0.5, weight_max=default_weight_max())
@@ -305,7 +305,7 @@ def test_smoothed_layers_export_to_onnx_runtime_and_restore_from_a_state_dict(tm
     assert (out - ref).abs().max() < 0.02 * ref.abs().max()
     structure = {"config": {"smoothquant": 0.5}, "weight_max": default_weight_max(),
                  "float_outputs": report.float_outputs, "smoothed": report.smoothed}
-    fresh = restore_quantization(model, structure)
+    fresh = restore_step("quantize", model, structure)
     fresh.load_state_dict(q.state_dict())
     with torch.no_grad():
         assert torch.equal(fresh(x[:8]), ref)

@@ -8,12 +8,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.core.errors import CheckpointError, ConfigError
-from slimkit.core.step import rebuild_model
+from slimkit.core.step import rebuild_model, restore_step
 from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.quantization.gptq import HessianAccumulator, gptq_quantize
-from slimkit.techniques.quantization.step import restore_weight_only
 from slimkit.techniques.quantization.weight_only import (WeightOnlyConv2d, WeightOnlyEmbedding, WeightOnlyLinear,
                                                           WeightOnlySpec, quantize_weight_only)
 
@@ -174,9 +173,11 @@ def test_quantize_weights_step_on_a_recipe_then_deploy_and_resume(tmp_path):
     assert isinstance(rebuilt[1], WeightOnlyLinear)
     quality = task.evaluate(predict(rebuilt, task.data.test, 256), task.data.test.targets)["quality"]
     assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
-    with pytest.raises(CheckpointError, match="not in the model"):
-        restore_weight_only(task.build_model(), {"config": state["steps"][1]["structure"]["config"],
-                                                 "layers": ["1", "9"]})
+    config = state["steps"][1]["structure"]["config"]
+    with pytest.raises(CheckpointError, match="names layer '9', which this model does not have"):
+        restore_step("quantize_weights", task.build_model(), {"config": config, "layers": {"1": 4, "9": 4}})
+    with pytest.raises(CheckpointError, match=r"structure: field 'layers.1': Input should be 4 or 8"):
+        restore_step("quantize_weights", task.build_model(), {"config": config, "layers": {"1": 3}})
 
 
 def test_bad_step_fields_are_named():

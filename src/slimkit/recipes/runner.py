@@ -91,7 +91,8 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
             model = result.model
             _finish(run, model, Done(index=step.index, name=step.name, technique=step.technique,
                                      params=step.config.to_json_dict(), seconds=time.perf_counter() - started,
-                                     target=result.target or target, info=result.info, structure=result.structure,
+                                     target=result.target or target, info=result.info,
+                                     structure=STEPS.get(step.technique).record(step.technique, result.structure),
                                      measured=result.measured))
             say(_line(records[-1]))
     return RunResult(out, _results(recipe, task, records), resumed)
@@ -212,7 +213,7 @@ class Done:
     seconds: float
     target: Target
     info: dict[str, Any] = field(default_factory=dict)
-    structure: Any = None
+    structure: dict[str, Any] | None = None  # the step's recorded structure, as JSON
     measured: dict[str, Any] | None = None  # the target's measurement, if the step took it
 
 

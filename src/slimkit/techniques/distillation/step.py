@@ -18,6 +18,7 @@ from slimkit.core.config import Config
 from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.techniques.pruning.structure import Skeleton
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
@@ -131,21 +132,35 @@ class DistillConfig(TrainingStepConfig):
         return self
 
 
-def restore_distill(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class DistillStructure(Config):
+    """The student: a zoo model (``model``, ``model_args``) or a skeleton cut from the teacher."""
+
+    model: str | None = Field(None, description="the zoo student's registered name")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="its arguments, as built for the task")
+    derived: Skeleton | None = Field(None, description="a student derived from the teacher: its skeleton")
+
+    @model_validator(mode="after")
+    def _one_student(self) -> "DistillStructure":
+        if (self.model is None) == (self.derived is None):
+            raise ValueError("record either a zoo student (model) or a derived one (derived)")
+        return self
+
+
+def restore_distill(model: nn.Module, structure: DistillStructure) -> nn.Module:
     """A zoo student replaced the model: build it again; a derived student: give the model its
     skeleton (the weights then load)."""
     from slimkit.core.registry import MODELS
     from slimkit.techniques.pruning.structure import apply_structure_
 
+    if structure.derived is not None:
+        return apply_structure_(model, structure.derived, "distill")
     try:
-        if "derived" in structure:
-            return apply_structure_(model, structure["derived"])
-        return MODELS.get(structure["model"])(**structure["model_args"])
-    except (KeyError, TypeError) as err:
-        raise CheckpointError(f"distill step's recorded student is malformed ({err!r})") from None
+        return MODELS.get(structure.model)(**structure.model_args)
+    except TypeError as err:
+        raise CheckpointError(f"distill step's recorded student {structure.model!r} does not build: {err}") from None
 
 
-@register_step("distill", config=DistillConfig, restore=restore_distill)
+@register_step("distill", config=DistillConfig, restore=restore_distill, structure=DistillStructure)
 def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
     """Knowledge distillation: the student trains on the task's data with the teacher's logits,
     embeddings, features, attention maps or self-attention relations as loss terms of the one
@@ -215,7 +230,7 @@ def _zoo_student(student: StudentConfig, ctx: Context) -> tuple[nn.Module, dict[
     if args is None:
         raise ConfigError(f"distill: task {ctx.task.name!r} does not build zoo models; give student: input")
     model = task.build_model().to(ctx.device)
-    return model, {"model": student.model, "model_args": args}
+    return model, DistillStructure(model=student.model, model_args=args)
 
 
 def _derived_student(model: nn.Module, teacher: nn.Module, spec: Derivation, cfg: DistillConfig,
@@ -247,7 +262,7 @@ def _derived_student(model: nn.Module, teacher: nn.Module, spec: Derivation, cfg
         plan = Plan(criterion=spec.criterion, ratio=1.0 - spec.width, heads=spec.heads, round_to=spec.round_to,
                     batches=batches)
         StructuredPruner(student, example, plan).step()
-    return student.train(), {"derived": structure_diff(before, student, spec.drop)}
+    return student.train(), DistillStructure(derived=structure_diff(before, student, spec.drop))
 
 
 def _drop_blocks(student: nn.Module, names: list[str], example: tuple, teacher: nn.Module) -> None:

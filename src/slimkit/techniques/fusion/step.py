@@ -8,14 +8,12 @@ statistics are updated any more, so put ``fuse`` last, after every step that tra
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch.nn as nn
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from slimkit.core.config import Config, format_validation_error
+from slimkit.core.config import Config
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError
 from slimkit.core.step import StepResult, register_step
 from slimkit.techniques.fusion.fuse import fuse_model
 
@@ -28,20 +26,16 @@ class FuseConfig(Config):
                                                  "nonlinearity between, when the merged layer costs no more MACs")
 
 
-def restore_fusion(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+def restore_fusion(model: nn.Module, cfg: FuseConfig) -> nn.Module:
     """Re-apply the recorded fusion to a fresh, unfused model, so the saved tensors load into it.
 
     The rewrite depends on the architecture only, never on the weights, so the result has the
-    module tree and state-dict keys of the model the step produced.
+    module tree and state-dict keys of the model the step produced; the config is the record.
     """
-    try:
-        cfg = FuseConfig.model_validate(structure)
-    except ValidationError as err:
-        raise CheckpointError(format_validation_error(err, "fuse step's recorded structure")) from None
     return fuse_model(model, **cfg.model_dump())[0]
 
 
-@register_step("fuse", config=FuseConfig, restore=restore_fusion)
+@register_step("fuse", config=FuseConfig, restore=restore_fusion, structure=FuseConfig)
 def fuse(model: nn.Module, cfg: FuseConfig, ctx: Context) -> StepResult:
     """Fuse operators for deployment: fold BatchNorm, fuse activations, merge linear layers (exact in eval).
 
@@ -49,4 +43,4 @@ def fuse(model: nn.Module, cfg: FuseConfig, ctx: Context) -> StepResult:
     step's info is the fusion report: counts, what was fused, what was left and why.
     """
     fused, report = fuse_model(model, **cfg.model_dump())
-    return StepResult(fused, info=report.to_dict(), structure=cfg.to_json_dict())
+    return StepResult(fused, info=report.to_dict(), structure=cfg)

@@ -58,7 +58,7 @@ def add_lora_(model: nn.Module, names: list[str], rank: int, alpha: float, dropo
     for name in names:
         layer = model.get_submodule(name)
         if type(layer) is not nn.Linear:
-            raise TypeError(f"LoRA: {name} is a {type(layer).__name__}, not an nn.Linear")
+            raise ValueError(f"LoRA: {name} is a {type(layer).__name__}, not an nn.Linear")
         done[name] = LoRALinear(layer, rank, alpha, dropout, generator)
         model.set_submodule(name, done[name])
     return done

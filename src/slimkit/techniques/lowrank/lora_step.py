@@ -11,8 +11,9 @@ import torch.nn as nn
 from pydantic import Field
 
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError, ConfigError
-from slimkit.core.step import StepResult, register_step
+from slimkit.core.errors import ConfigError
+from slimkit.core.config import Config
+from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
@@ -34,19 +35,27 @@ class LoraConfig(TrainingStepConfig):
                                           "no inference cost); false keeps them as separate modules")
 
 
-def restore_lora(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class AdapterRecord(Config):
+    rank: int = Field(ge=1, description="the adapter's rank r")
+    alpha: float = Field(gt=0, description="its update is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on its input while training")
+
+
+class LoraStructure(Config):
+    lora: dict[str, AdapterRecord] = Field(description="the unmerged adapters")
+
+
+def restore_lora(model: nn.Module, structure: LoraStructure) -> nn.Module:
     """Re-add unmerged adapters (skeletons of the recorded ranks) for the checkpoint to load into."""
     from slimkit.techniques.lowrank.lora import add_lora_
 
-    try:
-        for name, spec in structure["lora"].items():
-            add_lora_(model, [name], int(spec["rank"]), float(spec["alpha"]), float(spec.get("dropout", 0.0)))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"lora step's recorded structure is malformed ({err!r})") from None
+    with restoring("lora", model, structure.lora):
+        for name, record in structure.lora.items():
+            add_lora_(model, [name], record.rank, record.alpha, record.dropout)
     return model
 
 
-@register_step("lora", config=LoraConfig, restore=restore_lora)
+@register_step("lora", config=LoraConfig, restore=restore_lora, structure=LoraStructure)
 def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     """LoRA: a trainable rank-r update (alpha/r) * B @ A beside each chosen frozen Linear, trained
     with the rest of the model frozen, then (by default) merged into the Linear's weight."""
@@ -82,8 +91,8 @@ def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     for p in model.parameters():
         p.requires_grad_(id(p) in thaw)
     if not cfg.merge:
-        return StepResult(model, info=info, structure={"lora": {n: {"rank": cfg.rank, "alpha": cfg.alpha,
-                                                                    "dropout": cfg.dropout} for n in chosen}})
+        return StepResult(model, info=info, structure=LoraStructure(lora={
+            n: AdapterRecord(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout) for n in chosen}))
     inputs = tuple(t[:64].to(ctx.device) for t in ctx.data.val.inputs)
     with torch.no_grad():
         adapted = model.eval()(*inputs)

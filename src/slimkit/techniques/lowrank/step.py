@@ -14,8 +14,8 @@ from pydantic import Field, model_validator
 
 from slimkit.core.config import Config
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError, ConfigError
-from slimkit.core.step import StepResult, register_step
+from slimkit.core.errors import ConfigError
+from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -315,30 +315,42 @@ def _skeleton(layer: nn.Module, kind: str, rank) -> nn.Module:
     from slimkit.techniques.lowrank.conv import CPConv, Tucker2Conv
     from slimkit.techniques.lowrank.svd import LowRankLinear
 
-    if kind not in ("svd", "tucker2", "cp"):
-        raise ValueError(f"unknown factorization kind {kind!r}")
     if kind == "svd":
         if not isinstance(layer, nn.Linear):
-            raise TypeError(f"svd needs a Linear, found {type(layer).__name__}")
+            raise ValueError(f"svd needs a Linear, found {type(layer).__name__}")
         return LowRankLinear(layer.in_features, layer.out_features, int(rank), bias=layer.bias is not None)
     if not isinstance(layer, nn.Conv2d):
-        raise TypeError(f"{kind} needs a Conv2d, found {type(layer).__name__}")
+        raise ValueError(f"{kind} needs a Conv2d, found {type(layer).__name__}")
     return Tucker2Conv(layer, tuple(rank)) if kind == "tucker2" else CPConv(layer, int(rank))
 
 
-def restore_factorize(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class FactorizedRecord(Config):
+    kind: Literal["svd", "tucker2", "cp"] = Field(description="how the layer was factorized")
+    rank: int | tuple[int, int] = Field(description="its rank (Tucker-2: output and input ranks)")
+
+    @model_validator(mode="after")
+    def _rank_fits_kind(self) -> "FactorizedRecord":
+        if (self.kind == "tucker2") != isinstance(self.rank, tuple):
+            raise ValueError(f"rank {self.rank!r} does not fit kind {self.kind!r} (tucker2 has two ranks)")
+        if min((self.rank,) if isinstance(self.rank, int) else self.rank) < 1:
+            raise ValueError(f"ranks must be at least 1, got {self.rank!r}")
+        return self
+
+
+class FactorizeStructure(Config):
+    factorized: dict[str, FactorizedRecord] = Field(description="the factorized layers")
+
+
+def restore_factorize(model: nn.Module, structure: FactorizeStructure) -> nn.Module:
     """Re-create the factorized layers (sizes only) for the checkpoint to load into."""
-    try:
-        modules = dict(model.named_modules())
-        for name, spec in structure["factorized"].items():
-            layer = modules[name]
-            model.set_submodule(name, _skeleton(layer, spec["kind"], spec["rank"]).to(layer.weight.device))
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"factorize step's recorded structure is malformed ({err!r})") from None
+    with restoring("factorize", model, structure.factorized):
+        for name, record in structure.factorized.items():
+            layer = model.get_submodule(name)
+            model.set_submodule(name, _skeleton(layer, record.kind, record.rank).to(layer.weight.device))
     return model
 
 
-@register_step("factorize", config=FactorizeConfig, restore=restore_factorize)
+@register_step("factorize", config=FactorizeConfig, restore=restore_factorize, structure=FactorizeStructure)
 def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResult:
     """Low-rank factorization: each chosen Linear becomes two thinner Linears (truncated SVD,
     plain or activation-aware), each chosen Conv2d a Tucker-2 or CP chain of convolutions; layers
@@ -393,4 +405,4 @@ def factorize(model: nn.Module, cfg: FactorizeConfig, ctx: Context) -> StepResul
     info["quality_before_finetune"] = ctx.validate(model)
     if cfg.finetune.epochs:
         info["train"] = ctx.train(model, cfg.finetune, description="factorize").summary()
-    return StepResult(model, info=info, structure={"factorized": structure})
+    return StepResult(model, info=info, structure=FactorizeStructure(factorized=structure))

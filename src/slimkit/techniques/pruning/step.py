@@ -11,8 +11,9 @@ import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
 
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError, ConfigError
-from slimkit.core.step import StepResult, register_step
+from slimkit.core.errors import ConfigError
+from slimkit.core.config import Config
+from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -126,21 +127,26 @@ def sparsity_report(weights: dict[str, torch.Tensor]) -> dict[str, Any]:
             "sparsity_per_layer": {name: round(zeros[name] / w.numel(), 4) for name, w in weights.items()}}
 
 
-def restore_prune(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class SparseRecord(Config):
+    nnz: int = Field(ge=0, description="weights kept (the length of the values buffer)")
+
+
+class PruneStructure(Config):
+    encoded: dict[str, SparseRecord] = Field(description="the layers stored as bitmask + values")
+
+
+def restore_prune(model: nn.Module, structure: PruneStructure) -> nn.Module:
     """Re-create the bitmask + values layers of the recorded sizes (the encodings then load)."""
     from slimkit.encoding import densify_
     from slimkit.techniques.pruning.sparse import encode_sparse_
 
-    try:
-        densify_(model, "sparse")  # an earlier prune step's layers: this step's encoding replaces theirs
-        layers = structure["encoded"]
-        encode_sparse_(model, list(layers), {name: int(v["nnz"]) for name, v in layers.items()})
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"prune step's recorded structure is malformed ({err!r})") from None
+    densify_(model, "sparse")  # an earlier prune step's layers: this step's encoding replaces theirs
+    with restoring("prune", model, structure.encoded):
+        encode_sparse_(model, list(structure.encoded), {n: r.nnz for n, r in structure.encoded.items()})
     return model
 
 
-@register_step("prune", config=PruneConfig, restore=restore_prune)
+@register_step("prune", config=PruneConfig, restore=restore_prune, structure=PruneStructure)
 def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
     """Unstructured or N:M pruning of Linear and Conv2d weights (magnitude, movement or random
     scores, global or per-layer), optionally gradual and fine-tuned with the masks held, then
@@ -172,7 +178,8 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
         dense = sum(v["dense_bytes"] for v in encoded.values())
         info.update({"encoded_layers": len(encoded), "encoded_bytes": stored, "dense_bytes": dense,
                      "encoded_ratio": stored / dense if dense else None})
-        structure = {"encoded": {name: {"nnz": v["nnz"]} for name, v in encoded.items()}} if encoded else None
+        if encoded:
+            structure = PruneStructure(encoded={name: SparseRecord(nnz=v["nnz"]) for name, v in encoded.items()})
     return StepResult(model, info=info, structure=structure)
 
 

@@ -10,7 +10,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from slimkit.core.errors import CheckpointError
+from pydantic import Field
+
+from slimkit.core.config import Config
+from slimkit.core.step import restoring
 
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Tensor shapes and the integer and tuple-of-integer attributes of every module."""
@@ -20,8 +23,17 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
     return {"tensors": tensors, "attrs": attrs}
 
 
-def structure_diff(before: dict[str, Any], after: nn.Module, removed: list[str] = ()) -> dict[str, Any]:
-    """What changed between ``before`` (a ``snapshot``) and the model ``after``: JSON-able."""
+class Skeleton(Config):
+    """A structurally edited model relative to the one it came from."""
+
+    tensors: dict[str, list[int]] = Field(default_factory=dict, description="tensors whose shape changed: new shapes")
+    attrs: dict[str, dict[str, int | list[int]]] = Field(
+        default_factory=dict, description="module attributes that changed (out_channels, num_attention_heads, ...)")
+    removed: list[str] = Field(default_factory=list, description="blocks replaced by Skip")
+
+
+def structure_diff(before: dict[str, Any], after: nn.Module, removed: list[str] = ()) -> Skeleton:
+    """What changed between ``before`` (a ``snapshot``) and the model ``after``."""
     now = snapshot(after)
     tensors = {name: shape for name, shape in now["tensors"].items() if before["tensors"].get(name) != shape}
     attrs = {}
@@ -29,31 +41,31 @@ def structure_diff(before: dict[str, Any], after: nn.Module, removed: list[str] 
         changed = {k: v for k, v in values.items() if before["attrs"].get(name, {}).get(k) != v}
         if changed:
             attrs[name] = changed
-    return {"tensors": tensors, "attrs": attrs, "removed": list(removed)}
+    return Skeleton(tensors=tensors, attrs=attrs, removed=list(removed))
 
 
-def apply_structure_(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+def apply_structure_(model: nn.Module, skeleton: Skeleton, step: str = "prune_structured") -> nn.Module:
     """Give ``model`` the recorded skeleton: removed blocks become ``Skip``, tensors are
     re-allocated at their recorded shapes (values come from the checkpoint) and attributes set."""
     from slimkit.techniques.pruning.blocks import remove_blocks_
 
-    try:
-        remove_blocks_(model, list(structure.get("removed", [])))
-        modules = dict(model.named_modules())
-        for name, shape in structure["tensors"].items():
+    owners = {name.rpartition(".")[0] for name in skeleton.tensors}
+    with restoring(step, model, sorted({*skeleton.removed, *owners, *skeleton.attrs})):
+        remove_blocks_(model, skeleton.removed)
+        for name, shape in skeleton.tensors.items():
             owner, _, leaf = name.rpartition(".")
-            module = modules[owner]
-            old = getattr(module, leaf)
-            new = torch.empty([int(s) for s in shape], dtype=old.dtype, device=old.device)
+            module = model.get_submodule(owner)
+            old = getattr(module, leaf, None)
+            if not isinstance(old, torch.Tensor):
+                raise ValueError(f"{name} is not a tensor of this model")
+            new = torch.empty(shape, dtype=old.dtype, device=old.device)
             if isinstance(old, nn.Parameter):
                 setattr(module, leaf, nn.Parameter(new, requires_grad=old.requires_grad))
             else:
                 module._buffers[leaf] = new
-        for name, values in structure["attrs"].items():
+        for name, values in skeleton.attrs.items():
             for key, value in values.items():
-                setattr(modules[name], key, tuple(value) if isinstance(value, list) else value)
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"structured pruning's recorded structure does not fit this model ({err!r})") from None
+                setattr(model.get_submodule(name), key, tuple(value) if isinstance(value, list) else value)
     return model
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.step import StepResult, register_step
+from slimkit.techniques.pruning.structure import Skeleton
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
@@ -138,13 +139,13 @@ def _latency_ms(model: nn.Module, ctx: Context) -> float:
     return stats.median_ms
 
 
-def restore_prune_structured(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+def restore_prune_structured(model: nn.Module, structure: Skeleton) -> nn.Module:
     from slimkit.techniques.pruning.structure import apply_structure_
 
     return apply_structure_(model, structure)
 
 
-@register_step("prune_structured", config=StructuredPruneConfig, restore=restore_prune_structured)
+@register_step("prune_structured", config=StructuredPruneConfig, restore=restore_prune_structured, structure=Skeleton)
 def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context) -> StepResult:
     """Structured pruning on a dependency graph (torch-pruning's DepGraph): whole conv channels,
     linear neurons, attention heads and blocks removed to a ratio, MACs or latency target (uniform,

@@ -7,15 +7,14 @@ and exports (``deploy``) to ONNX Runtime and OpenVINO, which execute it on integ
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch.nn as nn
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from slimkit.core.config import Config, format_validation_error
+from slimkit.core.config import Config
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError
-from slimkit.core.step import StepResult, register_step
+from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.train.config import TrainingStepConfig, finetune_config
 from slimkit.techniques.quantization.observers import ObserverName
 from slimkit.techniques.quantization.qscheme import StepInit
@@ -92,39 +91,35 @@ def _weight_max(cfg: QuantizeConfig) -> int:
     return {"int8": 127, "int7": 63}.get(cfg.weight_range) or default_weight_max()
 
 
-def _structure_error(step: str, err: Exception) -> CheckpointError:
-    """A checkpoint's recorded structure that does not rebuild: say which step's and why."""
-    where = f"{step} step's recorded structure"
-    return CheckpointError(format_validation_error(err, where) if isinstance(err, ValidationError)
-                           else f"{where} is malformed ({err!r})")
+class QuantizeStructure(Config):
+    config: QuantizeConfig = Field(description="the step's config (which layers, method, observer)")
+    weight_max: int = Field(ge=1, le=127, description="largest weight code (127: 8 bits, 63: 7 bits)")
+    float_outputs: list[str] = Field(default_factory=list, description="layers whose output stays float")
+    smoothed: list[str] = Field(default_factory=list, description="layers with SmoothQuant input factors")
+    float_layers: list[str] = Field(default_factory=list, description="layers kept float by the mixed search")
 
 
-def restore_quantization(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.Module:
     """Re-apply the module swap to a fresh model; the saved codes and scales then load into it."""
     from slimkit.techniques.quantization.ptq import prepare_static
 
     model = _dense_layers(model)
-    try:
-        cfg = QuantizeConfig.model_validate(structure.get("config"))
-        weight_max = int(structure["weight_max"])
-        float_outputs = [str(name) for name in structure.get("float_outputs", [])]
-        smoothed = [str(name) for name in structure.get("smoothed", [])]
-        float_layers = [str(name) for name in structure.get("float_layers", [])]
+    cfg = structure.config
+    names = [*structure.float_outputs, *structure.smoothed, *structure.float_layers]
+    with restoring("quantize", model, names):
         if cfg.method == "dynamic":
             from slimkit.techniques.quantization.dynamic import quantize_dynamic
 
-            model = quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)[0]
+            model = quantize_dynamic(model, granularity=cfg.granularity, weight_max=structure.weight_max,
+                                     skip=cfg.skip)[0]
         else:
-            model = prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *float_layers],
-                                   weight_max=weight_max, float_outputs=float_outputs, smoothed=smoothed)[0]
-        # checkpoints written before embeddings were quantized have no such field: float then
-        recorded = structure["config"].get("embeddings", "float")
-        return quantize_embeddings(model, cfg.model_copy(update={"embeddings": recorded}))[0]
-    except (ValidationError, KeyError, TypeError, ValueError) as err:
-        raise _structure_error("quantize", err) from None
+            model = prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *structure.float_layers],
+                                   weight_max=structure.weight_max, float_outputs=structure.float_outputs,
+                                   smoothed=structure.smoothed)[0]
+        return quantize_embeddings(model, cfg)[0]
 
 
-@register_step("quantize", config=QuantizeConfig, restore=restore_quantization)
+@register_step("quantize", config=QuantizeConfig, restore=restore_quantization, structure=QuantizeStructure)
 def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     """Post-training int8 quantization (static: calibrated activations, per-channel weights), as QDQ.
 
@@ -162,10 +157,9 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
                      "layers_float": fallback.float_layers,
                      "bits_per_layer": {**{n: 8 if weight_max == 127 else 7 for n in report.quantized},
                                         **{n: 32 for n in fallback.float_layers}}})
-    return StepResult(prepared, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max,
-                                                      "float_outputs": report.float_outputs,
-                                                      "smoothed": report.smoothed,
-                                                      "float_layers": fallback.float_layers if fallback else []})
+    return StepResult(prepared, info=info, structure=QuantizeStructure(
+        config=cfg, weight_max=weight_max, float_outputs=report.float_outputs, smoothed=report.smoothed,
+        float_layers=fallback.float_layers if fallback else []))
 
 
 def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) -> StepResult:
@@ -180,7 +174,7 @@ def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) ->
                            + (f" (skipped: {report.skipped})" if report.skipped else ""))
     info = {"method": "dynamic", "weight_bits": 8 if weight_max == 127 else 7, "embeddings_int8": embeddings,
             **report.to_dict()}
-    return StepResult(q, info=info, structure={"config": cfg.to_json_dict(), "weight_max": weight_max})
+    return StepResult(q, info=info, structure=QuantizeStructure(config=cfg, weight_max=weight_max))
 
 
 QATFinetune = finetune_config("QATFinetune", epochs=Field(5, ge=1, description="fine-tuning epochs through the "
@@ -201,16 +195,20 @@ class QATConfig(TrainingStepConfig):
     skip: list[str] = Field(default_factory=list, description="module paths (after fusion) kept in float")
 
 
-def restore_qat(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class QATStructure(Config):
+    config: QATConfig = Field(description="the step's config")
+    weight_max: int = Field(ge=1, le=127, description="largest weight code (2^(b-1)-1 for b bits)")
+    float_outputs: list[str] = Field(default_factory=list, description="layers whose output stays float")
+
+
+def restore_qat(model: nn.Module, structure: QATStructure) -> nn.Module:
     """QAT converts to the layers ``quantize`` makes: re-apply that swap (codes and learned scales then load)."""
-    try:
-        cfg = QATConfig.model_validate(structure.get("config"))
-    except ValidationError as err:
-        raise CheckpointError(format_validation_error(err, "qat step's recorded structure")) from None
-    return restore_quantization(model, {**structure, "config": {"skip": cfg.skip}})
+    return restore_quantization(model, QuantizeStructure(config=QuantizeConfig(skip=structure.config.skip),
+                                                         weight_max=structure.weight_max,
+                                                         float_outputs=structure.float_outputs))
 
 
-@register_step("qat", config=QATConfig, restore=restore_qat)
+@register_step("qat", config=QATConfig, restore=restore_qat, structure=QATStructure)
 def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
     """Quantization-aware training (LSQ): b-bit weights and 8-bit activations with learned steps,
     fine-tuned with the task's loss, then converted to the same integer QDQ layers as ``quantize``.
@@ -233,8 +231,8 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
     info = {"method": "lsq", "weight_bits": bits, "activation_bits": cfg.activation_bits, "init": cfg.init,
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
             "layers_skipped": len(report.skipped), **layers, "train": fit.summary()}
-    return StepResult(model, info=info, structure={"config": cfg.to_json_dict(), "weight_max": 2 ** (bits - 1) - 1,
-                                                   "float_outputs": report.float_outputs})
+    return StepResult(model, info=info, structure=QATStructure(config=cfg, weight_max=2 ** (bits - 1) - 1,
+                                                               float_outputs=report.float_outputs))
 
 
 class QuantizeWeightsConfig(Config):
@@ -263,27 +261,29 @@ class QuantizeWeightsConfig(Config):
         return v
 
 
-def restore_weight_only(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class WeightOnlyStructure(Config):
+    config: QuantizeWeightsConfig = Field(description="the step's config (kinds, group size, symmetry)")
+    layers: dict[str, Literal[4, 8]] = Field(description="bits of each quantized layer (the others stay float)")
+
+
+def restore_weight_only(model: nn.Module, structure: WeightOnlyStructure) -> nn.Module:
     """Re-apply the swap to the recorded layers of a fresh model (the saved codes then load over it)."""
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, layers_of_kinds, quantize_weight_only
 
     model = _dense_layers(model)
-    try:
-        cfg = QuantizeWeightsConfig.model_validate(structure.get("config"))
-        layers = structure["layers"]
-        bits = {str(name): int(b) for name, b in layers.items()} if isinstance(layers, dict) else {
-            str(name): cfg.bits for name in layers}
+    cfg = structure.config
+    with restoring("quantize_weights", model, structure.layers):
         candidates = layers_of_kinds(model, tuple(cfg.layers))
-        if not set(bits) <= set(candidates):
-            raise ValueError(f"layers {sorted(set(bits) - set(candidates))} are not in the model")
+        if not set(structure.layers) <= set(candidates):
+            raise ValueError(f"layers {sorted(set(structure.layers) - set(candidates))} are not "
+                             f"{'/'.join(cfg.layers)} layers of this model")
         spec = WeightOnlySpec(cfg.bits, cfg.group_size, cfg.symmetric)
-        return quantize_weight_only(model, spec, kinds=tuple(cfg.layers), bits=bits,
-                                    skip=[n for n in candidates if n not in bits])[0]
-    except (ValidationError, KeyError, TypeError, ValueError) as err:
-        raise _structure_error("quantize_weights", err) from None
+        return quantize_weight_only(model, spec, kinds=tuple(cfg.layers), bits=dict(structure.layers),
+                                    skip=[n for n in candidates if n not in structure.layers])[0]
 
 
-@register_step("quantize_weights", config=QuantizeWeightsConfig, restore=restore_weight_only)
+@register_step("quantize_weights", config=QuantizeWeightsConfig, restore=restore_weight_only,
+               structure=WeightOnlyStructure)
 def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context) -> StepResult:
     """Weight-only quantization: int4 (packed) or int8 codes with per-group scales, activations in
     float. GPTQ by default (linears); on ONNX Runtime a quantized linear runs as ``MatMulNBits``."""
@@ -322,5 +322,5 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context)
         info.update({"validation_drop_pt": mixed.drop, "max_quality_drop": cfg.max_quality_drop,
                      "sensitivity_pt": mixed.sensitivity, "configurations_evaluated": mixed.evaluations,
                      "layers_float": sorted(n for n, b in mixed.bits.items() if b is None)})
-    return StepResult(q, info=info, structure={"config": cfg.to_json_dict(),
-                                               "layers": {n: v["bits"] for n, v in report.layers.items()}})
+    return StepResult(q, info=info, structure=WeightOnlyStructure(
+        config=cfg, layers={n: v["bits"] for n, v in report.layers.items()}))

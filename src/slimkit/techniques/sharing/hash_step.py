@@ -10,8 +10,9 @@ import torch.nn as nn
 from pydantic import Field
 
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError, ConfigError
-from slimkit.core.step import StepResult, register_step
+from slimkit.core.errors import ConfigError
+from slimkit.core.config import Config
+from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -33,17 +34,25 @@ class HashConfig(TrainingStepConfig):
     finetune: HashFinetune = Field(default_factory=HashFinetune, description="training with the hashed weights")
 
 
-def restore_hash(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class HashedRecord(Config):
+    stored: int = Field(ge=1, description="values stored for the layer's virtual weight")
+    seed: int = Field(description="seed of the layer's hash functions")
+
+
+class HashStructure(Config):
+    hashed: dict[str, HashedRecord] = Field(description="the hashed layers")
+
+
+def restore_hash(model: nn.Module, structure: HashStructure) -> nn.Module:
+    """Re-create the hashed layers (stored sizes and hash seeds) for the checkpoint to load into."""
     from slimkit.techniques.sharing.hashing import hash_
 
-    try:
-        hash_(model, structure["hashed"])
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"hash step's recorded structure is malformed ({err!r})") from None
+    with restoring("hash", model, structure.hashed):
+        hash_(model, {name: r.model_dump() for name, r in structure.hashed.items()})
     return model
 
 
-@register_step("hash", config=HashConfig, restore=restore_hash)
+@register_step("hash", config=HashConfig, restore=restore_hash, structure=HashStructure)
 def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
     """HashedNets: each layer's weight becomes a virtual matrix whose entries index a small stored
     vector by a hash of their position (with a hashed sign); then trained through the one loop."""
@@ -75,4 +84,4 @@ def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
                             "layers": {n: {"virtual": weights[n].numel(), "stored": s["stored"]} for n, s in spec.items()}}
     if cfg.finetune.epochs:
         info["train"] = ctx.train(model, cfg.finetune, description="hash").summary()
-    return StepResult(model, info=info, structure={"hashed": spec})
+    return StepResult(model, info=info, structure=HashStructure(hashed=spec))

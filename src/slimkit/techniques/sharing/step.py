@@ -11,8 +11,9 @@ import torch.nn as nn
 from pydantic import Field
 
 from slimkit.tasks.context import Context
-from slimkit.core.errors import CheckpointError, ConfigError
-from slimkit.core.step import StepResult, register_step
+from slimkit.core.errors import ConfigError
+from slimkit.core.config import Config
+from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -38,22 +39,28 @@ class ClusterConfig(TrainingStepConfig):
                                                  "layer's nonzero positions) to model.huffman.safetensors")
 
 
-def restore_cluster(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+class SharedRecord(Config):
+    fixed_zero: bool = Field(description="code 0 is the exact zero of a pruned layer (not trained)")
+
+
+class ClusterStructure(Config):
+    clusters: int = Field(ge=2, le=256, description="shared values per layer")
+    shared: dict[str, SharedRecord] = Field(description="the layers stored as codebook + codes")
+
+
+def restore_cluster(model: nn.Module, structure: ClusterStructure) -> nn.Module:
     """Re-create the shared layers (sizes and codebook lengths) for the checkpoint to load into."""
     from slimkit.encoding import densify_
     from slimkit.techniques.sharing.codebook import share_
 
-    try:
-        densify_(model, "sparse")
-        layers = structure["shared"]
-        share_(model, list(layers), int(structure["clusters"]),
-               {name: bool(v["fixed_zero"]) for name, v in layers.items()})
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"cluster step's recorded structure is malformed ({err!r})") from None
+    densify_(model, "sparse")
+    with restoring("cluster", model, structure.shared):
+        share_(model, list(structure.shared), structure.clusters,
+               {name: r.fixed_zero for name, r in structure.shared.items()})
     return model
 
 
-@register_step("cluster", config=ClusterConfig, restore=restore_cluster)
+@register_step("cluster", config=ClusterConfig, restore=restore_cluster, structure=ClusterStructure)
 def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     """Weight sharing: each Linear / Conv2d weight clustered into ``clusters`` values by 1-D
     k-means (a pruned layer's zeros stay exact zeros), optionally fine-tuned (a centroid's
@@ -100,7 +107,8 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     info.update({"encoded_bytes": stored, "dense_bytes": dense, "encoded_ratio": stored / dense, "layers": layers})
     if cfg.entropy_code:
         info["entropy_coded"] = _write_archive(model, ctx)
-    structure = {"clusters": cfg.clusters, "shared": {n: {"fixed_zero": v["fixed_zero"]} for n, v in layers.items()}}
+    structure = ClusterStructure(clusters=cfg.clusters,
+                                 shared={n: SharedRecord(fixed_zero=v["fixed_zero"]) for n, v in layers.items()})
     return StepResult(model, info=info, structure=structure)
 
 
