@@ -106,12 +106,14 @@ def accumulate_gradients(model: nn.Module, ctx: Context, batches: int, batch_siz
 
 
 def _latency_ms(model: nn.Module, ctx: Context) -> float:
+    """Eager batch-N latency with the run's measure settings (MeasureConfig's defaults without a run)."""
+    from slimkit.measure.config import MeasureConfig
     from slimkit.measure.latency import measure_latency
 
-    m = ctx.measure
-    batch = tuple(t[: (m.batch_n if m else 64)].to(ctx.device) for t in ctx.data.train.inputs)
-    stats = measure_latency(model.eval(), batch, warmup=3, repeats=m.repeats if m else 15,
-                            threads=m.threads if m else None, max_seconds=3.0)
+    m = ctx.measure or MeasureConfig()
+    batch = tuple(t[:m.batch_n].to(ctx.device) for t in ctx.data.train.inputs)
+    stats = measure_latency(model.eval(), batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads,
+                            max_seconds=m.max_seconds)
     return stats.median_ms
 
 
