@@ -50,7 +50,7 @@ class Bench:
     def __init__(self, task_name: str, folder: Path) -> None:
         from slimkit.tasks.context import Context
         from slimkit.tasks import build_task
-        from slimkit.techniques.quantization.ptq import calibration_batches
+        from slimkit.data.batches import calibration_batches
 
         self.task, self.folder = build_task(task_name), folder
         torch.manual_seed(SEED)

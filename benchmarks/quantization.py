@@ -284,7 +284,7 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     from slimkit.measure.quality import predict
     from slimkit.recipes.measure_task import baseline_for
     from slimkit.techniques.quantization.modules import default_weight_max
-    from slimkit.techniques.quantization.ptq import calibration_batches
+    from slimkit.data.batches import calibration_batches
 
     cfg = MeasureConfig(threads=args.threads, memory=False)
     task, recipe, model = baseline_for(name, cfg, progress=sys.stderr.isatty())

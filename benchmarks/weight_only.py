@@ -118,7 +118,7 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     from slimkit.measure.config import MeasureConfig
     from slimkit.measure.quality import predict
     from slimkit.recipes.measure_task import baseline_for
-    from slimkit.techniques.quantization.ptq import calibration_batches
+    from slimkit.data.batches import calibration_batches
 
     task, recipe, model = baseline_for(name, MeasureConfig(threads=args.threads, memory=False),
                                        progress=sys.stderr.isatty())

@@ -146,6 +146,18 @@ def test_the_search_keeps_the_drop_within_budget(tmp_path):
     assert done["info"]["factorized_weights"] < done["info"]["weights"]
 
 
+def test_the_budget_halving_ends_with_the_dense_plan_when_even_budget_zero_fails():
+    from slimkit.search import Option
+    from slimkit.techniques.lowrank.step import _halving_budgets
+
+    table = {"fc": [Option(None, 100), Option(8, 50, 0.0)]}  # a free move: taken at every budget
+    plans = list(_halving_budgets(table, 1.0))
+    assert plans[:2] == [(1.0, {"fc": 8}), (0.5, {"fc": 8})]
+    assert plans[-2:] == [(0.0, {"fc": 8}), (0.0, {"fc": None})]
+    costly = {"fc": [Option(None, 100), Option(8, 50, 2.0)]}
+    assert list(_halving_budgets(costly, 1.0)) == [(1.0, {"fc": None})]
+
+
 def test_a_factorized_model_runs_in_onnx_runtime(tmp_path):
     from slimkit.backends.onnxruntime import export_onnx, load_onnx
 

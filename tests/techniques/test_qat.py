@@ -12,11 +12,12 @@ import torch.nn as nn
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.step import rebuild_model
+from slimkit.data.batches import calibration_batches
 from slimkit.measure.quality import predict
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.quantization.modules import QuantConv2d, QuantLinear
-from slimkit.techniques.quantization.ptq import calibration_batches, quantize_static, quantized_layers
+from slimkit.techniques.quantization.ptq import quantize_static, quantized_layers
 from slimkit.techniques.quantization.qat import (LearnedStepQuant, QATLayer, convert_qat, prepare_qat, qat_layers,
                                                  weight_spec)
 from slimkit.techniques.quantization.qscheme import QuantSpec, lsq_fake_quantize, lsq_initial_step

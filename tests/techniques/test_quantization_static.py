@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from slimkit.core.step import restore_step
 from slimkit.tasks.context import Context
 from slimkit.measure.quality import predict
+from slimkit.data.batches import calibration_batches
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
-from slimkit.techniques.quantization.ptq import (calibrate, calibration_batches, convert,
-                                                 keep_model_outputs_float, prepare_static, quantized_layers,
-                                                 quantize_static, share_quantization_params)
+from slimkit.techniques.quantization.ptq import (calibrate, convert, keep_model_outputs_float, prepare_static,
+                                                 quantized_layers, quantize_static, share_quantization_params)
 from slimkit.techniques.quantization.qscheme import QuantSpec
 from slimkit.train.config import TrainConfig
 

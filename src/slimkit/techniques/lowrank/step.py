@@ -194,8 +194,8 @@ def _chosen_layers(model: nn.Module, cfg: FactorizeConfig) -> dict[str, tuple[nn
 def input_statistics(model: nn.Module, names: list[str], ctx: Context, samples: int) -> dict[str, Any]:
     """Each named Linear's input Gram matrix and mean |x| over ``samples`` training rows, from one
     pass; on sequence data only the real tokens' rows count (padding is masked out)."""
+    from slimkit.data.batches import calibration_batches
     from slimkit.techniques.lowrank.svd import InputStatistics
-    from slimkit.techniques.quantization.ptq import calibration_batches
 
     split = ctx.data.train
     modules = dict(model.named_modules())
@@ -240,9 +240,11 @@ def _plan(model: nn.Module, cfg: FactorizeConfig, chosen: dict, factorizer: _Fac
 def _search(model: nn.Module, search: SearchConfig, chosen: dict, factorizer: _Factorizer, ctx: Context
             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-layer ranks under a quality budget: each layer's drop at each ratio, alone (its
-    sensitivity curve), then the cheapest allocation whose summed drops stay within a budget,
-    checked on the whole model; the budget is halved until the check passes."""
+    sensitivity curve), then the greedy allocation (most weights saved per point of drop) whose
+    summed drops stay within a budget, checked on the whole model; the budget is halved until the
+    check passes."""
     from slimkit.measure.quality import predict
+    from slimkit.search import Option, scan_progress, sensitivity, tighten
 
     val = ctx.data.val.head(min(search.samples, len(ctx.data.val)))
 
@@ -262,52 +264,59 @@ def _search(model: nn.Module, search: SearchConfig, chosen: dict, factorizer: _F
                 model.set_submodule(name, layer)
 
     reference = quality()
-    options: dict[str, list[tuple[int, Any, float]]] = {}  # name -> [(weights, rank, drop)], dense first
-    for name, (layer, kind) in chosen.items():
-        opts = [(layer.weight.numel(), None, 0.0)]
-        for ratio in sorted(set(search.ratios), reverse=True):
-            rank = _rank_for(layer, kind, "ratio", ratio, None)
-            weights = _weights_of(layer, kind, rank)
-            if weights < opts[-1][0]:
-                opts.append((weights, rank, max(0.0, 100 * (reference - swapped({name: rank})))))
-        options[name] = opts
-    evaluations = sum(len(o) - 1 for o in options.values()) + 1
-    budget, tried = search.max_drop, []
-    while True:
-        plan = _allocate(options, budget)
+    with scan_progress(ctx.progress, "factorize: sensitivity") as progress:
+        probed = sensitivity(list(chosen), lambda name: _ratio_options(*chosen[name], search.ratios),
+                             lambda name, rank: max(0.0, 100 * (reference - swapped({name: rank}))),
+                             progress=progress, what="factorize search")
+    table = {name: [Option(None, chosen[name][0].weight.numel()), *opts] for name, opts in probed.items()}
+    evaluations = [sum(len(o) - 1 for o in table.values()) + 1]
+    tried: list[dict[str, Any]] = []
+
+    def verify(candidate: tuple[float, dict[str, Any]]) -> float:
+        budget, plan = candidate
         assignment = {n: r for n, r in plan.items() if r is not None}
         drop = 100 * (reference - swapped(assignment)) if assignment else 0.0
-        evaluations += 1
+        evaluations[0] += 1
         tried.append({"budget": budget, "drop": drop, "layers": len(assignment)})
-        if drop <= search.max_drop or not assignment:
-            break
-        budget /= 2
-    sensitivity = {n: {f"{w}": round(d, 4) for w, _, d in opts[1:]} for n, opts in options.items()}
-    return plan, {"reference": reference, "drop": drop, "tried": tried, "evaluations": evaluations,
-                  "sensitivity_pt": sensitivity}
+        return drop
+
+    (_, plan), drop = tighten(_halving_budgets(table, search.max_drop), verify,
+                              lambda d: d <= search.max_drop)
+    sensitivity_pt = {n: {f"{o.cost}": round(o.drop, 4) for o in opts[1:]} for n, opts in table.items()}
+    return plan, {"reference": reference, "drop": drop, "tried": tried, "evaluations": evaluations[0],
+                  "sensitivity_pt": sensitivity_pt}
 
 
-def _allocate(options: dict[str, list[tuple[int, Any, float]]], budget: float) -> dict[str, Any]:
-    """Greedy: repeatedly take the one-layer move to a smaller option that saves the most weights
-    per point of (solo) drop added, while the summed drops stay within ``budget``."""
-    current = {n: 0 for n in options}
-    spent = 0.0
+def _ratio_options(layer: nn.Module, kind: str, ratios: list[float]) -> list:
+    """The layer's ranks at each kept-weight ratio, largest first, each kept only if it stores
+    fewer weights than the dense layer and the previous one."""
+    from slimkit.search import Option
+
+    options, last = [], layer.weight.numel()
+    for ratio in sorted(set(ratios), reverse=True):
+        rank = _rank_for(layer, kind, "ratio", ratio, None)
+        weights = _weights_of(layer, kind, rank)
+        if weights < last:
+            options.append(Option(rank, weights))
+            last = weights
+    return options
+
+
+def _halving_budgets(table, max_drop: float):
+    """(budget, greedy allocation) at ``max_drop``, then at half of it, and so on, until an
+    allocation factorizes nothing (after budget 0, the all-dense plan)."""
+    from slimkit.search import greedy
+
+    budget = max_drop
     while True:
-        best, best_score = None, -1.0
-        for name, opts in options.items():
-            here = opts[current[name]]
-            for j in range(current[name] + 1, len(opts)):
-                added = opts[j][2] - here[2]
-                if spent + added > budget + 1e-12:
-                    continue
-                score = (here[0] - opts[j][0]) / max(added, 1e-6)
-                if score > best_score:
-                    best, best_score = (name, j, added), score
-        if best is None:
-            return {n: options[n][i][1] for n, i in current.items()}
-        name, j, added = best
-        current[name] = j
-        spent += max(added, 0.0)
+        plan = greedy(table, budget)
+        yield budget, plan
+        if all(r is None for r in plan.values()):
+            return
+        if budget == 0:
+            yield 0.0, {n: None for n in table}
+            return
+        budget /= 2
 
 
 # ----------------------------------------------------------------------------------- the step

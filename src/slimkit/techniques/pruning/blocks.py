@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.core.errors import ConfigError
+from slimkit.search.scan import Progress
 
 
 class Skip(nn.Module):
@@ -65,11 +66,14 @@ def remove_blocks_(model: nn.Module, names: list[str]) -> nn.Module:
 
 
 @torch.no_grad()
-def block_sensitivity(model: nn.Module, candidates: list[str], loss: Callable[[nn.Module], float]) -> dict[str, float]:
+def block_sensitivity(model: nn.Module, candidates: list[str], loss: Callable[[nn.Module], float],
+                      progress: Progress | None = None) -> dict[str, float]:
     """{block: loss with that block removed - loss of the model} for each candidate."""
+    from slimkit.search import sensitivity, solo_drops
+
     base = loss(model)
-    out = {}
-    for name in candidates:
-        trial = remove_blocks_(copy.deepcopy(model), [name])
-        out[name] = loss(trial) - base
-    return out
+
+    def removed(name: str, _) -> float:
+        return loss(remove_blocks_(copy.deepcopy(model), [name])) - base
+
+    return solo_drops(sensitivity(candidates, ["removed"], removed, progress=progress, what="block sensitivity"))

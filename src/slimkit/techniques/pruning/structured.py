@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
 from slimkit.core.errors import ConfigError, SlimkitError
+from slimkit.search.scan import Progress
 
 Criterion = Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"]
 Allocation = Literal["uniform", "global", "sensitivity"]
@@ -355,54 +356,32 @@ def attention_heads(model: nn.Module) -> dict[str, int]:
 
 def sensitivity_ratios(model: nn.Module, example_inputs: Sequence[torch.Tensor], plan: Plan,
                        loss: Callable[[nn.Module], float], grid: Sequence[float], target: Callable[[nn.Module], float],
-                       budget: float, progress: Callable[[str], None] | None = None) -> tuple[dict[str, float], dict]:
+                       budget: float, progress: Progress | None = None) -> tuple[dict[str, float], dict]:
     """Per-layer ratios from a sensitivity scan (Distiller's method): each prunable layer alone is
     pruned at every ratio of ``grid`` and the validation loss measured; then the largest ratio per
     layer whose loss increase stays under a threshold is taken, the threshold found by bisection
-    so that ``target(pruned model) <= budget`` (e.g. MACs)."""
+    so that ``target(pruned model) <= budget`` (e.g. MACs). ``progress`` is told after each probe."""
+    from slimkit.search import Option, sensitivity, threshold
+
     base_loss = loss(model)
     layers = StructuredPruner(copy.deepcopy(model), example_inputs, plan).prunable_layers()
-    curves: dict[str, dict[float, float]] = {}
-    for name in layers:
-        curves[name] = {}
-        for r in grid:
-            trial = copy.deepcopy(model)
-            StructuredPruner(trial, example_inputs, _replace(plan, layer_ratios={name: r}, allocation="uniform")).step()
-            curves[name][r] = loss(trial) - base_loss
-        if progress:
-            progress(name)
 
-    def ratios_at(threshold: float) -> dict[str, float]:
-        out = {}
-        for name, curve in curves.items():
-            best = 0.0  # the largest ratio up to which the whole curve stays under the threshold
-            for r in sorted(curve):
-                if curve[r] > threshold:
-                    break
-                best = r
-            out[name] = best
-        return out
-
-    def cost(threshold: float) -> float:
+    def pruned(ratios: dict[str, float]) -> nn.Module:
         trial = copy.deepcopy(model)
-        StructuredPruner(trial, example_inputs, _replace(plan, layer_ratios=ratios_at(threshold),
-                                                         allocation="uniform")).step()
-        return target(trial)
+        StructuredPruner(trial, example_inputs, _replace(plan, layer_ratios=ratios, allocation="uniform")).step()
+        return trial
 
-    levels = sorted({v for c in curves.values() for v in c.values()})
-    lo, hi = 0, len(levels) - 1
-    if not levels or cost(levels[-1]) > budget:
+    table = sensitivity(layers, list(grid), lambda name, r: loss(pruned({name: r})) - base_loss, progress=progress,
+                        what="sensitivity allocation")
+    curves = {name: {o.choice: o.drop for o in options} for name, options in table.items()}
+    ordered = {name: [Option(r, drop=curve[r]) for r in sorted(curve)] for name, curve in curves.items()}
+    found = threshold(ordered, lambda ratios: target(pruned(ratios)), budget, none=0.0)
+    if found is None:
         raise SlimkitError(f"the sensitivity scan cannot reach the target: the largest ratios of the grid {list(grid)} "
                            "still exceed it; extend the grid or lower the target")
-    while lo < hi:  # the smallest threshold that meets the budget
-        mid = (lo + hi) // 2
-        if cost(levels[mid]) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    chosen = ratios_at(levels[lo])
-    return chosen, {"threshold": levels[lo], "curves": {n: {str(r): round(v, 5) for r, v in c.items()}
-                                                         for n, c in curves.items()}}
+    chosen, level = found
+    return chosen, {"threshold": level, "curves": {n: {str(r): round(v, 5) for r, v in c.items()}
+                                                   for n, c in curves.items()}}
 
 
 def _replace(plan: Plan, **changes: Any) -> Plan:

@@ -13,6 +13,8 @@ from pydantic import Field, model_validator
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.step import StepResult, register_step
+from slimkit.data.batches import leading_batches, mean_loss
+from slimkit.search import scan_progress
 from slimkit.techniques.pruning.structure import Skeleton
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
@@ -94,48 +96,25 @@ def example_inputs(ctx: Context, n: int = 1) -> tuple[torch.Tensor, ...]:
     return tuple(t[:n].to(ctx.device) for t in ctx.data.train.inputs)
 
 
-def validation_loss(ctx: Context, samples: int):
-    """model -> the task's mean loss on the first ``samples`` validation examples."""
-    split = ctx.data.val
-    inputs = tuple(t[:samples].to(ctx.device) for t in split.inputs)
-    targets = split.targets[:samples].to(ctx.device)
-
-    @torch.no_grad()
-    def loss(model: nn.Module) -> float:
-        model.eval()
-        total, n = 0.0, len(targets)
-        for start in range(0, n, 256):
-            batch = tuple(t[start:start + 256] for t in inputs)
-            total += float(ctx.task.loss(model(*batch), targets[start:start + 256])) * len(batch[0])
-        return total / n
-
-    return loss
-
-
-def training_batches(ctx: Context, batches: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
-    """The inputs of the first ``batches`` training batches."""
-    split = ctx.data.train
-    starts = [b * batch_size for b in range(batches) if b * batch_size < len(split.targets)]
-    return [tuple(t[i:i + batch_size].to(ctx.device) for t in split.inputs) for i in starts]
-
-
 def accumulate_gradients(model: nn.Module, ctx: Context, batches: int, batch_size: int) -> None:
     """Gradients of the task's loss summed over the first training batches (Taylor scores read them)."""
     model.eval()
     model.zero_grad(set_to_none=True)
     split = ctx.data.train
-    for b, inputs in enumerate(training_batches(ctx, batches, batch_size)):
+    for b, inputs in enumerate(leading_batches(split, batches, batch_size, ctx.device)):
         targets = split.targets[b * batch_size:(b + 1) * batch_size].to(ctx.device)
         ctx.task.loss(model(*inputs), targets).backward()
 
 
 def _latency_ms(model: nn.Module, ctx: Context) -> float:
+    """Eager batch-N latency with the run's measure settings (MeasureConfig's defaults without a run)."""
+    from slimkit.measure.config import MeasureConfig
     from slimkit.measure.latency import measure_latency
 
-    m = ctx.measure
-    batch = tuple(t[: (m.batch_n if m else 64)].to(ctx.device) for t in ctx.data.train.inputs)
-    stats = measure_latency(model.eval(), batch, warmup=3, repeats=m.repeats if m else 15,
-                            threads=m.threads if m else None, max_seconds=3.0)
+    m = ctx.measure or MeasureConfig()
+    batch = tuple(t[:m.batch_n].to(ctx.device) for t in ctx.data.train.inputs)
+    stats = measure_latency(model.eval(), batch, warmup=m.warmup, repeats=m.repeats, threads=m.threads,
+                            max_seconds=m.max_seconds)
     return stats.median_ms
 
 
@@ -169,7 +148,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     if cfg.heads and not heads0:
         raise ConfigError("prune_structured: heads is set, but the model has no attention module with q/k/v "
                           "projections and head-count attributes that slimkit recognises")
-    loss = validation_loss(ctx, cfg.eval_samples)
+    loss = mean_loss(ctx.data.val, ctx.task.loss, cfg.eval_samples, ctx.device)
     train = cfg.finetune
 
     if cfg.slimming:
@@ -183,14 +162,16 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         if len(candidates) < cfg.blocks:
             raise ConfigError(f"prune_structured: blocks {cfg.blocks} asked, the model has {len(candidates)} "
                               f"removable blocks ({candidates})")
-        scores = block_sensitivity(model, candidates, loss)
+        with scan_progress(ctx.progress, "prune_structured: blocks") as progress:
+            scores = block_sensitivity(model, candidates, loss, progress)
         removed = sorted(candidates, key=scores.get)[: cfg.blocks]
         remove_blocks_(model, removed)
         info["blocks"] = {"removed": removed, "loss_increase": {n: round(v, 5) for n, v in scores.items()}}
 
     plan = Plan(criterion=cfg.criterion, ratio=cfg.ratio or 0.0, allocation=cfg.allocation, heads=cfg.heads,
                 ignore=cfg.ignore, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
-                batches=training_batches(ctx, cfg.score_batches, train.batch_size) if cfg.criterion == "activation" else ())
+                batches=leading_batches(ctx.data.train, cfg.score_batches, train.batch_size, ctx.device)
+                if cfg.criterion == "activation" else ())
     target = None
     if cfg.target_macs is not None:
         target = ("macs", lambda m: count_macs(m, inputs), cfg.target_macs * macs0)
@@ -200,7 +181,8 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
         target = ("latency_ms", lambda m: _latency_ms(m, ctx), cfg.target_latency * latency0)
 
     if cfg.allocation == "sensitivity":
-        ratios, scan = sensitivity_ratios(model, inputs, plan, loss, cfg.sensitivity_grid, target[1], target[2])
+        with scan_progress(ctx.progress, "prune_structured: sensitivity") as progress:
+            ratios, scan = sensitivity_ratios(model, inputs, plan, loss, cfg.sensitivity_grid, *target[1:], progress)
         plan = Plan(**{**plan.__dict__, "layer_ratios": ratios})
         info["sensitivity"] = {"layer_ratios": ratios, **scan}
         _prune_once(model, inputs, plan, cfg, ctx)

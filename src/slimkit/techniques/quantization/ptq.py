@@ -154,8 +154,8 @@ class FloatFallback:
 
 
 @torch.no_grad()
-def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], evaluate, max_drop: float,
-                        **kwargs) -> FloatFallback:
+def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], evaluate, max_drop: float, *,
+                        progress=None, **kwargs) -> FloatFallback:
     """Static int8 with the fewest layers left in float such that the quality drop (points of
     ``evaluate(model) -> quality``, e.g. on the validation split) stays within ``max_drop``.
 
@@ -163,9 +163,10 @@ def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]
     layer's ``bypass`` makes it compute in float. Sensitivity: every layer bypassed but one.
     Then the most sensitive layers are bypassed, fewest first by bisection; the final model is
     quantized afresh (``quantize_static(**kwargs)``, bias correction included) with those layers
-    skipped, and checked; if it is over budget, one more layer goes to float.
+    skipped, and checked; if it is over budget, one more layer goes to float. ``progress`` is
+    ``slimkit.search.sensitivity``'s callback.
     """
-    from slimkit.techniques.quantization.mixed import fewest_promotions
+    from slimkit.search import fewest_promotions, most_sensitive_first, sensitivity, solo_drops, tighten
 
     reference = evaluate(model)
     count = [1]
@@ -184,19 +185,22 @@ def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]
             layer.bypass = n in floats
         return q
 
-    sensitivity = {n: drop(bypass(set(names) - {n})) for n in names}
-    order = sorted(names, key=lambda n: -sensitivity[n])
+    table = sensitivity(names, ["int8"], lambda n, _: drop(bypass(set(names) - {n})), progress=progress,
+                        what="choose_float_layers")
+    order = most_sensitive_first(solo_drops(table))
     first = fewest_promotions(len(order), lambda k: drop(bypass(set(order[:k]))), max_drop)
     skip = list(kwargs.pop("skip", ()))
-    for k in range(first, len(order) + 1):
-        final, report = quantize_static(model, batches, skip=[*skip, *order[:k]], **kwargs) if k < len(order) \
-            else (model, QuantReport(skipped=[{"module": n, "reason": "kept in float (mixed precision)"}
-                                              for n in order]))
-        d = drop(final) if k < len(order) else 0.0
-        if d <= max_drop:
-            return FloatFallback(float_layers=order[:k], sensitivity=sensitivity, drop=d, evaluations=count[0],
-                                 model=final, report=report)
-    raise AssertionError("unreachable: every layer in float is the reference")
+
+    def verify(k: int) -> tuple[float, nn.Module, QuantReport]:
+        if k == len(order):  # every layer in float: the reference itself
+            return 0.0, model, QuantReport(skipped=[{"module": n, "reason": "kept in float (mixed precision)"}
+                                                    for n in order])
+        final, report = quantize_static(model, batches, skip=[*skip, *order[:k]], **kwargs)
+        return drop(final), final, report
+
+    k, (d, final, report) = tighten(range(first, len(order) + 1), verify, lambda v: v[0] <= max_drop)
+    return FloatFallback(float_layers=order[:k], sensitivity=solo_drops(table), drop=d, evaluations=count[0],
+                         model=final, report=report)
 
 
 @torch.no_grad()
@@ -238,13 +242,6 @@ def smooth_linears(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]
         layer.smooth(factors.clamp(1e-4, 1e4))
         smoothed.append(name)
     return smoothed
-
-
-def calibration_batches(split, samples: int, batch_size: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
-    """``samples`` examples of ``split`` drawn at random (seeded), in batches: what the ``quantize``
-    step calibrates on (and what the benchmark hands to other quantizers, so all see the same)."""
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples]
-    return [tuple(t[order[i:i + batch_size]] for t in split.inputs) for i in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()

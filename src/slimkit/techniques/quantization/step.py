@@ -128,7 +128,8 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     whose output is the model's output keep it in float; biases are corrected for the mean error
     quantization adds (``bias_correction``).
     """
-    from slimkit.techniques.quantization.ptq import calibration_batches, quantize_static
+    from slimkit.data.batches import calibration_batches
+    from slimkit.techniques.quantization.ptq import quantize_static
 
     model = _dense_layers(model)
     weight_max = _weight_max(cfg)
@@ -142,9 +143,12 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     if cfg.max_quality_drop is None:
         prepared, report = quantize_static(model, batches, **kwargs)
     else:
+        from slimkit.search import scan_progress
         from slimkit.techniques.quantization.ptq import choose_float_layers
 
-        fallback = choose_float_layers(model, batches, ctx.validate, cfg.max_quality_drop, **kwargs)
+        with scan_progress(ctx.progress, "quantize: sensitivity") as progress:
+            fallback = choose_float_layers(model, batches, ctx.validate, cfg.max_quality_drop, progress=progress,
+                                           **kwargs)
         prepared, report = fallback.model, fallback.report
     prepared, embeddings = quantize_embeddings(prepared, cfg)
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
@@ -215,8 +219,8 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
 
     8-bit weights become 7-bit on x86 CPUs without VNNI (ONNX Runtime's int8 kernels saturate there).
     """
+    from slimkit.data.batches import calibration_batches
     from slimkit.techniques.quantization.modules import default_weight_max
-    from slimkit.techniques.quantization.ptq import calibration_batches
     from slimkit.techniques.quantization.qat import convert_qat, prepare_qat
 
     model = _dense_layers(model)
@@ -287,7 +291,7 @@ def restore_weight_only(model: nn.Module, structure: WeightOnlyStructure) -> nn.
 def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context) -> StepResult:
     """Weight-only quantization: int4 (packed) or int8 codes with per-group scales, activations in
     float. GPTQ by default (linears); on ONNX Runtime a quantized linear runs as ``MatMulNBits``."""
-    from slimkit.techniques.quantization.ptq import calibration_batches
+    from slimkit.data.batches import calibration_batches
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, choose_bits, quantize_weight_only
 
     model = _dense_layers(model)
@@ -306,8 +310,11 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context)
         if cfg.max_quality_drop is None:
             q, report = quantize()
         else:
-            mixed = choose_bits(model, spec, ctx.validate, cfg.max_quality_drop, kinds=tuple(cfg.layers),
-                                skip=cfg.skip, quantize=quantize)
+            from slimkit.search import scan_progress
+
+            with scan_progress(ctx.progress, "quantize_weights: sensitivity") as progress:
+                mixed = choose_bits(model, spec, ctx.validate, cfg.max_quality_drop, kinds=tuple(cfg.layers),
+                                    skip=cfg.skip, quantize=quantize, progress=progress)
             q, report = mixed.model, mixed.report
     except ValueError as err:
         from slimkit.core.errors import ConfigError

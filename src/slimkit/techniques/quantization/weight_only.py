@@ -370,7 +370,7 @@ class MixedPrecision:
 @torch.no_grad()
 def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: float, *,
                 kinds: tuple[str, ...] = ("linear",), skip: tuple[str, ...] | list[str] = (),
-                quantize=None) -> MixedPrecision:
+                quantize=None, progress=None) -> MixedPrecision:
     """The smallest mix of per-layer bits (``spec.bits``, 8, float) whose quality drop stays
     within ``max_drop`` points.
 
@@ -381,7 +381,10 @@ def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: floa
     nearest are found by bisection (all float is the reference, so some count always does).
     ``quantize(bits) -> (model, report)`` makes the final model (e.g. GPTQ with those bits; by
     default round to nearest); if its drop is over budget, promotions continue one at a time.
+    ``progress`` is ``slimkit.search.sensitivity``'s callback.
     """
+    from slimkit.search import fewest_promotions, most_sensitive_first, sensitivity, solo_drops, tighten
+
     reference = evaluate(model)
     modules = dict(model.named_modules())
     layers = [n for n in layers_of_kinds(model, kinds) if n not in set(skip) and _unsupported(modules[n], spec) is None]
@@ -394,8 +397,11 @@ def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: floa
         count[0] += 1
         return 100 * (reference - evaluate(q))
 
-    sensitivity = {n: drop(rtn({m: (spec.bits if m == n else None) for m in layers})[0]) for n in layers}
-    order = sorted(layers, key=lambda n: -sensitivity[n])
+    def alone(name: str, bits: int) -> float:
+        return drop(rtn({m: (bits if m == name else None) for m in layers})[0])
+
+    table = sensitivity(layers, [spec.bits], alone, progress=progress, what="choose_bits")
+    order = most_sensitive_first(solo_drops(table))
     steps = [(n, 8) for n in order if spec.bits < 8] + [(n, None) for n in order]
 
     def mix(k: int) -> dict[str, int | None]:
@@ -404,13 +410,11 @@ def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: floa
             bits[n] = b
         return bits
 
-    from slimkit.techniques.quantization.mixed import fewest_promotions
+    def verify(k: int) -> tuple[float, nn.Module, WeightOnlyReport]:
+        q, report = (quantize or rtn)(mix(k))
+        return drop(q), q, report
 
     first = fewest_promotions(len(steps), lambda k: drop(rtn(mix(k))[0]), max_drop)
-    for k in range(first, len(steps) + 1):
-        q, report = (quantize or rtn)(mix(k))
-        d = drop(q)
-        if d <= max_drop or k == len(steps):
-            return MixedPrecision(bits=mix(k), sensitivity=sensitivity, drop=d, evaluations=count[0], model=q,
-                                  report=report)
-    raise AssertionError("unreachable")
+    k, (d, q, report) = tighten(range(first, len(steps) + 1), verify, lambda v: v[0] <= max_drop)
+    return MixedPrecision(bits=mix(k), sensitivity=solo_drops(table), drop=d, evaluations=count[0], model=q,
+                          report=report)
