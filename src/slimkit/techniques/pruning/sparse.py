@@ -16,11 +16,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from slimkit.encoding.bits import pack_bits, unpack_bits
-from slimkit.encoding.dense import dense_conv2d, dense_linear
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+from slimkit.encoding.twins import Conv2dTwin, LinearTwin, swap_twins_
 
 def encoded_bytes(numel: int, nnz: int) -> int:
     """Bytes of the bitmask and the float32 kept values."""
@@ -82,32 +81,17 @@ class _SparseWeight(EncodedLayer):
         return f"{self.weight_shape}, {1 - self.nnz / numel:.1%} zeros, bitmask + values"
 
 
-class SparseLinear(_SparseWeight):
+class SparseLinear(LinearTwin, _SparseWeight):
     def __init__(self, linear: nn.Linear, nnz: int | None = None) -> None:
         super().__init__(linear.weight, nnz)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight(), self.bias)
-
-    def densify(self) -> nn.Linear:
-        return dense_linear(self.dense_weight(), self.bias)
+        self._take_linear(linear, trainable_bias=False)
 
 
-class SparseConv2d(_SparseWeight):
+class SparseConv2d(Conv2dTwin, _SparseWeight):
     def __init__(self, conv: nn.Conv2d, nnz: int | None = None) -> None:
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"SparseConv2d: padding_mode {conv.padding_mode!r} is not supported")
+        self._check_conv(conv)
         super().__init__(conv.weight, nnz)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def densify(self) -> nn.Conv2d:
-        return dense_conv2d(self.dense_weight(), self.bias, self)
+        self._take_conv(conv, trainable_bias=False)
 
 
 _TWINS = {nn.Linear: SparseLinear, nn.Conv2d: SparseConv2d}
@@ -118,20 +102,17 @@ def encode_sparse_(model: nn.Module, names: list[str], nnz: dict[str, int] | Non
     where the encoding is smaller than the dense weight (below 31/32 density); returns
     {name: {kind, nnz, numel, bytes, dense_bytes}} for the layers swapped. ``nnz`` (from a
     checkpoint's structure) rebuilds empty twins of the recorded sizes for the values to load into."""
-    modules = dict(model.named_modules())
     done = {}
-    for name in names:
-        layer = modules[name]
-        twin_type = _TWINS.get(type(layer))
-        if twin_type is None:
-            raise ValueError(f"sparse encoding: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
+
+    def build(name: str, layer: nn.Module, twin_type) -> nn.Module | None:
         numel = layer.weight.numel()
         count = int((layer.weight != 0).sum()) if nnz is None else int(nnz[name])
         if nnz is None and encoded_bytes(numel, count) >= 4 * numel:
-            continue
+            return None
         twin = twin_type(layer, None if nnz is None else count)
-        parent, _, child = name.rpartition(".")
-        setattr(modules[parent] if parent else model, child, twin)
         done[name] = {"kind": type(layer).__name__, "nnz": count, "numel": numel,
                       "bytes": twin.stored_bytes(), "dense_bytes": 4 * numel}
+        return twin
+
+    swap_twins_(model, names, _TWINS, "sparse encoding", build)
     return done

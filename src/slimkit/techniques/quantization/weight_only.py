@@ -29,9 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.encoding.bits import pack_nibbles, unpack_nibbles
-from slimkit.encoding.dense import dense_conv2d, dense_embedding, dense_linear
+from slimkit.encoding.dense import dense_embedding
 from slimkit.encoding.export import export_target
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+from slimkit.encoding.twins import Conv2dTwin, LinearTwin
 from slimkit.techniques.quantization.qscheme import QuantSpec, qparams_from_range
 
 
@@ -156,13 +157,10 @@ class _WeightOnly(EncodedLayer):
         return f"{tuple(self.weight_shape)}, {self.spec.bits}-bit {scheme}, group={self.group}"
 
 
-class WeightOnlyLinear(_WeightOnly):
+class WeightOnlyLinear(LinearTwin, _WeightOnly):
     def __init__(self, linear: nn.Linear, spec: WeightOnlySpec, **codes) -> None:
         super().__init__(linear.weight, spec, **codes)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-
-    def densify(self) -> nn.Linear:
-        return dense_linear(self.dense_weight(), self.bias)
+        self._take_linear(linear, trainable_bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if export_target() == "onnxruntime" and self.group >= 16 and self.group & (self.group - 1) == 0:
@@ -182,22 +180,14 @@ class WeightOnlyLinear(_WeightOnly):
             dtype=x.dtype, shape=(*x.shape[:-1], self.out_features), version=1)
 
 
-class WeightOnlyConv2d(_WeightOnly):
+class WeightOnlyConv2d(Conv2dTwin, _WeightOnly):
     """A conv whose weight ``(out, in/groups, kh, kw)`` is quantized per output channel, in
     groups along its flattened ``in * kh * kw`` elements."""
 
     def __init__(self, conv: nn.Conv2d, spec: WeightOnlySpec, **codes) -> None:
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"WeightOnlyConv2d: padding_mode {conv.padding_mode!r} is not supported")
+        self._check_conv(conv)
         super().__init__(conv.weight, spec, **codes)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.dequantized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def densify(self) -> nn.Conv2d:
-        return dense_conv2d(self.dense_weight(), self.bias, self)
+        self._take_conv(conv, trainable_bias=False)
 
 
 class WeightOnlyEmbedding(_WeightOnly):

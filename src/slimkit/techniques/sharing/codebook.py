@@ -14,15 +14,13 @@ constant-fold; eager PyTorch keeps the unpacked codes cached.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from slimkit.encoding.bits import pack_codes, unpack_codes
-from slimkit.encoding.dense import dense_conv2d, dense_linear
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+from slimkit.encoding.twins import Conv2dTwin, LinearTwin, swap_twins_
 
 
 def code_bits(k: int) -> int:
@@ -83,52 +81,20 @@ class _SharedWeight(EncodedLayer):
         return f"{self.weight_shape}, {self.k} shared values ({self.bits}-bit codes{', 0 fixed' if self.fixed_zero else ''})"
 
 
-class SharedLinear(_SharedWeight):
+class SharedLinear(LinearTwin, _SharedWeight):
     def __init__(self, linear: nn.Linear, k: int, fixed_zero: bool = False) -> None:
         super().__init__(tuple(linear.weight.shape), k, fixed_zero)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight(), self.bias)
-
-    def densify(self) -> nn.Linear:
-        return dense_linear(self.dense_weight(), self.bias)
+        self._take_linear(linear, trainable_bias=True)
 
 
-class SharedConv2d(_SharedWeight):
+class SharedConv2d(Conv2dTwin, _SharedWeight):
     def __init__(self, conv: nn.Conv2d, k: int, fixed_zero: bool = False) -> None:
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"SharedConv2d: padding_mode {conv.padding_mode!r} is not supported")
+        self._check_conv(conv)
         super().__init__(tuple(conv.weight.shape), k, fixed_zero)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def densify(self) -> nn.Conv2d:
-        return dense_conv2d(self.dense_weight(), self.bias, self)
+        self._take_conv(conv, trainable_bias=True)
 
 
 TWINS = {nn.Linear: SharedLinear, nn.Conv2d: SharedConv2d}
-
-
-def swap_twins_(model: nn.Module, names: list[str], twins: dict[type, Any], what: str,
-                build: Callable[[str, Any], nn.Module]) -> dict[str, nn.Module]:
-    """Replace each named Linear / Conv2d by ``build(name, twin class)`` (moved to the layer's
-    device), in place; {name: new module}."""
-    modules = dict(model.named_modules())
-    done = {}
-    for name in names:
-        layer = modules[name]
-        twin_type = twins.get(type(layer))
-        if twin_type is None:
-            raise ValueError(f"{what}: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
-        twin = build(name, twin_type).to(layer.weight.device)
-        model.set_submodule(name, twin)
-        done[name] = twin
-    return done
 
 
 def share_(model: nn.Module, names: list[str], k: int, fixed_zero: dict[str, bool],
@@ -136,10 +102,8 @@ def share_(model: nn.Module, names: list[str], k: int, fixed_zero: dict[str, boo
     """Swap the named Linear/Conv2d layers for shared twins with ``k`` values, in place. With
     ``clusters`` ({name: (centroids, codes)}) the twins are filled; without, they are empty
     skeletons of the right sizes for a checkpoint to load into."""
-    modules = dict(model.named_modules())
-
-    def build(name: str, twin_type) -> nn.Module:
-        twin = twin_type(modules[name], k, fixed_zero[name])
+    def build(name: str, layer: nn.Module, twin_type) -> nn.Module:
+        twin = twin_type(layer, k, fixed_zero[name])
         if clusters is not None:
             centroids, codes = clusters[name]
             twin.set_codes(codes, centroids)

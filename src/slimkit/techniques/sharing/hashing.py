@@ -15,10 +15,9 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from slimkit.encoding.dense import dense_conv2d, dense_linear
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+from slimkit.encoding.twins import Conv2dTwin, LinearTwin, swap_twins_
 
 PRIME = 2**31 - 1
 
@@ -86,32 +85,17 @@ class _HashedWeight(EncodedLayer):
         return f"{self.weight_shape}, {self.stored} stored values (1/{math.prod(self.weight_shape) / self.stored:.1f})"
 
 
-class HashedLinear(_HashedWeight):
+class HashedLinear(LinearTwin, _HashedWeight):
     def __init__(self, linear: nn.Linear, stored: int, seed: int) -> None:
         super().__init__(tuple(linear.weight.shape), stored, seed)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dense_weight(), self.bias)
-
-    def densify(self) -> nn.Linear:
-        return dense_linear(self.dense_weight(), self.bias)
+        self._take_linear(linear, trainable_bias=True)
 
 
-class HashedConv2d(_HashedWeight):
+class HashedConv2d(Conv2dTwin, _HashedWeight):
     def __init__(self, conv: nn.Conv2d, stored: int, seed: int) -> None:
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"HashedConv2d: padding_mode {conv.padding_mode!r} is not supported")
+        self._check_conv(conv)
         super().__init__(tuple(conv.weight.shape), stored, seed)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def densify(self) -> nn.Conv2d:
-        return dense_conv2d(self.dense_weight(), self.bias, self)
+        self._take_conv(conv, trainable_bias=True)
 
 
 TWINS = {nn.Linear: HashedLinear, nn.Conv2d: HashedConv2d}
@@ -119,8 +103,5 @@ TWINS = {nn.Linear: HashedLinear, nn.Conv2d: HashedConv2d}
 
 def hash_(model: nn.Module, layers: dict[str, dict[str, int]]) -> dict[str, nn.Module]:
     """Swap the named layers ({name: {stored, seed}}) for hashed twins (weights zero), in place."""
-    from slimkit.techniques.sharing.codebook import swap_twins_
-
-    modules = dict(model.named_modules())
     return swap_twins_(model, list(layers), TWINS, "hashing",
-                       lambda name, twin: twin(modules[name], int(layers[name]["stored"]), int(layers[name]["seed"])))
+                       lambda name, layer, twin: twin(layer, int(layers[name]["stored"]), int(layers[name]["seed"])))
