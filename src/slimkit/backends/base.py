@@ -141,9 +141,8 @@ def packages_available(*modules: str, extra: str) -> Availability:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (x86 AVX512-BF16 or AMX-BF16; ARM BF16). Without
-    it PyTorch emulates bf16 through conversions to fp32, slower than fp32 itself (on this
-    project's AVX2 CPU, 1.3x at batch 1 on digits-cnn to 25x at batch 64 on a ResNet:
-    ``git show 9b47984:benchmarks/results/backends.md``, before bf16 was limited to such CPUs)."""
+    it PyTorch emulates bf16 through conversions to fp32, slower than fp32 itself, so eager and
+    torch_compile offer bf16 on CPU only where this is true."""
     flags = cpu_flags()
     return bool(flags and flags & {"avx512_bf16", "amx_bf16", "bf16"})
 

@@ -63,8 +63,7 @@ def quantize_embeddings(model: nn.Module, cfg: QuantizeConfig) -> tuple[nn.Modul
     """Embedding tables as int8 codes with one scale and zero point per row (``embeddings: int8``):
     the integer kernels of static and dynamic int8 cover matrix products, and a transformer's word
     embeddings are otherwise most of what stays float (MiniLM static int8: 0.255x the FP32 bytes
-    with them int8, benchmarks/results/quantization.md; 0.65x in that benchmark's earlier runs,
-    with them float)."""
+    with them int8, ``python benchmarks/quantization.py --tasks minilm``)."""
     if cfg.embeddings == "float":
         return model, []
     from slimkit.techniques.quantization.weight_only import WeightOnlySpec, quantize_weight_only
