@@ -7,7 +7,7 @@ Each (variant, seed) trains `shapes-cnn`'s baseline budget (15 epochs, Adam 2e-3
 best on val) in its own process and is scored on the test split; MACs are counted at batch 1.
 Variants are `model:key=value,...` (values in JSON) with the zoo factory's keyword arguments. This is a search
 tool (its runs may be on a GPU, where kernels differ from the CPU's); the accuracy figures the
-README quotes come from `benchmarks/zoo_shapes.py`, on CPU. Writes OUT/dws_design.md and .json.
+docs (docs/zoo.md) quote come from `benchmarks/zoo_shapes.py`, on CPU. Writes OUT/dws_design.md and .json.
 """
 
 from __future__ import annotations
