@@ -28,6 +28,8 @@ class SearchConfig(Config):
     ratios: list[float] = Field([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1,
                                 description="kept weight fractions tried for each layer")
     samples: int = Field(512, ge=1, description="validation rows each candidate is scored on")
+    seconds: float | None = Field(None, gt=0, description="stop the sensitivity scan with an error saying how far "
+                                                          "it got if it runs longer than this")
 
     @model_validator(mode="after")
     def _ratios_in_range(self) -> "SearchConfig":
@@ -267,7 +269,7 @@ def _search(model: nn.Module, search: SearchConfig, chosen: dict, factorizer: _F
     with scan_progress(ctx.progress, "factorize: sensitivity") as progress:
         probed = sensitivity(list(chosen), lambda name: _ratio_options(*chosen[name], search.ratios),
                              lambda name, rank: max(0.0, 100 * (reference - swapped({name: rank}))),
-                             progress=progress, what="factorize search")
+                             progress=progress, time_budget=search.seconds, what="factorize search")
     table = {name: [Option(None, chosen[name][0].weight.numel()), *opts] for name, opts in probed.items()}
     evaluations = [sum(len(o) - 1 for o in table.values()) + 1]
     tried: list[dict[str, Any]] = []

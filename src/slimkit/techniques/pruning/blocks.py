@@ -67,7 +67,7 @@ def remove_blocks_(model: nn.Module, names: list[str]) -> nn.Module:
 
 @torch.no_grad()
 def block_sensitivity(model: nn.Module, candidates: list[str], loss: Callable[[nn.Module], float],
-                      progress: Progress | None = None) -> dict[str, float]:
+                      progress: Progress | None = None, time_budget: float | None = None) -> dict[str, float]:
     """{block: loss with that block removed - loss of the model} for each candidate."""
     from slimkit.search import sensitivity, solo_drops
 
@@ -76,4 +76,5 @@ def block_sensitivity(model: nn.Module, candidates: list[str], loss: Callable[[n
     def removed(name: str, _) -> float:
         return loss(remove_blocks_(copy.deepcopy(model), [name])) - base
 
-    return solo_drops(sensitivity(candidates, ["removed"], removed, progress=progress, what="block sensitivity"))
+    return solo_drops(sensitivity(candidates, ["removed"], removed, progress=progress, time_budget=time_budget,
+                                  what="block sensitivity"))

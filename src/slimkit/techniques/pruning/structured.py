@@ -356,7 +356,8 @@ def attention_heads(model: nn.Module) -> dict[str, int]:
 
 def sensitivity_ratios(model: nn.Module, example_inputs: Sequence[torch.Tensor], plan: Plan,
                        loss: Callable[[nn.Module], float], grid: Sequence[float], target: Callable[[nn.Module], float],
-                       budget: float, progress: Progress | None = None) -> tuple[dict[str, float], dict]:
+                       budget: float, progress: Progress | None = None,
+                       time_budget: float | None = None) -> tuple[dict[str, float], dict]:
     """Per-layer ratios from a sensitivity scan (Distiller's method): each prunable layer alone is
     pruned at every ratio of ``grid`` and the validation loss measured; then the largest ratio per
     layer whose loss increase stays under a threshold is taken, the threshold found by bisection
@@ -372,7 +373,7 @@ def sensitivity_ratios(model: nn.Module, example_inputs: Sequence[torch.Tensor],
         return trial
 
     table = sensitivity(layers, list(grid), lambda name, r: loss(pruned({name: r})) - base_loss, progress=progress,
-                        what="sensitivity allocation")
+                        time_budget=time_budget, what="sensitivity allocation")
     curves = {name: {o.choice: o.drop for o in options} for name, options in table.items()}
     ordered = {name: [Option(r, drop=curve[r]) for r in sorted(curve)] for name, curve in curves.items()}
     found = threshold(ordered, lambda ratios: target(pruned(ratios)), budget, none=0.0)

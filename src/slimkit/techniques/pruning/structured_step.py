@@ -51,6 +51,8 @@ class StructuredPruneConfig(TrainingStepConfig):
                                                     "gradients or activations score the channels")
     sensitivity_grid: list[float] = Field([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], min_length=1,
                                           description="sensitivity: the ratios each layer is probed at")
+    search_seconds: float | None = Field(None, gt=0, description="sensitivity and blocks: stop the sensitivity scan with an error "
+                                                                 "saying how far it got if it runs longer than this")
     eval_samples: int = Field(1024, ge=1, description="validation samples scoring sensitivity and blocks")
     steps: int = Field(40, ge=1, description="target_macs/target_latency: pruning increments on the way to the "
                                              "budget (uniform/global allocation)")
@@ -163,7 +165,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
             raise ConfigError(f"prune_structured: blocks {cfg.blocks} asked, the model has {len(candidates)} "
                               f"removable blocks ({candidates})")
         with scan_progress(ctx.progress, "prune_structured: blocks") as progress:
-            scores = block_sensitivity(model, candidates, loss, progress)
+            scores = block_sensitivity(model, candidates, loss, progress, cfg.search_seconds)
         removed = sorted(candidates, key=scores.get)[: cfg.blocks]
         remove_blocks_(model, removed)
         info["blocks"] = {"removed": removed, "loss_increase": {n: round(v, 5) for n, v in scores.items()}}
@@ -182,7 +184,8 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
 
     if cfg.allocation == "sensitivity":
         with scan_progress(ctx.progress, "prune_structured: sensitivity") as progress:
-            ratios, scan = sensitivity_ratios(model, inputs, plan, loss, cfg.sensitivity_grid, *target[1:], progress)
+            ratios, scan = sensitivity_ratios(model, inputs, plan, loss, cfg.sensitivity_grid, *target[1:], progress,
+                                              cfg.search_seconds)
         plan = Plan(**{**plan.__dict__, "layer_ratios": ratios})
         info["sensitivity"] = {"layer_ratios": ratios, **scan}
         _prune_once(model, inputs, plan, cfg, ctx)

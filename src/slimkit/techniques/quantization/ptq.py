@@ -155,7 +155,7 @@ class FloatFallback:
 
 @torch.no_grad()
 def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], evaluate, max_drop: float, *,
-                        progress=None, **kwargs) -> FloatFallback:
+                        progress=None, time_budget: float | None = None, **kwargs) -> FloatFallback:
     """Static int8 with the fewest layers left in float such that the quality drop (points of
     ``evaluate(model) -> quality``, e.g. on the validation split) stays within ``max_drop``.
 
@@ -186,7 +186,7 @@ def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]
         return q
 
     table = sensitivity(names, ["int8"], lambda n, _: drop(bypass(set(names) - {n})), progress=progress,
-                        what="choose_float_layers")
+                        time_budget=time_budget, what="choose_float_layers")
     order = most_sensitive_first(solo_drops(table))
     first = fewest_promotions(len(order), lambda k: drop(bypass(set(order[:k]))), max_drop)
     skip = list(kwargs.pop("skip", ()))

@@ -42,6 +42,8 @@ class QuantizeConfig(Config):
     max_quality_drop: float | None = Field(None, ge=0, description="mixed precision: the most validation quality "
                                                                    "(points) to lose; the most sensitive layers stay "
                                                                    "float until the drop fits")
+    search_seconds: float | None = Field(None, gt=0, description="max_quality_drop: stop the sensitivity scan with an error "
+                                                                 "saying how far it got if it runs longer than this")
     embeddings: Literal["int8", "float"] = Field(
         "int8", description="embedding tables: int8 codes per row (weight-only; lookups dequantize the rows "
                             "they gather) or float")
@@ -52,7 +54,7 @@ class QuantizeConfig(Config):
         # a dynamic recipe that sets a calibration field is a mistake to name, not to ignore
         if self.method == "dynamic":
             given = [name for name in ("observer", "calibration_samples", "calibration_batch_size", "bias_correction",
-                                       "smoothquant", "max_quality_drop")
+                                       "smoothquant", "max_quality_drop", "search_seconds")
                      if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
             if given:
                 raise ValueError(f"{', '.join(given)}: for method 'static' only (method is 'dynamic')")
@@ -147,7 +149,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
 
         with scan_progress(ctx.progress, "quantize: sensitivity") as progress:
             fallback = choose_float_layers(model, batches, ctx.validate, cfg.max_quality_drop, progress=progress,
-                                           **kwargs)
+                                           time_budget=cfg.search_seconds, **kwargs)
         prepared, report = fallback.model, fallback.report
     prepared, embeddings = quantize_embeddings(prepared, cfg)
     info = {"method": cfg.method, "observer": cfg.observer, "weight_bits": 8 if weight_max == 127 else 7,
@@ -254,6 +256,8 @@ class QuantizeWeightsConfig(Config):
     max_quality_drop: float | None = Field(None, ge=0, description="mixed precision: the most validation quality "
                                                                    "(points) to lose; the most sensitive layers get "
                                                                    "8 bits or stay float until the drop fits")
+    search_seconds: float | None = Field(None, gt=0, description="max_quality_drop: stop the sensitivity scan with an error "
+                                                                 "saying how far it got if it runs longer than this")
     skip: list[str] = Field(default_factory=list, description="module paths kept in float")
 
     @field_validator("group_size")
@@ -313,7 +317,8 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context)
 
             with scan_progress(ctx.progress, "quantize_weights: sensitivity") as progress:
                 mixed = choose_bits(model, spec, ctx.validate, cfg.max_quality_drop, kinds=tuple(cfg.layers),
-                                    skip=cfg.skip, quantize=quantize, progress=progress)
+                                    skip=cfg.skip, quantize=quantize, progress=progress,
+                                    time_budget=cfg.search_seconds)
             q, report = mixed.model, mixed.report
     except ValueError as err:
         from slimkit.core.errors import ConfigError

@@ -360,7 +360,7 @@ class MixedPrecision:
 @torch.no_grad()
 def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: float, *,
                 kinds: tuple[str, ...] = ("linear",), skip: tuple[str, ...] | list[str] = (),
-                quantize=None, progress=None) -> MixedPrecision:
+                quantize=None, progress=None, time_budget: float | None = None) -> MixedPrecision:
     """The smallest mix of per-layer bits (``spec.bits``, 8, float) whose quality drop stays
     within ``max_drop`` points.
 
@@ -390,7 +390,7 @@ def choose_bits(model: nn.Module, spec: WeightOnlySpec, evaluate, max_drop: floa
     def alone(name: str, bits: int) -> float:
         return drop(rtn({m: (bits if m == name else None) for m in layers})[0])
 
-    table = sensitivity(layers, [spec.bits], alone, progress=progress, what="choose_bits")
+    table = sensitivity(layers, [spec.bits], alone, progress=progress, time_budget=time_budget, what="choose_bits")
     order = most_sensitive_first(solo_drops(table))
     steps = [(n, 8) for n in order if spec.bits < 8] + [(n, None) for n in order]
 
