@@ -36,7 +36,6 @@ class Context:
     out_dir: Path | None = None
     progress: bool = False
     train_fn: Callable[..., "FitResult"] = field(default_factory=_default_train_fn)
-    extras: dict[str, Any] = field(default_factory=dict)
     measure: "MeasureConfig | None" = None  # the run's measurement settings (threads, batch N, repeats)
     task_config: dict[str, Any] | None = None  # the task as the recipe wrote it (to rebuild the model elsewhere)
     structures: list[tuple[str, Any]] = field(default_factory=list)  # structural edits of earlier steps
