@@ -14,7 +14,7 @@ from slimkit.measure.config import MeasureConfig
 from slimkit.measure.latency import measure_latency, measure_latency_over_rows
 from slimkit.measure.macs import count_macs
 from slimkit.measure.memory import peak_inference_bytes
-from slimkit.measure.per_row import has_input_dependent_cost, leading_rows, per_row_macs
+from slimkit.measure.per_row import has_input_dependent_cost, spread_rows, per_row_macs
 from slimkit.measure.quality import predict
 from slimkit.measure.size import count_nonzero_params, count_params, dense_fp32_bytes, file_bytes, serialized_bytes
 
@@ -50,7 +50,7 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
     xn = tuple(t.to(device) for t in data.test.example_inputs(cfg.batch_n))
     timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, sync=sync,
                   max_seconds=cfg.max_seconds)
-    rows = leading_rows(data.test, cfg.per_row, device) if has_input_dependent_cost(model) else None
+    rows = spread_rows(data.test, cfg.per_row, device) if has_input_dependent_cost(model) else None
     lat1 = measure_latency(model, x1, **timing) if rows is None else measure_latency_over_rows(model, rows, **timing)
     latn = measure_latency(model, xn, **timing)
     outputs = predict(model, data.test, cfg.eval_batch_size, device)

@@ -17,9 +17,12 @@ def has_input_dependent_cost(model: nn.Module) -> bool:
     return getattr(model, "input_dependent_cost", False) is True
 
 
-def leading_rows(split: Split, n: int, device: torch.device | str) -> list[tuple[torch.Tensor, ...]]:
-    """The first ``n`` rows of ``split`` (all of them if fewer), each as a batch of one."""
-    return [tuple(t[i:i + 1].to(device) for t in split.inputs) for i in range(min(n, len(split)))]
+def spread_rows(split: Split, n: int, device: torch.device | str) -> list[tuple[torch.Tensor, ...]]:
+    """``n`` rows spread evenly over ``split`` (all of them if fewer), each as a batch of one:
+    splits may be ordered (token sequences by length), so the first rows alone would be biased."""
+    count = min(n, len(split))
+    index = torch.linspace(0, len(split) - 1, count).round().long().unique().tolist() if count else []
+    return [tuple(t[i:i + 1].to(device) for t in split.inputs) for i in index]
 
 
 def per_row_macs(model: nn.Module, rows: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
