@@ -113,9 +113,9 @@ def ls(as_json: bool = typer.Option(False, "--json", help="machine-readable, wit
         for e in reg:
             row = [e.name, e.summary]
             if title == "steps":
-                from slimkit.core.config import parameter_table
+                from slimkit.core.config import brief_default
 
-                row.append(", ".join(f"{p['name']}={p['default']}" for p in parameter_table(e.config)))
+                row.append(", ".join(f"{n}={brief_default(e.config, n)}" for n in (e.config.model_fields if e.config else ())))
             if title == "backends":
                 avail = e.obj.available()
                 row.append("[green]yes[/]" if avail else f"[red]no[/]: {avail.reason}")

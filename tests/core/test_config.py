@@ -31,3 +31,14 @@ def test_parameter_table_lists_types_and_defaults():
     rows = {r["name"]: r for r in parameter_table(TrainConfig)}
     assert rows["epochs"]["type"] == "integer" and rows["epochs"]["default"] == 10
     assert "'sgd'" in rows["optimizer"]["type"]
+
+
+def test_a_nested_specialised_default_shows_only_what_it_changes():
+    from slimkit.core.config import brief_default
+    from slimkit.core.registry import STEPS, load_builtins
+
+    load_builtins()
+    assert brief_default(STEPS.entry("prune").config, "finetune") == "TrainConfig(epochs=0, lr=0.0005)"
+    assert brief_default(STEPS.entry("factorize").config, "finetune") == \
+        "TrainConfig(epochs=0, lr=0.0001, optimizer='adamw')"
+    assert brief_default(STEPS.entry("prune").config, "sparsity") == "None"

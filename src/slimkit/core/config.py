@@ -76,6 +76,23 @@ def parameter_table(cls: type[Config] | None) -> list[dict[str, Any]]:
     return rows
 
 
+def brief_default(cls: type[Config], name: str) -> str:
+    """A field's default in a line: a nested config that specialises another (a step's
+    ``finetune``, a ``TrainConfig`` with the step's own defaults) shows only what it changes."""
+    field = cls.model_fields[name]
+    if field.is_required():
+        return "(required)"
+    value = field.get_default(call_default_factory=True)
+    if not isinstance(value, BaseModel):
+        return repr(_jsonable(value))
+    base = type(value).__mro__[1]
+    if issubclass(base, BaseModel) and base.model_fields:
+        changed = {k: v for k, v in value.model_dump(mode="json").items()
+                   if v != base.model_fields[k].get_default(call_default_factory=True)}
+        return f"{base.__name__}(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+    return repr(value.model_dump(mode="json"))
+
+
 def _type_name(prop: dict[str, Any], schema: dict[str, Any]) -> str:
     if "enum" in prop:
         return " | ".join(repr(v) for v in prop["enum"])
