@@ -185,7 +185,7 @@ def hashednets_section(args, folder: Path, progress) -> dict[str, Any]:
                            (f"dense 784-{hidden[0]}-{hidden[1]}-10 (same stored weights)", small)):
             row = rows.setdefault(name, {"quality": [], "params": [], "bytes": []})
             row["quality"].append(step["metrics"]["quality"])
-            row["params"].append(step["metrics"]["params"])
+            row["params"].append(stored_params(step))
             row["bytes"].append(step["metrics"]["size_bytes"])
     return {"rows": rows, "seeds": args.seeds, "stored": stored, "epochs": epochs}
 
@@ -209,6 +209,13 @@ def render_hashednets(res: dict[str, Any], command: str, stamp: str) -> str:
 
 # ---------------------------------------------------------------------------------------- minilm
 FFN = ["*.intermediate.dense", "*.layer.?.output.dense"]
+
+
+def stored_params(step: dict[str, Any]) -> int:
+    """Parameters a step's model stores: results.json counts a hashed layer's virtual weights (the
+    dense equivalent), so each hashed layer's virtual count is swapped for its stored one."""
+    layers = step["info"].get("layers", {}) if step["technique"] == "hash" else {}
+    return step["metrics"]["params"] - sum(v["virtual"] - v["stored"] for v in layers.values())
 
 
 def embedding_params() -> int:
