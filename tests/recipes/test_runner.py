@@ -168,3 +168,50 @@ def test_baseline_initial_weights_are_kept_for_every_step_and_after_resume(tmp_p
     assert seen[2:] == [str(path)]
     again = load_state_dict(path)
     assert all(torch.equal(again[k], initial[k]) for k in initial)
+
+
+def test_run_stopped_during_baseline_restarts_with_same_results(tmp_path):
+    recipe = {**RECIPE, "steps": RECIPE["steps"][:1]}
+    with pytest.raises(_Killed):  # stopped while training the baseline
+        run_recipe(recipe, tmp_path / "a", train_fn=_counting_fit([], kill_at=1))
+    assert json.loads((tmp_path / "a" / "run-state.json").read_text())["steps"] == []
+    calls: list[str] = []
+    again = run_recipe(recipe, tmp_path / "a", train_fn=_counting_fit(calls))
+    assert calls == ["baseline", "train"] and again.resumed_steps == 0
+
+    with pytest.raises(_Killed):  # --overwrite replaces a run stopped during its baseline too
+        run_recipe(recipe, tmp_path / "b", train_fn=_counting_fit([], kill_at=1))
+    over = run_recipe(recipe, tmp_path / "b", overwrite=True)
+    for folder in ("a", "b"):
+        assert [s["name"] for s in json.loads((tmp_path / folder / "run-state.json").read_text())["steps"]] == \
+            ["baseline", "train"]
+    wa = load_state_dict(tmp_path / "a" / "steps/01-train/model.safetensors")
+    wb = load_state_dict(tmp_path / "b" / "steps/01-train/model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [s["metrics"]["quality"] for s in again.results["steps"]] == \
+        [s["metrics"]["quality"] for s in over.results["steps"]]
+
+
+def test_overwrite_removes_only_what_slimkit_wrote(tmp_path):
+    recipe = {**RECIPE, "steps": []}
+    out = tmp_path / "r"
+    run_recipe(recipe, out)
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine").mkdir()
+    (out / "mine" / "data.bin").write_bytes(b"\x01")
+    stale = out / "steps" / "07-old"
+    stale.mkdir()
+    run_recipe({**recipe, "seed": 4}, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "mine" / "data.bin").read_bytes() == b"\x01"
+    assert not stale.exists() and json.loads((out / "results.json").read_text())["recipe"]["seed"] == 4
+
+
+def test_second_writer_into_the_same_folder_is_refused(tmp_path):
+    from slimkit.core.lock import folder_lock
+
+    recipe = {**RECIPE, "steps": []}
+    with folder_lock(tmp_path / "r"):  # another run holds the folder
+        with pytest.raises(CheckpointError, match=r"another slimkit run is writing into this folder"):
+            run_recipe(recipe, tmp_path / "r")
+        assert not (tmp_path / "r" / "run-state.json").exists()
+    assert [s["name"] for s in run_recipe(recipe, tmp_path / "r").results["steps"]] == ["baseline"]

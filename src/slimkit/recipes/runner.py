@@ -9,12 +9,18 @@ Output folder::
     steps/00-baseline/initial.safetensors   the baseline's freshly initialised weights (for rewinding)
     results.json         the results contract (see docs/ARCHITECTURE.md)
     report.md, report.html, pareto.png
+    .slimkit.lock        held while a run writes (core/lock.py)
+
+The run state is written before the baseline starts, so a run stopped at any point, the
+baseline included, is resumed (or restarted) by the same command; ``--overwrite`` removes only
+these files, never a user's own.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from pydantic import ValidationError
 
 from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError, SlimkitError
+from slimkit.core.lock import LOCK_FILE, folder_lock
 from slimkit.core.io import atomic_write_json, atomic_write_text, load_into_, load_state_dict, read_json, save_state_dict
 from slimkit.core.step import rebuild_model
 from slimkit.core.target import Target
@@ -41,6 +48,8 @@ from slimkit.tasks.base import Task, build_task
 STATE_FILE = "run-state.json"
 INITIAL_FILE = "steps/00-baseline/initial.safetensors"
 STATE_VERSION = 2
+OWN_ENTRIES = ("recipe.yaml", STATE_FILE, "results.json", "report.md", "report.html", "pareto.png", "steps", LOCK_FILE)
+_OWN_TMP = re.compile(r"\.(" + "|".join(re.escape(n) for n in OWN_ENTRIES) + r")\..*\.tmp")
 Reporter = Callable[[str], None]
 
 
@@ -56,8 +65,15 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
                report: Reporter | None = None) -> RunResult:
     """Run ``recipe`` into ``out``; rerunning the same command continues where it stopped."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    say = report or (lambda text: None)
     out = Path(out)
+    _refuse_foreign_folder(out)
+    with folder_lock(out):
+        return _run_locked(recipe, out, overwrite, progress, train_fn, report or (lambda text: None))
+
+
+def _run_locked(recipe: Recipe, out: Path, overwrite: bool, progress: bool,
+                train_fn: Callable[..., Any] | None, say: Reporter) -> RunResult:
+    """``run_recipe`` once this process holds the folder's lock."""
     state = _prepare_out_dir(out, recipe, overwrite)
     task = build_task(recipe.task)
     device = resolve_device(recipe.measure.device)
@@ -69,7 +85,6 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
             say(f"resuming: {resumed} finished step(s) found in {out}")
             model = _restore(task, records, out)
         else:
-            atomic_write_text(out / "recipe.yaml", dump_yaml(recipe))
             started = time.perf_counter()
             model = build_baseline(task, recipe, device, progress, train_fn, say, initial=out / INITIAL_FILE)
             done = Done(index=0, name="baseline", technique="baseline", params=recipe.to_dict()["baseline"],
@@ -98,28 +113,51 @@ def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *,
     return RunResult(out, _results(recipe, task, records), resumed)
 
 
-def _prepare_out_dir(out: Path, recipe: Recipe, overwrite: bool) -> dict[str, Any]:
-    state_path = out / STATE_FILE
-    fresh = {"version": STATE_VERSION, "fingerprint": recipe.fingerprint(), "steps": []}
+def _refuse_foreign_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a folder with files of its own and no slimkit run."""
     if out.exists() and not out.is_dir():
         raise SlimkitError(f"--out {out}: exists and is not a folder")
-    if state_path.exists():
+    foreign = _foreign_entries(out) if out.is_dir() and not (out / STATE_FILE).exists() else []
+    if foreign:
+        raise SlimkitError(f"--out {out}: folder is not empty and holds no slimkit run "
+                           f"(found {', '.join(foreign[:3])}); choose another folder")
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """Names in ``out`` that slimkit did not write, sorted."""
+    return sorted(p.name for p in out.iterdir() if p.name not in OWN_ENTRIES and not _OWN_TMP.fullmatch(p.name))
+
+
+def _prepare_out_dir(out: Path, recipe: Recipe, overwrite: bool) -> dict[str, Any]:
+    """The run state to continue: the one in ``out`` for the same recipe, else a fresh one
+    (written, with the resolved recipe, before anything is trained)."""
+    state_path = out / STATE_FILE
+    if state_path.exists() and not overwrite:
         state = read_json(state_path)
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("steps"), list):
             raise CheckpointError(f"{state_path}: not a run state this slimkit understands")
         for i, rec in enumerate(state["steps"]):
             _check_record(rec, out, f"{state_path}: steps[{i}]")
-        if overwrite:
-            shutil.rmtree(out)
-        elif state.get("fingerprint") != recipe.fingerprint():
+        if state.get("fingerprint") != recipe.fingerprint():
             raise CheckpointError(f"{out} holds a run of a different recipe; pass --overwrite to replace it "
                                   "or choose another --out")
+        return state
+    _remove_run_files(out)
+    state = {"version": STATE_VERSION, "fingerprint": recipe.fingerprint(), "steps": []}
+    atomic_write_text(out / "recipe.yaml", dump_yaml(recipe))
+    atomic_write_json(state_path, state)
+    return state
+
+
+def _remove_run_files(out: Path) -> None:
+    """Delete what slimkit wrote into ``out`` (but the lock this run holds); the user's files stay."""
+    for path in out.iterdir():
+        if path.name == LOCK_FILE or (path.name not in OWN_ENTRIES and not _OWN_TMP.fullmatch(path.name)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
         else:
-            return state
-    elif out.exists() and any(out.iterdir()):
-        raise SlimkitError(f"--out {out}: folder is not empty and holds no slimkit run; choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return fresh
+            path.unlink()
 
 
 def _check_record(rec: Any, out: Path, where: str) -> None:
