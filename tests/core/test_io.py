@@ -65,3 +65,23 @@ def test_state_that_does_not_fit_names_the_tensor(tmp_path):
         load_into_(nn.Linear(3, 4), load_state_dict(tmp_path / "m.safetensors"), "m")
     with pytest.raises(CheckpointError, match="missing"):
         load_into_(nn.Sequential(nn.Linear(3, 2)), load_state_dict(tmp_path / "m.safetensors"), "m")
+
+
+def test_same_weights_give_byte_identical_files(tmp_path):
+    from slimkit.core.io import state_dict_bytes
+
+    state = {"b.weight": torch.randn(3, 4), "a.bias": torch.arange(5, dtype=torch.int8), "c": torch.ones(2, dtype=torch.float16)}
+    meta = {"slimkit_step": "train", "task": "digits-mlp", "zeta": "1", "alpha": "2"}
+    reordered = {k: state[k].clone() for k in reversed(list(state))}
+    blobs = {state_dict_bytes(state, meta) for _ in range(8)}  # metadata used to come out in a random order
+    blobs.add(state_dict_bytes(reordered, dict(reversed(list(meta.items())))))
+    assert len(blobs) == 1
+    save_state_dict(tmp_path / "x.safetensors", state, meta)
+    save_state_dict(tmp_path / "y.safetensors", reordered, meta)
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes() == blobs.pop()
+    loaded = load_state_dict(tmp_path / "y.safetensors")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "y.safetensors"), "pt") as f:
+        assert f.metadata() == meta

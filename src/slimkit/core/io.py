@@ -79,10 +79,24 @@ def tensors_for_saving(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def state_dict_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
-    """The safetensors serialization of a state dict: the bytes a user would ship."""
+    """The safetensors serialization of a state dict: the bytes a user would ship, the same
+    bytes for the same tensors and metadata whatever order their keys came in."""
     from safetensors.torch import save
 
-    return save(tensors_for_saving(state), metadata=dict(metadata) if metadata else None)
+    return _canonical_header(save(tensors_for_saving(state), metadata=dict(metadata) if metadata else None))
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """``data`` with its safetensors header rewritten in a fixed order: metadata keys sorted,
+    tensors in data order. safetensors writes the metadata from a hash map, in a different order
+    from one call to the next; the tensor data itself is already ordered by dtype and name."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__").items()))} if "__metadata__" in header else {}
+    ordered.update(sorted(header.items(), key=lambda item: item[1]["data_offsets"]))
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
 
 
 def save_state_dict(path: str | os.PathLike[str], state: Mapping[str, torch.Tensor],
