@@ -195,3 +195,34 @@ def test_a_backend_owns_its_device_rule():
     assert BACKENDS.get("onnxruntime").device_for("cpu") == "cpu"
     source = inspect.getsource(measure)
     assert not any(f'== "{name}"' in source for name in BACKENDS.names() if name != "eager")
+
+
+def test_custom_task_deploys_from_another_folder(tmp_path, monkeypatch):
+    """The worker imports the custom task's module the way the run did: from the recipe's folder."""
+    import sys
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "blob_task_for_deploy.py").write_text(
+        "import torch\n\n"
+        "def make_model():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n\n"
+        "def load_data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x = torch.randn(96, 4, generator=g)\n"
+        "    y = (x[:, 0] > 0).long()\n"
+        "    return {'train': (x[:64], y[:64]), 'val': (x[64:80], y[64:80]), 'test': (x[80:], y[80:])}\n")
+    (folder / "recipe.yaml").write_text(json.dumps({
+        "task": {"name": "custom", "model": "blob_task_for_deploy:make_model", "data": "blob_task_for_deploy:load_data",
+                 "train": {"epochs": 1}},
+        "measure": MEASURE, "steps": [{"deploy": {"backend": "onnxruntime"}}]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_recipe adds the recipe's folder
+    monkeypatch.delitem(sys.modules, "blob_task_for_deploy", raising=False)
+    result = run_recipe(load_recipe(folder / "recipe.yaml"), tmp_path / "run")
+    deployed = result.results["steps"][-1]
+    assert deployed["deployment"] == {"backend": "onnxruntime", "precision": "fp32"}
+    assert deployed["metrics"]["artifact"].endswith("model.onnx")
+    sys.modules.pop("blob_task_for_deploy", None)

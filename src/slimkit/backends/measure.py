@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.io import atomic_write_json, load_state_dict, read_json, save_state_dict
+from slimkit.core.process import import_path, parent_alive, run_child
 from slimkit.measure.config import MeasureConfig
 
 if TYPE_CHECKING:
@@ -243,11 +244,9 @@ def _in_child(spec: ModelSpec, backend: str, precision: str, cfg: MeasureConfig,
                             "versus": versus.to_dict() if versus is not None else None})
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TVM_NUM_THREADS": str(cfg.threads),
            "MKL_NUM_THREADS": str(cfg.threads)}
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = import_path([str(Path(__file__).resolve().parents[2])])
     try:
-        proc = subprocess.run([sys.executable, "-m", "slimkit.backends.worker", str(job)], env=env,
-                              capture_output=True, text=True, timeout=timeout_s)
+        proc = run_child([sys.executable, "-m", "slimkit.backends.worker", str(job)], env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         raise SlimkitError(f"{backend}/{precision}: timed out after {timeout_s:.0f} s") from None
     if not result_path.exists():
@@ -260,7 +259,8 @@ def _in_child(spec: ModelSpec, backend: str, precision: str, cfg: MeasureConfig,
 
 
 def worker_main(job_path: str) -> int:
-    """The child's side: rebuild, compile, time, predict; write result.json and outputs."""
+    """The child's side: rebuild, compile, time, predict; write result.json and outputs (nothing
+    once the parent run has died: the folder may belong to a rerun by then)."""
     job = read_json(job_path)
     workdir = Path(job["workdir"])
     try:
@@ -270,7 +270,11 @@ def worker_main(job_path: str) -> int:
         result, outputs = compile_and_time(model, task, job["backend"], job["precision"], cfg, workdir, versus)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which decides
         message = str(err).strip().splitlines()[0][:400] if str(err).strip() else ""
+        if not parent_alive():
+            return 1
         atomic_write_json(workdir / "result.json", {"error": f"{type(err).__name__}: {message}"})
+        return 1
+    if not parent_alive():
         return 1
     save_state_dict(workdir / "outputs.safetensors", {"outputs": outputs.contiguous()})
     atomic_write_json(workdir / "result.json", result)
