@@ -110,3 +110,72 @@ def test_killed_process_resumes_from_third_step(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in results["steps"]] == ["baseline", "train", "train#2", "train#3", "train#4"]
     assert not list(Path(out).rglob("*.tmp"))
+
+
+def _workers_writing_into(folder: Path) -> list[str]:
+    """Command lines of live backend workers whose job lies in ``folder``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "slimkit.backends.worker" in args and any(a.startswith(str(folder)) for a in args):
+            found.append(" ".join(args))
+    return found
+
+
+def _run_until(cmd, env, ready, what):
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds; fail if it ends first."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    try:
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline, f"run ended before it could be killed {what}"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_killed_at_every_stage_resumes_to_the_same_results(tmp_path):
+    """SIGKILL a real `slimkit run` during the baseline, during a step and while a deploy worker
+    runs; each rerun continues, and the end is what an uninterrupted run gives."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    steps = "  - train: {epochs: 20}\n  - deploy: {backend: onnxruntime}\n  - train: {epochs: 1}"
+    path = tmp_path / "r.yaml"
+    path.write_text((QUICK % steps).replace("epochs: 3", "epochs: 20"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "slimkit", "run", str(path), "--quiet", "--out"]
+    out, state = tmp_path / "killed", tmp_path / "killed" / "run-state.json"
+
+    def finished():
+        return len(json.loads(state.read_text())["steps"]) if state.exists() else -1
+
+    _run_until([*cmd, str(out)], env, lambda: finished() == 0, "during the baseline")
+    assert finished() == 0
+    _run_until([*cmd, str(out)], env, lambda: finished() == 1, "during step 1")
+    assert finished() == 1
+    job = out / "steps/02-deploy/candidates/onnxruntime-fp32/job.json"
+    _run_until([*cmd, str(out)], env, job.exists, "during the deploy worker")
+    assert finished() == 2
+    deadline = time.time() + 5
+    while _workers_writing_into(out) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _workers_writing_into(out), "a deploy worker outlived its killed run"
+
+    rerun = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr
+    straight = subprocess.run([*cmd, str(tmp_path / "straight")], env=env, capture_output=True, text=True, timeout=400)
+    assert straight.returncode == 0, straight.stderr
+    got, want = (json.loads((tmp_path / d / "results.json").read_text())["steps"] for d in ("killed", "straight"))
+    figures = ("quality", "size_bytes", "macs", "params", "nonzero_params", "backend")
+    assert [[s["metrics"][k] for k in figures] for s in got] == [[s["metrics"][k] for k in figures] for s in want]
+    assert [s["name"] for s in got] == ["baseline", "train", "deploy", "train#2"]
+    for step in ("00-baseline", "01-train", "03-train-2"):
+        killed, clean = ((tmp_path / d / "steps" / step / "model.safetensors").read_bytes() for d in ("killed", "straight"))
+        assert killed == clean  # the same tensors, byte for byte
