@@ -85,3 +85,17 @@ def test_same_weights_give_byte_identical_files(tmp_path):
 
     with safe_open(str(tmp_path / "y.safetensors"), "pt") as f:
         assert f.metadata() == meta
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through a private temp file; the file they leave follows the umask, as
+    open() would (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    from slimkit.core.io import atomic_write_text
+
+    old = os.umask(0o022)
+    os.umask(old)
+    path = atomic_write_text(tmp_path / "results.json", "{}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~old

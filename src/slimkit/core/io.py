@@ -17,6 +17,9 @@ import torch
 
 from slimkit.core.errors import CheckpointError
 
+_UMASK = os.umask(0)  # read once, at import (setting it back at once): the process's file-creation mask
+os.umask(_UMASK)
+
 
 def cache_dir() -> Path:
     """Where slimkit caches what is slow to recompute (reference outputs, teacher outputs):
@@ -34,6 +37,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a written file gets the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
