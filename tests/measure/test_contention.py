@@ -56,6 +56,17 @@ def test_no_warning_means_none_in_results(monkeypatch):
     assert stats.timing_warning is None and latency_warning(stats.to_dict(), None) is None
 
 
+def test_a_deploy_candidate_row_carries_the_warning_of_any_of_its_timings():
+    from slimkit.backends.measure import BackendRun, write_table
+
+    clean, busy = {"median_ms": 1.0, "batch_size": 1}, {"median_ms": 9.0, "batch_size": 8, "timing_warning": "CPU busy: x"}
+    runs = [BackendRun("eager", "fp32", True, latency_b1=clean, latency_bN=clean),
+            BackendRun("onnxruntime", "fp32", True, latency_b1=clean, latency_bN=busy),
+            BackendRun("openvino", "fp32", True, latency_b1=clean, latency_bN=clean, versus_latency_b1=clean,
+                       versus_latency_bN=clean, paired_latency_b1=busy, paired_latency_bN=clean)]
+    assert [row["timing_warning"] for row in write_table(runs)] == [None, "batch 8: CPU busy: x", "batch 8: CPU busy: x"]
+
+
 def test_the_probe_is_skipped_for_one_thread_and_measures_a_ratio_otherwise():
     assert thread_probe_ratio(1) is None
     assert thread_probe_ratio(2, size=64, repeats=3) > 0

@@ -33,7 +33,8 @@ def _step(name, technique, quality, size, macs, b1, bN, backend="eager", warning
 def _candidate(backend, b1, bN, decision, warning=None):
     return {"backend": backend, "precision": "fp32", "b1_ms": b1, "bN_ms": bN, "speedup_b1": 0.1 / b1,
             "speedup_bN": 1.0 / bN, "max_rel_diff": 1e-6, "quality": 0.98, "artifact_bytes": 40_000,
-            "decision": decision, "timing_warning": warning}
+            "decision": decision, "timing_warning": warning, "versus_b1_ms": 0.1, "versus_bN_ms": 1.0,
+            "speedup_vs_versus_b1": 0.1 / b1, "speedup_vs_versus_bN": 1.0 / bN}
 
 
 def results(busy_step="pruned"):
@@ -127,6 +128,7 @@ def test_a_busy_figure_and_every_ratio_on_it_are_marked_in_markdown_and_html():
         assert WARN not in baseline[b1] + deploy[b1] + deploy[x_b1] + pruned[cols.index("× faster bN")]
         openvino = _row(candidates, "openvino")
         assert WARN in openvino[2] and WARN in openvino[4] and WARN not in _row(candidates, "onnxruntime")[2]
+        assert all(WARN in openvino[candidates[0].index(c)] for c in ("× vs baseline b1", "× vs baseline bN"))
     md = render_markdown(res)
     assert f"{WARN}1 pruned, batch 1 (eager): {BUSY}" in md
 

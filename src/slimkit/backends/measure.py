@@ -344,7 +344,8 @@ def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
                "b1_ms": r.b1_ms, "bN_ms": r.bN_ms, "batch_N": r.latency_bN["batch_size"] if r.latency_bN else None,
                "speedup_b1": None, "speedup_bN": None, "max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff,
                "quality": r.quality, "artifact_bytes": r.artifact_bytes, "compile_seconds": r.compile_seconds,
-               "info": r.info, "timing_warning": latency_warning(r.latency_b1, r.latency_bN)}
+               "info": r.info, "timing_warning": latency_warning(r.latency_b1, r.latency_bN, r.paired_latency_b1,
+                                                 r.paired_latency_bN, r.versus_latency_b1, r.versus_latency_bN)}
         if eager is not None and r.ok:
             row["speedup_b1"] = eager.b1_ms / r.b1_ms
             row["speedup_bN"] = eager.bN_ms / r.bN_ms

@@ -142,7 +142,8 @@ def _candidates(step: dict[str, Any], notes: Notes) -> Section:
                  _num(c["max_rel_diff"], ".2g"), _num(c["quality"], ".4f"),
                  _bytes(c["artifact_bytes"]) if c["artifact_bytes"] is not None else "—"]
         if versus:
-            cells += [_num(c.get("speedup_vs_versus_b1"), ".3f", "×"), _num(c.get("speedup_vs_versus_bN"), ".3f", "×")]
+            cells += [_num(c.get("speedup_vs_versus_b1"), ".3f", "×") + mark,
+                      _num(c.get("speedup_vs_versus_bN"), ".3f", "×") + mark]
         cells.append(str(c.get("decision", "")).replace("|", "/"))
         rows.append(cells)
     return Section(f"Candidates of {step['name']}",
