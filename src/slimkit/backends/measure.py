@@ -197,6 +197,7 @@ def measure_on_target(model: nn.Module, task: Any, cfg: MeasureConfig, target: "
     eager's figures kept under ``"eager"``. ``measured``: the target's run of this model, if the
     step already took it (its artifact paths relative to ``workdir``). ``metrics["artifact"]`` is
     the checkpoint's name for eager, the list of files measured otherwise."""
+    from slimkit.measure.latency import latency_warning
     from slimkit.measure.model import measure_model
 
     metrics = measure_model(model, task, cfg, artifact=artifact)
@@ -219,6 +220,7 @@ def measure_on_target(model: nn.Module, task: Any, cfg: MeasureConfig, target: "
             "size_bytes": measured["artifact_bytes"], "latency_ms_b1": measured["latency_b1"]["median_ms"],
             "latency_ms_bN": measured["latency_bN"]["median_ms"], "latency_b1": measured["latency_b1"],
             "latency_bN": measured["latency_bN"], "backend": measured["backend"], "precision": measured["precision"],
+            "timing_warning": latency_warning(measured["latency_b1"], measured["latency_bN"]),
             "device": target.device, "artifact": measured["artifact"],
             "max_rel_diff_vs_eager": measured["max_rel_diff"], "max_abs_diff_vs_eager": measured["max_abs_diff"],
             "eager": eager}
@@ -337,6 +339,8 @@ def all_candidates(precisions: Sequence[str] = ("fp32",), backends: Sequence[str
 
 def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
     """Rows for the table: ratios are eager FP32 median latency / this latency (higher is faster)."""
+    from slimkit.measure.latency import latency_warning
+
     eager = next((r for r in runs if r.backend == "eager" and r.precision == "fp32" and r.ok), None)
     rows = []
     for r in runs:
@@ -344,7 +348,8 @@ def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
                "b1_ms": r.b1_ms, "bN_ms": r.bN_ms, "batch_N": r.latency_bN["batch_size"] if r.latency_bN else None,
                "speedup_b1": None, "speedup_bN": None, "max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff,
                "quality": r.quality, "artifact_bytes": r.artifact_bytes, "compile_seconds": r.compile_seconds,
-               "info": r.info}
+               "info": r.info, "timing_warning": latency_warning(r.latency_b1, r.latency_bN, r.paired_latency_b1,
+                                                 r.paired_latency_bN, r.versus_latency_b1, r.versus_latency_bN)}
         if eager is not None and r.ok:
             row["speedup_b1"] = eager.b1_ms / r.b1_ms
             row["speedup_bN"] = eager.bN_ms / r.bN_ms

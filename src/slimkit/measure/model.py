@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from slimkit.data.base import DataSplits
 from slimkit.measure.config import MeasureConfig
-from slimkit.measure.latency import measure_latency, measure_latency_over_rows
+from slimkit.measure.latency import latency_warning, measure_latency, measure_latency_over_rows
 from slimkit.measure.macs import count_macs
 from slimkit.measure.memory import peak_inference_bytes
 from slimkit.measure.per_row import has_input_dependent_cost, spread_rows, per_row_macs
@@ -71,6 +71,7 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
         "device": str(device),
         "latency_b1": lat1.to_dict(),
         "latency_bN": latn.to_dict(),
+        "timing_warning": latency_warning(lat1.to_dict(), latn.to_dict()),
         "quality_metrics": {k: v for k, v in quality.items() if k != "quality"},
         "artifact": Path(artifact).name if artifact is not None else None,
     }
