@@ -6,7 +6,6 @@ import itertools
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from rich.console import Console
