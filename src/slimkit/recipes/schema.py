@@ -17,10 +17,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from slimkit.core.config import Config, format_validation_error, parse_config
 from slimkit.core.errors import ConfigError, UnknownNameError
@@ -32,9 +32,34 @@ RECIPE_VERSION = 1
 TOP_LEVEL = ("version", "task", "seed", "baseline", "measure", "steps")
 
 
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; each step's seed is the recipe's plus its index
+
+
 class BaselineConfig(Config):
     train: dict[str, Any] | None = Field(None, description="overrides of the task's default baseline training")
     weights: str | None = Field(None, description="a safetensors file to start from instead of training")
+
+    @model_validator(mode="after")
+    def _weights_or_train(self) -> "BaselineConfig":
+        if self.train is not None and self.weights is not None:
+            raise ValueError("give 'weights' (the baseline is loaded) or 'train' (it is trained), not both")
+        return self
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """A YAML SafeLoader for which a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges are overrides by design
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -85,7 +110,7 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -120,6 +145,8 @@ def validate_recipe(data: Any, source: str, base_dir: Path | None = None) -> Rec
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{source}: field 'seed' must be an integer, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{source}: field 'seed' must be from 0 to 2**63-1 (torch seeds are 64-bit), got {seed}")
     task_cfg = parse_task_config(data["task"], f"{source}: task")
     task = build_task(task_cfg)
     baseline = parse_config(BaselineConfig, data.get("baseline"), f"{source}: baseline")
@@ -143,7 +170,7 @@ def _baseline_train(default: TrainConfig | None, baseline: BaselineConfig, sourc
         return default
     base = default.to_json_dict() if default is not None else {}
     try:
-        return TrainConfig.model_validate({**base, **baseline.train})
+        return TrainConfig.model_validate({**base, **baseline.train}, strict=True)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, f"{source}: baseline.train")) from None
 
