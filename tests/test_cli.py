@@ -110,3 +110,39 @@ def test_killed_process_resumes_from_third_step(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert [s["name"] for s in results["steps"]] == ["baseline", "train", "train#2", "train#3", "train#4"]
     assert not list(Path(out).rglob("*.tmp"))
+
+
+def test_ls_into_a_closed_pipe_exits_zero():
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    for args in ("ls", "ls --json"):
+        done = subprocess.run(["bash", "-c", f"'{sys.executable}' -m slimkit {args} | head -1; exit ${{PIPESTATUS[0]}}"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Error" not in done.stderr, (args, done.stderr)
+
+
+def test_backend_table_fits_80_columns():
+    from rich.console import Console
+
+    from slimkit.cli import backend_table
+
+    rows = [dict(ok=True, backend="torch_compile", precision="bf16", b1_ms=0.123, bN_ms=12.234, batch_N=64,
+                 speedup_b1=1.5, speedup_bN=12.1, max_abs_diff=1e-6, max_rel_diff=2e-6, quality=0.9712,
+                 artifact_bytes=1234567, compile_seconds=11.2),
+            dict(ok=False, backend="tensorrt", precision="fp16", error="tensorrt is not installed")]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(backend_table(rows, "digits-cnn: backends (1 thread)"))
+    text = console.export_text()
+    assert "…" not in text and "torch_compile bf16" in text and "1. tensorrt/fp16: tensorrt is not installed" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_count_says_thread_for_one():
+    from slimkit.cli import _count
+
+    assert (_count(1, "thread"), _count(2, "thread")) == ("1 thread", "2 threads")
+
+
+def test_option_errors_do_not_say_recipe():
+    result = runner.invoke(app, ["measure", "--task", "digits-ml"])
+    assert result.exit_code == 2
+    assert "options: task: unknown task 'digits-ml'" in result.stderr and "recipe" not in result.stderr

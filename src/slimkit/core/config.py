@@ -65,16 +65,16 @@ def parameter_table(cls: type[Config] | None) -> list[dict[str, Any]]:
         return []
     schema = cls.model_json_schema()
     props = schema.get("properties", {})
-    required = set(schema.get("required", []))
     rows = []
     for name, field in cls.model_fields.items():
         prop = props.get(name, {})
+        required = field.is_required()  # the schema's 'required' list can miss a field (aliases)
         rows.append(
             {
                 "name": name,
                 "type": _type_name(prop, schema),
-                "required": name in required,
-                "default": None if name in required else _jsonable(field.get_default(call_default_factory=True)),
+                "required": required,
+                "default": None if required else _jsonable(field.get_default(call_default_factory=True)),
                 "description": field.description or "",
             }
         )

@@ -13,20 +13,21 @@ from slimkit.measure.config import MeasureConfig
 from slimkit.measure.latency import torch_threads
 from slimkit.measure.model import measure_config, measure_model, resolve_device
 from slimkit.recipes.runner import build_baseline
-from slimkit.recipes.schema import Recipe, load_recipe
+from slimkit.recipes.schema import Recipe, validate_recipe
 
 
 def baseline_for(task: Any, cfg: MeasureConfig | dict[str, Any] | None = None, *, weights: str | Path | None = None,
                  train: dict[str, Any] | None = None, seed: int = 0, progress: bool = False,
-                 report=None) -> tuple[Any, Recipe, nn.Module]:
+                 report=None, source: str = "options") -> tuple[Any, Recipe, nn.Module]:
     """(built task, recipe, baseline model): ``task`` is a name or a ``task:`` mapping; ``train``
-    overrides the baseline's training; ``weights`` replaces it; ``cfg`` may be a ``measure:`` mapping."""
+    overrides the baseline's training; ``weights`` replaces it; ``cfg`` may be a ``measure:`` mapping. Errors name ``source`` (the caller's
+    options, not a recipe file)."""
     spec: dict[str, Any] = {"task": task, "seed": seed, "measure": measure_config(cfg).to_json_dict()}
     if weights is not None:
         spec["baseline"] = {"weights": str(weights)}
     elif train:
         spec["baseline"] = {"train": train}
-    recipe = load_recipe(spec)
+    recipe = validate_recipe(spec, source)
     from slimkit.tasks.base import build_task
 
     built = build_task(recipe.task)
