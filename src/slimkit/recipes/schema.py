@@ -158,9 +158,67 @@ def validate_recipe(data: Any, source: str, base_dir: Path | None = None) -> Rec
             weights = base_dir / weights
         if not weights.is_file():
             raise ConfigError(f"{source}: baseline field 'weights': file not found: {baseline.weights}")
+    if weights is not None or task_cfg.name == "custom":
+        _check_model(task, weights, source)
     measure = parse_config(MeasureConfig, data.get("measure"), f"{source}: measure")
     steps = _validate_steps(data.get("steps", []), source)
+    _check_backends(steps, source)
     return Recipe(task_cfg, seed, baseline_train, weights, measure, steps, source)
+
+
+def _check_model(task: Any, weights: Path | None, source: str) -> None:
+    """Build the task's model (a custom factory that fails, fails now) and check that the
+    baseline weights file's names and shapes fit it, reading only the file's header."""
+    model = task.build_model()
+    if weights is not None:
+        problem = weights_mismatch(model, _header_shapes(weights, source))
+        if problem:
+            raise ConfigError(f"{source}: baseline field 'weights': {weights} does not fit the model: {problem}")
+
+
+def _header_shapes(path: Path, source: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a corrupt header
+        raise ConfigError(f"{source}: baseline field 'weights': {path} is not a valid safetensors file "
+                          f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
+
+
+def weights_mismatch(model: Any, shapes: dict[str, tuple[int, ...]]) -> str:
+    """What keeps tensors of these names and shapes from loading into ``model`` ('' if nothing);
+    a tied weight saved under its other name is not missing."""
+    own = model.state_dict(keep_vars=True)
+    storage = {k: v.untyped_storage().data_ptr() for k, v in own.items()}
+    missing = [k for k in own if k not in shapes
+               and not any(o in shapes for o in own if o != k and storage[o] == storage[k])]
+    unexpected = [k for k in shapes if k not in own]
+    bad_shape = [k for k in own if k in shapes and shapes[k] != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}")
+    if bad_shape:
+        k = bad_shape[0]
+        problems.append(f"shape of {k!r} is {shapes[k]}, model has {tuple(own[k].shape)}")
+    return "; ".join(problems)
+
+
+def _check_backends(steps: tuple[RecipeStep, ...], source: str) -> None:
+    """The backend a ``deploy`` step names (not 'auto') is available on this machine, else say why not."""
+    from slimkit.core.registry import BACKENDS
+
+    for step in steps:
+        name = getattr(step.config, "backend", None)
+        if step.technique == "deploy" and isinstance(name, str) and name != "auto":
+            avail = BACKENDS.get(name).available()
+            if not avail:
+                raise ConfigError(f"{source}: steps[{step.index - 1}] {step.technique!r}: backend {name!r} "
+                                  f"is not available here: {avail.reason}")
 
 
 def _baseline_train(default: TrainConfig | None, baseline: BaselineConfig, source: str) -> TrainConfig | None:

@@ -58,10 +58,23 @@ class Context:
               callbacks: Sequence["Callback"] = (), task_loss_weight: float = 1.0,
               description: str = "train", data: "DataSplits | None" = None) -> "FitResult":
         """Train with the task's loss (weighted) plus ``loss_terms``, validating every epoch; on
-        ``data`` instead of the task's splits if given (e.g. with teacher-labelled inputs added)."""
+        ``data`` instead of the task's splits if given (e.g. with teacher-labelled inputs added).
+        The baseline's training starts with ``preflight``: a batch that cannot fit in memory or
+        labels outside the model's classes are one-line errors before any epoch runs."""
         from slimkit.train.objectives import TaskLoss
+
+        if description == "baseline":
+            self._preflight(model, data if data is not None else self.data, cfg.batch_size)
 
         terms = [TaskLoss(self.task.loss, weight=task_loss_weight), *loss_terms] if task_loss_weight else list(loss_terms)
         return self.train_fn(model, data if data is not None else self.data, cfg, loss_terms=terms, validate=self.validate,
                              callbacks=callbacks, device=self.device, seed=self.seed,
                              progress=self.progress, description=description)
+
+    def _preflight(self, model: nn.Module, data: "DataSplits", train_batch: int) -> None:
+        """A dry forward at the larger of the training batch and ``measure.batch_n``, and the labels' range."""
+        from slimkit.tasks.preflight import preflight
+
+        batch_n = self.measure.batch_n if self.measure is not None else 0
+        batch, what = (batch_n, "measure.batch_n") if batch_n > train_batch else (train_batch, "train batch_size")
+        preflight(model, data, self.task.loss, batch, self.device, what)
