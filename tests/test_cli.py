@@ -146,3 +146,30 @@ def test_option_errors_do_not_say_recipe():
     result = runner.invoke(app, ["measure", "--task", "digits-ml"])
     assert result.exit_code == 2
     assert "options: task: unknown task 'digits-ml'" in result.stderr and "recipe" not in result.stderr
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(tmp_path):
+    recipe = _recipe(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    for out, cause in [(tmp_path / "a_file" / "run", "(ENOTDIR)"), (tmp_path / ("x" * 300), "(ENAMETOOLONG)"),
+                       (Path("/proc/x/run"), "(ENOENT)")]:
+        result = runner.invoke(app, ["run", str(recipe), "--out", str(out)])
+        assert result.exit_code == 2, result.stderr
+        assert f"--out {out}: cannot create the folder" in result.stderr and cause in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_disk_or_read_only_file_system_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import slimkit.recipes.runner as runner_module
+
+    for code, name in [(errno.ENOSPC, "ENOSPC"), (errno.EROFS, "EROFS")]:
+        def refuse(path, *args, **kwargs):
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(runner_module, "atomic_write_text", refuse)
+        out = tmp_path / f"out-{name}"
+        result = runner.invoke(app, ["run", str(_recipe(tmp_path)), "--out", str(out)])
+        assert result.exit_code == 2
+        assert result.stderr.strip() == f"error: cannot write {out / 'recipe.yaml'}: {os.strerror(code)} ({name})"

@@ -61,8 +61,27 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:
             _silence_stdout()
             raise typer.Exit(0) from None
+        except OSError as err:  # a full disk, a read-only file system, a folder that cannot be made
+            err_console.print(f"[bold red]error:[/] {os_error_line(err)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def os_error_line(err: OSError) -> str:
+    """'cannot write PATH: No space left on device (ENOSPC)': the path and the cause, in one line."""
+    where = f" {err.filename}" if err.filename is not None else ""
+    return f"cannot write{where}: {os_cause(err)}"
+
+
+def os_cause(err: OSError) -> str:
+    """'No space left on device (ENOSPC)'."""
+    import errno
+    import os
+
+    code = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
+    cause = err.strerror or (os.strerror(err.errno) if err.errno is not None else str(err))
+    return cause + (f" ({code})" if code else "")
 
 
 def _silence_stdout() -> None:
@@ -78,11 +97,22 @@ def _silence_stdout() -> None:
 def _run(recipe: Path, out: Path, overwrite: bool, quiet: bool) -> None:
     from slimkit.recipes.report import rich_table
     from slimkit.recipes.runner import run_recipe
+    from slimkit.recipes.schema import load_recipe
 
     say = (lambda text: None) if quiet else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
-    result = run_recipe(recipe, out, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), report=say)
+    checked = load_recipe(recipe)  # a bad recipe leaves no folder behind
+    _make_out_dir(out)
+    result = run_recipe(checked, out, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), report=say)
     console.print(rich_table(result.results))
     console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'} (and report.md, pareto.png)")
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create ``--out`` (and its parents) now, so that a folder that cannot exist fails in one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SlimkitError(f"--out {out}: cannot create the folder: {os_cause(err)}") from None
 
 
 @app.command()
