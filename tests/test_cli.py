@@ -48,7 +48,7 @@ def test_ls_table():
 
 def test_validate_ok_and_bad(tmp_path):
     ok = runner.invoke(app, ["validate", str(_recipe(tmp_path))])
-    assert ok.exit_code == 0 and "ok" in ok.stdout
+    assert ok.exit_code == 0 and "ok" in ok.stdout and "1 step: train" in ok.stdout
     bad = runner.invoke(app, ["validate", str(_recipe(tmp_path, "  - train: {epochs: lots}", "bad.yaml"))])
     assert bad.exit_code == 2 and "field 'epochs'" in bad.stderr and "Traceback" not in bad.output
 

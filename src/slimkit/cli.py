@@ -142,7 +142,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML file")) -> Non
     from slimkit.recipes.schema import load_recipe
 
     r = load_recipe(recipe)
-    console.print(f"[green]ok[/]: {recipe}: task {r.task.to_json_dict()['name']!r}, {len(r.steps)} step(s): "
+    console.print(f"[green]ok[/]: {recipe}: task {r.task.to_json_dict()['name']!r}, {_count(len(r.steps), 'step')}: "
                   + ", ".join(s.name for s in r.steps), highlight=False)
 
 
