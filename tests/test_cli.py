@@ -48,7 +48,7 @@ def test_ls_table():
 
 def test_validate_ok_and_bad(tmp_path):
     ok = runner.invoke(app, ["validate", str(_recipe(tmp_path))])
-    assert ok.exit_code == 0 and "ok" in ok.stdout
+    assert ok.exit_code == 0 and "ok" in ok.stdout and "1 step: train" in ok.stdout
     bad = runner.invoke(app, ["validate", str(_recipe(tmp_path, "  - train: {epochs: lots}", "bad.yaml"))])
     assert bad.exit_code == 2 and "field 'epochs'" in bad.stderr and "Traceback" not in bad.output
 
@@ -179,3 +179,66 @@ def test_killed_at_every_stage_resumes_to_the_same_results(tmp_path):
     for step in ("00-baseline", "01-train", "03-train-2"):
         killed, clean = ((tmp_path / d / "steps" / step / "model.safetensors").read_bytes() for d in ("killed", "straight"))
         assert killed == clean  # the same tensors, byte for byte
+
+
+def test_ls_into_a_closed_pipe_exits_zero():
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    for args in ("ls", "ls --json"):
+        done = subprocess.run(["bash", "-c", f"'{sys.executable}' -m slimkit {args} | head -1; exit ${{PIPESTATUS[0]}}"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Error" not in done.stderr, (args, done.stderr)
+
+
+def test_backend_table_fits_80_columns():
+    from rich.console import Console
+
+    from slimkit.cli import backend_table
+
+    rows = [dict(ok=True, backend="torch_compile", precision="bf16", b1_ms=0.123, bN_ms=12.234, batch_N=64,
+                 speedup_b1=1.5, speedup_bN=12.1, max_abs_diff=1e-6, max_rel_diff=2e-6, quality=0.9712,
+                 artifact_bytes=1234567, compile_seconds=11.2),
+            dict(ok=False, backend="tensorrt", precision="fp16", error="tensorrt is not installed")]
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(backend_table(rows, "digits-cnn: backends (1 thread)"))
+    text = console.export_text()
+    assert "…" not in text and "torch_compile bf16" in text and "1. tensorrt/fp16: tensorrt is not installed" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_count_says_thread_for_one():
+    from slimkit.cli import _count
+
+    assert (_count(1, "thread"), _count(2, "thread")) == ("1 thread", "2 threads")
+
+
+def test_option_errors_do_not_say_recipe():
+    result = runner.invoke(app, ["measure", "--task", "digits-ml"])
+    assert result.exit_code == 2
+    assert "options: task: unknown task 'digits-ml'" in result.stderr and "recipe" not in result.stderr
+
+
+def test_an_out_folder_that_cannot_be_created_is_one_line(tmp_path):
+    recipe = _recipe(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    for out, cause in [(tmp_path / "a_file" / "run", "(ENOTDIR)"), (tmp_path / ("x" * 300), "(ENAMETOOLONG)"),
+                       (Path("/proc/x/run"), "(ENOENT)")]:
+        result = runner.invoke(app, ["run", str(recipe), "--out", str(out)])
+        assert result.exit_code == 2, result.stderr
+        assert f"--out {out}: cannot create the folder" in result.stderr and cause in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_full_disk_or_read_only_file_system_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import slimkit.recipes.runner as runner_module
+
+    for code, name in [(errno.ENOSPC, "ENOSPC"), (errno.EROFS, "EROFS")]:
+        def refuse(path, *args, **kwargs):
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(runner_module, "atomic_write_text", refuse)
+        out = tmp_path / f"out-{name}"
+        result = runner.invoke(app, ["run", str(_recipe(tmp_path)), "--out", str(out)])
+        assert result.exit_code == 2
+        assert result.stderr.strip() == f"error: cannot write {out / 'recipe.yaml'}: {os.strerror(code)} ({name})"

@@ -17,7 +17,12 @@ def load_data():
     from sklearn.model_selection import train_test_split
 
     x, y = load_wine(return_X_y=True)
-    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)  # standardise the 13 chemical measurements
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
     x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.2, stratify=y_rest, random_state=0)
-    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    mean, std = x_train.mean(0), x_train.std(0)  # training rows only: held-out rows must not leak in
+
+    def standardise(part):
+        return ((part - mean) / std).astype(np.float32)
+
+    return {"train": (standardise(x_train), y_train), "val": (standardise(x_val), y_val),
+            "test": (standardise(x_test), y_test)}

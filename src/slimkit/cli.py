@@ -15,7 +15,19 @@ from slimkit.core.errors import SlimkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make neural networks smaller, faster and cheaper; measure what each step buys.")
-console = Console()
+
+
+class _PipeConsole(Console):
+    """A console that ends the command quietly, exit 0, when its reader closes the pipe
+    (``slimkit ls | head``); rich's default exits 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _silence_stdout()
+        raise typer.Exit(0)
+
+
+console = _PipeConsole()
 err_console = Console(stderr=True)
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "builtin" / "demo.yaml"
 
@@ -33,7 +45,8 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto")]
 
 
 def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a slimkit error as one line and exit 2, instead of a traceback."""
+    """Print a slimkit error as one line and exit 2, instead of a traceback; a closed stdout
+    (``slimkit ls | head``) ends the command quietly."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -45,18 +58,61 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: rerun the same command to resume from the last finished step")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except OSError as err:  # a full disk, a read-only file system, a folder that cannot be made
+            err_console.print(f"[bold red]error:[/] {os_error_line(err)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
+
+
+def os_error_line(err: OSError) -> str:
+    """'cannot write PATH: No space left on device (ENOSPC)': the path and the cause, in one line."""
+    where = f" {err.filename}" if err.filename is not None else ""
+    return f"cannot write{where}: {os_cause(err)}"
+
+
+def os_cause(err: OSError) -> str:
+    """'No space left on device (ENOSPC)'."""
+    import errno
+    import os
+
+    code = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
+    cause = err.strerror or (os.strerror(err.errno) if err.errno is not None else str(err))
+    return cause + (f" ({code})" if code else "")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush does not fail on a closed pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a real file (a test runner's capture): nothing to flush to a pipe
 
 
 def _run(recipe: Path, out: Path, overwrite: bool, quiet: bool) -> None:
     from slimkit.recipes.report import rich_table
     from slimkit.recipes.runner import run_recipe
+    from slimkit.recipes.schema import load_recipe
 
     say = (lambda text: None) if quiet else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
-    result = run_recipe(recipe, out, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), report=say)
+    checked = load_recipe(recipe)  # a bad recipe leaves no folder behind
+    _make_out_dir(out)
+    result = run_recipe(checked, out, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), report=say)
     console.print(rich_table(result.results))
     console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'} (and report.md, pareto.png)")
+
+
+def _make_out_dir(out: Path) -> None:
+    """Create ``--out`` (and its parents) now, so that a folder that cannot exist fails in one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SlimkitError(f"--out {out}: cannot create the folder: {os_cause(err)}") from None
 
 
 @app.command()
@@ -86,7 +142,7 @@ def validate(recipe: Path = typer.Argument(..., help="recipe YAML file")) -> Non
     from slimkit.recipes.schema import load_recipe
 
     r = load_recipe(recipe)
-    console.print(f"[green]ok[/]: {recipe}: task {r.task.to_json_dict()['name']!r}, {len(r.steps)} step(s): "
+    console.print(f"[green]ok[/]: {recipe}: task {r.task.to_json_dict()['name']!r}, {_count(len(r.steps), 'step')}: "
                   + ", ".join(s.name for s in r.steps), highlight=False)
 
 
@@ -205,35 +261,49 @@ def backends(task: TaskOpt, model: ModelOpt = None, model_arg: ModelArgOpt = [],
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    console.print(backend_table(rows, f"{task}: backends ({threads} threads; speed-up = eager fp32 / backend)"))
+    console.print(backend_table(rows, f"{task}: backends ({_count(threads, 'thread')}; speed-up = eager fp32 / backend)"))
 
 
 def backend_table(rows: list[dict[str, Any]], title: str):
-    """A rich table of ``compare_backends`` / deploy candidate rows."""
+    """A rich table of ``compare_backends`` / deploy candidate rows, readable at 80 columns: a
+    failed row points at a numbered note; ``--json`` has every field (max rel diff included)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for col in ("backend", "precision", "b1 ms", "bN ms", "speed-up b1", "speed-up bN", "max abs diff",
-                "max rel diff", "quality", "artifact KiB", "compile s"):
-        table.add_column(col, justify="left" if col in ("backend", "precision") else "right")
+    batches = sorted({r["batch_N"] for r in rows if r["ok"]})
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False)
+    for col in ("backend", "b1 ms", "bN ms", "x b1", "x bN", "diff", "quality", "KiB", "build s"):
+        table.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
+    if batches:
+        table.caption = (f"bN = batch {', '.join(map(str, batches))}; x = speed-up over eager fp32; "
+                         "diff = max abs diff from eager fp32; build s = compile seconds")
     notes = []
     for r in rows:
+        name = f"{r['backend']} {r['precision']}"
         if not r["ok"]:
             notes.append(f"{r['backend']}/{r['precision']}: {r['error']}")
-            table.add_row(r["backend"], r["precision"], f"[dim]see note {len(notes)}[/]", *[""] * 8)
+            table.add_row(name, f"[dim]note {len(notes)}[/]", *[""] * 7)
             continue
-
-        def num(v, fmt):
-            return "" if v is None else format(v, fmt)
-
-        table.add_row(r["backend"], r["precision"], num(r["b1_ms"], ".3f"), f"{num(r['bN_ms'], '.3f')} (b{r['batch_N']})",
-                      num(r["speedup_b1"], ".2f") + "x", num(r["speedup_bN"], ".2f") + "x", num(r["max_abs_diff"], ".2g"),
-                      num(r["max_rel_diff"], ".2g"), num(r["quality"], ".4f"), num(r["artifact_bytes"] / 1024, ".1f"),
-                      num(r["compile_seconds"], ".1f"))
-    if notes:
-        table.caption = "\n".join(f"{i}. {note}" for i, note in enumerate(notes, 1))
+        table.add_row(name, _num(r["b1_ms"], ".3f"), _num(r["bN_ms"], ".3f"),
+                      _num(r["speedup_b1"], ".2f"), _num(r["speedup_bN"], ".2f"),
+                      _num(r["max_abs_diff"], ".1g"), _num(r["quality"], ".4f"),
+                      _num(r["artifact_bytes"] / 1024 if r["artifact_bytes"] is not None else None, ".1f"),
+                      _num(r["compile_seconds"], ".1f"))
+    lines = [table.caption] if table.caption else []
+    lines += [f"{i}. {note}" for i, note in enumerate(notes, 1)]
+    if lines:
+        table.caption = "\n".join(lines)
         table.caption_justify = "left"
     return table
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 thread', '2 threads'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _task_spec(task: str, model: Optional[str], model_arg: list[str]) -> dict[str, Any]:

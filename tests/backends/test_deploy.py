@@ -166,12 +166,46 @@ def test_backends_command_rejects_unknown_names():
 def test_verdict_checks_numerics_then_quality():
     from slimkit.backends.step import DeployConfig, _verdict
 
-    row = {"ok": True, "error": None, "max_rel_diff": 0.01, "quality": 0.97}
+    row = {"ok": True, "error": None, "max_rel_diff": 0.01, "quality": 0.97, "val_quality": 0.97}
     assert _verdict(row, DeployConfig(tolerance=1e-4), 1e-4, 0.98).startswith("rejected: outputs differ")
     assert _verdict(row, DeployConfig(tolerance=0.05), 0.05, 0.98) == "eligible"  # no quality budget given
-    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.005), 0.05, 0.98).startswith("rejected: quality")
-    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.02), 0.05, 0.98) == "eligible"
+    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.5), 0.05, 0.98) == (
+        "rejected: validation quality drops by 1 points > max_quality_drop 0.5")
+    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=2), 0.05, 0.98) == "eligible"
     assert _verdict({**row, "ok": False, "error": "unavailable: x"}, DeployConfig(), 1e-4, 0.98) == "unavailable: x"
+
+
+def test_quality_budget_is_points_on_the_validation_split():
+    """A candidate worse by more than the budget on validation is rejected, whatever its test
+    quality; one within the budget on validation is eligible even if its test quality fell more."""
+    from slimkit.backends.step import DeployConfig, _verdict
+
+    cfg = DeployConfig(tolerance=0.05, max_quality_drop=1.0)  # one point
+    worse_on_val = {"ok": True, "error": None, "max_rel_diff": 0.0, "quality": 0.99, "val_quality": 0.975}
+    assert _verdict(worse_on_val, cfg, 0.05, 0.99).startswith("rejected: validation quality drops by 1.5 points")
+    worse_on_test = {**worse_on_val, "quality": 0.90, "val_quality": 0.985}
+    assert _verdict(worse_on_test, cfg, 0.05, 0.99) == "eligible"
+    assert _verdict({**worse_on_val, "val_quality": None}, cfg, 0.05, 0.99).startswith("rejected: no validation")
+
+
+def test_a_measured_candidate_carries_its_validation_quality(tmp_path):
+    from slimkit.backends.measure import ModelSpec, measure_backends, write_table
+    from slimkit.core.io import save_state_dict
+    from slimkit.measure.config import MeasureConfig
+    from slimkit.measure.quality import predict
+    from slimkit.tasks import build_task
+
+    task = build_task("digits-mlp")
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    weights = save_state_dict(tmp_path / "w.safetensors", model.state_dict())
+    cfg = MeasureConfig(batch_n=4, repeats=3, warmup=1, threads=1, memory=False)
+    expected = task.evaluate(predict(model, task.data.val), task.data.val.targets)["quality"]
+    for isolate in (True, False):
+        runs = measure_backends(task, [("eager", "fp32")], cfg, tmp_path / f"c{isolate}",
+                                spec=ModelSpec({"name": "digits-mlp"}, str(weights)), model=model, isolate=isolate)
+        assert runs[0].ok, runs[0].error
+        assert write_table(runs)[0]["val_quality"] == pytest.approx(expected)
 
 
 def test_default_tolerance_is_looser_for_quantized_models():

@@ -42,3 +42,17 @@ def test_a_nested_specialised_default_shows_only_what_it_changes():
     assert brief_default(STEPS.entry("factorize").config, "finetune") == \
         "TrainConfig(epochs=0, lr=0.0001, optimizer='adamw')"
     assert brief_default(STEPS.entry("prune").config, "sparsity") == "None"
+
+
+def test_parameter_table_never_shows_an_undefined_default():
+    from pydantic import Field
+
+    from slimkit.core.config import Config
+
+    class Aliased(Config):
+        size: int = Field(alias="n")
+        depth: int = 2
+
+    rows = {r["name"]: r for r in parameter_table(Aliased)}
+    assert rows["size"]["required"] and rows["size"]["default"] is None
+    assert rows["depth"] == {**rows["depth"], "required": False, "default": 2}

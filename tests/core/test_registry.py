@@ -24,3 +24,15 @@ def test_double_registration_is_an_error():
 def test_builtins_are_registered():
     assert {"digits-mlp", "digits-cnn", "mnist-mlp", "mnist-lenet5", "shapes-cnn", "minilm", "custom"} <= set(TASKS.names())
     assert "train" in STEPS
+
+
+def test_summary_is_the_docstrings_first_whole_sentence():
+    reg = Registry("thing")
+
+    @reg.register("a")
+    def a():
+        """Prune weights, e.g. by magnitude, then
+        fine-tune them. Details follow."""
+
+    assert reg.entry("a").summary == "Prune weights, e.g. by magnitude, then fine-tune them."
+

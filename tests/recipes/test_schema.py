@@ -51,10 +51,27 @@ def test_valid_recipe_resolves_defaults(tmp_path):
     ("version: 2\ntask: digits-cnn\n", r"reads version 1"),
     ("- just a list\n", r"a recipe is a mapping"),
     ("task: [unclosed\n", r"not valid YAML at line"),
+    ("task: digits-cnn\nsteps:\n  - train: {epochs: true}\n", r"steps\[0\] 'train': field 'epochs'.*integer.*True"),
+    ("task: digits-cnn\nsteps:\n  - train: {epochs: '3'}\n", r"steps\[0\] 'train': field 'epochs'.*integer.*'3'"),
+    ("task: digits-cnn\nsteps:\n  - train: {lr: '0.1'}\n", r"steps\[0\] 'train': field 'lr'.*number.*'0.1'"),
+    ("task: digits-cnn\nbaseline: {train: {epochs: 2.0}}\n", r"baseline.train: field 'epochs'.*integer"),
+    ("task: digits-cnn\nsteps:\n  - train: {epochs: 2,\n      epochs: 3}\n", r"line 4, column 7: duplicate key 'epochs'"),
+    ("task: digits-cnn\nseed: 1\nseed: 2\n", r"line 3, column 1: duplicate key 'seed'"),
+    ("task: digits-cnn\nseed: 18446744073709551616\n", r"field 'seed' must be from 0 to 2\*\*63-1"),
+    ("task: digits-cnn\nseed: -1\n", r"field 'seed' must be from 0 to 2\*\*63-1"),
+    ("task: digits-cnn\nbaseline: {weights: w.safetensors, train: {epochs: 2}}\n",
+     r"baseline: give 'weights' \(the baseline is loaded\) or 'train' \(it is trained\), not both"),
 ])
 def test_bad_recipes_name_the_problem(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_recipe(_write(tmp_path, text))
+
+
+def test_an_int_is_a_valid_float_and_yaml_merges_still_override(tmp_path):
+    r = load_recipe(_write(tmp_path, "task: digits-mlp\nsteps:\n  - train: &ft {epochs: 2, lr: 1}\n"
+                                     "  - train: {<<: *ft, epochs: 3}\n"))
+    assert r.steps[0].config.lr == 1.0 and isinstance(r.steps[0].config.lr, float)
+    assert r.steps[1].config.epochs == 3 and r.steps[1].config.lr == 1.0
 
 
 def test_missing_recipe_file(tmp_path):

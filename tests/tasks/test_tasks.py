@@ -82,3 +82,16 @@ def test_model_rejecting_arguments_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model 'cnn_digits' rejects its arguments"):
         build_task({"name": "digits-cnn", "model": "cnn_digits", "model_args": {"depth": 3}})
+
+
+def test_custom_task_example_standardises_with_training_rows_only():
+    """The wine example's statistics come from the training split: held-out rows must not leak in."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "examples/custom_task"))
+    try:
+        from wine_task import load_data
+    finally:
+        sys.path.remove(str(ROOT / "examples/custom_task"))
+    x_train = load_data()["train"][0]
+    assert abs(x_train.mean(0)).max() < 1e-5 and abs(x_train.std(0) - 1).max() < 1e-4

@@ -75,6 +75,7 @@ class BackendRun:
     info: dict[str, Any] = field(default_factory=dict)
     quality: float | None = None
     quality_metrics: dict[str, float] = field(default_factory=dict)
+    val_quality: float | None = None  # on the validation split: what a quality budget is judged on
     max_abs_diff: float | None = None
     max_rel_diff: float | None = None  # max |out - eager| / max |eager|
     # with a comparison model: both timed interleaved in one process (``paired_*`` is this model)
@@ -134,9 +135,11 @@ def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, 
                 paired[f"paired_latency_{tag}"] = pair["model"].to_dict()
                 paired[f"versus_latency_{tag}"] = pair["versus"].to_dict()
         outputs = predict(compiled, test, cfg.eval_batch_size)
+        val_outputs = predict(compiled, task.data.val, cfg.eval_batch_size)
     result = {"latency_b1": lat1.to_dict(), "latency_bN": latn.to_dict(), **paired,
               "artifact": [str(p) for p in compiled.artifact], "artifact_bytes": compiled.artifact_bytes,
-              "compile_seconds": round(compiled.compile_seconds, 3), "info": compiled.info}
+              "compile_seconds": round(compiled.compile_seconds, 3), "info": compiled.info,
+              "val_outputs": val_outputs}
     return result, outputs
 
 
@@ -183,6 +186,7 @@ def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig,
     for key in ("versus_latency_b1", "versus_latency_bN", "paired_latency_b1", "paired_latency_bN"):
         setattr(run, key, result.get(key))
     scores = task.evaluate(outputs, task.data.test.targets)
+    run.val_quality = validation_quality(task, result)
     run.quality = scores["quality"]
     run.quality_metrics = {k: v for k, v in scores.items() if k != "quality"}
     if reference is not None:
@@ -226,6 +230,12 @@ def measure_on_target(model: nn.Module, task: Any, cfg: MeasureConfig, target: "
             "eager": eager}
 
 
+def validation_quality(task: Any, result: dict[str, Any]) -> float | None:
+    """The candidate's quality on the validation split, from the outputs ``compile_and_time`` predicted."""
+    val_outputs = result.get("val_outputs")
+    return None if val_outputs is None else task.evaluate(val_outputs, task.data.val.targets)["quality"]
+
+
 def output_difference(outputs: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(max |a - b|, max |a - b| / max |b|); shapes must agree."""
     if outputs.shape != reference.shape:
@@ -257,7 +267,9 @@ def _in_child(spec: ModelSpec, backend: str, precision: str, cfg: MeasureConfig,
     result = read_json(result_path)
     if "error" in result:
         raise SlimkitError(result["error"])
-    return result, load_state_dict(workdir / "outputs.safetensors")["outputs"]
+    saved = load_state_dict(workdir / "outputs.safetensors")
+    result["val_outputs"] = saved.get("val_outputs")
+    return result, saved["outputs"]
 
 
 def worker_main(job_path: str) -> int:
@@ -278,7 +290,9 @@ def worker_main(job_path: str) -> int:
         return 1
     if not parent_alive():
         return 1
-    save_state_dict(workdir / "outputs.safetensors", {"outputs": outputs.contiguous()})
+    val_outputs = result.pop("val_outputs")
+    save_state_dict(workdir / "outputs.safetensors", {"outputs": outputs.contiguous(),
+                                                      "val_outputs": val_outputs.contiguous()})
     atomic_write_json(workdir / "result.json", result)
     return 0
 
@@ -347,8 +361,9 @@ def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
         row = {"backend": r.backend, "precision": r.precision, "ok": r.ok, "error": r.error,
                "b1_ms": r.b1_ms, "bN_ms": r.bN_ms, "batch_N": r.latency_bN["batch_size"] if r.latency_bN else None,
                "speedup_b1": None, "speedup_bN": None, "max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff,
-               "quality": r.quality, "artifact_bytes": r.artifact_bytes, "compile_seconds": r.compile_seconds,
-               "info": r.info, "timing_warning": latency_warning(r.latency_b1, r.latency_bN, r.paired_latency_b1,
+               "quality": r.quality, "val_quality": r.val_quality, "artifact_bytes": r.artifact_bytes,
+               "compile_seconds": r.compile_seconds, "info": r.info,
+               "timing_warning": latency_warning(r.latency_b1, r.latency_bN, r.paired_latency_b1,
                                                  r.paired_latency_bN, r.versus_latency_b1, r.versus_latency_bN)}
         if eager is not None and r.ok:
             row["speedup_b1"] = eager.b1_ms / r.b1_ms

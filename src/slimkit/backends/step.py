@@ -42,8 +42,9 @@ class DeployConfig(Config):
                                                             "(default 1e-4; 0.02 for a quantized model, whose "
                                                             "integer kernels round differently from eager's "
                                                             "float reference by about an LSB per layer)")
-    max_quality_drop: float | None = Field(None, ge=0, description="and at most this drop of the task's quality "
-                                                                   "from eager fp32 (e.g. to accept bf16)")
+    max_quality_drop: float | None = Field(None, ge=0, description="and at most this drop, in points (100 x quality), "
+                                                                   "of the validation quality from eager fp32 "
+                                                                   "(e.g. to accept bf16); test quality is only reported")
     objective: Literal["b1", "bN"] = Field("b1", description="auto: fastest at batch 1 or at batch N")
     versus_baseline: bool = Field(False, description="also time the run's baseline model on every candidate, "
                                                      "interleaved with this one in its process, and report the ratio")
@@ -103,9 +104,10 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
     rows = write_table(runs)
     key = "b1_ms" if cfg.objective == "b1" else "bN_ms"
     reference_quality = ctx.task.evaluate(eager_reference(model, ctx.task, measure), ctx.data.test.targets)["quality"]
+    reference_val_quality = ctx.validate(model)
     tolerance = cfg.tolerance if cfg.tolerance is not None else default_tolerance(model)
     for row in rows:
-        row["decision"] = _verdict(row, cfg, tolerance, reference_quality)
+        row["decision"] = _verdict(row, cfg, tolerance, reference_val_quality)
     eligible = [i for i, row in enumerate(rows) if row["decision"] == "eligible"]
     if not eligible:
         detail = "; ".join(f"{r['backend']}/{r['precision']}: {r['decision']}" for r in rows)
@@ -118,7 +120,8 @@ def deploy(model: nn.Module, cfg: DeployConfig, ctx: Context) -> StepResult:
     run_dir = f"candidates/{chosen.backend}-{chosen.precision}"
     info = {"backend": chosen.backend, "precision": chosen.precision, "objective": cfg.objective,
             "tolerance": tolerance, "max_quality_drop": cfg.max_quality_drop,
-            "eager_fp32_quality": reference_quality, "candidates": rows}
+            "eager_fp32_quality": reference_quality, "eager_fp32_val_quality": reference_val_quality,
+            "candidates": rows}
     target = Target(backend=chosen.backend, precision=chosen.precision,
                     device=BACKENDS.get(chosen.backend).device_for(device))
     measured = {**chosen.to_dict(), "artifact": [f"{run_dir}/{a}" for a in chosen.artifact]}
@@ -133,12 +136,19 @@ def default_tolerance(model: nn.Module) -> float:
     return 0.02 if is_encoded(model, ("quantized", "dynamic_int8")) else 1e-4
 
 
-def _verdict(row: dict[str, Any], cfg: DeployConfig, tolerance: float, reference_quality: float) -> str:
+def _verdict(row: dict[str, Any], cfg: DeployConfig, tolerance: float, reference_val_quality: float) -> str:
+    """'eligible', or why not: outputs beyond ``tolerance``, or a validation quality more than
+    ``max_quality_drop`` points below eager fp32's (the test split is never used to choose)."""
     if not row["ok"]:
         return row["error"] or "failed"
     if row["max_rel_diff"] is not None and row["max_rel_diff"] > tolerance:
         return f"rejected: outputs differ from eager fp32 by {row['max_rel_diff']:.2g} > tolerance {tolerance:g}"
-    drop = reference_quality - row["quality"]
-    if cfg.max_quality_drop is not None and drop > cfg.max_quality_drop:
-        return f"rejected: quality drops by {drop:.4g} > max_quality_drop {cfg.max_quality_drop:g}"
+    if cfg.max_quality_drop is None:
+        return "eligible"
+    if row.get("val_quality") is None:
+        return "rejected: no validation quality measured for max_quality_drop"
+    drop = 100 * (reference_val_quality - row["val_quality"])
+    if drop > cfg.max_quality_drop:
+        return (f"rejected: validation quality drops by {drop:.3g} points > max_quality_drop "
+                f"{cfg.max_quality_drop:g}")
     return "eligible"

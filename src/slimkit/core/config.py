@@ -10,7 +10,8 @@ from slimkit.core.errors import ConfigError
 
 
 class Config(BaseModel):
-    """Base of every step, task and measurement config: unknown fields are errors, values frozen."""
+    """Base of every step, task and measurement config: unknown fields are errors, values frozen.
+    What a user writes is parsed strictly (``parse_config``); configs built in code are not."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
     version: ClassVar[int] = 1
@@ -43,13 +44,17 @@ def format_validation_error(err: ValidationError, where: str) -> str:
 
 
 def parse_config(cls: type[Config], data: Any, where: str) -> Config:
-    """Validate ``data`` into ``cls`` or raise a ConfigError that names ``where`` and the field."""
+    """Validate ``data`` into ``cls`` or raise a ConfigError that names ``where`` and the field.
+
+    Strict, since ``data`` is what a user wrote: a bool, string or float is never coerced into an
+    int field (``epochs: true``, ``epochs: "3"`` are errors), though an int is a valid float (``lr: 1``).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of parameters, got {type(data).__name__} {data!r}")
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data, strict=True)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, where)) from None
 
@@ -60,16 +65,16 @@ def parameter_table(cls: type[Config] | None) -> list[dict[str, Any]]:
         return []
     schema = cls.model_json_schema()
     props = schema.get("properties", {})
-    required = set(schema.get("required", []))
     rows = []
     for name, field in cls.model_fields.items():
         prop = props.get(name, {})
+        required = field.is_required()  # the schema's 'required' list can miss a field (aliases)
         rows.append(
             {
                 "name": name,
                 "type": _type_name(prop, schema),
-                "required": name in required,
-                "default": None if name in required else _jsonable(field.get_default(call_default_factory=True)),
+                "required": required,
+                "default": None if required else _jsonable(field.get_default(call_default_factory=True)),
                 "description": field.description or "",
             }
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -40,8 +41,7 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name].obj is not obj:
                 raise SlimkitError(f"{self.kind} {name!r} is registered twice")
             doc = summary if summary is not None else (getattr(obj, "__doc__", None) or "")
-            first_line = doc.strip().splitlines()[0] if doc.strip() else ""
-            self._entries[name] = Entry(name, obj, config, first_line)
+            self._entries[name] = Entry(name, obj, config, first_sentence(doc))
             return obj
 
         return decorate
@@ -99,3 +99,13 @@ def load_builtins() -> None:
     _loaded = True
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+
+
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, whole even when it wraps over lines."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    for match in re.finditer(r"[.!?](?=\s|$)", paragraph):
+        before = paragraph[:match.end()]
+        if not re.search(r"\b(e\.g|i\.e|etc|vs|cf)\.$", before):
+            return before
+    return paragraph

@@ -30,7 +30,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None, *,
+def measure_config(cfg: MeasureConfig | dict[str, Any] | None, where: str = "measure") -> MeasureConfig:
+    """A MeasureConfig from ``cfg``: a config, a mapping of its fields (as a recipe's ``measure:``) or None."""
+    from slimkit.core.config import parse_config
+
+    return cfg if isinstance(cfg, MeasureConfig) else parse_config(MeasureConfig, cfg, where)
+
+
+def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | dict[str, Any] | None = None, *,
                   data: DataSplits | None = None, artifact: str | os.PathLike[str] | None = None,
                   backend: str = "eager") -> dict[str, Any]:
     """All metrics of ``model`` on ``task``'s held-out test split.
@@ -39,9 +46,20 @@ def measure_model(model: nn.Module, task: Any, cfg: MeasureConfig | None = None,
     model's safetensors serialization. ``task`` is a Task (``slimkit.measure_model`` also takes a
     task name). A model declaring
     ``input_dependent_cost = True`` gets its MACs and batch-1 latency over ``cfg.per_row`` test
-    rows, one at a time (``macs`` is then the mean; ``macs_per_row`` summarises them).
+    rows, one at a time (``macs`` is then the mean; ``macs_per_row`` summarises them). ``cfg`` may
+    be a mapping of MeasureConfig fields. The model is measured in eval mode and handed back in the
+    train/eval mode it came in.
     """
-    cfg = cfg or MeasureConfig()
+    cfg = measure_config(cfg)
+    was_training = model.training
+    try:
+        return _measure(model, task, cfg, data, artifact, backend)
+    finally:
+        model.train(was_training)
+
+
+def _measure(model: nn.Module, task: Any, cfg: MeasureConfig, data: DataSplits | None,
+             artifact: str | os.PathLike[str] | None, backend: str) -> dict[str, Any]:
     data = data or task.data
     device = resolve_device(cfg.device)
     model = model.to(device).eval()

@@ -11,22 +11,23 @@ import torch.nn as nn
 
 from slimkit.measure.config import MeasureConfig
 from slimkit.measure.latency import torch_threads
-from slimkit.measure.model import measure_model, resolve_device
+from slimkit.measure.model import measure_config, measure_model, resolve_device
 from slimkit.recipes.runner import build_baseline
-from slimkit.recipes.schema import Recipe, load_recipe
+from slimkit.recipes.schema import Recipe, validate_recipe
 
 
-def baseline_for(task: Any, cfg: MeasureConfig | None = None, *, weights: str | Path | None = None,
+def baseline_for(task: Any, cfg: MeasureConfig | dict[str, Any] | None = None, *, weights: str | Path | None = None,
                  train: dict[str, Any] | None = None, seed: int = 0, progress: bool = False,
-                 report=None) -> tuple[Any, Recipe, nn.Module]:
+                 report=None, source: str = "options") -> tuple[Any, Recipe, nn.Module]:
     """(built task, recipe, baseline model): ``task`` is a name or a ``task:`` mapping; ``train``
-    overrides the baseline's training; ``weights`` replaces it."""
-    spec: dict[str, Any] = {"task": task, "seed": seed, "measure": (cfg or MeasureConfig()).to_json_dict()}
+    overrides the baseline's training; ``weights`` replaces it; ``cfg`` may be a ``measure:`` mapping. Errors name ``source`` (the caller's
+    options, not a recipe file)."""
+    spec: dict[str, Any] = {"task": task, "seed": seed, "measure": measure_config(cfg).to_json_dict()}
     if weights is not None:
         spec["baseline"] = {"weights": str(weights)}
     elif train:
         spec["baseline"] = {"train": train}
-    recipe = load_recipe(spec)
+    recipe = validate_recipe(spec, source)
     from slimkit.tasks.base import build_task
 
     built = build_task(recipe.task)
@@ -36,14 +37,14 @@ def baseline_for(task: Any, cfg: MeasureConfig | None = None, *, weights: str | 
     return built, recipe, model
 
 
-def measure_task(task: Any, cfg: MeasureConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+def measure_task(task: Any, cfg: MeasureConfig | dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Every metric of the task's baseline (see ``baseline_for`` for the arguments)."""
     built, recipe, model = baseline_for(task, cfg, **kwargs)
     with torch_threads(recipe.measure.threads):
         return measure_model(model, built, recipe.measure)
 
 
-def compare_backends(task: Any, cfg: MeasureConfig | None = None, *, precisions: Sequence[str] = ("fp32",),
+def compare_backends(task: Any, cfg: MeasureConfig | dict[str, Any] | None = None, *, precisions: Sequence[str] = ("fp32",),
                      backends: Sequence[str] | None = None, out: str | Path | None = None,
                      progress: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
     """The task's baseline on every backend (or ``backends``) and precision, each in its own

@@ -90,7 +90,7 @@ def caption(results: dict[str, Any]) -> str:
     env = results.get("environment", {})
     return (f"task {results['task']}; quality = {results['quality_metric']} on the held-out test split; "
             f"size = bytes of each step's saved artifact; latency = median (p25–p75) at batch 1 and batch {n}, "
-            f"{env.get('threads', '?')} threads, torch {env.get('torch', '?')}; ratios are against the baseline.")
+            f"{env.get('threads', '?')} thread{'' if env.get('threads') == 1 else 's'}, torch {env.get('torch', '?')}; ratios are against the baseline.")
 
 
 def sections(results: dict[str, Any]) -> tuple[list[Section], Notes]:

@@ -187,9 +187,11 @@ def build_baseline(task: Task, recipe: Recipe, device: torch.device, progress: b
         say(f"baseline: loading {recipe.baseline_weights}")
         load_into_(model, load_state_dict(recipe.baseline_weights), str(recipe.baseline_weights))
     elif recipe.baseline_train is not None:
-        say(f"baseline: training {task.name} for {recipe.baseline_train.epochs} epochs")
-        ctx = Context(task=task, device=device, seed=recipe.seed, progress=progress,
+        epochs = recipe.baseline_train.epochs
+        say(f"baseline: training {task.name} for {epochs} epoch{'' if epochs == 1 else 's'}")
+        ctx = Context(task=task, device=device, seed=recipe.seed, progress=progress, measure=recipe.measure,
                       **({"train_fn": train_fn} if train_fn else {}))
+        ctx.preflight(model, recipe.baseline_train.batch_size)
         ctx.train(model, recipe.baseline_train, description="baseline")
     return model.eval()
 

@@ -17,10 +17,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from slimkit.core.config import Config, format_validation_error, parse_config
 from slimkit.core.errors import ConfigError, UnknownNameError
@@ -32,9 +32,34 @@ RECIPE_VERSION = 1
 TOP_LEVEL = ("version", "task", "seed", "baseline", "measure", "steps")
 
 
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; each step's seed is the recipe's plus its index
+
+
 class BaselineConfig(Config):
     train: dict[str, Any] | None = Field(None, description="overrides of the task's default baseline training")
     weights: str | None = Field(None, description="a safetensors file to start from instead of training")
+
+    @model_validator(mode="after")
+    def _weights_or_train(self) -> "BaselineConfig":
+        if self.train is not None and self.weights is not None:
+            raise ValueError("give 'weights' (the baseline is loaded) or 'train' (it is trained), not both")
+        return self
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """A YAML SafeLoader for which a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges are overrides by design
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -85,7 +110,7 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=RecipeLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -120,6 +145,8 @@ def validate_recipe(data: Any, source: str, base_dir: Path | None = None) -> Rec
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{source}: field 'seed' must be an integer, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{source}: field 'seed' must be from 0 to 2**63-1 (torch seeds are 64-bit), got {seed}")
     task_cfg = parse_task_config(data["task"], f"{source}: task")
     task = build_task(task_cfg)
     baseline = parse_config(BaselineConfig, data.get("baseline"), f"{source}: baseline")
@@ -131,9 +158,67 @@ def validate_recipe(data: Any, source: str, base_dir: Path | None = None) -> Rec
             weights = base_dir / weights
         if not weights.is_file():
             raise ConfigError(f"{source}: baseline field 'weights': file not found: {baseline.weights}")
+    if weights is not None or task_cfg.name == "custom":
+        _check_model(task, weights, source)
     measure = parse_config(MeasureConfig, data.get("measure"), f"{source}: measure")
     steps = _validate_steps(data.get("steps", []), source)
+    _check_backends(steps, source)
     return Recipe(task_cfg, seed, baseline_train, weights, measure, steps, source)
+
+
+def _check_model(task: Any, weights: Path | None, source: str) -> None:
+    """Build the task's model (a custom factory that fails, fails now) and check that the
+    baseline weights file's names and shapes fit it, reading only the file's header."""
+    model = task.build_model()
+    if weights is not None:
+        problem = weights_mismatch(model, _header_shapes(weights, source))
+        if problem:
+            raise ConfigError(f"{source}: baseline field 'weights': {weights} does not fit the model: {problem}")
+
+
+def _header_shapes(path: Path, source: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a corrupt header
+        raise ConfigError(f"{source}: baseline field 'weights': {path} is not a valid safetensors file "
+                          f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
+
+
+def weights_mismatch(model: Any, shapes: dict[str, tuple[int, ...]]) -> str:
+    """What keeps tensors of these names and shapes from loading into ``model`` ('' if nothing);
+    a tied weight saved under its other name is not missing."""
+    own = model.state_dict(keep_vars=True)
+    storage = {k: v.untyped_storage().data_ptr() for k, v in own.items()}
+    missing = [k for k in own if k not in shapes
+               and not any(o in shapes for o in own if o != k and storage[o] == storage[k])]
+    unexpected = [k for k in shapes if k not in own]
+    bad_shape = [k for k in own if k in shapes and shapes[k] != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}")
+    if bad_shape:
+        k = bad_shape[0]
+        problems.append(f"shape of {k!r} is {shapes[k]}, model has {tuple(own[k].shape)}")
+    return "; ".join(problems)
+
+
+def _check_backends(steps: tuple[RecipeStep, ...], source: str) -> None:
+    """The backend a ``deploy`` step names (not 'auto') is available on this machine, else say why not."""
+    from slimkit.core.registry import BACKENDS
+
+    for step in steps:
+        name = getattr(step.config, "backend", None)
+        if step.technique == "deploy" and isinstance(name, str) and name != "auto":
+            avail = BACKENDS.get(name).available()
+            if not avail:
+                raise ConfigError(f"{source}: steps[{step.index - 1}] {step.technique!r}: backend {name!r} "
+                                  f"is not available here: {avail.reason}")
 
 
 def _baseline_train(default: TrainConfig | None, baseline: BaselineConfig, source: str) -> TrainConfig | None:
@@ -143,7 +228,7 @@ def _baseline_train(default: TrainConfig | None, baseline: BaselineConfig, sourc
         return default
     base = default.to_json_dict() if default is not None else {}
     try:
-        return TrainConfig.model_validate({**base, **baseline.train})
+        return TrainConfig.model_validate({**base, **baseline.train}, strict=True)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, f"{source}: baseline.train")) from None
 

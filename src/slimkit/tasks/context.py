@@ -65,3 +65,13 @@ class Context:
         return self.train_fn(model, data if data is not None else self.data, cfg, loss_terms=terms, validate=self.validate,
                              callbacks=callbacks, device=self.device, seed=self.seed,
                              progress=self.progress, description=description)
+
+    def preflight(self, model: nn.Module, train_batch: int) -> None:
+        """Before a long training starts: a dry forward at the larger of the training batch and
+        ``measure.batch_n`` and the labels' range, so a batch that cannot fit in memory or labels
+        outside the model's classes are one-line errors before any epoch runs."""
+        from slimkit.tasks.preflight import preflight
+
+        batch_n = self.measure.batch_n if self.measure is not None else 0
+        batch, what = (batch_n, "measure.batch_n") if batch_n > train_batch else (train_batch, "train batch_size")
+        preflight(model, self.data, self.task.loss, batch, self.device, what)

@@ -56,10 +56,36 @@ def import_object(path: str, where: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ConfigError(f"{where}: cannot import module {module_name!r} ({err})") from None
+    except Exception as err:  # the user's module itself fails while it is imported
+        raise ConfigError(f"{where}: importing module {module_name!r} raised {_brief(err)}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"{where}: module {module_name!r} has no attribute {attr!r}") from None
+
+
+def import_callable(path: str, where: str) -> Callable[..., Any]:
+    """``import_object`` for a factory: something that is not callable is a ConfigError."""
+    obj = import_object(path, where)
+    if not callable(obj):
+        raise ConfigError(f"{where}: {path!r} is a {type(obj).__name__}, not a function")
+    return obj
+
+
+def call_user(fn: Callable[..., Any], path: str, where: str, **kwargs: Any) -> Any:
+    """Call a user's factory; whatever it raises becomes a one-line ConfigError naming it."""
+    try:
+        return fn(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{where}: {path} raised {_brief(err)}") from None
+
+
+def _brief(err: BaseException) -> str:
+    """'ValueError: the first line of its message'."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def as_splits(obj: Any, where: str) -> DataSplits:
@@ -90,17 +116,20 @@ def as_splits(obj: Any, where: str) -> DataSplits:
 @TASKS.register("custom", config=CustomTaskConfig)
 def custom(cfg: CustomTaskConfig) -> Task:
     """Your own model and data, named by 'module:function' paths."""
-    make_model = import_object(cfg.model, "task 'custom' field 'model'")
-    load = import_object(cfg.data, "task 'custom' field 'data'")
+    make_model = import_callable(cfg.model, "task 'custom' field 'model'")
+    load = import_callable(cfg.data, "task 'custom' field 'data'")
 
     def build() -> nn.Module:
-        model = make_model(**cfg.model_args)
+        model = call_user(make_model, cfg.model, "task 'custom' field 'model'", **cfg.model_args)
         if not isinstance(model, nn.Module):
             raise ConfigError(f"task 'custom' field 'model': {cfg.model} returned {type(model).__name__}, not nn.Module")
         return model
 
-    return Task(name="custom", quality_metric=cfg.metric, build_model=build,
-                load_data=lambda: as_splits(load(), f"task 'custom' field 'data' ({cfg.data})"),
+    def load_data() -> DataSplits:
+        where = "task 'custom' field 'data'"
+        return as_splits(call_user(load, cfg.data, where), f"{where} ({cfg.data})")
+
+    return Task(name="custom", quality_metric=cfg.metric, build_model=build, load_data=load_data,
                 loss=LOSSES[cfg.loss], baseline_train=cfg.train, description=cfg.model,
                 info={"model": cfg.model, "data": cfg.data},
                 pseudo_label=(lambda logits: logits.argmax(-1)) if cfg.loss == "cross_entropy" else (lambda out: out))
