@@ -124,26 +124,28 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def load_into_(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str) -> torch.nn.Module:
     """Load ``state`` into ``model`` strictly; mismatched names or shapes name the first culprits."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not _is_tied_alias(model, k, state)]
-    unexpected = [k for k in state if k not in own]
-    bad_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing {missing[:3]}")
-        if unexpected:
-            problems.append(f"unexpected {unexpected[:3]}")
-        if bad_shape:
-            k = bad_shape[0]
-            problems.append(f"shape of {k!r} is {tuple(state[k].shape)}, model has {tuple(own[k].shape)}")
-        raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(problems))
+    problem = weights_mismatch(model, {k: tuple(t.shape) for k, t in state.items()})
+    if problem:
+        raise CheckpointError(f"{source}: does not fit the model: {problem}")
     model.load_state_dict(dict(state), strict=False)
     return model
 
 
-def _is_tied_alias(model: torch.nn.Module, key: str, state: Mapping[str, torch.Tensor]) -> bool:
-    """True when ``key`` shares storage with a tensor that ``state`` holds under another name."""
+def weights_mismatch(model: torch.nn.Module, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """What keeps tensors of these names and shapes from loading into ``model`` ('' if nothing);
+    a tied weight saved under its other name is not missing."""
     own = model.state_dict(keep_vars=True)
-    ptr = own[key].untyped_storage().data_ptr()
-    return any(k in state for k, v in own.items() if k != key and v.untyped_storage().data_ptr() == ptr)
+    storage = {k: v.untyped_storage().data_ptr() for k, v in own.items()}
+    missing = [k for k in own if k not in shapes
+               and not any(o in shapes for o in own if o != k and storage[o] == storage[k])]
+    unexpected = [k for k in shapes if k not in own]
+    bad_shape = [k for k in own if k in shapes and tuple(shapes[k]) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {missing[:3]}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:3]}")
+    if bad_shape:
+        k = bad_shape[0]
+        problems.append(f"shape of {k!r} is {tuple(shapes[k])}, model has {tuple(own[k].shape)}")
+    return "; ".join(problems)

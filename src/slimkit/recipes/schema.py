@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, model_validator
 from slimkit.core.config import Config, format_validation_error, parse_config
 from slimkit.core.errors import ConfigError, UnknownNameError
 from slimkit.core.registry import STEPS
+from slimkit.core.io import weights_mismatch
 from slimkit.measure.config import MeasureConfig
 from slimkit.train.config import TrainConfig
 
@@ -186,26 +187,6 @@ def _header_shapes(path: Path, source: str) -> dict[str, tuple[int, ...]]:
     except Exception as err:  # safetensors raises its own error types for a corrupt header
         raise ConfigError(f"{source}: baseline field 'weights': {path} is not a valid safetensors file "
                           f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
-
-
-def weights_mismatch(model: Any, shapes: dict[str, tuple[int, ...]]) -> str:
-    """What keeps tensors of these names and shapes from loading into ``model`` ('' if nothing);
-    a tied weight saved under its other name is not missing."""
-    own = model.state_dict(keep_vars=True)
-    storage = {k: v.untyped_storage().data_ptr() for k, v in own.items()}
-    missing = [k for k in own if k not in shapes
-               and not any(o in shapes for o in own if o != k and storage[o] == storage[k])]
-    unexpected = [k for k in shapes if k not in own]
-    bad_shape = [k for k in own if k in shapes and shapes[k] != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing {missing[:3]}")
-    if unexpected:
-        problems.append(f"unexpected {unexpected[:3]}")
-    if bad_shape:
-        k = bad_shape[0]
-        problems.append(f"shape of {k!r} is {shapes[k]}, model has {tuple(own[k].shape)}")
-    return "; ".join(problems)
 
 
 def _check_backends(steps: tuple[RecipeStep, ...], source: str) -> None:
