@@ -11,8 +11,9 @@ import torch.nn as nn
 from slimkit.data.base import DataSplits, Split
 from slimkit.measure import latency
 from slimkit.measure.config import MeasureConfig
-from slimkit.measure.latency import (ContentionReadings, available_cpus, latency_warning, measure_latency,
-                                     thread_probe_ratio, timing_warning)
+from slimkit.measure.contention import (ContentionReadings, available_cpus, latency_warning, thread_probe_ratio,
+                                       timing_warning)
+from slimkit.measure.latency import measure_latency
 from slimkit.measure.model import measure_model
 
 QUIET = ContentionReadings(threads=2, cpus=2, system_cpus=2, load=1.9, probe_ratio=0.7, p25_ms=0.09, p75_ms=0.11)

@@ -201,7 +201,7 @@ def measure_on_target(model: nn.Module, task: Any, cfg: MeasureConfig, target: "
     eager's figures kept under ``"eager"``. ``measured``: the target's run of this model, if the
     step already took it (its artifact paths relative to ``workdir``). ``metrics["artifact"]`` is
     the checkpoint's name for eager, the list of files measured otherwise."""
-    from slimkit.measure.latency import latency_warning
+    from slimkit.measure.contention import latency_warning
     from slimkit.measure.model import measure_model
 
     metrics = measure_model(model, task, cfg, artifact=artifact)
@@ -353,7 +353,7 @@ def all_candidates(precisions: Sequence[str] = ("fp32",), backends: Sequence[str
 
 def write_table(runs: Sequence[BackendRun]) -> list[dict[str, Any]]:
     """Rows for the table: ratios are eager FP32 median latency / this latency (higher is faster)."""
-    from slimkit.measure.latency import latency_warning
+    from slimkit.measure.contention import latency_warning
 
     eager = next((r for r in runs if r.backend == "eager" and r.precision == "fp32" and r.ok), None)
     rows = []

@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from slimkit.data.base import DataSplits
 from slimkit.measure.config import MeasureConfig
-from slimkit.measure.latency import latency_warning, measure_latency, measure_latency_over_rows
+from slimkit.measure.contention import latency_warning
+from slimkit.measure.latency import measure_latency, measure_latency_over_rows
 from slimkit.measure.macs import count_macs
 from slimkit.measure.memory import peak_inference_bytes
 from slimkit.measure.per_row import has_input_dependent_cost, spread_rows, per_row_macs

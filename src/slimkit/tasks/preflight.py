@@ -19,7 +19,7 @@ def preflight(model: nn.Module, data: DataSplits, loss, batch_size: int, device:
     that chose the size), then, for a cross-entropy task, every split's labels against the
     model's classes."""
     outputs = dry_forward(model, data.train, batch_size, device, what)
-    if loss is F.cross_entropy and outputs.dim() >= 2:
+    if loss is F.cross_entropy and isinstance(outputs, torch.Tensor) and outputs.dim() >= 2:
         check_labels(data, outputs.shape[-1])
 
 
