@@ -164,28 +164,40 @@ def test_backends_command_rejects_unknown_names():
 
 
 def test_verdict_checks_numerics_then_quality():
-    from slimkit.backends.step import DeployConfig, _verdict
+    from slimkit.backends.step import _verdict
 
     row = {"ok": True, "error": None, "max_rel_diff": 0.01, "quality": 0.97, "val_quality": 0.97}
-    assert _verdict(row, DeployConfig(tolerance=1e-4), 1e-4, 0.98).startswith("rejected: outputs differ")
-    assert _verdict(row, DeployConfig(tolerance=0.05), 0.05, 0.98) == "eligible"  # no quality budget given
-    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=0.5), 0.05, 0.98) == (
-        "rejected: validation quality drops by 1 points > max_quality_drop 0.5")
-    assert _verdict(row, DeployConfig(tolerance=0.05, max_quality_drop=2), 0.05, 0.98) == "eligible"
-    assert _verdict({**row, "ok": False, "error": "unavailable: x"}, DeployConfig(), 1e-4, 0.98) == "unavailable: x"
+    assert _verdict(row, 1e-4, None, 0.98).startswith("rejected: outputs differ")
+    assert _verdict(row, 0.05, None, 0.98) == "eligible"  # no quality budget given
+    assert _verdict(row, 0.05, 0.5, 0.98) == "rejected: validation quality drops by 1 points > max_quality_drop 0.5"
+    assert _verdict(row, 0.05, 2, 0.98) == "eligible"
+    assert _verdict({**row, "ok": False, "error": "unavailable: x"}, 1e-4, None, 0.98) == "unavailable: x"
+
+
+def test_an_integer_model_is_judged_by_its_graph_and_quality_not_by_rounding():
+    """tolerance None (integer layers): a runtime's output difference alone never rejects; an
+    exported graph that differs from eager before optimisations does, and so does lost quality."""
+    from slimkit.backends.step import _verdict
+
+    rounding = {"ok": True, "error": None, "max_rel_diff": 0.034, "val_quality": 0.97,
+                "info": {"graph_rel_diff": 1e-7}}
+    assert _verdict(rounding, None, 1.0, 0.975) == "eligible"
+    assert _verdict({**rounding, "val_quality": 0.95}, None, 1.0, 0.975).startswith(
+        "rejected: validation quality drops by 2.5 points")
+    wrong = {**rounding, "info": {"graph_rel_diff": 0.2}}
+    assert _verdict(wrong, None, 1.0, 0.975).startswith("rejected: the exported graph, run without optimisations")
 
 
 def test_quality_budget_is_points_on_the_validation_split():
     """A candidate worse by more than the budget on validation is rejected, whatever its test
     quality; one within the budget on validation is eligible even if its test quality fell more."""
-    from slimkit.backends.step import DeployConfig, _verdict
+    from slimkit.backends.step import _verdict
 
-    cfg = DeployConfig(tolerance=0.05, max_quality_drop=1.0)  # one point
     worse_on_val = {"ok": True, "error": None, "max_rel_diff": 0.0, "quality": 0.99, "val_quality": 0.975}
-    assert _verdict(worse_on_val, cfg, 0.05, 0.99).startswith("rejected: validation quality drops by 1.5 points")
+    assert _verdict(worse_on_val, 0.05, 1.0, 0.99).startswith("rejected: validation quality drops by 1.5 points")
     worse_on_test = {**worse_on_val, "quality": 0.90, "val_quality": 0.985}
-    assert _verdict(worse_on_test, cfg, 0.05, 0.99) == "eligible"
-    assert _verdict({**worse_on_val, "val_quality": None}, cfg, 0.05, 0.99).startswith("rejected: no validation")
+    assert _verdict(worse_on_test, 0.05, 1.0, 0.99) == "eligible"
+    assert _verdict({**worse_on_val, "val_quality": None}, 0.05, 1.0, 0.99).startswith("rejected: no validation")
 
 
 def test_a_measured_candidate_carries_its_validation_quality(tmp_path):

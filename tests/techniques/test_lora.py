@@ -153,8 +153,9 @@ def test_lora_misconfigurations_name_the_problem(tmp_path):
         run([{"lora": {"targets": ["1", "head*"]}}])
     with pytest.raises(ConfigError, match=r"skip names no nn.Linear: \['2'\]"):
         run([{"lora": {"skip": ["2"]}}])
-    with pytest.raises(ConfigError, match=r"rank 10 is not below min\(in, out\) of \['7 \(128 -> 10\)'\]"):
-        run([{"lora": {"rank": 10}}])
+    with pytest.raises(ConfigError, match=r"rank 10 is not below min\(in, out\) of any chosen Linear "
+                                          r"\(7: rank 10 is not below min\(in, out\) of 128 -> 10\); lower the rank"):
+        run([{"lora": {"rank": 10, "targets": ["7"]}}])
     with pytest.raises(ConfigError, match="no nn.Linear chosen"):
         run([{"lora": {"targets": ["7"], "min_weights": 2000}}])
     with pytest.raises(ConfigError, match="quantized"):
@@ -165,3 +166,12 @@ def test_lora_misconfigurations_name_the_problem(tmp_path):
         restore_step("lora", _two_linears(), {"lora": {"1": {"rank": 1, "alpha": 1}}})
     with pytest.raises(CheckpointError, match="lora step's recorded structure: field 'lora.0.rank'"):
         restore_step("lora", _two_linears(), {"lora": {"0": {"rank": 0, "alpha": 1}}})
+
+
+def test_lora_leaves_out_and_names_linears_too_narrow_for_the_rank(tmp_path):
+    """As PEFT's default targets: a 10-class head cannot take rank 10; it stays unadapted, named."""
+    recipe = {"task": "digits-mlp", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
+              "steps": [{"lora": {"rank": 10, "finetune": {"epochs": 1}}}]}
+    info = run_recipe(recipe, tmp_path / "run").results["steps"][1]["info"]
+    assert "7" not in info["layers"] and info["layers"]
+    assert info["left_out"] == {"7": "rank 10 is not below min(in, out) of 128 -> 10"}

@@ -19,6 +19,7 @@ packages are imported inside each backend's own file, never at ``import slimkit`
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from slimkit.core.outputs import primary_output, returns_tensor
 from slimkit.core.errors import BackendUnavailableError, ConfigError
 from slimkit.core.hardware import cpu_flags
 from slimkit.encoding.export import exporting_for
@@ -189,7 +191,8 @@ def export_program(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
     if dynamic:
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in inputs)
     with exporting_for(target), torch.no_grad():
-        return torch.export.export(model.eval(), inputs, dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
+        return torch.export.export(returns_tensor(model.eval(), inputs), inputs,
+                                   dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
 
 
 def cast_floats(inputs: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -199,9 +202,9 @@ def cast_floats(inputs: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[tor
 
 def first_output(out: Any) -> torch.Tensor:
     """The model's output tensor, as float32 on the CPU (tuples/lists: the first element)."""
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
+    if isinstance(out, (tuple, list, Mapping)) or isinstance(out, torch.Tensor):
+        out = primary_output(out)
+    else:  # a runtime's array
         out = torch.as_tensor(out.numpy() if hasattr(out, "numpy") else out)
     return out.detach().float().cpu()
 

@@ -136,11 +136,28 @@ def compile_and_time(model: nn.Module, task: Any, backend: str, precision: str, 
                 paired[f"versus_latency_{tag}"] = pair["versus"].to_dict()
         outputs = predict(compiled, test, cfg.eval_batch_size)
         val_outputs = predict(compiled, task.data.val, cfg.eval_batch_size)
+        graph = _graph_difference(model, compiled.artifact, test)
+    if graph is not None:
+        compiled.info["graph_rel_diff"] = graph
     result = {"latency_b1": lat1.to_dict(), "latency_bN": latn.to_dict(), **paired,
               "artifact": [str(p) for p in compiled.artifact], "artifact_bytes": compiled.artifact_bytes,
               "compile_seconds": round(compiled.compile_seconds, 3), "info": compiled.info,
               "val_outputs": val_outputs}
     return result, outputs
+
+
+def _graph_difference(model: nn.Module, artifact: Sequence[Path], test: Any) -> float | None:
+    """For a model with integer layers shipped as ONNX: the file without runtime optimisations vs
+    eager on the test split's first 64 rows (``unoptimized_difference``); None otherwise."""
+    from slimkit.encoding import is_encoded
+    from slimkit.encoding.layer import INTEGER_KINDS
+
+    onnx_files = [p for p in artifact if str(p).endswith(".onnx")]
+    if not onnx_files or not is_encoded(model, INTEGER_KINDS):
+        return None
+    from slimkit.backends.onnxruntime import unoptimized_difference
+
+    return unoptimized_difference(onnx_files[0], model, tuple(t[:64] for t in test.inputs))
 
 
 def measure_backend(task: Any, backend: str, precision: str, cfg: MeasureConfig, workdir: str | os.PathLike[str], *,

@@ -34,10 +34,17 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
         warnings.simplefilter("ignore")
         from slimkit.encoding import is_encoded
 
-        if is_encoded(model, ("quantized", "dynamic_int8")):
-            # OpenVINO's torch.export frontend does not take convolutions on dequantized weights;
-            # its ONNX frontend reads QuantizeLinear/DequantizeLinear as FakeQuantize, which its
-            # low-precision transformations run as int8
+        ir, route = None, None
+        if not is_encoded(model, ("quantized", "dynamic_int8")):
+            try:
+                ir, route = ov.convert_model(export_program(model, example_inputs)), "torch.export"
+            except Exception:  # noqa: BLE001 - the ONNX route below has its own fallbacks and errors
+                ir = None
+        if ir is None:
+            # Quantized layers: OpenVINO's torch.export frontend does not take convolutions on
+            # dequantized weights; its ONNX frontend reads QuantizeLinear/DequantizeLinear as
+            # FakeQuantize, which its low-precision transformations run as int8. Any other model
+            # that its torch.export frontend refused goes this way too.
             import onnx
 
             from slimkit.backends.onnx_graph import unshare_zero_points
@@ -45,12 +52,12 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
 
             path = export_onnx(model, example_inputs, xml.with_name(f".tmp-{xml.stem}.onnx"))
             graph = onnx.load(str(path))
+            route = "onnx/" + next((p.value for p in graph.metadata_props if p.key == "slimkit.export"), "?")
             if unshare_zero_points(graph):
                 onnx.save(graph, str(path))
             ir = ov.convert_model(str(path))
             path.unlink()
-        else:
-            ir = ov.convert_model(export_program(model, example_inputs))
+        ir.set_rt_info(route, ["slimkit", "export"])
     tmp_xml = xml.with_name(f".tmp-{xml.name}")
     ov.save_model(ir, str(tmp_xml), compress_to_fp16=False)
     os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
@@ -106,7 +113,9 @@ def load_ir(files: Sequence[Path], *, precision: str = "fp32", threads: int | No
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(files[0])), "CPU", config)
+    model = core.read_model(str(files[0]))
+    route = model.get_rt_info(["slimkit", "export"]).astype(str) if model.has_rt_info(["slimkit", "export"]) else None
+    compiled = core.compile_model(model, "CPU", config)
     applied = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    return Built(request_runner(compiled), [Path(f) for f in files],
-                 {"openvino": ov.__version__, "inference_precision": applied})
+    info = {"openvino": ov.__version__, "inference_precision": applied, **({"export": route} if route else {})}
+    return Built(request_runner(compiled), [Path(f) for f in files], info)

@@ -24,3 +24,7 @@ class CheckpointError(SlimkitError):
 
 class BackendUnavailableError(SlimkitError):
     """A backend whose optional dependency is not installed or whose hardware is absent."""
+
+
+class UnsupportedModelError(SlimkitError):
+    """A step or runtime that cannot apply to this model; the message says why in one line."""

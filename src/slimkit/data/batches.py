@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from slimkit.core.outputs import primary_output
 from slimkit.data.base import Split
 
 
@@ -37,7 +38,7 @@ def mean_loss(split: Split, loss: Callable[[torch.Tensor, torch.Tensor], torch.T
         total, n = 0.0, len(targets)
         for start in range(0, n, batch_size):
             batch = tuple(t[start:start + batch_size] for t in inputs)
-            total += float(loss(model(*batch), targets[start:start + batch_size])) * len(batch[0])
+            total += float(loss(primary_output(model(*batch)), targets[start:start + batch_size])) * len(batch[0])
         return total / n
 
     return measure

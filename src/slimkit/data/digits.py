@@ -23,3 +23,17 @@ def load_digits_splits(image: bool) -> DataSplits:
     train = splits.train.inputs[0]
     mean, std = train.mean(0), train.std(0).clamp_min(0.1)  # constant border pixels: no blow-up
     return DataSplits(*(Split(((s.inputs[0] - mean) / std,), s.targets) for s in (splits.train, splits.val, splits.test)))
+
+
+def load_digits_rgb_splits(size: int = 32) -> DataSplits:
+    """The digits as [N, 3, size, size] RGB images (bilinear upsampling, grey in every channel):
+    the input a vision model from another library expects."""
+    import torch.nn.functional as F
+
+    splits = load_digits_splits(image=True)
+
+    def rgb(s: Split) -> Split:
+        x = F.interpolate(s.inputs[0], size=(size, size), mode="bilinear", align_corners=False)
+        return Split((x.expand(-1, 3, -1, -1).contiguous(),), s.targets)
+
+    return DataSplits(rgb(splits.train), rgb(splits.val), rgb(splits.test))

@@ -26,6 +26,9 @@ KINDS = {
     "dynamic_int8": "dynamically quantized",
 }
 QUANTIZED_KINDS = ("quantized", "weight_only", "dynamic_int8")
+# encodings that runtimes compute on integer kernels, whose rounding differs from eager's float
+# simulation by about an LSB per layer
+INTEGER_KINDS = ("quantized", "dynamic_int8")
 
 
 class EncodedLayer(nn.Module, abc.ABC):
@@ -48,6 +51,13 @@ class EncodedLayer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def dense_weight(self) -> torch.Tensor:
         """The decoded float weight, in ``weight_shape``."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The decoded weight, as the plain layer's ``weight`` would hold it: third-party forwards
+        read ``layer.weight`` (its dtype, device, shape or value), so an encoded layer answers.
+        Computed on each read, never stored: the encoding stays the one copy."""
+        return self.dense_weight()
 
     @abc.abstractmethod
     def densify(self) -> nn.Module:

@@ -42,13 +42,41 @@ class Conv2dTwin:
 
     def _take_conv(self, conv: nn.Conv2d, *, trainable_bias: bool) -> None:
         self.bias = _bias(conv, trainable_bias)
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        take_conv_geometry(self, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def densify(self) -> nn.Conv2d:
         return dense_conv2d(self.dense_weight(), self.bias, self)
+
+
+GEOMETRY = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
+            "dilation", "groups", "padding_mode")
+
+
+def take_conv_geometry(layer: nn.Module, conv: nn.Conv2d) -> None:
+    """Copy what third-party code reads from an ``nn.Conv2d`` (channels, kernel, stride, padding,
+    dilation, groups, padding mode) onto the layer standing for it."""
+    for name in GEOMETRY[2:]:
+        setattr(layer, name, getattr(conv, name))
+
+
+class WrapsLayer:
+    """For a module wrapping one plain layer (``_wrapped()``) in place of it: the wrapped layer's
+    geometry (``in_features``, ``kernel_size``, ...) reads through, so third-party forwards that
+    read them keep working."""
+
+    def _wrapped(self) -> nn.Module:
+        raise NotImplementedError
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # nn.Module's: parameters, buffers, children
+        except AttributeError:
+            if name in GEOMETRY:
+                return getattr(self._wrapped(), name)
+            raise
 
 
 def swap_twins_(model: nn.Module, names: list[str], twins: dict[type, Any], what: str,

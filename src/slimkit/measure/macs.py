@@ -29,6 +29,12 @@ def count_macs_by_module(model: nn.Module, example_inputs: Sequence[torch.Tensor
     was_training = model.training
     fastpath = torch.backends.mha.get_fastpath_enabled()
     model.eval()
+    # the counter's module tracker hooks the backward of every tensor that requires grad; a view
+    # of a parameter taken under no_grad (DeBERTa's relative-position embeddings) has none and
+    # makes it fail, so no parameter requires grad while counting
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
     try:
         torch.backends.mha.set_fastpath_enabled(False)
         with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -36,6 +42,8 @@ def count_macs_by_module(model: nn.Module, example_inputs: Sequence[torch.Tensor
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         model.train(was_training)
+        for p in trainable:
+            p.requires_grad_(True)
     by_module = {"": int(counter.get_total_flops()) // 2}
     root = type(model).__name__
     for name, flops in counter.get_flop_counts().items():

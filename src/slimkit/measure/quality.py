@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from slimkit.core.outputs import primary_output
 from slimkit.data.base import Split
 
 Runnable = Callable[..., torch.Tensor]
@@ -23,7 +24,7 @@ def predict(runnable: Runnable, split: Split, batch_size: int = 256,
     outs = []
     for inputs, _ in split.batches(batch_size):
         out = runnable(*(t.to(device) for t in inputs))
-        outs.append(torch.as_tensor(out).detach().float().cpu())
+        outs.append(torch.as_tensor(out if isinstance(out, torch.Tensor) or hasattr(out, '__array__') else primary_output(out)).detach().float().cpu())
     return torch.cat(outs)
 
 

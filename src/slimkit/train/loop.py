@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.core.errors import SlimkitError
+from slimkit.core.outputs import primary_output
 from slimkit.data.base import DataSplits
 from slimkit.train.callbacks import Callback, FitState
 from slimkit.train.config import TrainConfig
@@ -149,7 +150,7 @@ def _train_batch(state: FitState, inputs, targets, extras, loss_terms, callbacks
             with contextlib.ExitStack() as stack:
                 for cb in callbacks:
                     stack.enter_context(cb.forward_context(state))
-                outputs = state.model(*inputs)
+                outputs = primary_output(state.model(*inputs))
                 batch = Batch(model=state.model, inputs=inputs, targets=targets, outputs=outputs, extras=extras,
                               pass_index=index)
                 loss = sum(term.weight * term(batch) for term in loss_terms)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.core.outputs import primary_output
 from slimkit.core.errors import ConfigError
 from slimkit.train.objectives import Batch
 
@@ -70,7 +71,7 @@ class Teacher:
         if self._last is not None and self._last[0] is inputs:
             return self._last[1]
         self.model.eval()
-        out = self.model(*inputs)
+        out = primary_output(self.model(*inputs))
         self.forwards += 1
         self._last = (inputs, out)
         return out

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvTransposeNd
 
+from slimkit.encoding.twins import WrapsLayer
+
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d,
                                            nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 # Exact types only: a subclass may override ``forward`` (LoRA wrappers, quantized stubs).
@@ -74,7 +76,7 @@ def _check_activation(activation: str, approximate: str) -> None:
         raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
-class _LayerAct(nn.Module):
+class _LayerAct(WrapsLayer, nn.Module):
     """A layer followed by its activation, applied in place on the layer's fresh output. The
     layer is kept under ``layer_name`` so state-dict keys read ``conv.weight`` / ``linear.weight``."""
 
@@ -86,6 +88,17 @@ class _LayerAct(nn.Module):
         setattr(self, self.layer_name, layer)
         self.activation = activation
         self.approximate = approximate
+
+    def _wrapped(self) -> nn.Module:
+        return getattr(self, self.layer_name)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._wrapped().weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self._wrapped().bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _activate_(getattr(self, self.layer_name)(x), self.activation, self.approximate)

@@ -24,6 +24,8 @@ import math
 import torch
 import torch.nn as nn
 
+from slimkit.encoding.twins import take_conv_geometry
+
 
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
@@ -53,6 +55,17 @@ class Tucker2Conv(nn.Module):
         self.core = nn.Conv2d(r_in, r_out, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                               dilation=conv.dilation, bias=False)
         self.last = nn.Conv2d(r_out, conv.out_channels, 1, bias=conv.bias is not None)
+        take_conv_geometry(self, conv)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense kernel the chain applies (third-party forwards read ``layer.weight``)."""
+        return torch.einsum("os,srhw,ri->oihw", self.last.weight[:, :, 0, 0], self.core.weight,
+                            self.first.weight[:, :, 0, 0])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.last.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.core(self.first(x)))
@@ -74,6 +87,17 @@ class CPConv(nn.Module):
         self.horizontal = nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw),
                                     groups=rank, bias=False)
         self.last = nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None)
+        take_conv_geometry(self, conv)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense kernel the chain applies (third-party forwards read ``layer.weight``)."""
+        return torch.einsum("or,rh,rw,ri->oihw", self.last.weight[:, :, 0, 0], self.vertical.weight[:, 0, :, 0],
+                            self.horizontal.weight[:, 0, 0, :], self.first.weight[:, :, 0, 0])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.last.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.horizontal(self.vertical(self.first(x))))

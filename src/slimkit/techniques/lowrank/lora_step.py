@@ -3,6 +3,7 @@ through the one loop with everything else frozen, then merged back into plain Li
 
 from __future__ import annotations
 
+import logging
 from fnmatch import fnmatch
 from typing import Any
 
@@ -10,10 +11,13 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from slimkit.core.outputs import primary_output
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.config import Config
 from slimkit.core.step import StepResult, register_step, restoring
+
+log = logging.getLogger("slimkit.lora")
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 
@@ -78,14 +82,22 @@ def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     if not chosen:
         raise ConfigError(f"lora: no nn.Linear chosen (targets {cfg.targets}, skip {cfg.skip}, "
                           f">= {cfg.min_weights} weights)")
-    too_small = [f"{n} ({linears[n].in_features} -> {linears[n].out_features})" for n in chosen
-                 if cfg.rank >= min(linears[n].in_features, linears[n].out_features)]
-    if too_small:
-        raise ConfigError(f"lora: rank {cfg.rank} is not below min(in, out) of {too_small}; lower rank or skip them")
+    # as PEFT's default targets do, a Linear too narrow for the rank (a 2-class head) is left out
+    # and named; only when that leaves nothing is it an error
+    too_small = {n: f"rank {cfg.rank} is not below min(in, out) of {linears[n].in_features} -> "
+                    f"{linears[n].out_features}" for n in chosen
+                 if cfg.rank >= min(linears[n].in_features, linears[n].out_features)}
+    chosen = [n for n in chosen if n not in too_small]
+    if not chosen:
+        raise ConfigError(f"lora: rank {cfg.rank} is not below min(in, out) of any chosen Linear "
+                          f"({', '.join(f'{n}: {r}' for n, r in too_small.items())}); lower the rank")
+    for name, reason in too_small.items():
+        log.info("lora: %s left out (%s)", name, reason)
     add_lora_(model, chosen, cfg.rank, cfg.alpha, cfg.dropout, torch.Generator().manual_seed(ctx.seed))
     thaw = {id(p) for p in model.parameters() if p.requires_grad}  # all but the frozen bases, given back after
     trainable, total = freeze_except_lora_(model, cfg.train_bias)
-    info: dict[str, Any] = {"rank": cfg.rank, "alpha": cfg.alpha, "layers": chosen, "trainable_params": trainable,
+    info: dict[str, Any] = {"rank": cfg.rank, "alpha": cfg.alpha, "layers": chosen, "left_out": too_small,
+                            "trainable_params": trainable,
                             "trainable_fraction": trainable / total,
                             "train": ctx.train(model, cfg.finetune, description="lora").summary(), "merged": cfg.merge}
     for p in model.parameters():
@@ -95,7 +107,7 @@ def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
             n: AdapterRecord(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout) for n in chosen}))
     inputs = tuple(t[:64].to(ctx.device) for t in ctx.data.val.inputs)
     with torch.no_grad():
-        adapted = model.eval()(*inputs)
+        adapted = primary_output(model.eval()(*inputs))
         merge_lora_(model)
-        info["merge_max_abs_diff"] = float((model(*inputs) - adapted).abs().max())
+        info["merge_max_abs_diff"] = float((primary_output(model(*inputs)) - adapted).abs().max())
     return StepResult(model, info=info)

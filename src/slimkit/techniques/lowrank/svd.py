@@ -40,6 +40,16 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False)
         self.up = nn.Linear(rank, out_features, bias=bias)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """``up.weight @ down.weight``: the rank-r weight the chain applies (third-party forwards
+        read ``layer.weight``)."""
+        return self.up.weight @ self.down.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.up.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 

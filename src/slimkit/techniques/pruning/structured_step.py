@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, model_validator
 
+from slimkit.core.outputs import primary_output
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.step import StepResult, register_step
@@ -105,7 +106,7 @@ def accumulate_gradients(model: nn.Module, ctx: Context, batches: int, batch_siz
     split = ctx.data.train
     for b, inputs in enumerate(leading_batches(split, batches, batch_size, ctx.device)):
         targets = split.targets[b * batch_size:(b + 1) * batch_size].to(ctx.device)
-        ctx.task.loss(model(*inputs), targets).backward()
+        ctx.task.loss(primary_output(model(*inputs)), targets).backward()
 
 
 def _latency_ms(model: nn.Module, ctx: Context) -> float:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from slimkit.encoding.dense import dense_conv2d, dense_linear
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+from slimkit.encoding.twins import take_conv_geometry
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
 from slimkit.techniques.quantization.qscheme import QuantSpec, quantize
 
@@ -220,7 +221,7 @@ class QuantConv2d(_QuantLayer):
             raise ValueError(f"QuantConv2d: padding_mode {conv.padding_mode!r} is not supported")
         super().__init__(conv, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,
                          weight_max, weight_scale)
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        take_conv_geometry(self, conv)
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
@@ -237,6 +238,7 @@ class QuantLinear(_QuantLayer):
                  weight_scale: torch.Tensor | None = None) -> None:
         super().__init__(linear, activation, act_spec or QuantSpec(bits=8, symmetric=False), observer, quantize_output,
                          weight_max, weight_scale)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def _apply_layer(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(x, w, self.bias)

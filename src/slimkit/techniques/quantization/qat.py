@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.encoding.twins import WrapsLayer
 from slimkit.techniques.quantization.modules import WEIGHT_MAXES, ActQuant, QuantConv2d, QuantLinear, _QuantLayer
 from slimkit.techniques.quantization.ptq import (QuantReport, calibrate, convert, keep_model_outputs_float,
                                                  prepare_static, quantized_layers, share_quantization_params)
@@ -68,7 +69,7 @@ class LearnedStepQuant(nn.Module):
         return f"{self.spec.bits}-bit, {'per channel' if self.spec.axis is not None else 'per tensor'}"
 
 
-class QATLayer(nn.Module):
+class QATLayer(WrapsLayer, nn.Module):
     """A float Conv2d or Linear (its weight and bias train) whose weight, input and output pass
     through LSQ quantizers; the activation fused into it runs before the output quantizer.
 
@@ -83,6 +84,19 @@ class QATLayer(nn.Module):
         self.layer, self.activation = layer, activation
         self.weight_quant, self.input_quant, self.output_quant = weight_quant, input_quant, output_quant
         self.input_from = input_from  # the producer whose output quantizer already quantized the input
+
+    def _wrapped(self) -> nn.Module:
+        return self.layer
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fake-quantized weight the layer computes with (what third-party code reading
+        ``layer.weight`` should see)."""
+        return self.weight_quant(self.layer.weight)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
