@@ -109,3 +109,44 @@ def test_the_whole_matrix_has_no_defect(name, tmp_path):
     cells = _cells(name, list(STEPS), tmp_path)
     assert not _defects(cells), _defects(cells)
     assert all(c.reason for c in cells if c.status == "unsupported")
+
+
+def test_an_average_pool_wider_than_its_input_exports_as_the_mean(tmp_path):
+    """transformers' EfficientNet pools a 1x1 map with a 320-wide kernel and ceil_mode (PyTorch
+    allows it). Exported as is, OpenVINO refused it (and its torch.export frontend returned an
+    empty tensor) and ONNX Runtime's int8 kernels were 0.53 away from eager; exported as the mean
+    it is, every cell works."""
+    cells = _cells("efficientnet", ["quantize"], tmp_path)
+    assert [(c.runtime, c.status) for c in cells] == [("eager", "ok"), *((r, "ok") for r in RUNTIMES)], \
+        [c.to_dict() for c in cells]
+
+
+def test_pools_wider_than_their_input_become_exact_means():
+    from slimkit.backends.base import global_pools_made_explicit
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AvgPool2d(320, ceil_mode=True),
+                                torch.nn.AvgPool2d(1), torch.nn.Flatten())
+    for size in ((3, 3), (5, 7), (9, 9)):
+        x = torch.randn(2, 3, *size)
+        explicit = global_pools_made_explicit(model, (x,))
+        assert type(explicit[1]).__name__ == "_GlobalMean" and type(explicit[2]) is torch.nn.AvgPool2d
+        assert type(model[1]) is torch.nn.AvgPool2d  # the user's model is left as it was
+        with torch.no_grad():
+            assert torch.allclose(explicit(x), model(x), atol=1e-6)
+    narrow = torch.nn.Sequential(torch.nn.AvgPool2d(2))
+    assert global_pools_made_explicit(narrow, (torch.randn(1, 3, 8, 8),)) is narrow
+
+
+def test_openvino_conversion_failures_name_the_operator():
+    from slimkit.backends.openvino import _unconverted
+    from slimkit.core.errors import UnsupportedModelError
+
+    text = ("Check 'false' failed at unconverted_ops_report.cpp:151:\nFrontEnd API failed with OpConversionFailure:\n"
+            "-- AveragePool-20 with a message:\nKernel after dilation has size (dim: 320) larger than the data shape\n"
+            "\nSummary:\n-- Conversion is failed for: AveragePool-20\n")
+    err = _unconverted(RuntimeError(text))
+    assert isinstance(err, UnsupportedModelError)
+    assert str(err) == ("openvino cannot convert AveragePool-20: Kernel after dilation has size (dim: 320) larger "
+                        "than the data shape")
+    other = RuntimeError("something else")
+    assert _unconverted(other) is other

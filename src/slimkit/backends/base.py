@@ -190,9 +190,59 @@ def export_program(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
     inputs = tuple(example_inputs)
     if dynamic:
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in inputs)
+    model = global_pools_made_explicit(model.eval(), inputs)
     with exporting_for(target), torch.no_grad():
-        return torch.export.export(returns_tensor(model.eval(), inputs), inputs,
+        return torch.export.export(returns_tensor(model, inputs), inputs,
                                    dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
+
+
+class _GlobalMean(nn.Module):
+    """``AvgPool2d`` whose one window covers its whole input: the spatial mean (exactly what
+    PyTorch computes there: with ``ceil_mode`` and no padding the divisor is the input's size)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
+def global_pools_made_explicit(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> nn.Module:
+    """``model``, or a copy whose ``AvgPool2d`` layers with a kernel larger than their input (on
+    the example inputs) compute the spatial mean instead: transformers' EfficientNet pools a 1x1
+    map with a 320-wide kernel and ``ceil_mode``, which PyTorch allows, OpenVINO refuses
+    ("kernel larger than the data shape") and ONNX Runtime's int8 kernel computes wrongly (0.53
+    from eager; 2e-7 as a mean)."""
+    pools = {name: m for name, m in model.named_modules() if type(m) is nn.AvgPool2d}
+    if not pools:
+        return model
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            seen.setdefault(name, tuple(args[0].shape))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in pools.items()]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def covers(m: nn.AvgPool2d, shape: tuple[int, ...]) -> bool:
+        k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+        p = m.padding if isinstance(m.padding, tuple) else (m.padding,) * 2
+        return p == (0, 0) and m.divisor_override is None and k[0] >= shape[-2] and k[1] >= shape[-1] \
+            and (m.ceil_mode or (k[0] == shape[-2] and k[1] == shape[-1]))
+
+    names = [n for n, m in pools.items() if n in seen and covers(m, seen[n]) and m.kernel_size != 1]
+    if not names:
+        return model
+    import copy
+
+    model = copy.deepcopy(model)
+    for name in names:
+        model.set_submodule(name, _GlobalMean())
+    return model
 
 
 def cast_floats(inputs: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

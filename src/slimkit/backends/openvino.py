@@ -38,6 +38,7 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
         if not is_encoded(model, ("quantized", "dynamic_int8")):
             try:
                 ir, route = ov.convert_model(export_program(model, example_inputs)), "torch.export"
+                _check_against_eager(ir, model, example_inputs)
             except Exception:  # noqa: BLE001 - the ONNX route below has its own fallbacks and errors
                 ir = None
         if ir is None:
@@ -55,14 +56,53 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
             route = "onnx/" + next((p.value for p in graph.metadata_props if p.key == "slimkit.export"), "?")
             if unshare_zero_points(graph):
                 onnx.save(graph, str(path))
-            ir = ov.convert_model(str(path))
-            path.unlink()
+            try:
+                ir = ov.convert_model(str(path))
+            except Exception as err:  # noqa: BLE001 - an op OpenVINO cannot convert is named, in one line
+                raise _unconverted(err) from None
+            finally:
+                path.unlink()
         ir.set_rt_info(route, ["slimkit", "export"])
     tmp_xml = xml.with_name(f".tmp-{xml.name}")
     ov.save_model(ir, str(tmp_xml), compress_to_fp16=False)
     os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
     os.replace(tmp_xml, xml)
     return [xml, xml.with_suffix(".bin")]
+
+
+def _unconverted(err: Exception) -> Exception:
+    """OpenVINO's conversion failure as an ``UnsupportedModelError`` naming the operators it could
+    not convert and why (transformers' EfficientNet: an AveragePool whose kernel, 320, exceeds its
+    1x1 input, which PyTorch's ceil_mode allows), or the error itself if it is something else."""
+    from slimkit.core.errors import UnsupportedModelError
+
+    text = str(err)
+    if "Conversion is failed for" not in text:
+        return err
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = lines.index("Summary:") if "Summary:" in lines else len(lines)
+    ops = [line.split("for:", 1)[1].strip() for line in lines[summary:] if "Conversion is failed for:" in line]
+    why = lines[summary - 1] if summary > 0 else ""
+    return UnsupportedModelError(f"openvino cannot convert {', '.join(ops) or 'the model'}: {why[:200]}")
+
+
+def _check_against_eager(ir, model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> None:
+    """Raise unless the converted model, compiled in f32, computes eager's output on the examples
+    (repeated to batch 2, so a dynamic batch is exercised): OpenVINO's torch.export frontend can
+    convert without error and compute something else (transformers' EfficientNet came out
+    returning an empty tensor)."""
+    import openvino as ov
+
+    from slimkit.backends.base import first_output
+
+    inputs = [t.repeat(2, *([1] * (t.dim() - 1))) for t in example_inputs]
+    compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = torch.from_numpy(np.array(compiled([t.numpy() for t in inputs])[compiled.output(0)])).float()
+    with torch.no_grad():
+        want = first_output(model(*inputs))
+    if got.shape != want.shape or not float((got - want).abs().max()) <= 1e-4 * max(float(want.abs().max()), 1e-6):
+        raise ValueError(f"OpenVINO's torch.export frontend computes another function (shape {tuple(got.shape)}, "
+                         f"eager {tuple(want.shape)})")
 
 
 def request_runner(compiled):

@@ -34,6 +34,7 @@ STEPS: dict[str, tuple[str, dict[str, Any], str]] = {
     "cluster": ("cluster", {"clusters": 8}, "bytes"),
     "hash": ("hash", {"finetune": {"epochs": 1}}, "bytes"),
     "factorize": ("factorize", {"ratio": 0.5}, "params"),
+    "factorize_conv": ("factorize", {"ratio": 0.5, "layers": ["linear", "conv"], "min_weights": 256}, "params"),
     "lora": ("lora", {"rank": 4, "finetune": {"epochs": 1}}, "changed"),
     "distill": ("distill", {"student": {"derive": {"width": 0.5}}, "losses": {"logits": {}},
                             "finetune": {"epochs": 1}}, "macs"),
