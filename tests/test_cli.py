@@ -87,21 +87,11 @@ def test_killed_process_resumes_from_third_step(tmp_path):
     recipe, out = _recipe(tmp_path, steps), tmp_path / "out"
     cmd = [sys.executable, "-m", "slimkit", "run", str(recipe), "--out", str(out), "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / "run-state.json"
-    # generous: under a loaded test run (xdist, 2 cores) the baseline and two steps took over 120 s
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline:
-            if state.exists() and len(json.loads(state.read_text())["steps"]) >= 3:
-                break
-            assert proc.poll() is None, "run ended before it could be killed"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # _run_until waits up to 400 s: under a loaded test run (xdist, 2 cores) the baseline and two
+    # steps took over 120 s
+    _run_until(cmd, env, lambda: state.exists() and len(json.loads(state.read_text())["steps"]) >= 3,
+               "after its second step")
     assert len(json.loads(state.read_text())["steps"]) == 3  # baseline, step 1, step 2
     rerun = subprocess.run([*cmd[:-1]], env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
