@@ -150,3 +150,40 @@ def test_openvino_conversion_failures_name_the_operator():
                         "than the data shape")
     other = RuntimeError("something else")
     assert _unconverted(other) is other
+
+
+def test_rounding_sensitivity_tells_a_chaotic_integer_model_from_a_smooth_one():
+    from slimkit.recipes.compat import INTEGER_CEILING, rounding_sensitivity
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 16)
+    smooth = torch.nn.Linear(16, 4)
+    # a fine staircase: sub-LSB noise crosses many of its steps, like a deep integer network amplifying flips
+    chaotic = torch.nn.Sequential(smooth, _Staircase(1e-5))
+    calm = rounding_sensitivity(smooth, (x,))
+    wild = rounding_sensitivity(chaotic, (x,))
+    assert calm.output < 1e-3 and calm.agreement > 0.9
+    assert wild.output > INTEGER_CEILING and wild.agreement < 0.9
+    assert rounding_sensitivity(smooth, (torch.arange(4).reshape(2, 2),)).output == 0.0  # token ids are not moved
+
+
+class _Staircase(torch.nn.Module):
+    """Rounds to a grid far finer than the noise and scrambles the result: any move crosses a step."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, x):
+        return torch.sin(torch.round(x / self.step) * 1.3)
+
+
+def test_a_chaotic_integer_model_is_judged_by_its_top1_agreement():
+    from slimkit.recipes.compat import Sensitivity, _integer_verdict
+
+    calm, wild = Sensitivity(0.01, 1.0), Sensitivity(0.6, 0.70)
+    never = lambda: pytest.fail("element-wise suffices")  # noqa: E731
+    assert _integer_verdict(0.01, 0.02, calm, never) == ""
+    assert "more than quantizing changed" in _integer_verdict(0.1, 0.02, calm, never)
+    assert _integer_verdict(0.9, 0.6, wild, lambda: 0.75) == ""
+    assert "top-1 agrees with eager on 50%" in _integer_verdict(0.9, 0.6, wild, lambda: 0.5)
