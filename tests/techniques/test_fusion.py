@@ -251,8 +251,104 @@ def test_untraceable_model_is_fused_per_subtree():
     assert report.bn_folded == 1 and report.activations_fused == 1 and report.bn_remaining == 1
     (untraceable,) = report.untraceable
     assert untraceable["module"] == "(root)" and "control flow" in untraceable["reason"]
-    assert report.skipped == [{"where": "bn", "pattern": "fold_bn",
-                               "reason": "called from untraceable module '(root)'"}]
+    assert report.skipped == [{"where": "bn", "pattern": "fold_bn", "reason": "called from untraceable module '(root)' "
+                               "(no example inputs to fold it from torch.export's dataflow)"}]
+
+
+class SamePadded(nn.Module):
+    """TensorFlow-style "same" padding computed from the input's size, as transformers' MobileNetV2
+    does: fx cannot trace ``int()`` of a shape, torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(3, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8), nn.ReLU6()
+
+    def _same(self, x: torch.Tensor) -> torch.Tensor:
+        size = int(x.shape[-1])
+        pad = max(3 - (2 if size % 2 == 0 else 1), 0)
+        return F.pad(x, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(self._same(x))))
+
+
+def test_a_batchnorm_fx_cannot_reach_is_folded_from_torch_exports_dataflow():
+    model = randomize_bn(SamePadded())
+    x = torch.randn(2, 3, 9, 9)
+    fused, report = fuse_model(model, example=(x,))
+    assert report.untraceable[0]["module"] == "(root)"
+    assert report.bn_remaining == 0 and report.dataflow_folds == [("bn", "conv")]
+    assert type(fused) is SamePadded and isinstance(fused.bn, nn.Identity)
+    with torch.no_grad():
+        for inputs in (x, torch.randn(3, 3, 12, 12)):  # another size pads differently
+            assert rel_err(fused(inputs), model(inputs)) <= REL_TOL
+    # the record replays without exporting: same tree, so the fused weights load into it
+    replayed, again = fuse_model(SamePadded(), folds=report.dataflow_folds)
+    assert again.dataflow_folds == report.dataflow_folds and isinstance(replayed.bn, nn.Identity)
+    replayed.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        assert torch.equal(replayed(x), fused(x))
+    with pytest.raises(ValueError, match="'act' into 'conv' does not fit"):
+        fuse_model(SamePadded(), folds=[("act", "conv")])
+
+
+def test_a_batchnorm_behind_data_dependent_control_flow_stays_with_why():
+    model = randomize_bn(Branchy())  # torch.export refuses to pick one branch: folding could break the other
+    fused, report = fuse_model(model, example=(torch.randn(2, 3, 5, 5),))
+    assert report.dataflow_folds == [] and isinstance(fused.bn, nn.BatchNorm2d)
+    (entry,) = [e for e in report.skipped if e["where"] == "bn"]
+    assert "torch.export failed" in entry["reason"] and "data-dependent" in entry["reason"]
+
+
+class SamePaddedShared(SamePadded):
+    """The conv's output is read by the BatchNorm and by the residual: folding would change the residual."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(self._same(x))
+        return self.bn(z) + z
+
+
+class SamePaddedTwice(SamePadded):
+    """The BatchNorm runs twice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(self._same(x))
+        return self.bn(self.bn(z))
+
+
+@pytest.mark.parametrize("kind, reason", [(SamePaddedShared, "output of conv also used by 1 other op(s)"),
+                                          (SamePaddedTwice, "called at 2 places")])
+def test_a_dataflow_fold_that_would_change_the_outputs_is_left_with_why(kind, reason):
+    model = randomize_bn(kind())
+    x = torch.randn(2, 3, 9, 9)
+    fused, report = fuse_model(model, example=(x,))
+    assert report.dataflow_folds == [] and isinstance(fused.bn, nn.BatchNorm2d)
+    assert {"where": "bn", "pattern": "fold_bn", "reason": reason} in report.skipped
+    with torch.no_grad():
+        assert rel_err(fused(x), model(x)) <= REL_TOL
+
+
+class DepthwiseConv(nn.Conv2d):
+    """Only the constructor differs (transformers' EfficientNetDepthwiseConv2d): a plain conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, 3, padding=1, groups=channels)
+
+
+class DoubledConv(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+def test_a_conv_subclass_that_only_changes_its_constructor_is_fused():
+    from slimkit.techniques.fusion.fuse import plain_layer
+
+    assert plain_layer(DepthwiseConv(4)) and not plain_layer(DoubledConv(4, 4, 3, padding=1))
+    x = torch.randn(2, 4, 6, 6)
+    _, report = fused_and_checked(nn.Sequential(DepthwiseConv(4), nn.BatchNorm2d(4), nn.ReLU()), x)
+    assert report.bn_folded == 1 and report.activations_fused == 1
+    _, report = fused_and_checked(nn.Sequential(DoubledConv(4, 4, 3, padding=1), nn.BatchNorm2d(4)), x)
+    assert report.bn_folded == 0 and report.bn_remaining == 1
 
 
 def test_fusing_twice_changes_nothing_more():
@@ -346,7 +442,7 @@ def test_fuse_step_runs_resumes_and_restores(tmp_path):
 
     state = json.loads((out / "run-state.json").read_text())
     structure = state["steps"][1]["structure"]
-    assert structure == {"fold_bn": True, "fuse_activations": True, "merge_linear": True}
+    assert structure == {"fold_bn": True, "fuse_activations": True, "merge_linear": True, "dataflow_folds": []}
     task = build_task("digits-cnn")
     restored = load_into_(restore_step("fuse", task.build_model(), structure),
                           load_state_dict(out / step["artifact"]), "fused artifact").eval()

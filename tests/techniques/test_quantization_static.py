@@ -348,3 +348,65 @@ def test_quantize_step_with_a_quality_budget_reports_bits_and_restores(tmp_path,
     rebuilt, quality = rebuild_run_step(tmp_path / "run", "digits-cnn", 1, quant)
     assert set(quantized_layers(rebuilt)).isdisjoint(info["layers_float"])
     assert quality == pytest.approx(quant["metrics"]["quality"], abs=1e-9)
+
+
+class _SamePaddedNet(nn.Module):
+    """Conv -> BatchNorm -> ReLU6 behind "same" padding computed with ``int()`` of the input size
+    (as transformers' MobileNetV2): fx cannot trace it, so only torch.export's dataflow folds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(3, 8, 3, stride=2, bias=False), nn.BatchNorm2d(8), nn.ReLU6()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = 1 if int(x.shape[-1]) % 2 else 0
+        y = self.act(self.bn(self.conv(F.pad(x, (pad, 1, pad, 1)))))
+        return self.head(y.mean((2, 3)))
+
+
+def test_batchnorms_fx_cannot_reach_are_folded_before_quantizing_and_the_fold_restores():
+    from slimkit.techniques.quantization.ptq import quantize_static
+    from slimkit.techniques.quantization.step import QuantizeConfig, QuantizeStructure
+
+    torch.manual_seed(0)
+    model = _SamePaddedNet()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    batches = [(torch.randn(16, 3, 9, 9),)]
+    q, report = quantize_static(model, batches)
+    assert report.bn_folds == [("bn", "conv")] and report.to_dict()["bn_folded_via_export"] == 1
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+    assert isinstance(q.conv, QuantConv2d)  # the folded conv (its bias holds the statistics) is int8
+    x = batches[0][0]
+    with torch.no_grad():
+        assert float((q(x) - model(x)).abs().max() / model(x).abs().max()) < 0.1
+    structure = QuantizeStructure(config=QuantizeConfig(), weight_max=127, float_outputs=report.float_outputs,
+                                  bn_folds=report.bn_folds)
+    restored = restore_step("quantize", _SamePaddedNet(), structure.to_json_dict())
+    restored.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), q(x))
+
+
+class _DepthwiseConv(nn.Conv2d):
+    """Only the constructor differs from nn.Conv2d (transformers' EfficientNetDepthwiseConv2d)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, 3, padding=1, groups=channels)
+
+
+def test_a_conv_subclass_that_only_changes_its_constructor_is_quantized():
+    from slimkit.encoding.twins import plain_type
+
+    class Scaled(nn.Conv2d):  # overrides how it computes: not a plain conv
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert plain_type(_DepthwiseConv(4)) is nn.Conv2d and plain_type(Scaled(4, 4, 3)) is None
+    model = nn.Sequential(_DepthwiseConv(4), nn.ReLU(), Scaled(4, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)).eval()
+    q, report = prepare_static(model)
+    assert isinstance(q.get_submodule("0"), QuantConv2d) and "0" in report.quantized
+    assert "2" not in report.quantized and not any(isinstance(m, QuantConv2d) for m in q.get_submodule("2").modules())

@@ -50,20 +50,24 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
             program.append(export_program(model, example_inputs, target=target))
         return program[0]
 
-    def dynamo(decompose: bool):
-        onnx_program = torch.onnx.export(_core_aten(exported()) if decompose else exported(), tuple(example_inputs),
+    def dynamo(decompose: bool, contiguous: bool = False):
+        ep = _contiguous_before_views(exported()) if contiguous else exported()
+        onnx_program = torch.onnx.export(_core_aten(ep) if decompose else ep, tuple(example_inputs),
                                          dynamo=True, verbose=False, optimize=False)
         _optimize(onnx_program.model)
         return onnx_program.model_proto
 
-    routes = (("dynamo", lambda: dynamo(False)), ("dynamo+core-aten", lambda: dynamo(True)),
+    routes = (("dynamo", lambda: dynamo(False)), ("dynamo+contiguous", lambda: dynamo(False, contiguous=True)),
+              ("dynamo+core-aten", lambda: dynamo(True)),
               ("torchscript", lambda: _torchscript_export(model, example_inputs)))
     proto = route = None
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         for name, make in routes:
-            if name == "dynamo+core-aten" and not program:
+            if name.startswith("dynamo+") and not program:
                 failures.append(f"{name}: skipped (torch.export failed)")
+                continue
+            if name == "dynamo+contiguous" and not _has_view_of_transpose(exported()):
                 continue
             if name == "torchscript" and is_encoded(model, INTEGER_KINDS):
                 failures.append(f"{name}: skipped (integer layers export through torch.export only)")
@@ -118,6 +122,42 @@ def _check_loads(proto) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _views_of_transposes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
+    """The view/reshape nodes of ``program`` that read a transpose's or permute's output."""
+    aten = torch.ops.aten
+    views = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+    moves = {aten.transpose.int, aten.permute.default}
+    return [n for n in program.graph_module.graph.nodes
+            if n.op == "call_function" and n.target in views and isinstance(n.args[0], torch.fx.Node)
+            and n.args[0].target in moves]
+
+
+def _has_view_of_transpose(program: torch.export.ExportedProgram) -> bool:
+    return bool(_views_of_transposes(program))
+
+
+def _contiguous_before_views(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """A copy of ``program`` with a contiguous clone between each transpose/permute and the
+    view/reshape that reads it. With a symbolic batch size the exporter's decomposition can turn
+    such a reshape into a ``view`` its own shape check then rejects (transformers' BEiT attention:
+    "Cannot view a tensor with shape [s77, 17, 2, 16] and strides (544, 16, 272, 1)"); on
+    contiguous memory the view is always valid. The clone is an ONNX Identity, removed by the
+    optimiser, so the file computes the same."""
+    import copy
+
+    program = copy.deepcopy(program)
+    graph = program.graph_module.graph
+    for node in _views_of_transposes(program):
+        source = node.args[0]
+        with graph.inserting_before(node):
+            clone = graph.call_function(torch.ops.aten.clone.default, (source,),
+                                        {"memory_format": torch.contiguous_format})
+        clone.meta = dict(source.meta)
+        node.replace_input_with(source, clone)
+    program.graph_module.recompile()
+    return program
 
 
 def _core_aten(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:

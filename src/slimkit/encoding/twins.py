@@ -14,6 +14,27 @@ import torch.nn.functional as F
 from slimkit.encoding.dense import dense_conv2d, dense_linear
 
 
+# The torch layers whose subclasses third-party code makes only to change the constructor
+# (transformers' EfficientNetDepthwiseConv2d(nn.Conv2d) sets groups); the methods that compute.
+PLAIN_LAYERS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                                             nn.ConvTranspose3d, nn.Linear, nn.Embedding)
+_COMPUTE = ("forward", "_conv_forward")
+
+
+def plain_type(module: object) -> type | None:
+    """The torch layer class ``module`` computes exactly as: its own class if that is one of
+    ``PLAIN_LAYERS``, the base of a subclass that overrides none of the computing methods, else
+    None (LoRA wrappers, quantized stubs and the like override ``forward``). Steps select layers
+    by this, so a constructor-only subclass is pruned, quantized, shared like its base."""
+    kind = type(module)
+    if kind in PLAIN_LAYERS:
+        return kind
+    for base in kind.__mro__[1:]:
+        if base in PLAIN_LAYERS:
+            return base if all(getattr(kind, f, None) is getattr(base, f, None) for f in _COMPUTE) else None
+    return None
+
+
 def _bias(layer: nn.Module, trainable: bool) -> nn.Parameter | None:
     return None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=trainable)
 
@@ -89,7 +110,7 @@ def swap_twins_(model: nn.Module, names: list[str], twins: dict[type, Any], what
     done = {}
     for name in names:
         layer = modules[name]
-        twin_type = twins.get(type(layer))
+        twin_type = twins.get(plain_type(layer))
         if twin_type is None:
             raise ValueError(f"{what}: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
         twin = build(name, layer, twin_type)

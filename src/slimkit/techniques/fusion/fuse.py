@@ -26,7 +26,7 @@ import copy
 import inspect
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
@@ -35,12 +35,20 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvTransposeNd
 
-from slimkit.encoding.twins import WrapsLayer
+from slimkit.encoding.twins import WrapsLayer, plain_type
 
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d,
                                            nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-# Exact types only: a subclass may override ``forward`` (LoRA wrappers, quantized stubs).
+# Exact types, or subclasses that only change the constructor (``plain_type``): a subclass that
+# overrides how it computes (LoRA wrappers, quantized stubs) is not a plain layer.
 LAYER_TYPES: tuple[type[nn.Module], ...] = CONV_TYPES + (nn.Linear,)
+
+
+def plain_layer(module: object) -> bool:
+    """Whether ``module`` computes exactly as a torch Conv, ConvTranspose or Linear does."""
+    return plain_type(module) in LAYER_TYPES
+
+
 ACTIVATIONS = ("relu", "relu6", "hardswish", "silu", "gelu")
 
 _ACT_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardswish: "hardswish",
@@ -132,6 +140,11 @@ class FusionReport:
     bn_remaining: int = 0  # BatchNorm modules left in the fused model
 
     @property
+    def dataflow_folds(self) -> list[tuple[str, str]]:
+        """(BatchNorm, layer) pairs folded from torch.export's dataflow: the record ``folds`` replays."""
+        return [(f["bn"], f["into"]) for f in self.folded if f.get("via") == "torch.export"]
+
+    @property
     def bn_folded(self) -> int:
         return len(self.folded)
 
@@ -157,7 +170,8 @@ class _Options:
 
 
 def fuse_model(model: nn.Module, *, fold_bn: bool = True, fuse_activations: bool = True,
-               merge_linear: bool = True) -> tuple[nn.Module, FusionReport]:
+               merge_linear: bool = True, example: tuple[torch.Tensor, ...] | None = None,
+               folds: Sequence[tuple[str, str]] | None = None) -> tuple[nn.Module, FusionReport]:
     """Fuse a deep copy of ``model`` in eval mode; ``model`` itself is left untouched.
 
     Returns the fused model (a ``torch.fx.GraphModule`` when the whole model traced and something
@@ -166,22 +180,143 @@ def fuse_model(model: nn.Module, *, fold_bn: bool = True, fuse_activations: bool
     BatchNorm's running statistics are baked into the weights, dropout between merged layers and
     eval-only branches (stochastic depth) are gone, so training the result afterwards trains the
     folded weights and no longer updates any statistics.
+
+    BatchNorms that fx could not reach (inside modules it cannot trace) are folded from
+    ``torch.export``'s dataflow when ``example`` inputs are given (``fold_by_dataflow``);
+    ``folds``, the pairs a previous call reported (``report.dataflow_folds``), replays those folds
+    without exporting (restoring a saved model).
     """
     work = copy.deepcopy(model).eval()
     report = FusionReport()
     options = _Options(fold_bn, fuse_activations, merge_linear)
     seen_bn: set[int] = set()
     fused = _fuse_tree(work, "", options, report, seen_bn).eval()
+    if fold_bn and folds:
+        replay_folds(fused, folds, report, seen_bn)
+    elif fold_bn and example is not None and any(isinstance(m, _BatchNorm) and id(m) not in seen_bn
+                                                 for m in fused.modules()):
+        fold_by_dataflow(fused, example, report, seen_bn)
     remaining = [(name, m) for name, m in fused.named_modules() if isinstance(m, _BatchNorm)]
     report.bn_remaining = len(remaining)
     if fold_bn:
         untraced = [u["module"] for u in report.untraceable]
+        explained = {s["where"] for s in report.skipped}
         for name, bn in remaining:
-            if id(bn) not in seen_bn:
+            if id(bn) not in seen_bn and name not in explained:
                 owner = max((u for u in untraced if u == "(root)" or name.startswith(u + ".")), key=len, default=None)
                 reason = f"called from untraceable module '{owner}'" if owner else "not called by the traced forward"
+                if owner and example is None:
+                    reason += " (no example inputs to fold it from torch.export's dataflow)"
                 report.skipped.append({"where": name, "pattern": "fold_bn", "reason": reason})
     return fused, report
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNorm folding from torch.export's dataflow, for modules fx cannot trace.
+
+_EXPORT_LAYERS = {torch.ops.aten.conv1d.default: (nn.Conv1d,), torch.ops.aten.conv2d.default: (nn.Conv2d,),
+                  torch.ops.aten.conv3d.default: (nn.Conv3d,), torch.ops.aten.linear.default: (nn.Linear,)}
+_EXPORT_BATCH_NORMS = {torch.ops.aten.batch_norm.default}
+
+
+def _owner(node: fx.Node) -> str | None:
+    """The path of the innermost module whose call produced ``node`` (torch.export's meta)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def fold_by_dataflow(model: nn.Module, example: tuple[torch.Tensor, ...], report: FusionReport,
+                     seen_bn: set[int]) -> None:
+    """Fold each BatchNorm module not folded yet whose one call reads the output of one call of a
+    Conv{1,2,3}d or Linear module, and nothing else reads that output, as ``torch.export`` records
+    the eval-mode forward on ``example``. The module tree keeps the model's own forward (whatever
+    fx could not trace): the layer absorbs the statistics and the BatchNorm becomes an Identity.
+
+    Exact for the same reason the fx pass is: the graph shows the layer's output has one reader,
+    the BatchNorm, and each module is called once. A BatchNorm this cannot fold is reported with why.
+    """
+    modules = dict(model.named_modules())
+    pending = {name for name, m in modules.items() if isinstance(m, _BatchNorm) and id(m) not in seen_bn}
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model.eval(), tuple(example), strict=False)
+    except Exception as err:  # noqa: BLE001 - export raises many kinds; the reason is reported
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        for name in sorted(pending):
+            report.skipped.append({"where": name, "pattern": "fold_bn",
+                                   "reason": f"fx cannot trace its caller and torch.export failed ({type(err).__name__}: {first})"})
+        return
+    params = program.graph_signature.inputs_to_parameters
+    nodes = [n for n in program.graph_module.graph.nodes if n.op == "call_function"]
+    calls = Counter(_owner(n) for n in nodes if n.target in _EXPORT_LAYERS or n.target in _EXPORT_BATCH_NORMS)
+    for node in nodes:
+        name = _owner(node)
+        if node.target not in _EXPORT_BATCH_NORMS or name not in pending:
+            continue
+        bn = modules[name]
+        reason, src = _dataflow_blocker(node, bn, modules, calls, params)
+        if reason is not None:
+            report.skipped.append({"where": name, "pattern": "fold_bn", "reason": reason})
+            pending.discard(name)
+            continue
+        _fold_into_and_drop(model, name, _owner(src))
+        seen_bn.add(id(bn))
+        pending.discard(name)
+        report.folded.append({"bn": name, "into": _owner(src), "via": "torch.export"})
+    for name in sorted(pending):
+        report.skipped.append({"where": name, "pattern": "fold_bn", "reason": "not called by the exported forward"})
+
+
+def _dataflow_blocker(node: fx.Node, bn: _BatchNorm, modules: dict[str, nn.Module], calls: Counter,
+                      params: dict[str, str]) -> tuple[str | None, fx.Node | None]:
+    """Why the exported batch_norm ``node`` of module ``bn`` cannot be folded (None, and its input's
+    node, when it can)."""
+    name = _owner(node)
+    if calls[name] > 1:
+        return f"called at {calls[name]} places", None
+    src = node.args[0]
+    layer_name = _owner(src) if isinstance(src, fx.Node) else None
+    layer = modules.get(layer_name) if layer_name else None
+    if (not isinstance(src, fx.Node) or src.target not in _EXPORT_LAYERS or not plain_layer(layer)
+            or not isinstance(layer, _EXPORT_LAYERS[src.target])):
+        what = getattr(src, "target", src)
+        return f"input comes from {what}, not a Conv or Linear module", None
+    if params.get(getattr(src.args[1], "name", "")) != f"{layer_name}.weight":
+        return f"the {src.target} reads another weight than {layer_name}'s", None
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        return ("BatchNorm without running statistics (track_running_stats=False) normalises "
+                "with each batch's own statistics, also in eval"), None
+    if len(src.users) > 1:
+        return f"output of {layer_name} also used by {len(src.users) - 1} other op(s)", None
+    if calls[layer_name] > 1:
+        return f"{layer_name} is called at {calls[layer_name]} places", None
+    out_features = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    if bn.num_features != out_features:
+        return f"BatchNorm has {bn.num_features} features, {layer_name} gives {out_features}", None
+    if isinstance(layer, nn.Linear) and type(bn) is not nn.BatchNorm1d:
+        return f"{type(bn).__name__} after a Linear (only BatchNorm1d is folded into a Linear)", None
+    return None, src
+
+
+def _fold_into_and_drop(model: nn.Module, bn_name: str, layer_name: str) -> None:
+    bn = model.get_submodule(bn_name)
+    _fold_bn_into(model.get_submodule(layer_name), bn)
+    parent, _, leaf = bn_name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+
+
+def replay_folds(model: nn.Module, folds: Sequence[tuple[str, str]], report: FusionReport, seen_bn: set[int]) -> None:
+    """Apply recorded dataflow folds (``FusionReport.dataflow_folds``) to a freshly fused copy of
+    the same architecture: the same module tree, so a saved state dict loads into it."""
+    modules = dict(model.named_modules())
+    for bn_name, layer_name in folds:
+        bn, layer = modules.get(bn_name), modules.get(layer_name)
+        if not isinstance(bn, _BatchNorm) or not plain_layer(layer):
+            raise ValueError(f"recorded fold of '{bn_name}' into '{layer_name}' does not fit this model "
+                             f"({type(bn).__name__} into {type(layer).__name__})")
+        _fold_into_and_drop(model, bn_name, layer_name)
+        seen_bn.add(id(bn))
+        report.folded.append({"bn": bn_name, "into": layer_name, "via": "torch.export"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +327,8 @@ class _Tracer(fx.Tracer):
     """fx's tracer, keeping already fused modules opaque so that fusing twice changes nothing."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (FusedConvAct, FusedLinearAct)) or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, (FusedConvAct, FusedLinearAct)) or plain_layer(m)
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def _try_trace(module: nn.Module) -> tuple[fx.GraphModule | None, str | None]:
@@ -268,9 +404,9 @@ class _GraphFuser:
         return self.gm.get_submodule(node.target) if node.op == "call_module" else None
 
     def _layer(self, node: fx.Node) -> nn.Module | None:
-        """The Conv, ConvTranspose or Linear module that ``node`` calls (exact types), if any."""
+        """The Conv, ConvTranspose or Linear module that ``node`` calls (``plain_layer``), if any."""
         module = self._module(node)
-        return module if type(module) in LAYER_TYPES else None
+        return module if plain_layer(module) else None
 
     def _name(self, node: fx.Node) -> str:
         return self.prefix + (node.target if node.op == "call_module" else node.name)

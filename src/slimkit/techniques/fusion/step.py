@@ -26,21 +26,41 @@ class FuseConfig(Config):
                                                  "nonlinearity between, when the merged layer costs no more MACs")
 
 
-def restore_fusion(model: nn.Module, cfg: FuseConfig) -> nn.Module:
+class FuseStructure(FuseConfig):
+    dataflow_folds: list[tuple[str, str]] = Field(
+        default_factory=list, description="(BatchNorm, layer) pairs folded from torch.export's dataflow, inside "
+                                          "modules fx cannot trace (found on example inputs, replayed on restore)")
+
+
+EXAMPLE_ROWS = 8  # rows torch.export runs the model on to find BatchNorms fx cannot reach
+
+
+def restore_fusion(model: nn.Module, structure: FuseStructure) -> nn.Module:
     """Re-apply the recorded fusion to a fresh, unfused model, so the saved tensors load into it.
 
     The rewrite depends on the architecture only, never on the weights, so the result has the
-    module tree and state-dict keys of the model the step produced; the config is the record.
+    module tree and state-dict keys of the model the step produced; the structure is the record
+    (the fx rewrites follow from the config, the dataflow folds are listed).
     """
-    return fuse_model(model, **cfg.model_dump())[0]
+    return fuse_model(model, fold_bn=structure.fold_bn, fuse_activations=structure.fuse_activations,
+                      merge_linear=structure.merge_linear, folds=structure.dataflow_folds)[0]
 
 
-@register_step("fuse", config=FuseConfig, restore=restore_fusion, structure=FuseConfig)
+def example_inputs(ctx: Context, rows: int = EXAMPLE_ROWS) -> tuple:
+    """A few training rows (seeded), on the context's device: what torch.export runs the model on."""
+    from slimkit.data.batches import calibration_batches
+
+    return tuple(t.to(ctx.device) for t in calibration_batches(ctx.data.train, rows, rows, ctx.seed)[0])
+
+
+@register_step("fuse", config=FuseConfig, restore=restore_fusion, structure=FuseStructure)
 def fuse(model: nn.Module, cfg: FuseConfig, ctx: Context) -> StepResult:
     """Fuse operators for deployment: fold BatchNorm, fuse activations, merge linear layers (exact in eval).
 
-    The model is traced with torch.fx (per traceable subtree when the whole model is not); the
-    step's info is the fusion report: counts, what was fused, what was left and why.
+    The model is traced with torch.fx (per traceable subtree when the whole model is not);
+    BatchNorms inside modules fx cannot trace are folded from torch.export's dataflow on a few
+    training rows. The step's info is the fusion report: counts, what was fused, what was left and why.
     """
-    fused, report = fuse_model(model, **cfg.model_dump())
-    return StepResult(fused, info=report.to_dict(), structure=cfg)
+    fused, report = fuse_model(model, **cfg.model_dump(), example=example_inputs(ctx))
+    return StepResult(fused, info=report.to_dict(),
+                      structure=FuseStructure(**cfg.model_dump(), dataflow_folds=report.dataflow_folds))

@@ -16,6 +16,7 @@ from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.config import Config
 from slimkit.core.step import StepResult, register_step, restoring
+from slimkit.encoding.twins import plain_type
 
 log = logging.getLogger("slimkit.lora")
 from slimkit.train.config import TrainingStepConfig, finetune_config
@@ -70,7 +71,7 @@ def lora(model: nn.Module, cfg: LoraConfig, ctx: Context) -> StepResult:
     if is_lora(model):
         raise ConfigError("lora: the model already holds unmerged LoRA adapters (an earlier lora step with "
                           "merge: false)")
-    linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
+    linears = {n: m for n, m in model.named_modules() if plain_type(m) is nn.Linear}
     unknown = [s for s in cfg.skip if s not in linears]
     if unknown:
         raise ConfigError(f"lora: skip names no nn.Linear: {unknown}")

@@ -16,6 +16,7 @@ from slimkit.core.config import Config
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.step import StepResult, register_step, restoring
+from slimkit.encoding.twins import plain_type
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -160,7 +161,7 @@ def _chosen_layers(model: nn.Module, cfg: FactorizeConfig) -> dict[str, tuple[nn
     if unknown:
         raise ConfigError(f"factorize: skip names no module: {unknown}")
     kinds = tuple(_KINDS[k] for k in cfg.layers)
-    candidates = {n: m for n, m in modules.items() if type(m) in kinds}
+    candidates = {n: m for n, m in modules.items() if plain_type(m) in kinds}
     unmatched = [p for p in cfg.targets if not any(fnmatch(n, p) for n in candidates)]
     if unmatched:
         raise ConfigError(f"factorize: targets {unmatched} match no {' or '.join(cfg.layers)} layer "

@@ -14,6 +14,7 @@ from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.config import Config
 from slimkit.core.step import StepResult, register_step, restoring
+from slimkit.encoding.twins import plain_type
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -108,7 +109,7 @@ def prunable_weights(model: nn.Module, kinds: list[str], skip: list[str]) -> dic
     if unknown:
         raise ConfigError(f"prune: skip names no module: {unknown}")
     types = tuple(_KINDS[k] for k in kinds)
-    return {name: m.weight for name, m in modules.items() if type(m) in types and name not in skip}
+    return {name: m.weight for name, m in modules.items() if plain_type(m) in types and name not in skip}
 
 
 def mask_function(cfg: PruneConfig):

@@ -39,6 +39,7 @@ import torch.nn as nn
 from slimkit.encoding.dense import dense_linear
 from slimkit.encoding.export import export_target
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
+from slimkit.encoding.twins import plain_type
 
 Granularity = Literal["token", "tensor"]
 log = logging.getLogger("slimkit.quantize")
@@ -161,7 +162,7 @@ def quantize_dynamic(model: nn.Module, *, granularity: Granularity = "token", we
             report.skipped.append({"module": name, "reason": f"{type(module).__name__}: dynamic quantization "
                                                              "covers Linear layers (use static int8 or weight-only)"})
             continue
-        if type(module) is not nn.Linear:
+        if plain_type(module) is not nn.Linear:
             continue
         if name in skip:
             report.skipped.append({"module": name, "reason": "listed in skip"})

@@ -18,6 +18,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.encoding.twins import plain_type
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, _QuantLayer
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
 
@@ -32,12 +33,14 @@ class QuantReport:
     shared_scales: list[tuple[str, str]] = field(default_factory=list)  # (producer, consumer)
     smoothed: list[str] = field(default_factory=list)  # linears whose inputs SmoothQuant rescaled
     bias_shifts: dict[str, float] = field(default_factory=dict)  # layer -> largest |shift|
+    bn_folds: list[tuple[str, str]] = field(default_factory=list)  # (BatchNorm, layer) folded via torch.export
 
     def to_dict(self) -> dict:
         return {"quantized": list(self.quantized), "skipped": list(self.skipped),
                 "float_outputs": list(self.float_outputs),
                 "shared_scales": [f"{a} -> {b}" for a, b in self.shared_scales], "smoothed": len(self.smoothed),
-                "bias_corrected": len(self.bias_shifts), "max_bias_shift": max(self.bias_shifts.values(), default=0.0)}
+                "bias_corrected": len(self.bias_shifts), "max_bias_shift": max(self.bias_shifts.values(), default=0.0),
+                "bn_folded_via_export": len(self.bn_folds)}
 
 
 def _activation_module(name: str, approximate: str = "none") -> nn.Module:
@@ -46,16 +49,20 @@ def _activation_module(name: str, approximate: str = "none") -> nn.Module:
 
 def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip: Iterable[str] = (),
                    weight_max: int = 127, float_outputs: Iterable[str] = (),
-                   smoothed: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
+                   smoothed: Iterable[str] = (), example: tuple[torch.Tensor, ...] | None = None,
+                   bn_folds: Iterable[tuple[str, str]] | None = None) -> tuple[nn.Module, QuantReport]:
     """A fused copy of ``model`` whose Conv2d/Linear layers are quantized twins, observing.
 
     ``float_outputs``: layers whose output is not re-quantized (see ``keep_model_outputs_float``);
-    ``smoothed``: linears given SmoothQuant factors (placeholders, for a checkpoint to load into)."""
+    ``smoothed``: linears given SmoothQuant factors (placeholders, for a checkpoint to load into).
+    ``example`` inputs let ``fuse_model`` fold BatchNorms inside modules fx cannot trace (from
+    torch.export's dataflow); ``bn_folds``, a previous report's ``bn_folds``, replays those folds."""
     from slimkit.techniques.fusion.fuse import FusedConvAct, FusedLinearAct, fuse_model
 
-    fused, _ = fuse_model(model)
+    bn_folds = list(bn_folds) if bn_folds is not None else None
+    fused, fusion = fuse_model(model, example=example if bn_folds is None else None, folds=bn_folds)
     skip = set(skip)
-    report = QuantReport()
+    report = QuantReport(bn_folds=fusion.dataflow_folds)
 
     def swap(parent: nn.Module, prefix: str) -> None:
         for name, child in list(parent.named_children()):
@@ -67,13 +74,13 @@ def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip:
             if isinstance(child, (FusedConvAct, FusedLinearAct)):
                 layer = getattr(child, child.layer_name)
                 act = _activation_module(child.activation, child.approximate)
-            if type(layer) is nn.Conv2d:
+            if plain_type(layer) is nn.Conv2d:
                 if layer.padding_mode != "zeros":
                     report.skipped.append({"module": path, "reason": f"padding_mode {layer.padding_mode!r}"})
                     continue
                 setattr(parent, name, QuantConv2d(layer, act, observer=observer, weight_max=weight_max))
                 report.quantized.append(path)
-            elif type(layer) is nn.Linear:
+            elif plain_type(layer) is nn.Linear:
                 setattr(parent, name, QuantLinear(layer, act, observer=observer, weight_max=weight_max))
                 report.quantized.append(path)
             elif isinstance(layer, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
@@ -115,12 +122,15 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
 @torch.no_grad()
 def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, observer: ObserverName = "minmax",
                     skip: Iterable[str] = (), weight_max: int = 127, bias_correction: bool = True,
-                    smoothquant: float | None = None, keep_float_weights: bool = False) -> tuple[nn.Module, QuantReport]:
+                    smoothquant: float | None = None, keep_float_weights: bool = False,
+                    bn_folds: Iterable[tuple[str, str]] | None = None) -> tuple[nn.Module, QuantReport]:
     """The whole static int8 recipe on a copy of ``model`` (the ``quantize`` step's algorithm):
     fuse and swap, keep outputs no integer kernel consumes in float, migrate activation outliers
     into the weights (``smoothquant``: its alpha), calibrate on ``batches``, freeze, share scales
-    across max-pools and reshapes, correct biases."""
-    q, report = prepare_static(model.eval(), observer=observer, skip=skip, weight_max=weight_max)
+    across max-pools and reshapes, correct biases. BatchNorms fx cannot reach are folded from
+    torch.export's dataflow on the first batch (or as ``bn_folds`` lists)."""
+    q, report = prepare_static(model.eval(), observer=observer, skip=skip, weight_max=weight_max,
+                               example=batches[0], bn_folds=bn_folds)
     if not report.quantized:
         from slimkit.core.errors import SlimkitError
 
@@ -176,7 +186,8 @@ def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]
         return 100 * (reference - evaluate(m))
 
     search_kwargs = {**kwargs, "bias_correction": False, "keep_float_weights": True}
-    q, _ = quantize_static(model, batches, **search_kwargs)
+    q, first_report = quantize_static(model, batches, **search_kwargs)
+    kwargs["bn_folds"] = first_report.bn_folds  # export once; every later build replays the folds
     layers = quantized_layers(q)
     names = list(layers)
 

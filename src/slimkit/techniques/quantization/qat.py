@@ -132,7 +132,7 @@ def prepare_qat(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, bi
     if not 2 <= bits_activations <= 8:
         raise ValueError(f"activation bits must be in 2..8, got {bits_activations}")
     # PTQ's structure and decisions at these bits, calibrated like PTQ (with min-max b-bit weights)
-    probe, report = prepare_static(model.eval(), skip=skip, weight_max=w_spec.qmax)
+    probe, report = prepare_static(model.eval(), skip=skip, weight_max=w_spec.qmax, example=batches[0])
     if not report.quantized:
         raise SlimkitError("qat: the model has no Conv2d or Linear layer to quantize"
                            + (f" (skipped: {report.skipped})" if report.skipped else ""))

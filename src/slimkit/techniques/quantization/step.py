@@ -98,6 +98,8 @@ class QuantizeStructure(Config):
     float_outputs: list[str] = Field(default_factory=list, description="layers whose output stays float")
     smoothed: list[str] = Field(default_factory=list, description="layers with SmoothQuant input factors")
     float_layers: list[str] = Field(default_factory=list, description="layers kept float by the mixed search")
+    bn_folds: list[tuple[str, str]] = Field(default_factory=list, description="(BatchNorm, layer) pairs folded "
+                                            "from torch.export's dataflow (inside modules fx cannot trace)")
 
 
 def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.Module:
@@ -116,7 +118,7 @@ def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.M
         else:
             model = prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *structure.float_layers],
                                    weight_max=structure.weight_max, float_outputs=structure.float_outputs,
-                                   smoothed=structure.smoothed)[0]
+                                   smoothed=structure.smoothed, bn_folds=structure.bn_folds)[0]
         return quantize_embeddings(model, cfg)[0]
 
 
@@ -164,7 +166,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
                                         **{n: 32 for n in fallback.float_layers}}})
     return StepResult(prepared, info=info, structure=QuantizeStructure(
         config=cfg, weight_max=weight_max, float_outputs=report.float_outputs, smoothed=report.smoothed,
-        float_layers=fallback.float_layers if fallback else []))
+        float_layers=fallback.float_layers if fallback else [], bn_folds=report.bn_folds))
 
 
 def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) -> StepResult:
@@ -204,13 +206,16 @@ class QATStructure(Config):
     config: QATConfig = Field(description="the step's config")
     weight_max: int = Field(ge=1, le=127, description="largest weight code (2^(b-1)-1 for b bits)")
     float_outputs: list[str] = Field(default_factory=list, description="layers whose output stays float")
+    bn_folds: list[tuple[str, str]] = Field(default_factory=list, description="(BatchNorm, layer) pairs folded "
+                                            "from torch.export's dataflow (inside modules fx cannot trace)")
 
 
 def restore_qat(model: nn.Module, structure: QATStructure) -> nn.Module:
     """QAT converts to the layers ``quantize`` makes: re-apply that swap (codes and learned scales then load)."""
     return restore_quantization(model, QuantizeStructure(config=QuantizeConfig(skip=structure.config.skip),
                                                          weight_max=structure.weight_max,
-                                                         float_outputs=structure.float_outputs))
+                                                         float_outputs=structure.float_outputs,
+                                                         bn_folds=structure.bn_folds))
 
 
 @register_step("qat", config=QATConfig, restore=restore_qat, structure=QATStructure)
@@ -237,7 +242,8 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
             "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
             "layers_skipped": len(report.skipped), **layers, "train": fit.summary()}
     return StepResult(model, info=info, structure=QATStructure(config=cfg, weight_max=2 ** (bits - 1) - 1,
-                                                               float_outputs=report.float_outputs))
+                                                               float_outputs=report.float_outputs,
+                                                               bn_folds=report.bn_folds))
 
 
 class QuantizeWeightsConfig(Config):

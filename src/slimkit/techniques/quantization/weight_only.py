@@ -32,7 +32,7 @@ from slimkit.encoding.bits import pack_nibbles, unpack_nibbles
 from slimkit.encoding.dense import dense_embedding
 from slimkit.encoding.export import export_target
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
-from slimkit.encoding.twins import Conv2dTwin, LinearTwin
+from slimkit.encoding.twins import Conv2dTwin, LinearTwin, plain_type
 from slimkit.techniques.quantization.qscheme import QuantSpec, qparams_from_range
 
 
@@ -242,14 +242,14 @@ def layers_of_kinds(model: nn.Module, kinds: tuple[str, ...]) -> list[str]:
     if unknown:
         raise ValueError(f"weight-only kinds must be among {sorted(_KINDS)}, got {unknown}")
     types = tuple(_KINDS[k] for k in kinds)
-    return [n for n, m in model.named_modules() if type(m) in types]
+    return [n for n, m in model.named_modules() if plain_type(m) in types]
 
 
 def forward_order(model: nn.Module, inputs: tuple[torch.Tensor, ...], types: tuple[type, ...]) -> list[str]:
     """Names of the ``types`` modules of ``model`` in the order one forward pass calls them."""
     order: list[str] = []
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: order.append(name) if name not in order else None)
-             for name, m in model.named_modules() if type(m) in types]
+             for name, m in model.named_modules() if plain_type(m) in types]
     try:
         with torch.no_grad():
             model.eval()(*inputs)
@@ -307,9 +307,9 @@ def quantize_weight_only(model: nn.Module, spec: WeightOnlySpec = WeightOnlySpec
             report.skipped.append({"module": name, "reason": reason})
             continue
         codes = {}
-        if method == "gptq" and type(layer) is nn.Linear:
+        if method == "gptq" and plain_type(layer) is nn.Linear:
             codes = _gptq_codes(q, layer, batches, layer_spec, damp)
-        twin = _TWINS[type(layer)](layer, layer_spec, **codes)
+        twin = _TWINS[plain_type(layer)](layer, layer_spec, **codes)
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else q, child, twin)
         modules[name] = twin

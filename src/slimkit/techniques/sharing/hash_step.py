@@ -13,6 +13,7 @@ from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.config import Config
 from slimkit.core.step import StepResult, register_step, restoring
+from slimkit.encoding.twins import plain_type
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -65,7 +66,7 @@ def hash_weights(model: nn.Module, cfg: HashConfig, ctx: Context) -> StepResult:
     unknown = [s for s in cfg.skip if s not in modules]
     if unknown:
         raise ConfigError(f"hash: skip names no module: {unknown}")
-    chosen = {n: m for n, m in modules.items() if type(m) in kinds and n not in cfg.skip
+    chosen = {n: m for n, m in modules.items() if plain_type(m) in kinds and n not in cfg.skip
               and m.weight.numel() >= cfg.min_weights}
     if not chosen:
         raise ConfigError(f"hash: the model has no {' or '.join(cfg.layers)} layer with >= {cfg.min_weights} weights")

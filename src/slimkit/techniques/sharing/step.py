@@ -14,6 +14,7 @@ from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
 from slimkit.core.config import Config
 from slimkit.core.step import StepResult, register_step, restoring
+from slimkit.encoding.twins import plain_type
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
@@ -77,7 +78,7 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     unknown = [s for s in cfg.skip if s not in modules]
     if unknown:
         raise ConfigError(f"cluster: skip names no module: {unknown}")
-    names = [n for n, m in modules.items() if type(m) in kinds and n not in cfg.skip
+    names = [n for n, m in modules.items() if plain_type(m) in kinds and n not in cfg.skip
              and m.weight.numel() >= cfg.min_weights]
     if not names:
         raise ConfigError(f"cluster: the model has no {' or '.join(cfg.layers)} layer with >= {cfg.min_weights} "
