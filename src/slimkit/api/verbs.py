@@ -1,0 +1,272 @@
+"""slimkit as verbs on a plain model and a user's data, for a script that has a model, a
+DataLoader and no recipe.
+
+Each verb is its recipe step, called with a context built from the user's data
+(``user_context``): the same function, the same config (validated the same way, errors named
+``slimkit.<verb>``), so a verb and its step give identical weights for the same data and seed.
+Verbs never change the model they are given: they work on a copy and return the result, which
+remembers what was done (``history``) so ``save`` / ``load`` can ship it.
+
+    import slimkit.api as sk
+    q = sk.quantize(model, loader, transform_fn=lambda b: (b[0], None))   # static int8
+    sk.save(q, "model.safetensors")
+    q2 = sk.load("model.safetensors", build_model)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit.api.data import TransformFn, as_split
+from slimkit.core.errors import CheckpointError, ConfigError
+from slimkit.data.base import DataSplits, Split
+from slimkit.tasks.base import Task
+from slimkit.tasks.context import Context
+
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_HISTORY = "_slimkit_history"  # the attribute a verb's result carries: [{"technique", "structure", "info"}]
+STRUCTURES_KEY = "slimkit.structures"  # safetensors metadata: the recorded structural edits, JSON
+
+
+@dataclass
+class UserTask(Task):
+    """A task made of a user's data: quality is ``metric(outputs, targets)`` (higher is better)."""
+
+    metric_fn: Metric | None = None
+    labelled: bool = True
+    splits: DataSplits | None = field(default=None, repr=False)
+
+    def evaluate(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        if not self.labelled:
+            raise ConfigError("this needs labelled data (targets) to score the model; the data given has none")
+        return {"quality": float(self.metric_fn(outputs, targets))}
+
+
+def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    return float((outputs.argmax(-1) == targets).float().mean())
+
+
+def _unlabelled_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    raise ConfigError("this trains the model, which needs labelled data: give (inputs, targets) batches "
+                      "(or a transform_fn that returns them) and a loss if the targets are not class indices")
+
+
+def user_context(model: nn.Module, data: Iterable[Any] | Split, *, val_data: Iterable[Any] | Split | None = None,
+                 transform_fn: TransformFn | None = None, loss: Loss | None = None, metric: Metric | None = None,
+                 max_samples: int | None = None, device: str | torch.device | None = None, seed: int = 0,
+                 progress: bool = False, what: str = "data") -> Context:
+    """The ``Context`` a step gets, built from a user's data instead of a registered task.
+
+    ``data`` trains and calibrates; ``val_data`` (default: ``data``) scores the quality-aware
+    choices (a pruning or fallback search). Class-index targets default to cross-entropy and
+    accuracy; float targets to MSE and minus the MSE; anything else needs ``loss`` and ``metric``.
+    """
+    train, labelled = as_split(data, transform_fn=transform_fn, max_samples=max_samples, what=what)
+    val, val_labelled = (train, labelled) if val_data is None else as_split(
+        val_data, transform_fn=transform_fn, what="val_data")
+    classes = labelled and not train.targets.is_floating_point()
+    if loss is None:
+        loss = (F.cross_entropy if classes else F.mse_loss) if labelled else _unlabelled_loss
+    if metric is None:
+        metric = _accuracy if classes else (lambda o, t: -float(F.mse_loss(o.float(), t.float())))
+    splits = DataSplits(train, val, val)
+    builder = _builder(model)
+    task = UserTask(name="user", quality_metric="user", build_model=builder, load_data=lambda: splits, loss=loss,
+                    baseline_train=None, description="a user's model and data", metric_fn=metric,
+                    labelled=labelled and val_labelled, splits=splits,
+                    pseudo_label=(lambda logits: logits.argmax(-1)) if classes else None)
+    return Context(task=task, device=torch.device(device) if device is not None else _device(model), seed=seed,
+                   progress=progress)
+
+
+def _builder(model: nn.Module) -> Callable[[], nn.Module]:
+    """A factory of fresh copies of ``model``'s architecture (a teacher rebuilt from saved weights)."""
+    blank = copy.deepcopy(model)
+    return lambda: copy.deepcopy(blank)
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def apply(technique: str, model: nn.Module, data: Iterable[Any] | Split | None = None, *,
+          transform_fn: TransformFn | None = None, val_data: Iterable[Any] | Split | None = None,
+          loss: Loss | None = None, metric: Metric | None = None, max_samples: int | None = None,
+          device: str | torch.device | None = None, seed: int = 0, progress: bool = False,
+          context: Context | None = None, **options: Any) -> nn.Module:
+    """Run the recipe step ``technique`` on a copy of ``model`` with ``options`` (its recipe
+    fields) and a context from the user's data; return the result, ``history`` recorded."""
+    from slimkit.core.config import parse_config
+    from slimkit.core.registry import STEPS
+
+    entry = STEPS.entry(technique)
+    cfg = parse_config(entry.config, options, f"slimkit.{technique}")
+    if context is None:
+        if data is None:
+            raise ConfigError(f"slimkit.{technique}: needs data (an iterable of batches, e.g. a DataLoader)")
+        context = user_context(model, data, val_data=val_data, transform_fn=transform_fn, loss=loss, metric=metric,
+                               max_samples=max_samples, device=device, seed=seed, progress=progress)
+    work = copy.deepcopy(model).to(context.device)
+    result = entry.obj.fn(work, cfg, context)
+    step = entry.obj
+    structure = step.record(technique, result.structure)
+    history = [*_history(model), {"technique": technique, "structure": structure, "info": result.info}]
+    setattr(result.model, _HISTORY, history)
+    return result.model
+
+
+def _history(model: nn.Module) -> list[dict[str, Any]]:
+    return list(getattr(model, _HISTORY, []))
+
+
+def history(model: nn.Module) -> list[dict[str, Any]]:
+    """What slimkit verbs did to ``model``, in order: technique, recorded structure, the step's info."""
+    return _history(model)
+
+
+# -- the verbs -----------------------------------------------------------------------------------
+
+def quantize(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Static int8 (calibrated on ``data``) or, with ``method="dynamic"``, dynamic int8: the
+    ``quantize`` step's fields as keywords (``calibration_samples``, ``skip``, ``max_quality_drop``...)."""
+    return apply("quantize", model, data, **kwargs)
+
+
+def quantize_weights(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Weight-only int4/int8 (``bits``, ``group_size``, ``method``: rtn, gptq, awq...)."""
+    return apply("quantize_weights", model, data, **kwargs)
+
+
+def qat(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Quantization-aware training (LSQ) through slimkit's loop on labelled ``data``."""
+    return apply("qat", model, data, **kwargs)
+
+
+def prune(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Unstructured pruning to ``sparsity`` (magnitude, Taylor, gradual with fine-tuning...)."""
+    return apply("prune", model, data, **kwargs)
+
+
+def prune_structured(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Channels, heads and blocks removed toward ``target_macs`` / ``ratio`` (a smaller dense model)."""
+    return apply("prune_structured", model, data, **kwargs)
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Train ``student`` on ``data`` with ``teacher``'s outputs as loss terms (``losses``,
+    ``temperature``, ``finetune``...); the teacher is not changed."""
+    if "teacher" in kwargs or "student" in kwargs:
+        raise ConfigError("slimkit.distill: the teacher and the student are the first two arguments")
+    from slimkit.core.io import save_state_dict
+
+    # the context's model factory builds the teacher's architecture; its weights come from the file
+    context = user_context(teacher, data, **{k: kwargs.pop(k) for k in list(kwargs) if k in _CONTEXT_ARGS})
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-distill-") as folder:
+        context.baseline_weights = str(save_state_dict(Path(folder) / "teacher.safetensors", teacher.state_dict()))
+        return apply("distill", student, context=context, teacher="baseline", student="input", **kwargs)
+
+
+_CONTEXT_ARGS = ("transform_fn", "val_data", "loss", "metric", "max_samples", "device", "seed", "progress")
+
+
+def cluster(model: nn.Module, data: Iterable[Any] | Split | None = None, **kwargs: Any) -> nn.Module:
+    """Weight sharing by k-means (``bits`` per weight index); ``data`` for the optional fine-tuning."""
+    return apply("cluster", model, data if data is not None else _no_data(model), **kwargs)
+
+
+def hash(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:  # noqa: A001 - the step's name
+    """HashedNets weight sharing (``compression``), trained on labelled ``data``."""
+    return apply("hash", model, data, **kwargs)
+
+
+def factorize(model: nn.Module, data: Iterable[Any] | Split | None = None, **kwargs: Any) -> nn.Module:
+    """Low-rank factorization (SVD for Linear, Tucker-2/CP for conv: ``ratio``, ``layers``...)."""
+    return apply("factorize", model, data if data is not None else _no_data(model), **kwargs)
+
+
+def lora(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """LoRA adapters (``rank``, ``targets``) trained on labelled ``data``, merged unless ``merge=False``."""
+    return apply("lora", model, data, **kwargs)
+
+
+def fuse(model: nn.Module, example_inputs: Any, **kwargs: Any) -> nn.Module:
+    """Fold BatchNorm, fuse activations, merge linears (exact in eval); ``example_inputs`` (a
+    tensor or tuple) let BatchNorms in code fx cannot trace be folded from torch.export's dataflow."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    return apply("fuse", model, [(inputs, None)], **kwargs)
+
+
+def _no_data(model: nn.Module) -> list:
+    """Steps that read no data still get a context; one empty-looking batch is never used."""
+    return [((torch.zeros(1),), None)]
+
+
+# -- saving what the verbs made --------------------------------------------------------------------
+
+def save(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """``model``'s tensors as safetensors, with the structural edits slimkit verbs made to it in
+    the file's metadata (JSON, no pickle); written to a temporary file, then renamed."""
+    from slimkit.core.io import save_state_dict
+
+    structures = [[h["technique"], h["structure"]] for h in _history(model)]
+    return save_state_dict(path, model.state_dict(), {STRUCTURES_KEY: json.dumps(structures)})
+
+
+def load(path: str | os.PathLike[str], model_fn: Callable[[], nn.Module]) -> nn.Module:
+    """A model ``save`` wrote: ``model_fn()`` builds the original architecture, each recorded
+    edit is re-applied (through its step's ``restore``), then the tensors load strictly."""
+    from safetensors import safe_open
+
+    from slimkit.core.step import rebuild_model
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - a missing or foreign file: say which and why
+        raise CheckpointError(f"{path}: not a safetensors file slimkit can read ({type(err).__name__}: {err})") from None
+    try:
+        structures = json.loads(metadata.get(STRUCTURES_KEY, "[]"))
+        if not isinstance(structures, list) or not all(
+                isinstance(s, list) and len(s) == 2 and isinstance(s[0], str) for s in structures):
+            raise ValueError("expected a list of [technique, structure] pairs")
+    except ValueError as err:
+        raise CheckpointError(f"{path}: metadata {STRUCTURES_KEY!r} is not slimkit's record ({err})") from None
+    model = rebuild_model(model_fn, [(t, s) for t, s in structures], str(path))
+    setattr(model, _HISTORY, [{"technique": t, "structure": s, "info": {}} for t, s in structures])
+    return model
+
+
+def measure(model: nn.Module, data: Iterable[Any] | Split, *, transform_fn: TransformFn | None = None,
+            metric: Metric | None = None, loss: Loss | None = None, max_samples: int | None = None,
+            **measure_options: Any) -> dict[str, Any]:
+    """Bytes (a real safetensors serialization), MACs, parameters, latency and, when ``data``
+    has targets, quality by ``metric`` (default: accuracy for class indices), on ``data``'s rows.
+    ``measure_options`` are ``MeasureConfig`` fields (``threads``, ``batch_n``, ``repeats``...)."""
+    from slimkit.measure.model import measure_model
+
+    context = user_context(model, data, transform_fn=transform_fn, loss=loss, metric=metric, max_samples=max_samples)
+    task = context.task
+    if not task.labelled:
+        metrics = measure_model(model, _quality_free(task), measure_options or None, data=task.splits)
+        metrics.pop("quality", None)
+        return metrics
+    return measure_model(model, task, measure_options or None, data=task.splits)
+
+
+def _quality_free(task: UserTask) -> UserTask:
+    """The task with a metric that reads no targets (0.0): measurement of unlabelled data."""
+    return dataclasses.replace(task, metric_fn=lambda o, t: 0.0, labelled=True)

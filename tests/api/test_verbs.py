@@ -1,0 +1,175 @@
+"""slimkit.api: each verb on a plain model and a DataLoader gives what its recipe step gives."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import slimkit.api as sk
+from slimkit.core.config import parse_config
+from slimkit.core.errors import CheckpointError, ConfigError
+from slimkit.core.registry import STEPS
+from slimkit.tasks import build_task
+from slimkit.tasks.context import Context
+from slimkit.train.config import TrainConfig
+
+TASK = "digits-cnn"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """digits-cnn trained a little (a random network's near-constant outputs would hide differences)."""
+    task = build_task(TASK)
+    model = task.build_model()
+    Context(task=task).train(model, TrainConfig(epochs=2))
+    return task, model.eval()
+
+
+def _loader(split, batch_size: int = 64) -> DataLoader:
+    return DataLoader(TensorDataset(*split.inputs, split.targets), batch_size=batch_size, shuffle=False)
+
+
+def _step(task, model, technique: str, options: dict):
+    entry = STEPS.entry(technique)
+    cfg = parse_config(entry.config, options, technique)
+    return entry.obj.fn(copy.deepcopy(model), cfg, Context(task=task)).model
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+CASES = [
+    ("prune", {"sparsity": 0.5}),
+    ("quantize", {"calibration_samples": 128}),
+    ("qat", {"calibration_samples": 64, "finetune": {"epochs": 1}}),
+    ("prune_structured", {"target_macs": 0.7, "finetune": {"epochs": 1}}),
+    ("cluster", {"clusters": 16}),
+    ("factorize", {"ratio": 0.5, "layers": ["linear", "conv"], "min_weights": 256}),
+    ("fuse", {}),
+]
+
+
+@pytest.mark.parametrize("technique,options", CASES, ids=[c[0] for c in CASES])
+def test_the_verb_gives_the_steps_weights(technique, options, trained):
+    task, model = trained
+    by_step = _step(task, model, technique, options)
+    verb = getattr(sk, technique)
+    data = task.data
+    if technique == "fuse":
+        by_verb = verb(model, data.train.example_inputs(8), **options)
+    else:  # the task's own splits: a DataLoader's rows are the same values (test_data_in_the_shapes_users_have)
+        # but stacked with other strides, which can move a conv's float rounding by an ulp
+        by_verb = verb(model, data.train, val_data=data.val, **options)
+    _same_weights(by_verb, by_step)
+    x = data.test.inputs[0][:16]
+    with torch.no_grad():
+        assert torch.equal(by_verb.eval()(x), by_step.eval()(x))
+    assert [h["technique"] for h in sk.history(by_verb)] == [technique]
+    assert not sk.history(model)  # the model given is left as it was
+
+
+def test_verbs_leave_the_given_model_untouched(trained):
+    task, model = trained
+    before = copy.deepcopy(model.state_dict())
+    sk.prune(model, _loader(task.data.train), sparsity=0.8)
+    _same_weights(model, _with_state(model, before))
+
+
+def _with_state(model: nn.Module, state: dict) -> nn.Module:
+    other = copy.deepcopy(model)
+    other.load_state_dict(state)
+    return other
+
+
+def test_save_and_load_rebuild_what_the_verbs_made(trained, tmp_path):
+    task, model = trained
+    data = task.data
+    pruned = sk.prune_structured(model, _loader(data.train), target_macs=0.7)
+    q = sk.quantize(pruned, _loader(data.train), calibration_samples=128)
+    assert [h["technique"] for h in sk.history(q)] == ["prune_structured", "quantize"]
+    path = sk.save(q, tmp_path / "q.safetensors")
+    loaded = sk.load(path, task.build_model)
+    x = data.test.inputs[0][:32]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q.eval()(x))
+    assert [h["technique"] for h in sk.history(loaded)] == ["prune_structured", "quantize"]
+    with pytest.raises(CheckpointError, match="which this model does not have"):
+        sk.load(path, lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        sk.load(tmp_path / "junk.safetensors", task.build_model)
+
+
+def test_distill_trains_the_student_on_the_teachers_outputs(trained):
+    task, teacher = trained
+    data = task.data
+    student = _small_cnn()
+    before = copy.deepcopy(student.state_dict())
+    out = sk.distill(student, teacher, _loader(data.train), val_data=_loader(data.val),
+                     losses={"logits": {}}, finetune={"epochs": 6, "lr": 0.01})
+    assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())
+    _same_weights(student, _with_state(student, before))  # the student given is untouched
+    quality = sk.measure(out, _loader(data.test), repeats=3, warmup=1)["quality"]
+    teacher_quality = sk.measure(teacher, _loader(data.test), repeats=3, warmup=1)["quality"]
+    assert quality > 0.5 and teacher_quality > 0.5, (quality, teacher_quality)  # 10 classes: chance is 0.1
+
+
+def _small_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10))
+
+
+def test_data_in_the_shapes_users_have(trained):
+    task, model = trained
+    train = task.data.train
+    x, y = train.inputs[0][:100], train.targets[:100]
+    split, labelled = sk.as_split([(x[:50], y[:50]), (x[50:], y[50:])])
+    assert labelled and torch.equal(split.inputs[0], x) and torch.equal(split.targets, y)
+    split, labelled = sk.as_split(_loader(train, 32), max_samples=40)
+    assert labelled and len(split) == 40
+    split, _ = sk.as_split(_loader(train, 64))  # a whole DataLoader: the very rows, in order
+    assert torch.equal(split.inputs[0], train.inputs[0]) and torch.equal(split.targets, train.targets)
+    split, labelled = sk.as_split([x[:10], x[10:20]])  # bare tensors: inputs only
+    assert not labelled and len(split) == 20
+    split, _ = sk.as_split([{"pixels": x[:5], "label": y[:5]}], transform_fn=lambda b: (b["pixels"], b["label"]))
+    assert torch.equal(split.targets, y[:5])
+
+
+@pytest.mark.parametrize("data, message", [
+    ([{"input_ids": torch.zeros(2, 3), "labels": torch.zeros(2)}], "is a mapping .*transform_fn="),
+    ([], "yielded no batch"),
+    ([(torch.zeros(2, 3), torch.zeros(3))], "different numbers of rows"),
+    ([(torch.zeros(2, 3), torch.zeros(2)), torch.zeros(2, 3)], "batch 1 has no targets"),
+    ([("a", "b")], "batch 0 is a tuple"),
+    (torch.zeros(4, 3), "a bare tensor is ambiguous"),
+])
+def test_data_that_cannot_be_used_is_a_one_line_error(data, message):
+    with pytest.raises(ConfigError, match=message):
+        sk.as_split(data)
+
+
+def test_a_wrong_option_names_the_verb_and_the_field(trained):
+    task, model = trained
+    with pytest.raises(ConfigError, match="slimkit.prune.*sparsty"):
+        sk.prune(model, _loader(task.data.train), sparsty=0.5)
+    with pytest.raises(ConfigError, match="needs labelled data"):
+        sk.qat(model, [task.data.train.inputs[0][:64]], calibration_samples=32, finetune={"epochs": 1})
+
+
+def test_measure_reports_bytes_macs_latency_and_the_users_metric(trained):
+    task, model = trained
+    test = task.data.test
+    metrics = sk.measure(model, _loader(test), repeats=3, warmup=1)
+    assert metrics["size_bytes"] > 0 and metrics["macs"] > 0 and 0.0 <= metrics["quality"] <= 1.0
+    wrong = sk.measure(model, _loader(test), metric=lambda o, t: float((o.argmax(-1) != t).float().mean()),
+                       repeats=3, warmup=1)
+    assert wrong["quality"] == pytest.approx(1.0 - metrics["quality"])
+    unlabelled = sk.measure(model, [test.inputs[0][:64]], repeats=3, warmup=1)
+    assert "quality" not in unlabelled and unlabelled["macs"] == metrics["macs"]
