@@ -6,13 +6,18 @@
     print(sk.measure(q, test_loader))
     sk.save(q, "q.safetensors"); q = sk.load("q.safetensors", build_model)
 
+In a hand-written training loop: ``prune_hooks`` (masks and schedule), ``prepare_qat`` /
+``convert_qat`` and ``distill_loss`` (see ``slimkit.api.hooks``).
+
 Each verb is the recipe step of the same name (same config fields, same results for the same
 data and seed); see docs/api.md.
 """
 
 from slimkit.api.data import as_split
+from slimkit.api.hooks import DistillLoss, LoopHooks, convert_qat, distill_loss, prepare_qat, prune_hooks
 from slimkit.api.verbs import (apply, cluster, distill, factorize, fuse, hash, history, load, lora, measure, prune,
                                prune_structured, qat, quantize, quantize_weights, save, user_context)
 
-__all__ = ["apply", "as_split", "cluster", "distill", "factorize", "fuse", "hash", "history", "load", "lora",
-           "measure", "prune", "prune_structured", "qat", "quantize", "quantize_weights", "save", "user_context"]
+__all__ = ["DistillLoss", "LoopHooks", "apply", "as_split", "cluster", "convert_qat", "distill", "distill_loss",
+           "factorize", "fuse", "hash", "history", "load", "lora", "measure", "prepare_qat", "prune",
+           "prune_hooks", "prune_structured", "qat", "quantize", "quantize_weights", "save", "user_context"]

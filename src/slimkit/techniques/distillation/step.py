@@ -179,21 +179,7 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
     frozen = L.Teacher(teacher)
     data, extra_info = _training_data(frozen, cfg, ctx)
     inputs = tuple(t[:2].to(ctx.device) for t in data.train.inputs)
-    spec, terms = cfg.losses, []
-    if spec.logits:
-        terms.append(L.LogitDistillation(frozen, spec.logits.temperature, spec.logits.weight))
-    if spec.embedding:
-        terms.append(L.EmbeddingDistillation(frozen, spec.embedding.loss, spec.embedding.weight))
-    if spec.features:
-        terms.append(L.FeatureDistillation(student, frozen, spec.features.pairs, inputs, spec.features.weight,
-                                           spec.features.adapter, data.train.mask_input))
-    if spec.attention:
-        terms.append(L.AttentionTransfer(student, frozen, spec.attention.pairs, spec.attention.p,
-                                         spec.attention.weight))
-    if spec.relation:
-        terms.append(L.AttentionRelationDistillation(student, frozen, spec.relation.pairs,
-                                                     spec.relation.relation_heads, data.train.mask_input,
-                                                     spec.relation.weight))
+    terms = distillation_terms(student, frozen, cfg.losses, inputs, data.train.mask_input)
     try:
         fit = ctx.train(student, cfg.finetune, loss_terms=terms, task_loss_weight=cfg.hard_weight, description="distill",
                         data=data)
@@ -208,6 +194,31 @@ def distill(model: nn.Module, cfg: DistillConfig, ctx: Context) -> StepResult:
             "student_params": count_params(student), "terms": [t.name for t in terms], **extra_info,
             "teacher_forwards_in_training": frozen.forwards, "train": fit.summary()}
     return StepResult(student, info=info, structure=structure)
+
+
+def distillation_terms(student: nn.Module, frozen: Any, spec: Losses, inputs: tuple,
+                       mask_input: int | None) -> list:
+    """The loss terms ``spec`` asks for, between ``student`` and the frozen teacher (an
+    ``losses.Teacher``); ``inputs`` (a couple of rows) size the feature adapters. The ``distill``
+    step adds them to slimkit's loop; ``slimkit.api.distill_loss`` to a user's."""
+    from slimkit.techniques.distillation import losses as L
+
+    terms: list = []
+    if spec.logits:
+        terms.append(L.LogitDistillation(frozen, spec.logits.temperature, spec.logits.weight))
+    if spec.embedding:
+        terms.append(L.EmbeddingDistillation(frozen, spec.embedding.loss, spec.embedding.weight))
+    if spec.features:
+        terms.append(L.FeatureDistillation(student, frozen, spec.features.pairs, inputs, spec.features.weight,
+                                           spec.features.adapter, mask_input))
+    if spec.attention:
+        terms.append(L.AttentionTransfer(student, frozen, spec.attention.pairs, spec.attention.p,
+                                         spec.attention.weight))
+    if spec.relation:
+        terms.append(L.AttentionRelationDistillation(student, frozen, spec.relation.pairs,
+                                                     spec.relation.relation_heads, mask_input,
+                                                     spec.relation.weight))
+    return terms
 
 
 def _teacher(model: nn.Module, cfg: DistillConfig, ctx: Context) -> nn.Module:

@@ -152,9 +152,20 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
     """Unstructured or N:M pruning of Linear and Conv2d weights (magnitude, movement or random
     scores, global or per-layer), optionally gradual and fine-tuned with the masks held, then
     stored sparse (bitmask + values)."""
+    weights, callback, info = start_pruning(model, cfg, ctx.seed)
+    if cfg.finetune.epochs:
+        fit = ctx.train(model, cfg.finetune, callbacks=[callback], description="prune")
+        info["train"] = fit.summary()
+    else:
+        callback.prune_to(cfg.target_sparsity)
+    return finish_pruning(model, cfg, weights, info)
+
+
+def start_pruning(model: nn.Module, cfg: PruneConfig, seed: int):
+    """The weights ``cfg`` prunes and the callback that holds their masks through training (the
+    ``prune`` step's loop, or a user's: ``slimkit.api.prune_hooks``), with the step's info so far."""
     from slimkit.encoding import densify_
     from slimkit.techniques.pruning.callback import PruningCallback
-    from slimkit.techniques.pruning.sparse import encode_sparse_
 
     densify_(model, "sparse")  # pruning a pruned model again (iterative pruning) starts from dense layers
     weights = prunable_weights(model, cfg.layers, cfg.skip)
@@ -163,14 +174,17 @@ def prune(model: nn.Module, cfg: PruneConfig, ctx: Context) -> StepResult:
     if cfg.nm is not None:
         _check_nm_rows(weights, cfg.nm[1])
     callback = PruningCallback(weights, cfg.target_sparsity, mask_function(cfg), criterion=cfg.criterion,
-                               schedule=cfg.schedule, end=cfg.schedule_end, updates=cfg.mask_updates, seed=ctx.seed)
+                               schedule=cfg.schedule, end=cfg.schedule_end, updates=cfg.mask_updates, seed=seed)
     info: dict[str, Any] = {"pattern": cfg.pattern, "criterion": cfg.criterion, "scope": cfg.scope,
                             "schedule": cfg.schedule, "layers_pruned": len(weights)}
-    if cfg.finetune.epochs:
-        fit = ctx.train(model, cfg.finetune, callbacks=[callback], description="prune")
-        info["train"] = fit.summary()
-    else:
-        callback.prune_to(cfg.target_sparsity)
+    return weights, callback, info
+
+
+def finish_pruning(model: nn.Module, cfg: PruneConfig, weights: dict[str, nn.Parameter],
+                   info: dict[str, Any]) -> StepResult:
+    """The masks are final: report the sparsity and store the layers sparse (``cfg.encode``)."""
+    from slimkit.techniques.pruning.sparse import encode_sparse_
+
     info.update(sparsity_report(weights))
     structure = None
     if cfg.encode:

@@ -7,7 +7,7 @@ and exports (``deploy``) to ONNX Runtime and OpenVINO, which execute it on integ
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
@@ -225,9 +225,18 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
 
     8-bit weights become 7-bit on x86 CPUs without VNNI (ONNX Runtime's int8 kernels saturate there).
     """
+    model, started = start_qat(model, cfg, ctx)
+    fit = ctx.train(model, cfg.finetune, description="qat")
+    return finish_qat(model, cfg, started, train=fit.summary())
+
+
+def start_qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> tuple[nn.Module, dict[str, Any]]:
+    """The model with ``QATLayer``s (fake-quantized, trainable), calibrated on ``ctx``'s training
+    data, and what ``finish_qat`` needs: the ``qat`` step trains it in slimkit's loop, a user in
+    their own (``slimkit.api.prepare_qat`` / ``convert_qat``)."""
     from slimkit.data.batches import calibration_batches
     from slimkit.techniques.quantization.modules import default_weight_max
-    from slimkit.techniques.quantization.qat import convert_qat, prepare_qat
+    from slimkit.techniques.quantization.qat import prepare_qat
 
     model = _dense_layers(model)
     bits = 7 if cfg.weight_bits == 8 and default_weight_max() == 63 else cfg.weight_bits
@@ -235,12 +244,19 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: Context) -> StepResult:
         ctx.data.train, cfg.calibration_samples, 64, ctx.seed)]
     model, report = prepare_qat(model, batches, bits_weights=bits, bits_activations=cfg.activation_bits,
                                 skip=cfg.skip, init=cfg.init)
-    fit = ctx.train(model, cfg.finetune, description="qat")
+    return model, {"report": report, "bits": bits, "calibration_samples": sum(len(b[0]) for b in batches)}
+
+
+def finish_qat(model: nn.Module, cfg: QATConfig, started: dict[str, Any], **info: Any) -> StepResult:
+    """Convert the trained QAT model to integer QDQ layers (as ``quantize`` makes), with the step's info."""
+    from slimkit.techniques.quantization.qat import convert_qat
+
+    report, bits = started["report"], started["bits"]
     convert_qat(model)
     layers = {k: v for k, v in report.to_dict().items() if k not in ("bias_corrected", "max_bias_shift")}
     info = {"method": "lsq", "weight_bits": bits, "activation_bits": cfg.activation_bits, "init": cfg.init,
-            "calibration_samples": sum(len(b[0]) for b in batches), "layers_quantized": len(report.quantized),
-            "layers_skipped": len(report.skipped), **layers, "train": fit.summary()}
+            "calibration_samples": started["calibration_samples"], "layers_quantized": len(report.quantized),
+            "layers_skipped": len(report.skipped), **layers, **info}
     return StepResult(model, info=info, structure=QATStructure(config=cfg, weight_max=2 ** (bits - 1) - 1,
                                                                float_outputs=report.float_outputs,
                                                                bn_folds=report.bn_folds))
