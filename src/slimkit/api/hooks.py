@@ -42,21 +42,32 @@ class LoopHooks:
     each epoch's end (optional), ``finish()`` once, which returns the finished model.
 
     ``total_steps`` is the number of optimizer steps the loop will take (schedules are spread
-    over it). The fit starts at the first call."""
+    over it); a trainer adapter may leave it None and set it (``set_total_steps``) when the
+    trainer knows. The fit starts at the first call."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, callbacks: Sequence[Callback], *,
-                 total_steps: int, seed: int = 0, finish: Callable[[], nn.Module] | None = None) -> None:
-        if total_steps < 1:
-            raise ConfigError(f"total_steps must be the number of optimizer steps the loop takes (>= 1), "
-                              f"got {total_steps}")
-        self.state = FitState(model=model, optimizer=optimizer, total_steps=total_steps, seed=seed)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, callbacks: Sequence[Callback], *,
+                 total_steps: int | None, seed: int = 0, finish: Callable[[], nn.Module] | None = None) -> None:
+        self.state = FitState(model=model, optimizer=optimizer, total_steps=0, seed=seed)
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
         self.callbacks = list(callbacks)
         self._finish = finish
         self._started = self._finished = False
+        self.result: nn.Module | None = None
+
+    def set_total_steps(self, total_steps: int) -> None:
+        if self._started:
+            raise RuntimeError("total_steps is set before training starts")
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ConfigError(f"total_steps must be the number of optimizer steps the loop takes (>= 1), "
+                              f"got {total_steps!r}")
+        self.state.total_steps = total_steps
 
     def _start(self) -> None:
         if self._finished:
             raise RuntimeError("these hooks have finished; make new ones for another training run")
+        if not self.state.total_steps:
+            raise ConfigError("total_steps is not set: pass it to the hooks, or let a trainer callback set it")
         if not self._started:
             self._started = True
             for cb in self.callbacks:
@@ -83,19 +94,21 @@ class LoopHooks:
         self.state.epoch += 1
 
     def finish(self) -> nn.Module:
-        """End the fit (final masks, etc.) and return the finished model."""
+        """End the fit (final masks, etc.) and return the finished model (also ``self.result``)."""
         self._start()
         for cb in self.callbacks:
             cb.on_fit_end(self.state)
         self._finished = True
-        return self._finish() if self._finish is not None else self.state.model
+        self.result = self._finish() if self._finish is not None else self.state.model
+        return self.result
 
 
-def prune_hooks(model: nn.Module, optimizer: torch.optim.Optimizer, *, total_steps: int, seed: int = 0,
-                **options: Any) -> LoopHooks:
+def prune_hooks(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, total_steps: int | None = None,
+                seed: int = 0, **options: Any) -> LoopHooks:
     """Pruning held through a user's loop, with the ``prune`` step's fields (``sparsity``,
     ``schedule``, ``criterion``, ``pattern``...; ``finetune`` is the user's loop, so not taken).
-    Changes ``model`` in place while it trains; ``finish()`` returns it stored sparse."""
+    Changes ``model`` in place while it trains; ``finish()`` returns it stored sparse. Under a
+    trainer (``slimkit.api.integrations``), ``optimizer`` and ``total_steps`` come from it."""
     from slimkit.core.config import parse_config
     from slimkit.core.registry import STEPS
     from slimkit.techniques.pruning.step import finish_pruning, start_pruning
