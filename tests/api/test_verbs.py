@@ -173,3 +173,43 @@ def test_measure_reports_bytes_macs_latency_and_the_users_metric(trained):
     assert wrong["quality"] == pytest.approx(1.0 - metrics["quality"])
     unlabelled = sk.measure(model, [test.inputs[0][:64]], repeats=3, warmup=1)
     assert "quality" not in unlabelled and unlabelled["macs"] == metrics["macs"]
+
+
+def test_export_writes_each_format_and_refuses_an_unknown_one(trained, tmp_path):
+    import onnxruntime as ort
+
+    task, model = trained
+    x = task.data.test.inputs[0][:4]
+    (onnx_file,) = sk.export(model, x[:1], tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        assert float((got - model(x)).abs().max() / model(x).abs().max()) < 1e-4
+    pytest.importorskip("openvino")
+    files = sk.export(model, x[:1], tmp_path / "m.xml")
+    assert sorted(f.suffix for f in files) == [".bin", ".xml"] and all(f.stat().st_size for f in files)
+    (weights,) = sk.export(sk.prune(model, task.data.train, sparsity=0.5), x[:1], tmp_path / "p.safetensors")
+    assert sk.history(sk.load(weights, task.build_model))[0]["technique"] == "prune"
+    with pytest.raises(ConfigError, match="cannot tell the format of 'm.pt'"):
+        sk.export(model, x[:1], tmp_path / "m.pt")
+
+
+def test_deploy_returns_a_checked_callable_and_auto_picks_by_timing(trained, tmp_path):
+    from slimkit.core.errors import SlimkitError
+
+    task, model = trained
+    x = task.data.test.inputs[0][:8]
+    compiled = sk.deploy(model, x, backend="onnxruntime", workdir=tmp_path / "a")
+    with torch.no_grad():
+        assert float((compiled(x) - model(x)).abs().max() / model(x).abs().max()) <= 1e-4
+    assert compiled.backend == "onnxruntime" and compiled.info["candidates"][0]["decision"] == "chosen"
+    auto = sk.deploy(model, x, candidates=["eager", "onnxruntime"], workdir=tmp_path / "b")
+    rows = {r["backend"]: r for r in auto.info["candidates"]}
+    assert set(rows) == {"eager", "onnxruntime"} and all("median_ms" in r for r in rows.values())
+    fastest = min(rows, key=lambda n: rows[n]["median_ms"])
+    assert auto.backend == fastest and rows[fastest]["decision"].startswith("chosen")
+    q = sk.quantize(model, task.data.train, calibration_samples=128)
+    int8 = sk.deploy(q, x, backend="onnxruntime", workdir=tmp_path / "c")  # integer rounding allowed
+    assert int8.info["candidates"][0]["tolerance"] >= 0.02
+    with pytest.raises(SlimkitError, match="no backend qualifies .*onnxruntime: outputs differ"):
+        sk.deploy(q, x, backend="onnxruntime", tolerance=1e-9, workdir=tmp_path / "d")

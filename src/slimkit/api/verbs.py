@@ -270,3 +270,110 @@ def measure(model: nn.Module, data: Iterable[Any] | Split, *, transform_fn: Tran
 def _quality_free(task: UserTask) -> UserTask:
     """The task with a metric that reads no targets (0.0): measurement of unlabelled data."""
     return dataclasses.replace(task, metric_fn=lambda o, t: 0.0, labelled=True)
+
+
+# -- export and deploy ---------------------------------------------------------------------------------
+
+def _inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def export(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str], *, format: str | None = None) -> list[Path]:
+    """Write ``model`` as ONNX (``.onnx``), OpenVINO IR (``.xml`` + ``.bin``) or safetensors with
+    its recorded structure (``.safetensors``, see ``save``); ``format`` overrides the suffix.
+    Returns the files written (each through a temporary name)."""
+    path = Path(path)
+    kind = format or {".onnx": "onnx", ".xml": "openvino", ".safetensors": "safetensors"}.get(path.suffix)
+    inputs = _inputs(example_inputs)
+    model = model.eval()
+    if kind == "onnx":
+        from slimkit.backends.onnxruntime import export_onnx
+
+        return [export_onnx(model, inputs, path)]
+    if kind == "openvino":
+        from slimkit.backends.openvino import save_ir
+
+        return save_ir(model, inputs, path)
+    if kind == "safetensors":
+        return [save(model, path)]
+    raise ConfigError(f"slimkit.export: cannot tell the format of {path.name!r}; use a .onnx, .xml or "
+                      ".safetensors name, or format='onnx' | 'openvino' | 'safetensors'")
+
+
+def deploy(model: nn.Module, example_inputs: Any, *, backend: str = "auto", precision: str = "fp32",
+           candidates: list[str] | None = None, threads: int | None = None, tolerance: float | None = None,
+           workdir: str | os.PathLike[str] | None = None):
+    """``model`` compiled for a runtime, as a callable (``compiled(*inputs) -> tensor``), its
+    outputs checked against eager on ``example_inputs`` first.
+
+    ``backend="auto"`` compiles every available backend (or ``candidates``), keeps those within
+    tolerance and picks the fastest at the example's batch size, timed interleaved in this
+    process (ABBA rounds); ``compiled.info["candidates"]`` is the table. Tolerance: 1e-4 relative
+    for a float model; for one with integer layers, the larger of 0.02 and what sub-LSB input
+    noise moves its outputs (its runtimes round differently from eager). A named backend that
+    misses it is an error; give ``tolerance`` to accept more."""
+    from slimkit.backends.measure import all_candidates
+    from slimkit.core.errors import SlimkitError
+    from slimkit.core.registry import BACKENDS
+    from slimkit.measure.latency import measure_paired_latency
+
+    inputs = _inputs(example_inputs)
+    model = model.eval()
+    limit = tolerance if tolerance is not None else _tolerance(model, inputs)
+    names = [n for n, p in all_candidates([precision], candidates) if p == precision] if backend == "auto" else [backend]
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="slimkit-deploy-"))
+    with torch.no_grad():
+        reference = _primary(model(*inputs)).float()
+    built, rows = {}, []
+    for name in names:
+        entry = BACKENDS.get(name)
+        if not entry.available():
+            rows.append({"backend": name, "decision": "not installed"})
+            continue
+        try:
+            compiled = entry.compile(model, inputs, precision=precision, threads=threads, workdir=folder / name,
+                                     spin_wait=backend != "auto")
+            with torch.no_grad():
+                diff = float((compiled(*inputs).float() - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+        except SlimkitError as err:
+            rows.append({"backend": name, "decision": f"unsupported: {err}"})
+            continue
+        row = {"backend": name, "max_rel_diff": diff, "tolerance": limit, "artifact_bytes": compiled.artifact_bytes}
+        row["decision"] = "within tolerance" if diff <= limit else f"outputs differ by {diff:.2g} > {limit:.2g}"
+        rows.append(row)
+        if diff <= limit:
+            built[name] = compiled
+    if not built:
+        detail = "; ".join(f"{r['backend']}: {r['decision']}" for r in rows)
+        raise SlimkitError(f"slimkit.deploy: no backend qualifies ({detail})")
+    if len(built) > 1:
+        stats = measure_paired_latency(dict(built), inputs, threads=threads, repeats=30, rounds=6, max_seconds=10)
+        for row in rows:
+            if row["backend"] in stats:
+                row["median_ms"] = stats[row["backend"]].median_ms
+        chosen = min(built, key=lambda n: stats[n].median_ms)
+    else:
+        chosen = next(iter(built))
+    for row in rows:
+        if row["backend"] == chosen:
+            row["decision"] = "chosen" + (": fastest within tolerance" if len(built) > 1 else "")
+    compiled = built[chosen]
+    compiled.info["candidates"] = rows
+    return compiled
+
+
+def _primary(out: Any) -> torch.Tensor:
+    from slimkit.core.outputs import primary_output
+
+    return primary_output(out)
+
+
+def _tolerance(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+    from slimkit.backends.step import default_tolerance
+    from slimkit.encoding import is_encoded
+    from slimkit.encoding.layer import INTEGER_KINDS
+    from slimkit.recipes.compat import rounding_sensitivity
+
+    if not is_encoded(model, INTEGER_KINDS):
+        return default_tolerance(model)
+    return max(default_tolerance(model), rounding_sensitivity(model, inputs).output)
