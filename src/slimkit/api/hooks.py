@@ -48,12 +48,12 @@ class LoopHooks:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, callbacks: Sequence[Callback], *,
                  total_steps: int | None, seed: int = 0, finish: Callable[[], nn.Module] | None = None) -> None:
         self.state = FitState(model=model, optimizer=optimizer, total_steps=0, seed=seed)
-        if total_steps is not None:
-            self.set_total_steps(total_steps)
         self.callbacks = list(callbacks)
         self._finish = finish
         self._started = self._finished = False
         self.result: nn.Module | None = None
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
 
     def set_total_steps(self, total_steps: int) -> None:
         if self._started:

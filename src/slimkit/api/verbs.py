@@ -255,9 +255,14 @@ def measure(model: nn.Module, data: Iterable[Any] | Split, *, transform_fn: Tran
             **measure_options: Any) -> dict[str, Any]:
     """Bytes (a real safetensors serialization), MACs, parameters, latency and, when ``data``
     has targets, quality by ``metric`` (default: accuracy for class indices), on ``data``'s rows.
-    ``measure_options`` are ``MeasureConfig`` fields (``threads``, ``batch_n``, ``repeats``...)."""
+    ``measure_options`` are ``MeasureConfig`` fields (``threads``, ``batch_n``, ``repeats``...).
+    ``model`` may also be what ``deploy`` returned: it is then measured on its runtime."""
+    from slimkit.backends.base import Compiled
     from slimkit.measure.model import measure_model
 
+    if isinstance(model, Compiled):
+        return _measure_compiled(model, data, transform_fn=transform_fn, metric=metric, max_samples=max_samples,
+                                 **measure_options)
     context = user_context(model, data, transform_fn=transform_fn, loss=loss, metric=metric, max_samples=max_samples)
     task = context.task
     if not task.labelled:
@@ -265,6 +270,31 @@ def measure(model: nn.Module, data: Iterable[Any] | Split, *, transform_fn: Tran
         metrics.pop("quality", None)
         return metrics
     return measure_model(model, task, measure_options or None, data=task.splits)
+
+
+def _measure_compiled(compiled: Any, data: Iterable[Any] | Split, *, transform_fn: TransformFn | None,
+                      metric: Metric | None, max_samples: int | None, **measure_options: Any) -> dict[str, Any]:
+    """What ``deploy`` returned, measured on its runtime: the bytes of the files it ships,
+    latency at batch 1 and ``batch_n`` (median), and quality from its outputs when ``data`` has
+    targets. MACs and parameters are the eager model's: measure it for those."""
+    from slimkit.measure.model import measure_config
+    from slimkit.measure.latency import measure_latency
+
+    cfg = measure_config(measure_options or None)
+    split, labelled = as_split(data, transform_fn=transform_fn, max_samples=max_samples)
+    timing = dict(warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads, max_seconds=cfg.max_seconds)
+    b1 = measure_latency(compiled, split.example_inputs(1), **timing)
+    bn = measure_latency(compiled, split.example_inputs(cfg.batch_n), **timing)
+    out = {"backend": compiled.backend, "precision": compiled.precision, "size_bytes": compiled.artifact_bytes,
+           "latency_ms_b1": b1.median_ms, "latency_ms_bN": bn.median_ms, "batch_N": cfg.batch_n,
+           "timing_warning": b1.timing_warning or bn.timing_warning}
+    if labelled:
+        with torch.no_grad():
+            outputs = torch.cat([compiled(*inputs) for inputs, _ in split.batches(cfg.eval_batch_size)])
+        classes = not split.targets.is_floating_point()
+        score = metric or (_accuracy if classes else (lambda o, t: -float(F.mse_loss(o.float(), t.float()))))
+        out["quality"] = float(score(outputs, split.targets))
+    return out
 
 
 def _quality_free(task: UserTask) -> UserTask:

@@ -1,0 +1,38 @@
+"""The examples of docs/api.md run (small sizes) and agree with the recipes that do the same."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimkit.recipes.runner import run_recipe
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "api"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_loop_matches_its_recipe(tmp_path):
+    example = _module("plain_loop").main(epochs=4, prune_epochs=3, qat_epochs=1)
+    recipe = yaml.safe_load((EXAMPLES / "plain_loop.yaml").read_text())
+    recipe["baseline"]["train"]["epochs"] = 4
+    recipe["steps"][0]["prune"]["finetune"]["epochs"] = 3
+    recipe["steps"][1]["qat"]["finetune"]["epochs"] = 1
+    steps = run_recipe(recipe, tmp_path / "run").results["steps"]
+    by_recipe = {"baseline": steps[0]["metrics"], "pruned": steps[1]["metrics"], "pruned + qat": steps[2]["metrics"]}
+    for stage, m in by_recipe.items():
+        mine = example[stage]
+        assert abs(mine["quality"] - m["quality"]) <= 0.05, (stage, mine["quality"], m["quality"])
+        assert mine["size_bytes"] == pytest.approx(m["size_bytes"], rel=0.05), stage
+        assert mine["macs"] == m["macs"], stage
+    assert by_recipe["pruned"]["size_bytes"] < 0.3 * by_recipe["baseline"]["size_bytes"]  # 80% sparse, stored sparse
+    deployed = example["pruned + qat, onnxruntime"]
+    assert deployed["backend"] == "onnxruntime" and abs(deployed["quality"] - example["pruned + qat"]["quality"]) < 0.02
