@@ -36,3 +36,35 @@ def test_plain_loop_matches_its_recipe(tmp_path):
     assert by_recipe["pruned"]["size_bytes"] < 0.3 * by_recipe["baseline"]["size_bytes"]  # 80% sparse, stored sparse
     deployed = example["pruned + qat, onnxruntime"]
     assert deployed["backend"] == "onnxruntime" and abs(deployed["quality"] - example["pruned + qat"]["quality"]) < 0.02
+
+
+@pytest.mark.slow
+def test_encoder_int8_matches_the_quantize_step(tmp_path):
+    """The example's int8 MiniLM (calibrated from a DataLoader of dict batches) against the
+    ``quantize`` step on the ``minilm`` task (calibrated from the task's split), on the same rows."""
+    pytest.importorskip("transformers")
+    import torch
+
+    from slimkit.core.config import parse_config
+    from slimkit.core.registry import STEPS
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+
+    module = _module("encoder_int8")
+    example = module.main(calibration_samples=64, test_rows=100)
+    mine = example["int8 (eager)"]
+    assert mine["quality"] > 0.98  # cosine to the FP32 embeddings
+    assert mine["size_bytes"] < 0.3 * example["fp32"]["size_bytes"]
+    deployed = example["int8, onnxruntime"]
+    assert deployed["backend"] == "onnxruntime" and abs(deployed["quality"] - mine["quality"]) < 0.005
+    task = build_task("minilm")
+    entry = STEPS.entry("quantize")
+    q = entry.obj.fn(task.build_model(), parse_config(entry.config, {"calibration_samples": 64}, "quantize"),
+                     Context(task=task)).model.eval()
+    (inputs, reference), = module.load(test_rows=100)[2]
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(q(*inputs), reference, dim=-1).mean()
+    assert abs(float(cos) - mine["quality"]) < 0.01, (float(cos), mine["quality"])
+    from slimkit.measure.size import serialized_bytes
+
+    assert abs(serialized_bytes(q) - mine["size_bytes"]) < 0.02 * mine["size_bytes"]
