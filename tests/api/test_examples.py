@@ -68,3 +68,19 @@ def test_encoder_int8_matches_the_quantize_step(tmp_path):
     from slimkit.measure.size import serialized_bytes
 
     assert abs(serialized_bytes(q) - mine["size_bytes"]) < 0.02 * mine["size_bytes"]
+
+
+def test_distillation_in_the_hf_trainer_matches_the_distill_verb(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate")
+    import slimkit.api as sk
+
+    example = _module("hf_trainer_distill").main(teacher_epochs=4, epochs=4, output_dir=str(tmp_path))
+    splits = example["_splits"]
+    student = example["student (Trainer + distill_loss)"]
+    by_verb = sk.distill(example["_student"], example["_teacher"], splits.train, val_data=splits.val,
+                         losses={"logits": {"temperature": 4.0}}, finetune={"epochs": 4, "lr": 0.01})
+    verb = sk.measure(by_verb, [(splits.test.inputs[0], splits.test.targets)], repeats=3)
+    assert student["quality"] > 0.85 and verb["quality"] > 0.85, (student["quality"], verb["quality"])
+    assert abs(student["quality"] - verb["quality"]) <= 0.05
+    assert student["size_bytes"] < 0.5 * example["teacher"]["size_bytes"]
