@@ -29,7 +29,7 @@ TransformFn = Callable[[Any], Any]
 def as_split(data: Iterable[Any] | Split, *, transform_fn: TransformFn | None = None,
              max_samples: int | None = None, what: str = "data") -> tuple[Split, bool]:
     """``data`` as one ``Split`` and whether it carries targets (a split of inputs only has zero
-    placeholders as targets, which training refuses to read: see ``Labels``)."""
+    placeholders as targets, which training refuses to read)."""
     if isinstance(data, Split):
         return (data if max_samples is None else data.head(max_samples)), True
     if isinstance(data, torch.Tensor):

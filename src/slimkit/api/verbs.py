@@ -184,7 +184,7 @@ _CONTEXT_ARGS = ("transform_fn", "val_data", "loss", "metric", "max_samples", "d
 
 
 def cluster(model: nn.Module, data: Iterable[Any] | Split | None = None, **kwargs: Any) -> nn.Module:
-    """Weight sharing by k-means (``bits`` per weight index); ``data`` for the optional fine-tuning."""
+    """Weight sharing by k-means (``clusters`` shared values per layer); ``data`` for the optional fine-tuning."""
     return apply("cluster", model, data if data is not None else _no_data(model), **kwargs)
 
 
