@@ -54,6 +54,9 @@ CASES = [
     ("cluster", {"clusters": 16}),
     ("factorize", {"ratio": 0.5, "layers": ["linear", "conv"], "min_weights": 256}),
     ("fuse", {}),
+    ("quantize_weights", {"bits": 4, "group_size": None}),
+    ("hash", {"compression": 0.25, "finetune": {"epochs": 1}}),
+    ("lora", {"rank": 4, "finetune": {"epochs": 1}}),
 ]
 
 
