@@ -183,9 +183,9 @@ def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split,
 _CONTEXT_ARGS = ("transform_fn", "val_data", "loss", "metric", "max_samples", "device", "seed", "progress")
 
 
-def cluster(model: nn.Module, data: Iterable[Any] | Split | None = None, **kwargs: Any) -> nn.Module:
+def cluster(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Weight sharing by k-means (``clusters`` shared values per layer); ``data`` for the optional fine-tuning."""
-    return apply("cluster", model, data if data is not None else _no_data(model), **kwargs)
+    return apply("cluster", model, data, **kwargs)
 
 
 def hash(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:  # noqa: A001 - the step's name
@@ -193,9 +193,10 @@ def hash(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Mod
     return apply("hash", model, data, **kwargs)
 
 
-def factorize(model: nn.Module, data: Iterable[Any] | Split | None = None, **kwargs: Any) -> nn.Module:
-    """Low-rank factorization (SVD for Linear, Tucker-2/CP for conv: ``ratio``, ``layers``...)."""
-    return apply("factorize", model, data if data is not None else _no_data(model), **kwargs)
+def factorize(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Low-rank factorization (SVD for Linear, Tucker-2/CP for conv: ``ratio``, ``layers``...);
+    ``data`` gives the input statistics the ranks are chosen and fitted on."""
+    return apply("factorize", model, data, **kwargs)
 
 
 def lora(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
@@ -208,11 +209,6 @@ def fuse(model: nn.Module, example_inputs: Any, **kwargs: Any) -> nn.Module:
     tensor or tuple) let BatchNorms in code fx cannot trace be folded from torch.export's dataflow."""
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     return apply("fuse", model, [(inputs, None)], **kwargs)
-
-
-def _no_data(model: nn.Module) -> list:
-    """Steps that read no data still get a context; one empty-looking batch is never used."""
-    return [((torch.zeros(1),), None)]
 
 
 # -- saving what the verbs made --------------------------------------------------------------------
