@@ -22,7 +22,9 @@ SEQ_LEN = 64
 
 
 class MeanPooled(nn.Module):
-    """The user's wrapper: token ids and mask in, one unit-length embedding per sentence out."""
+    """The user's wrapper: token ids and mask in, one unit-length embedding per sentence out.
+    Written here as a user writes it, on purpose: slimkit's zoo has the same pooling
+    (``slimkit.zoo.minilm.SentenceEncoder``), and the test compares the two paths."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()

@@ -12,18 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import slimkit.api as sk
 from slimkit.core.errors import ConfigError
 from slimkit.encoding import is_encoded
-from slimkit.tasks import build_task
-from slimkit.tasks.context import Context
 from slimkit.techniques.quantization.modules import QuantConv2d, QuantLinear
-from slimkit.train.config import TrainConfig
 
-
-@pytest.fixture(scope="module")
-def trained():
-    task = build_task("digits-cnn")
-    model = task.build_model()
-    Context(task=task).train(model, TrainConfig(epochs=3))
-    return task, model.eval()
 
 
 def _loader(split, shuffle: bool = False) -> DataLoader:

@@ -7,22 +7,11 @@ import sys
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import slimkit.api as sk
 from slimkit.encoding import is_encoded
-from slimkit.tasks import build_task
-from slimkit.tasks.context import Context
-from slimkit.train.config import TrainConfig
 
-
-@pytest.fixture(scope="module")
-def trained():
-    task = build_task("digits-cnn")
-    model = task.build_model()
-    Context(task=task).train(model, TrainConfig(epochs=3))
-    return task, model.eval()
 
 
 def _accuracy(model, split) -> float:
@@ -30,27 +19,16 @@ def _accuracy(model, split) -> float:
         return float((model.eval()(split.inputs[0]).argmax(-1) == split.targets).float().mean())
 
 
-class _HFStyle(nn.Module):
-    """What transformers' Trainer expects: keyword inputs, a dict with the loss when labels come."""
+def _example():
+    """The transformers-style wrapper and dataset of examples/api/hf_trainer_distill.py."""
+    import importlib.util
+    from pathlib import Path
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values, labels=None):
-        logits = self.model(pixel_values)
-        return {"logits": logits, **({"loss": F.cross_entropy(logits, labels)} if labels is not None else {})}
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, split) -> None:
-        self.x, self.y = split.inputs[0], split.targets
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
+    path = Path(__file__).resolve().parents[2] / "examples" / "api" / "hf_trainer_distill.py"
+    spec = importlib.util.spec_from_file_location("example_hf_trainer_distill", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_pruning_under_the_transformers_trainer(trained, tmp_path):
@@ -64,7 +42,9 @@ def test_pruning_under_the_transformers_trainer(trained, tmp_path):
     args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=32,
                                           learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no",
                                           disable_tqdm=True, use_cpu=True, seed=0)
-    trainer = transformers.Trainer(model=_HFStyle(model), args=args, train_dataset=_Rows(task.data.train),
+    example = _example()
+    trainer = transformers.Trainer(model=example.Classifier(model), args=args,
+                                   train_dataset=example.Rows(task.data.train),
                                    callbacks=[sk.integrations.hf_callback(hooks)])
     trainer.train()
     pruned = hooks.result

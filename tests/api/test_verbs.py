@@ -13,20 +13,9 @@ import slimkit.api as sk
 from slimkit.core.config import parse_config
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.registry import STEPS
-from slimkit.tasks import build_task
 from slimkit.tasks.context import Context
-from slimkit.train.config import TrainConfig
-
-TASK = "digits-cnn"
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """digits-cnn trained a little (a random network's near-constant outputs would hide differences)."""
-    task = build_task(TASK)
-    model = task.build_model()
-    Context(task=task).train(model, TrainConfig(epochs=2))
-    return task, model.eval()
 
 
 def _loader(split, batch_size: int = 64) -> DataLoader:
