@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference.md"
-STEP_VERBS = ("quantize", "quantize_weights", "qat", "prune", "prune_structured", "distill", "cluster", "hash",
+STEP_VERBS = ("train", "quantize", "quantize_weights", "qat", "prune", "prune_structured", "distill", "cluster", "hash",
               "factorize", "lora", "fuse")
 
 

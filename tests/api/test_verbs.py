@@ -46,6 +46,7 @@ CASES = [
     ("quantize_weights", {"bits": 4, "group_size": None}),
     ("hash", {"compression": 0.25, "finetune": {"epochs": 1}}),
     ("lora", {"rank": 4, "finetune": {"epochs": 1}}),
+    ("train", {"epochs": 1, "lr": 0.001}),
 ]
 
 

@@ -17,8 +17,10 @@ from slimkit.api import integrations
 from slimkit.api.data import as_split
 from slimkit.api.hooks import DistillLoss, LoopHooks, convert_qat, distill_loss, prepare_qat, prune_hooks
 from slimkit.api.verbs import (apply, cluster, deploy, distill, export, factorize, fuse, hash, history, load, lora,
-                               measure, prune, prune_structured, qat, quantize, quantize_weights, save, user_context)
+                               measure, prune, prune_structured, qat, quantize, quantize_weights, save, train,
+                               user_context)
 
-__all__ = ["DistillLoss", "LoopHooks", "apply", "integrations", "as_split", "cluster", "convert_qat", "deploy", "distill", "distill_loss", "export",
-           "factorize", "fuse", "hash", "history", "load", "lora", "measure", "prepare_qat", "prune",
-           "prune_hooks", "prune_structured", "qat", "quantize", "quantize_weights", "save", "user_context"]
+__all__ = ["DistillLoss", "LoopHooks", "apply", "as_split", "cluster", "convert_qat", "deploy", "distill",
+           "distill_loss", "export", "factorize", "fuse", "hash", "history", "integrations", "load", "lora",
+           "measure", "prepare_qat", "prune", "prune_hooks", "prune_structured", "qat", "quantize",
+           "quantize_weights", "save", "train", "user_context"]

@@ -139,6 +139,12 @@ def history(model: nn.Module) -> list[dict[str, Any]]:
 
 # -- the verbs -----------------------------------------------------------------------------------
 
+def train(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Train on labelled ``data`` in slimkit's loop (``epochs``, ``lr``, ``optimizer``,
+    ``schedule``...; with ``val_data``, ``keep_best`` keeps the best validated epoch)."""
+    return apply("train", model, data, **kwargs)
+
+
 def quantize(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Static int8 (calibrated on ``data``) or, with ``method="dynamic"``, dynamic int8: the
     ``quantize`` step's fields as keywords (``calibration_samples``, ``skip``, ``max_quality_drop``...)."""
