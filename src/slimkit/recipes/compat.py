@@ -22,6 +22,8 @@ import torch.nn as nn
 
 from slimkit.core.errors import SlimkitError
 from slimkit.core.outputs import primary_output
+from slimkit.measure.sensitivity import (FLOAT_NOISE, ROUNDING_NOISE, SENSITIVITY_DRAWS, Sensitivity,  # noqa: F401
+                                         rel_diff, rounding_sensitivity, top1_agreement)
 
 # the smallest config of each step that changes a model, and what it promises
 STEPS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -52,11 +54,11 @@ FLOAT_TOLERANCE = 1e-4  # a float model on a runtime vs eager (relative to the l
 # MobileNetV2: 0.63) and element-wise comparison says nothing; the runtime must then keep eager's
 # top-1 predictions at least as often as the noise does.
 INTEGER_TOLERANCE, INTEGER_CEILING = 0.02, 0.25
-ROUNDING_NOISE, SENSITIVITY_DRAWS, SENSITIVITY_ROWS = 1e-4, 8, 64
+SENSITIVITY_ROWS = 64  # test rows the sensitivity and top-1 agreement are measured on
 # The exported graph (ONNX Runtime, optimisations off) must match eager within GRAPH_TOLERANCE or
 # within what float-level input noise (FLOAT_NOISE: a few float32 ulps) moves the outputs: its
-# float ops run in another order, and a chaotic model amplifies the tie they flip.
-FLOAT_NOISE = 1e-6
+# float ops run in another order, and a chaotic model amplifies the tie they flip. Both noises
+# and the measurement live in slimkit.measure.sensitivity (deploy judges graphs the same way).
 
 
 @dataclass
@@ -86,7 +88,7 @@ def _facts(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, Any
 def _promise_kept(promise: str, before: dict, after: dict, tolerance: float) -> str:
     """'' when the step did what it promises; else what it did not do."""
     if promise == "same":
-        diff = _rel_diff(after["output"], before["output"])
+        diff = rel_diff(after["output"], before["output"])
         return "" if diff <= tolerance else f"outputs changed by {diff:.2g} (> {tolerance:g}) though it promises the same function"
     if promise == "changed":
         return "" if not torch.equal(after["output"], before["output"]) else "the model computes what it computed before"
@@ -95,42 +97,6 @@ def _promise_kept(promise: str, before: dict, after: dict, tolerance: float) -> 
     return f"{promise} did not fall ({before[promise]:,} -> {after[promise]:,})"
 
 
-def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
-
-
-@dataclass(frozen=True)
-class Sensitivity:
-    """How far an integer model's outputs move when its float inputs move by far less than one
-    quantization step: ``output``, the largest relative change of the primary output; ``agreement``,
-    the lowest fraction of top-1 predictions (argmax over the last axis) left unchanged."""
-
-    output: float
-    agreement: float
-
-
-def _top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.argmax(-1) == b.argmax(-1)).float().mean())
-
-
-def rounding_sensitivity(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, noise: float = ROUNDING_NOISE,
-                         draws: int = SENSITIVITY_DRAWS, seed: int = 0) -> Sensitivity:
-    """Move each float input of ``inputs`` by Gaussian noise of ``noise`` times its largest magnitude
-    (integer inputs, token ids, stay: no float input gives ``Sensitivity(0, 1)``), ``draws`` times,
-    and record the worst change. For an integer model this is how far two correct implementations
-    that round a few values differently can drift apart."""
-    if not any(t.is_floating_point() for t in inputs):
-        return Sensitivity(0.0, 1.0)
-    generator = torch.Generator().manual_seed(seed)
-    output, agreement = 0.0, 1.0
-    with torch.no_grad():
-        reference = primary_output(model(*inputs))
-        for _ in range(draws):
-            moved = tuple(t + noise * t.abs().max() * torch.randn(t.shape, generator=generator, dtype=t.dtype)
-                          if t.is_floating_point() else t for t in inputs)
-            out = primary_output(model(*moved))
-            output, agreement = max(output, _rel_diff(out, reference)), min(agreement, _top1_agreement(out, reference))
-    return Sensitivity(output, agreement)
 
 
 def _integer_verdict(diff: float, tolerance: float, sensitivity: Sensitivity, agreement: Callable[[], float]) -> str:
@@ -222,7 +188,7 @@ def check_model(name: str, build: Callable[[], nn.Module], ctx: Any, *, steps: l
             sensitivity = rounding_sensitivity(model, sample)
             float_sensitivity = rounding_sensitivity(model, sample, noise=FLOAT_NOISE).output
             graph_tolerance = max(GRAPH_TOLERANCE, float_sensitivity)
-            tolerance = max(INTEGER_TOLERANCE, min(_rel_diff(after["output"], before["output"]), INTEGER_CEILING),
+            tolerance = max(INTEGER_TOLERANCE, min(rel_diff(after["output"], before["output"]), INTEGER_CEILING),
                             sensitivity.output)
             try:
                 graph = _graph_difference(model, example, workdir / f"{name}-{key}-graph.onnx")
@@ -238,7 +204,7 @@ def check_model(name: str, build: Callable[[], nn.Module], ctx: Any, *, steps: l
                 compiled = backend.compile(model, tuple(t[:1] for t in example), precision="fp32", threads=1,
                                            workdir=workdir / f"{name}-{key}-{runtime}")
                 with torch.no_grad():
-                    diff = _rel_diff(compiled(*example), after["output"])
+                    diff = rel_diff(compiled(*example), after["output"])
             except SlimkitError as err:
                 cells.append(Cell(name, key, runtime, "unsupported", _one_line(err)))
                 continue
@@ -252,7 +218,7 @@ def check_model(name: str, build: Callable[[], nn.Module], ctx: Any, *, steps: l
 
                 def agreement(compiled=compiled, model=model) -> float:
                     with torch.no_grad():
-                        kept = _top1_agreement(compiled(*sample), primary_output(model(*sample)))
+                        kept = top1_agreement(compiled(*sample), primary_output(model(*sample)))
                     info["top1_agreement"] = kept
                     return kept
 
