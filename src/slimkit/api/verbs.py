@@ -55,7 +55,9 @@ class UserTask(Task):
 
 
 def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    return float((outputs.argmax(-1) == targets).float().mean())
+    from slimkit.measure.quality import accuracy
+
+    return accuracy(outputs, targets)["accuracy"]
 
 
 def _unlabelled_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -291,8 +293,9 @@ def _measure_compiled(compiled: Any, data: Iterable[Any] | Split, *, transform_f
            "latency_ms_b1": b1.median_ms, "latency_ms_bN": bn.median_ms, "batch_N": cfg.batch_n,
            "timing_warning": b1.timing_warning or bn.timing_warning}
     if labelled:
-        with torch.no_grad():
-            outputs = torch.cat([compiled(*inputs) for inputs, _ in split.batches(cfg.eval_batch_size)])
+        from slimkit.measure.quality import predict
+
+        outputs = predict(compiled, split, cfg.eval_batch_size)
         classes = not split.targets.is_floating_point()
         score = metric or (_accuracy if classes else (lambda o, t: -float(F.mse_loss(o.float(), t.float()))))
         out["quality"] = float(score(outputs, split.targets))
