@@ -104,8 +104,12 @@ def run_and_write(stem: str, command: str, args: Any, measure, render) -> None:
     OUT/STEM.json, print the new sections and write OUT/STEM.md and .json (``render(results)``)."""
     from rich.console import Console
 
-    stamp = {"command": command, "machine": f"{platform.machine()}, python {platform.python_version()}",
-             "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": args.rounds, "tokens": args.tokens}
+    from slimkit.core.hardware import cpu_capability, cpu_model
+
+    stamp = {"command": command, "machine": f"{cpu_model()} ({cpu_capability()}), {platform.machine()}, "
+                                            f"python {platform.python_version()}",
+             "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rounds": getattr(args, "rounds", 1),
+             "tokens": getattr(args, "tokens", None)}
     results, new = run_sections(args.tasks, measure, stamp, args.out / f"{stem}.json", f"slimkit-bench-{stem}-")
     Console().print(render(new), markup=False, highlight=False)
     write_atomic(args.out, {f"{stem}.md": render(results), f"{stem}.json": json.dumps({"results": results}, indent=2) + "\n"})
@@ -115,7 +119,10 @@ def section_stamp(threads: int) -> str:
     """Machine, versions, date and threads, for a section's heading."""
     import torch
 
-    return f"{platform.machine()}, python {platform.python_version()}, torch {torch.__version__}, " \
+    from slimkit.core.hardware import cpu_capability, cpu_model
+
+    return f"{cpu_model()} ({cpu_capability()}), {platform.machine()}, python {platform.python_version()}, " \
+           f"torch {torch.__version__}, " \
            f"{time.strftime('%Y-%m-%d')}, {threads} threads"
 
 

@@ -1,4 +1,4 @@
-"""The ``slimkit`` command line: run, demo, validate, ls, measure, backends."""
+"""The ``slimkit`` command line: run, demo, validate, ls, measure, backends, int8-coverage."""
 
 from __future__ import annotations
 
@@ -262,6 +262,57 @@ def backends(task: TaskOpt, model: ModelOpt = None, model_arg: ModelArgOpt = [],
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     console.print(backend_table(rows, f"{task}: backends ({_count(threads, 'thread')}; speed-up = eager fp32 / backend)"))
+
+
+@app.command("int8-coverage")
+@_clean_errors
+def int8_coverage(models: list[Path] = typer.Argument(..., help="one or two OpenVINO IR (.xml) or ONNX files"),
+                  shape: str = typer.Option("1,128", help="shape for the inputs' dynamic dimensions, e.g. 1,128 "
+                                                          "(tokens) or 1,3,32,32"),
+                  profile: int = typer.Option(50, help="inferences timed with PERF_COUNT (0: coverage only)"),
+                  threads: ThreadsOpt = 2,
+                  as_markdown: bool = typer.Option(False, "--markdown", help="print Markdown instead of tables")) -> None:
+    """Why an int8 model is (not) faster on OpenVINO: which nodes its CPU plugin runs on integer
+    kernels, the conversions it inserted, where the FakeQuantize nodes sit, time per layer type;
+    two models side by side (e.g. slimkit's int8 and NNCF's)."""
+    from slimkit.backends.openvino_inspect import (compute_table, coverage_markdown, inspect_ir, placement_table,
+                                                   summary, type_table)
+
+    if not 1 <= len(models) <= 2:
+        raise SlimkitError(f"int8-coverage takes one or two model files, got {len(models)}")
+    for m in models:
+        if not m.is_file():
+            raise SlimkitError(f"int8-coverage: no such file: {m}")
+    try:
+        dims = [int(d) for d in shape.replace("x", ",").split(",") if d.strip()]
+    except ValueError:
+        raise SlimkitError(f"--shape: expected integers separated by commas, got {shape!r}") from None
+    labels = [m.stem for m in models]
+    if len(set(labels)) < len(labels):
+        labels = [str(m) for m in models]
+    try:
+        found = [inspect_ir(m, label, shape=dims, threads=threads, profile=profile) for m, label in zip(models, labels)]
+    except ValueError as err:
+        raise SlimkitError(f"int8-coverage: {err}") from None
+    if as_markdown:
+        sys.stdout.write(coverage_markdown(found) + "\n")
+        return
+    from rich import box
+    from rich.table import Table
+
+    console.print(f"[dim]CPU plugin capabilities: {found[0].device_capability}; {_count(threads, 'thread')}[/]",
+                  highlight=False)
+    parts = [("Summary", summary(found)), ("Nodes by layer type (runtime precision)", type_table(found)),
+             ("FakeQuantize placement (IR before compilation)", placement_table(found))]
+    if len(found) == 2:
+        parts.append(("Compute nodes paired by order and MACs (integer use differs: first)", compute_table(*found)))
+    for title, (header, rows) in parts:
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+        for i, col in enumerate(header):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def backend_table(rows: list[dict[str, Any]], title: str):
