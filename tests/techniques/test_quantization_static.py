@@ -410,3 +410,96 @@ def test_a_conv_subclass_that_only_changes_its_constructor_is_quantized():
     q, report = prepare_static(model)
     assert isinstance(q.get_submodule("0"), QuantConv2d) and "0" in report.quantized
     assert "2" not in report.quantized and not any(isinstance(m, QuantConv2d) for m in q.get_submodule("2").modules())
+
+
+class _Attention(nn.Module):
+    """One self-attention block written by hand: query/key/value projections read one tensor."""
+
+    def __init__(self, d: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(d)
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.norm(x)
+
+        def split(y):
+            return y.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.query(h)), split(self.key(h)), split(self.value(h))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / (d // self.heads) ** 0.5
+        context = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, t, d)
+        return x + self.out(context)
+
+
+def _attention_and_batches():
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    batches = [(torch.randn(8, 16, 32),) for _ in range(4)]
+    return model, batches
+
+
+def test_attention_operands_are_found_by_dataflow_and_quantized_symmetric():
+    from slimkit.techniques.quantization.ptq import attention_operands
+
+    model, batches = _attention_and_batches()
+    prepared, _ = prepare_static(model)
+    assert attention_operands(prepared, batches[0]) == ["query", "key"]  # P @ V: the softmax side is float
+    mlp, _ = prepare_static(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))
+    assert attention_operands(mlp, (torch.randn(2, 8),)) == []
+    with torch.no_grad():
+        q, report = quantize_static(model, batches, bias_correction=False)
+        plain, plain_report = quantize_static(model, batches, bias_correction=False, attention=False)
+        layers = quantized_layers(q)
+        assert report.attention_outputs == ["query", "key"] and plain_report.attention_outputs == []
+        for name in ("query", "key"):
+            quant = layers[name].output_quant
+            assert quant.spec.symmetric and int(quant.zero_point) == 0
+            assert name not in report.float_outputs and quantized_layers(plain)[name].output_quant is None
+        assert layers["value"].output_quant is None
+        x = batches[0][0]
+        # the scores' operands are rounded to the int8 grid: outputs move, a little
+        diff = (q(x) - plain(x)).abs().max()
+        assert 0 < diff < 0.05 * model(x).abs().max()
+
+
+def test_linears_reading_one_tensor_share_smoothing_and_input_scale_and_restore():
+    model, batches = _attention_and_batches()
+    with torch.no_grad():
+        q, report = quantize_static(model, batches, bias_correction=False, smoothquant=0.8)
+    layers = quantized_layers(q)
+    assert report.smoothed == ["query", "key", "value", "out"]
+    for name in ("key", "value"):
+        assert torch.equal(layers[name].input_smoothing, layers["query"].input_smoothing)
+        assert float(layers[name].input_quant.scale) == float(layers["query"].input_quant.scale)
+        assert int(layers[name].input_quant.zero_point) == int(layers["query"].input_quant.zero_point)
+    assert not torch.equal(layers["out"].input_smoothing[:32], layers["query"].input_smoothing)
+    structure = {"config": {"smoothquant": 0.8}, "weight_max": 127, "float_outputs": report.float_outputs,
+                 "smoothed": report.smoothed, "attention_outputs": report.attention_outputs}
+    fresh = restore_step("quantize", model, structure)
+    fresh.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(batches[0][0]), q(batches[0][0]))
+
+
+def test_openvino_runs_attention_scores_on_integers(tmp_path):
+    pytest.importorskip("openvino")
+    from slimkit.backends.openvino import save_ir
+    from slimkit.backends.openvino_inspect import inspect_ir
+
+    model, batches = _attention_and_batches()
+    found = {}
+    for attention in (True, False):
+        with torch.no_grad():
+            q, _ = quantize_static(model, batches, smoothquant=0.8, attention=attention)
+        xml = save_ir(q, batches[0], tmp_path / f"attention-{attention}.xml")[0]
+        found[attention] = inspect_ir(xml, shape=[1, 16, 32])
+        # one quantizer for the three projections' shared input, not three
+        assert found[attention].smoothing_multiplies == 2
+    # with the operands quantized, the fused attention (scores, softmax, context) runs on integers
+    def integer_score_nodes(ins):
+        return [op for op in ins.ops if op.integer and op.layer_type in ("Subgraph", "MatMul")]
+    assert integer_score_nodes(found[True]), [(o.layer_type, o.precision, o.output_shape) for o in found[True].ops]
+    assert not integer_score_nodes(found[False])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from slimkit.encoding.twins import plain_type
 from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, _QuantLayer
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
+from slimkit.techniques.quantization.qscheme import QuantSpec
 
 _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU}
 
@@ -34,13 +35,14 @@ class QuantReport:
     smoothed: list[str] = field(default_factory=list)  # linears whose inputs SmoothQuant rescaled
     bias_shifts: dict[str, float] = field(default_factory=dict)  # layer -> largest |shift|
     bn_folds: list[tuple[str, str]] = field(default_factory=list)  # (BatchNorm, layer) folded via torch.export
+    attention_outputs: list[str] = field(default_factory=list)  # layers whose output feeds Q @ K^T, quantized
 
     def to_dict(self) -> dict:
         return {"quantized": list(self.quantized), "skipped": list(self.skipped),
                 "float_outputs": list(self.float_outputs),
                 "shared_scales": [f"{a} -> {b}" for a, b in self.shared_scales], "smoothed": len(self.smoothed),
                 "bias_corrected": len(self.bias_shifts), "max_bias_shift": max(self.bias_shifts.values(), default=0.0),
-                "bn_folded_via_export": len(self.bn_folds)}
+                "bn_folded_via_export": len(self.bn_folds), "attention_outputs": len(self.attention_outputs)}
 
 
 def _activation_module(name: str, approximate: str = "none") -> nn.Module:
@@ -50,11 +52,13 @@ def _activation_module(name: str, approximate: str = "none") -> nn.Module:
 def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip: Iterable[str] = (),
                    weight_max: int = 127, float_outputs: Iterable[str] = (),
                    smoothed: Iterable[str] = (), example: tuple[torch.Tensor, ...] | None = None,
-                   bn_folds: Iterable[tuple[str, str]] | None = None) -> tuple[nn.Module, QuantReport]:
+                   bn_folds: Iterable[tuple[str, str]] | None = None,
+                   attention_outputs: Iterable[str] = ()) -> tuple[nn.Module, QuantReport]:
     """A fused copy of ``model`` whose Conv2d/Linear layers are quantized twins, observing.
 
     ``float_outputs``: layers whose output is not re-quantized (see ``keep_model_outputs_float``);
-    ``smoothed``: linears given SmoothQuant factors (placeholders, for a checkpoint to load into).
+    ``smoothed``: linears given SmoothQuant factors (placeholders, for a checkpoint to load into);
+    ``attention_outputs``: layers with a symmetric output quantizer (see ``attention_operands``).
     ``example`` inputs let ``fuse_model`` fold BatchNorms inside modules fx cannot trace (from
     torch.export's dataflow); ``bn_folds``, a previous report's ``bn_folds``, replays those folds."""
     from slimkit.techniques.fusion.fuse import FusedConvAct, FusedLinearAct, fuse_model
@@ -98,6 +102,11 @@ def prepare_static(model: nn.Module, *, observer: ObserverName = "minmax", skip:
         if not isinstance(layers.get(name), QuantLinear):
             raise ValueError(f"smoothed names {name!r}, which is not a quantized linear")
         layers[name].register_buffer("input_smoothing", torch.ones(layers[name].float_weight.shape[1]))
+    for name in attention_outputs:
+        if name not in layers:
+            raise ValueError(f"attention_outputs names {name!r}, which is not a quantized layer")
+    quantize_attention_operands(fused, attention_outputs, observer)
+    report.attention_outputs = list(attention_outputs)
     unknown = sorted(skip - {s["module"] for s in report.skipped})
     if unknown:
         from slimkit.core.errors import ConfigError
@@ -123,12 +132,15 @@ def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> 
 def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, observer: ObserverName = "minmax",
                     skip: Iterable[str] = (), weight_max: int = 127, bias_correction: bool = True,
                     smoothquant: float | None = None, keep_float_weights: bool = False,
-                    bn_folds: Iterable[tuple[str, str]] | None = None) -> tuple[nn.Module, QuantReport]:
+                    bn_folds: Iterable[tuple[str, str]] | None = None,
+                    attention: bool = True) -> tuple[nn.Module, QuantReport]:
     """The whole static int8 recipe on a copy of ``model`` (the ``quantize`` step's algorithm):
     fuse and swap, keep outputs no integer kernel consumes in float, migrate activation outliers
     into the weights (``smoothquant``: its alpha), calibrate on ``batches``, freeze, share scales
     across max-pools and reshapes, correct biases. BatchNorms fx cannot reach are folded from
-    torch.export's dataflow on the first batch (or as ``bn_folds`` lists)."""
+    torch.export's dataflow on the first batch (or as ``bn_folds`` lists). ``attention``: also
+    quantize the operands of attention scores (``attention_operands``), so that runtimes run
+    ``Q @ K^T`` on integers."""
     q, report = prepare_static(model.eval(), observer=observer, skip=skip, weight_max=weight_max,
                                example=batches[0], bn_folds=bn_folds)
     if not report.quantized:
@@ -140,6 +152,10 @@ def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *
     if smoothquant is not None:
         report.smoothed = smooth_linears(q, batches, smoothquant)
     report.float_outputs = keep_model_outputs_float(q, batches[0])
+    if attention:
+        report.attention_outputs = attention_operands(q, batches[0])
+        quantize_attention_operands(q, report.attention_outputs, observer)
+        report.float_outputs = [n for n in report.float_outputs if n not in report.attention_outputs]
     calibrate(q, batches)
     convert(q)
     report.shared_scales = share_quantization_params(q)
@@ -220,39 +236,55 @@ def smooth_linears(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]
     max|W_j|^(1 - alpha)`` from the calibration inputs, then ``QuantLinear.smooth(s)``.
 
     ``alpha`` sets how much of the activations' range moves into the weights (0.5 in the paper;
-    higher for models with stronger outliers). Runs before calibration, while quantizers observe
-    (they are identities then, so the pass sees float inputs). Returns the layers smoothed.
+    higher for models with stronger outliers). Linears that read the same tensor (a
+    transformer's query, key and value projections) get one set of factors, from the largest
+    weight column among them (as NNCF does), so their smoothed inputs and calibrated quantizers
+    are identical and a runtime computes them once. Runs before calibration, while quantizers
+    observe (they are identities then, so the pass sees float inputs). Returns the layers
+    smoothed.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"smoothquant alpha must be in [0, 1], got {alpha}")
     linears = {n: m for n, m in quantized_layers(model).items() if isinstance(m, QuantLinear)
                and m.float_weight is not None and m.input_smoothing is None}
     absmax: dict[str, torch.Tensor] = {}
+    readers: dict[int, list[str]] = {}  # first batch: id of an input tensor -> the linears that read it
+    alive: list[torch.Tensor] = []
+    first = [True]
 
     def observe(module, args, name):
         x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
         absmax[name] = x if name not in absmax else torch.maximum(absmax[name], x)
+        if first[0]:
+            readers.setdefault(id(args[0]), []).append(name)
+            alive.append(args[0])
 
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: observe(mod, args, name))
              for name, m in linears.items()]
     try:
-        calibrate(model, batches)
+        for inputs in batches:
+            model.eval()(*inputs)
+            first[0] = False
     finally:
         for h in hooks:
             h.remove()
         for module in model.modules():  # that pass saw unsmoothed inputs: calibration starts afresh
             if isinstance(module, ActQuant) and module.calibrating:
                 module.observer = make_observer(module.observer_name)
+    alive.clear()
     smoothed = []
-    for name, layer in linears.items():
-        if name not in absmax:
+    for group in readers.values():
+        group = [n for n in group if n in absmax]
+        if not group:
             continue
-        w = layer.float_weight.abs().amax(0).clamp_min(1e-8)
-        x = absmax[name].to(w.device)
+        w = torch.stack([linears[n].float_weight.abs().amax(0) for n in group]).amax(0).clamp_min(1e-8)
+        x = absmax[group[0]].to(w.device)
         factors = torch.where(x > 0, x.clamp_min(1e-8) ** alpha / w ** (1 - alpha), torch.ones_like(x))
-        layer.smooth(factors.clamp(1e-4, 1e4))
-        smoothed.append(name)
-    return smoothed
+        for name in group:
+            if name not in smoothed:  # a layer called on several tensors is smoothed once, for its first
+                linears[name].smooth(factors.clamp(1e-4, 1e4))
+                smoothed.append(name)
+    return sorted(smoothed, key=list(linears).index)
 
 
 @torch.no_grad()
@@ -307,6 +339,76 @@ def keep_model_outputs_float(model: nn.Module, inputs: tuple[torch.Tensor, ...])
             layer.output_quant = None
             changed.append(name)
     return sorted(changed, key=list(layers).index)
+
+
+# ops that move or select values without computing new ones: a tensor keeps its producer through them
+_VIEW_OPS = {"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten", "squeeze", "unsqueeze",
+             "split", "chunk", "unbind", "__getitem__", "t", "expand", "narrow", "movedim", "swapaxes"}
+_MATMUL_OPS = {"matmul", "bmm", "__matmul__"}
+
+
+@torch.no_grad()
+def attention_operands(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[str]:
+    """Quantized layers whose output, through reshapes and transposes only, is an operand of a
+    product of two activations whose other operand also comes from a quantized layer: a
+    transformer's query and key projections, whose scores ``Q @ K^T`` (or
+    ``scaled_dot_product_attention``'s) can then run on integers.
+
+    OpenVINO fuses attention into one kernel that runs in int8 when both operands arrive
+    quantized (NNCF's transformer preset quantizes them: ``slimkit int8-coverage`` shows its
+    attention subgraphs in i8); the softmax side (``P @ V``) stays float, so a value projection
+    is not listed. Found by following the data of one forward pass (``TorchFunctionMode``), so
+    it needs no graph capture and works inside any module. Runs while the model calibrates."""
+    from torch.overrides import TorchFunctionMode
+
+    layers = quantized_layers(model)
+    producer: dict[int, str] = {}
+    alive: list[torch.Tensor] = []  # no id is reused by a later tensor during the pass
+    found: set[str] = set()
+
+    def name_of(func) -> str:
+        return getattr(func, "__name__", "")
+
+    class Follow(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = name_of(func)
+            first = args[0] if args else None
+            if name in _VIEW_OPS and isinstance(first, torch.Tensor) and id(first) in producer:
+                outs = out if isinstance(out, (tuple, list)) else [out]
+                for o in outs:
+                    if isinstance(o, torch.Tensor):
+                        producer[id(o)] = producer[id(first)]
+                        alive.append(o)
+            elif name in _MATMUL_OPS or name == "scaled_dot_product_attention":
+                operands = [a for a in args[:2] if isinstance(a, torch.Tensor)]
+                sources = [producer.get(id(a)) for a in operands]
+                if len(sources) == 2 and all(sources) and not any(isinstance(a, nn.Parameter) for a in operands):
+                    found.update(sources)
+            return out
+
+    def on_output(module, args, out, name):
+        if isinstance(out, torch.Tensor):
+            producer[id(out)] = name
+            alive.append(out)
+
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: on_output(mod, args, out, name))
+             for name, m in layers.items()]
+    try:
+        with Follow():
+            model.eval()(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [n for n in layers if n in found]
+
+
+def quantize_attention_operands(model: nn.Module, names: Iterable[str], observer: ObserverName = "minmax") -> None:
+    """Give each named layer a symmetric int8 output quantizer (attention operands: zero-centred
+    values; OpenVINO's int8 attention takes i8 codes without a zero point)."""
+    layers = quantized_layers(model)
+    for name in names:
+        layers[name].output_quant = ActQuant(QuantSpec(bits=8, symmetric=True), observer)
 
 
 def convert(model: nn.Module) -> nn.Module:

@@ -39,6 +39,9 @@ class QuantizeConfig(Config):
     smoothquant: float | None = Field(None, ge=0, le=1, description="SmoothQuant's alpha: move this share of each "
                                                                     "linear's input outliers into its weights "
                                                                     "(transformers; null: off)")
+    attention: Literal["int8", "float"] = Field(
+        "int8", description="static: also quantize the operands of attention scores (Q and K, symmetric int8) so "
+                            "runtimes run Q @ K^T on integers, as NNCF's transformer preset does; float: leave them")
     max_quality_drop: float | None = Field(None, ge=0, description="mixed precision: the most validation quality "
                                                                    "(points) to lose; the most sensitive layers stay "
                                                                    "float until the drop fits")
@@ -54,7 +57,7 @@ class QuantizeConfig(Config):
         # a dynamic recipe that sets a calibration field is a mistake to name, not to ignore
         if self.method == "dynamic":
             given = [name for name in ("observer", "calibration_samples", "calibration_batch_size", "bias_correction",
-                                       "smoothquant", "max_quality_drop", "search_seconds")
+                                       "smoothquant", "max_quality_drop", "search_seconds", "attention")
                      if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
             if given:
                 raise ValueError(f"{', '.join(given)}: for method 'static' only (method is 'dynamic')")
@@ -100,6 +103,8 @@ class QuantizeStructure(Config):
     float_layers: list[str] = Field(default_factory=list, description="layers kept float by the mixed search")
     bn_folds: list[tuple[str, str]] = Field(default_factory=list, description="(BatchNorm, layer) pairs folded "
                                             "from torch.export's dataflow (inside modules fx cannot trace)")
+    attention_outputs: list[str] = Field(default_factory=list, description="layers whose output (an attention "
+                                                                           "operand) is quantized symmetric")
 
 
 def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.Module:
@@ -108,7 +113,7 @@ def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.M
 
     model = _dense_layers(model)
     cfg = structure.config
-    names = [*structure.float_outputs, *structure.smoothed, *structure.float_layers]
+    names = [*structure.float_outputs, *structure.smoothed, *structure.float_layers, *structure.attention_outputs]
     with restoring("quantize", model, names):
         if cfg.method == "dynamic":
             from slimkit.techniques.quantization.dynamic import quantize_dynamic
@@ -118,7 +123,8 @@ def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.M
         else:
             model = prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *structure.float_layers],
                                    weight_max=structure.weight_max, float_outputs=structure.float_outputs,
-                                   smoothed=structure.smoothed, bn_folds=structure.bn_folds)[0]
+                                   smoothed=structure.smoothed, bn_folds=structure.bn_folds,
+                                   attention_outputs=structure.attention_outputs)[0]
         return quantize_embeddings(model, cfg)[0]
 
 
@@ -141,7 +147,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
     kwargs = dict(observer=cfg.observer, skip=cfg.skip, weight_max=weight_max, bias_correction=cfg.bias_correction,
-                  smoothquant=cfg.smoothquant)
+                  smoothquant=cfg.smoothquant, attention=cfg.attention == "int8")
     fallback = None
     if cfg.max_quality_drop is None:
         prepared, report = quantize_static(model, batches, **kwargs)
@@ -166,7 +172,8 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
                                         **{n: 32 for n in fallback.float_layers}}})
     return StepResult(prepared, info=info, structure=QuantizeStructure(
         config=cfg, weight_max=weight_max, float_outputs=report.float_outputs, smoothed=report.smoothed,
-        float_layers=fallback.float_layers if fallback else [], bn_folds=report.bn_folds))
+        float_layers=fallback.float_layers if fallback else [], bn_folds=report.bn_folds,
+        attention_outputs=report.attention_outputs))
 
 
 def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) -> StepResult:
