@@ -20,7 +20,6 @@ embeddings on the test split. Writes OUT/minilm_fast.md and .json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Any

@@ -13,7 +13,8 @@ Per task, the baseline is trained with the task's budget and exported once to ON
   per-channel int8 weights, uint8 activations, min-max, `reduce_range` on x86 CPUs without VNNI
   (ONNX Runtime's own advice there), run on ONNX Runtime and on OpenVINO;
 - token models (MiniLM) also get the dynamic int8 rows: slimkit's `quantize: {method: dynamic}` per
-  token and per tensor, and ONNX Runtime's `quantize_dynamic`, on ONNX Runtime;
+  token, per tensor, and per tensor after SmoothQuant (the `--smoothquant` alpha, calibrated on the
+  same examples), and ONNX Runtime's `quantize_dynamic`, on ONNX Runtime;
 - NNCF: `nncf.quantize` of the same ONNX file read by OpenVINO (its defaults: performance preset,
   fast bias correction), saved as IR and run on OpenVINO;
 - the FP32 model on both runtimes.
@@ -99,13 +100,15 @@ def build_artifacts(task: Any, model: Any, batches: list, folder: Path,
         from slimkit.techniques.quantization.dynamic import quantize_dynamic
         from slimkit.techniques.quantization.step import QuantizeConfig, quantize_embeddings
 
-        for granularity in ("token", "tensor"):  # the `quantize` step's method: dynamic (ONNX Runtime only:
-            started = time.perf_counter()        # OpenVINO computes MatMulInteger in float)
-            dq = quantize_embeddings(quantize_dynamic(model, granularity=granularity, weight_max=weight_max)[0],
-                                     QuantizeConfig())[0]
+        variants = [("token", None), ("tensor", None)] + ([("tensor", smoothquant)] if smoothquant is not None else [])
+        for granularity, alpha in variants:  # the `quantize` step's method: dynamic (ONNX Runtime only:
+            started = time.perf_counter()    # OpenVINO computes MatMulInteger in float)
+            dq = quantize_embeddings(quantize_dynamic(model, granularity=granularity, weight_max=weight_max,
+                                                      smoothquant=alpha, batches=batches)[0], QuantizeConfig())[0]
             seconds = time.perf_counter() - started
-            add(f"slimkit-dynamic-{granularity}", f"slimkit dynamic int8, per {granularity}",
-                [export_onnx(dq, example, folder / f"slimkit-dynamic-{granularity}.onnx")], seconds, ["onnxruntime"])
+            name = f"slimkit-dynamic-{granularity}" + ("-sq" if alpha is not None else "")
+            add(name, f"slimkit dynamic int8, per {granularity}" + (f" + SmoothQuant {alpha}" if alpha else ""),
+                [export_onnx(dq, example, folder / f"{name}.onnx")], seconds, ["onnxruntime"])
     add("ort-quantizer", "ONNX Runtime quantize_static",
         *ort_quantize(fp32_onnx, names, batches, folder, weight_max), ["onnxruntime", "openvino"])
     add("nncf", "OpenVINO + NNCF PTQ" + (" (transformer)" if text else ""),

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from slimkit.core.step import restore_step
 from slimkit.core.errors import ConfigError
@@ -95,8 +96,9 @@ def test_convolutions_and_skipped_layers_stay_float_with_a_reason():
 
 
 def test_a_static_only_field_with_method_dynamic_is_an_error():
-    with pytest.raises(Exception, match="smoothquant: for method 'static' only"):
-        QuantizeConfig(method="dynamic", smoothquant=0.5)
+    with pytest.raises(Exception, match="bias_correction: for method 'static' only"):
+        QuantizeConfig(method="dynamic", bias_correction=False)
+    QuantizeConfig(method="dynamic", smoothquant=0.5, calibration_samples=64)  # SmoothQuant calibrates dynamic too
     recipe = {"task": "digits-mlp", "steps": [{"quantize": {"method": "dynamic", "observer": "mse"}}]}
     with pytest.raises(ConfigError, match="observer"):
         run_recipe(recipe, None)
@@ -138,3 +140,70 @@ def test_embedding_tables_become_int8_rows_and_the_checkpoint_restores():
     fresh = restore_step("quantize", build(), structure)
     fresh.load_state_dict(q.state_dict())
     assert torch.equal(fresh(ids), q(ids))
+
+
+class _SharedInput(nn.Module):
+    """Three linears reading one tensor (query/key/value style) with outlier input channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k, self.v = (nn.Linear(64, 32) for _ in range(3))
+        self.out = nn.Linear(96, 8)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.q(x), self.k(x), self.v(x)], -1))
+
+
+def _outlier_tokens(n=8):
+    torch.manual_seed(1)
+    x = torch.randn(n, 12, 64)
+    x[..., [3, 40]] *= 60  # a transformer's outlier channels
+    return x
+
+
+def test_smoothquant_before_dynamic_shares_factors_cuts_error_and_matches_onnx_runtime(tmp_path, ort_optimized_ops):
+    ort = pytest.importorskip("onnxruntime")
+    from slimkit.backends.onnxruntime import export_onnx
+
+    model = _SharedInput().eval()
+    x = _outlier_tokens()
+    batches = [(x[i:i + 4],) for i in range(0, 8, 4)]
+    with torch.no_grad():
+        ref = model(x)
+        plain, _ = quantize_dynamic(model, granularity="tensor")
+        smooth, report = quantize_dynamic(model, granularity="tensor", smoothquant=0.8, batches=batches)
+        assert report.smoothed == ["q", "k", "v", "out"] and report.to_dict()["smoothed"] == 4
+        assert torch.equal(smooth.k.input_smoothing, smooth.q.input_smoothing)
+        assert torch.equal(smooth.v.input_smoothing, smooth.q.input_smoothing)
+        assert smooth.q.input_smoothing[[3, 40]].max() < 0.2 * smooth.q.input_smoothing.median()
+        # the float product is unchanged by the factors: the dense weight acts on the raw input
+        assert torch.allclose(F.linear(x, smooth.q.dense_weight(), smooth.q.bias), model.q(x),
+                              rtol=0.02, atol=0.02 * float(model.q(x).abs().max()))
+        err = {name: float((m(x) - ref).norm() / ref.norm()) for name, m in (("plain", plain), ("smooth", smooth))}
+    assert err["smooth"] < 0.5 * err["plain"], err
+    path = export_onnx(smooth, (x[:1],), tmp_path / "smooth.onnx")
+    ops = ort_optimized_ops(path)
+    integer = [op for op in ops if op in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")]
+    assert len(integer) == 4 and not {"MatMul", "Gemm", "FusedMatMul"} & set(ops), ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = smooth(x).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="calibration batches"):
+        quantize_dynamic(model, smoothquant=0.5)
+
+
+def test_quantize_step_dynamic_with_smoothquant_restores(tmp_path):
+    from slimkit.core.step import restore_step
+
+    model = _SharedInput().eval()
+    x = _outlier_tokens()
+    q, report = quantize_dynamic(model, granularity="tensor", smoothquant=0.5, batches=[(x,)])
+    structure = {"config": {"method": "dynamic", "granularity": "tensor", "smoothquant": 0.5}, "weight_max": 127,
+                 "smoothed": report.smoothed}
+    fresh = restore_step("quantize", _SharedInput().eval(), structure)
+    fresh.load_state_dict(q.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(x), q(x))

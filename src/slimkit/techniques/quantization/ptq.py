@@ -243,47 +243,24 @@ def smooth_linears(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]
     observe (they are identities then, so the pass sees float inputs). Returns the layers
     smoothed.
     """
+    from slimkit.techniques.quantization.smoothing import input_statistics, smoothing_factors
+
     if not 0 <= alpha <= 1:
         raise ValueError(f"smoothquant alpha must be in [0, 1], got {alpha}")
     linears = {n: m for n, m in quantized_layers(model).items() if isinstance(m, QuantLinear)
                and m.float_weight is not None and m.input_smoothing is None}
-    absmax: dict[str, torch.Tensor] = {}
-    readers: dict[int, list[str]] = {}  # first batch: id of an input tensor -> the linears that read it
-    alive: list[torch.Tensor] = []
-    first = [True]
-
-    def observe(module, args, name):
-        x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
-        absmax[name] = x if name not in absmax else torch.maximum(absmax[name], x)
-        if first[0]:
-            readers.setdefault(id(args[0]), []).append(name)
-            alive.append(args[0])
-
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: observe(mod, args, name))
-             for name, m in linears.items()]
     try:
-        for inputs in batches:
-            model.eval()(*inputs)
-            first[0] = False
+        absmax, groups = input_statistics(model, linears, batches)
     finally:
-        for h in hooks:
-            h.remove()
         for module in model.modules():  # that pass saw unsmoothed inputs: calibration starts afresh
             if isinstance(module, ActQuant) and module.calibrating:
                 module.observer = make_observer(module.observer_name)
-    alive.clear()
     smoothed = []
-    for group in readers.values():
-        group = [n for n in group if n in absmax]
-        if not group:
-            continue
-        w = torch.stack([linears[n].float_weight.abs().amax(0) for n in group]).amax(0).clamp_min(1e-8)
-        x = absmax[group[0]].to(w.device)
-        factors = torch.where(x > 0, x.clamp_min(1e-8) ** alpha / w ** (1 - alpha), torch.ones_like(x))
+    for group in groups:
+        factors = smoothing_factors(absmax[group[0]], [linears[n].float_weight for n in group], alpha)
         for name in group:
-            if name not in smoothed:  # a layer called on several tensors is smoothed once, for its first
-                linears[name].smooth(factors.clamp(1e-4, 1e4))
-                smoothed.append(name)
+            linears[name].smooth(factors)
+            smoothed.append(name)
     return sorted(smoothed, key=list(linears).index)
 
 

@@ -38,7 +38,7 @@ class QuantizeConfig(Config):
                                                     "adds (measured on the calibration data)")
     smoothquant: float | None = Field(None, ge=0, le=1, description="SmoothQuant's alpha: move this share of each "
                                                                     "linear's input outliers into its weights "
-                                                                    "(transformers; null: off)")
+                                                                    "(transformers; static and dynamic; null: off)")
     attention: Literal["int8", "float"] = Field(
         "int8", description="static: also quantize the operands of attention scores (Q and K, symmetric int8) so "
                             "runtimes run Q @ K^T on integers, as NNCF's transformer preset does; float: leave them")
@@ -56,8 +56,7 @@ class QuantizeConfig(Config):
     def _static_fields_need_static(self) -> "QuantizeConfig":
         # a dynamic recipe that sets a calibration field is a mistake to name, not to ignore
         if self.method == "dynamic":
-            given = [name for name in ("observer", "calibration_samples", "calibration_batch_size", "bias_correction",
-                                       "smoothquant", "max_quality_drop", "search_seconds", "attention")
+            given = [name for name in ("observer", "bias_correction", "max_quality_drop", "search_seconds", "attention")
                      if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
             if given:
                 raise ValueError(f"{', '.join(given)}: for method 'static' only (method is 'dynamic')")
@@ -119,7 +118,7 @@ def restore_quantization(model: nn.Module, structure: QuantizeStructure) -> nn.M
             from slimkit.techniques.quantization.dynamic import quantize_dynamic
 
             model = quantize_dynamic(model, granularity=cfg.granularity, weight_max=structure.weight_max,
-                                     skip=cfg.skip)[0]
+                                     skip=cfg.skip, smoothed=structure.smoothed)[0]
         else:
             model = prepare_static(model, observer=cfg.observer, skip=[*cfg.skip, *structure.float_layers],
                                    weight_max=structure.weight_max, float_outputs=structure.float_outputs,
@@ -142,10 +141,12 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
 
     model = _dense_layers(model)
     weight_max = _weight_max(cfg)
-    if cfg.method == "dynamic":
-        return _quantize_dynamic(model, cfg, weight_max)
+    if cfg.method == "dynamic" and cfg.smoothquant is None:
+        return _quantize_dynamic(model, cfg, weight_max, [])
     batches = [tuple(t.to(ctx.device) for t in batch) for batch in calibration_batches(
         ctx.data.train, cfg.calibration_samples, cfg.calibration_batch_size, ctx.seed)]
+    if cfg.method == "dynamic":
+        return _quantize_dynamic(model, cfg, weight_max, batches)
     kwargs = dict(observer=cfg.observer, skip=cfg.skip, weight_max=weight_max, bias_correction=cfg.bias_correction,
                   smoothquant=cfg.smoothquant, attention=cfg.attention == "int8")
     fallback = None
@@ -176,10 +177,11 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
         attention_outputs=report.attention_outputs))
 
 
-def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) -> StepResult:
+def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int, batches: list) -> StepResult:
     from slimkit.techniques.quantization.dynamic import quantize_dynamic
 
-    q, report = quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip)
+    q, report = quantize_dynamic(model, granularity=cfg.granularity, weight_max=weight_max, skip=cfg.skip,
+                                 smoothquant=cfg.smoothquant, batches=batches)
     q, embeddings = quantize_embeddings(q, cfg)
     if not report.layers:
         from slimkit.core.errors import SlimkitError
@@ -187,8 +189,9 @@ def _quantize_dynamic(model: nn.Module, cfg: QuantizeConfig, weight_max: int) ->
         raise SlimkitError("quantize (dynamic): the model has no Linear layer to quantize"
                            + (f" (skipped: {report.skipped})" if report.skipped else ""))
     info = {"method": "dynamic", "weight_bits": 8 if weight_max == 127 else 7, "embeddings_int8": embeddings,
-            **report.to_dict()}
-    return StepResult(q, info=info, structure=QuantizeStructure(config=cfg, weight_max=weight_max))
+            **report.to_dict(), **({"calibration_samples": sum(len(b[0]) for b in batches)} if batches else {})}
+    return StepResult(q, info=info, structure=QuantizeStructure(config=cfg, weight_max=weight_max,
+                                                                smoothed=report.smoothed))
 
 
 QATFinetune = finetune_config("QATFinetune", epochs=Field(5, ge=1, description="fine-tuning epochs through the "
