@@ -13,7 +13,8 @@ from slimkit.measure.quality import predict
 from slimkit.data.batches import calibration_batches
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
-from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
+from slimkit.techniques.quantization.modules import (ActQuant, QuantConv2d, QuantLinear, default_weight_max,
+                                                     in_place_fake_quant)
 from slimkit.techniques.quantization.ptq import (calibrate, convert, keep_model_outputs_float, prepare_static,
                                                  quantized_layers, quantize_static, share_quantization_params)
 from slimkit.techniques.quantization.qscheme import QuantSpec
@@ -48,6 +49,11 @@ def test_act_quant_observes_then_quantizes_with_hand_computed_qparams():
     assert y[0] == 0.0 and abs(float(y[1]) - 1.0) <= scale / 2
     assert float(y[2]) == pytest.approx((255 - int(aq.zero_point)) * scale)  # clipped to the top code
     assert float(y[3]) == pytest.approx(-int(aq.zero_point) * scale)
+    # the in-place form bias correction runs gives the decomposed ops' values exactly, ties included
+    x = torch.cat([torch.randn(10_000) * 3, (torch.arange(-300, 300) + 0.5) * scale])
+    with in_place_fake_quant(aq):
+        fast = aq(x)
+    assert torch.equal(fast, aq(x)) and not aq.in_place
 
 
 def test_every_conv_and_linear_becomes_int8_and_accuracy_holds(digits):

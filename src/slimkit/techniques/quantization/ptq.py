@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.encoding.twins import plain_type
-from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, _QuantLayer
+from slimkit.techniques.quantization.modules import (ActQuant, QuantConv2d, QuantLinear, _QuantLayer,
+                                                     in_place_fake_quant)
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
 
 _ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "silu": nn.SiLU}
@@ -475,7 +476,8 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
         hooks = [layer.input_quant.register_forward_hook(
             lambda mod, args, out, name=name: correct(mod, args, out, name)) for name, layer in layers.items()]
         try:
-            model(*joined)
+            with in_place_fake_quant(model):
+                model(*joined)
         finally:
             for h in hooks:
                 h.remove()
