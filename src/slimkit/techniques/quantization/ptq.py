@@ -291,7 +291,7 @@ class _OutputUse:
         self.produced: dict[int, str] = {}
         self.consumed: set[int] = set()
         self.outputs: set[int] | None = None  # set once the first pass ends
-        self.alive: list[torch.Tensor] = []  # held so that no id is reused by a later tensor during the pass
+        self.alive: list[torch.Tensor] = []  # held so that no id is reused by a later tensor during that pass
         self.hooks: list = []
 
     def __enter__(self) -> "_OutputUse":
@@ -311,7 +311,7 @@ class _OutputUse:
             if self.outputs is None:
                 self.outputs = {id(o) for o in (out if isinstance(out, (tuple, list)) else [out])
                                 if isinstance(o, torch.Tensor)}
-                self.alive.append(out)
+                self.alive.clear()  # nothing more is recorded: ids may be reused from here on
 
         self.hooks = [h for name, m in self.layers.items() for h in (
             m.register_forward_pre_hook(on_input),
@@ -334,7 +334,6 @@ class _OutputUse:
             if out_id in self.outputs or (isinstance(layer, QuantLinear) and out_id not in self.consumed):
                 layer.output_quant = None
                 changed.append(name)
-        self.alive.clear()
         return sorted(changed, key=list(self.layers).index)
 
 
@@ -455,6 +454,7 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
     so every later layer sees the corrected prefix. This is the layer-by-layer algorithm
     (``_correct_bias_layerwise``, one partial pass per layer, used when the batches cannot be
     concatenated) up to float rounding, for the memory of every batch's activations at once.
+    Its quantizers compute in place (``in_place_fake_quant``: the same values, faster).
     """
     model.eval()
     batches = list(batches)
