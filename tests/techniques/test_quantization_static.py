@@ -1,5 +1,7 @@
 """Static int8 PTQ: QDQ modules, calibration, the integer path in ONNX Runtime, the recipe step."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,7 +13,8 @@ from slimkit.measure.quality import predict
 from slimkit.data.batches import calibration_batches
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
-from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, default_weight_max
+from slimkit.techniques.quantization.modules import (ActQuant, QuantConv2d, QuantLinear, default_weight_max,
+                                                     in_place_fake_quant)
 from slimkit.techniques.quantization.ptq import (calibrate, convert, keep_model_outputs_float, prepare_static,
                                                  quantized_layers, quantize_static, share_quantization_params)
 from slimkit.techniques.quantization.qscheme import QuantSpec
@@ -46,6 +49,11 @@ def test_act_quant_observes_then_quantizes_with_hand_computed_qparams():
     assert y[0] == 0.0 and abs(float(y[1]) - 1.0) <= scale / 2
     assert float(y[2]) == pytest.approx((255 - int(aq.zero_point)) * scale)  # clipped to the top code
     assert float(y[3]) == pytest.approx(-int(aq.zero_point) * scale)
+    # the in-place form bias correction runs gives the decomposed ops' values exactly, ties included
+    x = torch.cat([torch.randn(10_000) * 3, (torch.arange(-300, 300) + 0.5) * scale])
+    with in_place_fake_quant(aq):
+        fast = aq(x)
+    assert torch.equal(fast, aq(x)) and not aq.in_place
 
 
 def test_every_conv_and_linear_becomes_int8_and_accuracy_holds(digits):
@@ -133,6 +141,60 @@ def test_bias_correction_removes_the_mean_output_error_and_lowers_held_out_error
     test = task.data.test
     ref, before, after = (predict(m, test, 256) for m in (model, plain, corrected))
     assert float(((after - ref) ** 2).mean()) < 0.85 * float(((before - ref) ** 2).mean())  # held out
+
+
+class _Block(nn.Module):
+    """A post-LayerNorm transformer MLP block: GELU, a residual add, a LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.down, self.norm = nn.Linear(16, 32), nn.Linear(32, 16), nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(x + self.down(F.gelu(self.up(x))))
+
+
+class _SharedBlock(nn.Module):
+    """One block called twice (its layers are corrected on their first call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.head = nn.Linear(8, 16), _Block(), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.block(self.block(self.stem(x))))
+
+
+@pytest.mark.parametrize("kind", ["cnn", "transformer", "shared", "unequal batches"])
+def test_one_pass_bias_correction_shifts_like_the_layer_by_layer_algorithm(kind):
+    from slimkit.techniques.quantization.ptq import _correct_bias_layerwise, _correctable_layers, correct_bias
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, stride=2, groups=2), nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten(),
+                        nn.Linear(72, 5))
+    model, shapes, smoothquant = {
+        "cnn": (cnn, [(3, 16, 16)] * 4, None),
+        "transformer": (nn.Sequential(nn.Linear(8, 16), _Block(), _Block(), nn.Linear(16, 4)), [(5, 8)] * 4, 0.8),
+        "shared": (_SharedBlock(), [(5, 8)] * 4, None),
+        "unequal batches": (cnn, [(3, 16, 16), (3, 20, 20), (3, 16, 16)], None),  # no single batch: layer by layer
+    }[kind]
+    with torch.no_grad():
+        cnn[1].running_mean.uniform_(-0.5, 0.5), cnn[1].running_var.uniform_(0.5, 2)
+    batches = [(torch.randn(6, *shape) * 2 + 0.3,) for shape in shapes]
+    q, _ = quantize_static(model.eval(), batches, bias_correction=False, keep_float_weights=True,
+                           smoothquant=smoothquant)
+    reference = copy.deepcopy(q)
+    passes = []
+    q.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    shifts = correct_bias(q, batches)
+    expected = _correct_bias_layerwise(reference, batches, _correctable_layers(reference))
+    assert list(shifts) == list(expected) == list(quantized_layers(q)) and min(shifts.values()) > 0
+    assert passes == ([24] if kind != "unequal batches" else [6] * 3 * len(shifts))  # one pass of all the batches
+    for name, layer in quantized_layers(q).items():
+        assert layer.float_weight is None  # released
+        assert shifts[name] == pytest.approx(expected[name], rel=1e-4)
+        torch.testing.assert_close(layer.bias, quantized_layers(reference)[name].bias, rtol=0, atol=1e-6)
 
 
 def test_outputs_no_integer_kernel_consumes_stay_float():

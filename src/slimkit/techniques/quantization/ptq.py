@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.encoding.twins import plain_type
-from slimkit.techniques.quantization.modules import ActQuant, QuantConv2d, QuantLinear, _QuantLayer
+from slimkit.techniques.quantization.modules import (ActQuant, QuantConv2d, QuantLinear, _QuantLayer,
+                                                     in_place_fake_quant)
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
 from slimkit.techniques.quantization.qscheme import QuantSpec
 
@@ -151,12 +152,12 @@ def quantize_static(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *
     q = q.to(batches[0][0].device)
     if smoothquant is not None:
         report.smoothed = smooth_linears(q, batches, smoothquant)
-    report.float_outputs = keep_model_outputs_float(q, batches[0])
-    if attention:
+    if attention:  # before calibration, so that their output quantizers calibrate with the rest
         report.attention_outputs = attention_operands(q, batches[0])
         quantize_attention_operands(q, report.attention_outputs, observer)
-        report.float_outputs = [n for n in report.float_outputs if n not in report.attention_outputs]
-    calibrate(q, batches)
+    with _OutputUse(q) as use:  # keep_model_outputs_float, on the first calibration batch
+        calibrate(q, batches)
+    report.float_outputs = use.keep_float(keep=report.attention_outputs)
     convert(q)
     report.shared_scales = share_quantization_params(q)
     if bias_correction:
@@ -278,44 +279,72 @@ def keep_model_outputs_float(model: nn.Module, inputs: tuple[torch.Tensor, ...])
     FP32; leaving those outputs float, 0.991.)
 
     Runs ``inputs`` through the model while it calibrates (its quantizers are then identities,
-    so tensors can be followed by identity from producer to consumer).
+    so tensors can be followed by identity from producer to consumer; its observers see them).
+    ``quantize_static`` follows its first calibration batch instead (``_OutputUse``).
     """
-    layers = quantized_layers(model)
-    if any(m.input_quant is not None and not m.input_quant.calibrating for m in layers.values()):
-        raise RuntimeError("keep_model_outputs_float runs before convert (while the model calibrates)")
-    produced: dict[int, str] = {}
-    consumed: set[int] = set()
-    alive: list[torch.Tensor] = []  # held so that no id is reused by a later tensor during the pass
+    with _OutputUse(model) as use:
+        model.eval()(*inputs)
+    return use.keep_float()
 
-    def on_input(module, args):
-        # a smoothed linear rescales its input in float before quantizing it: its producer's
-        # integer output would only add a second rounding
-        if args and isinstance(args[0], torch.Tensor) and module.input_smoothing is None:
-            consumed.add(id(args[0]))
-            alive.append(args[0])
 
-    def on_output(module, args, out, name):
-        produced[id(out)] = name
-        alive.append(out)
+class _OutputUse:
+    """Hooks that follow the model's first forward pass while they are registered: which
+    quantized layer's output feeds which quantized layer, and what leaves the model;
+    ``keep_float()`` then applies ``keep_model_outputs_float``'s rule."""
 
-    hooks = [h for name, m in layers.items() for h in (
-        m.register_forward_pre_hook(on_input),
-        m.register_forward_hook(lambda mod, args, out, name=name: on_output(mod, args, out, name)))]
-    try:
-        out = model.eval()(*inputs)
-    finally:
-        for h in hooks:
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.layers = model, quantized_layers(model)
+        if any(m.input_quant is not None and not m.input_quant.calibrating for m in self.layers.values()):
+            raise RuntimeError("keep_model_outputs_float runs before convert (while the model calibrates)")
+        self.produced: dict[int, str] = {}
+        self.consumed: set[int] = set()
+        self.outputs: set[int] | None = None  # set once the first pass ends
+        self.alive: list[torch.Tensor] = []  # held so that no id is reused by a later tensor during that pass
+        self.hooks: list = []
+
+    def __enter__(self) -> "_OutputUse":
+        def on_input(module, args):
+            # a smoothed linear rescales its input in float before quantizing it: its producer's
+            # integer output would only add a second rounding
+            if self.outputs is None and args and isinstance(args[0], torch.Tensor) and module.input_smoothing is None:
+                self.consumed.add(id(args[0]))
+                self.alive.append(args[0])
+
+        def on_output(module, args, out, name):
+            if self.outputs is None:
+                self.produced[id(out)] = name
+                self.alive.append(out)
+
+        def on_model_output(module, args, out):
+            if self.outputs is None:
+                self.outputs = {id(o) for o in (out if isinstance(out, (tuple, list)) else [out])
+                                if isinstance(o, torch.Tensor)}
+                self.alive.clear()  # nothing more is recorded: ids may be reused from here on
+
+        self.hooks = [h for name, m in self.layers.items() for h in (
+            m.register_forward_pre_hook(on_input),
+            m.register_forward_hook(lambda mod, args, out, name=name: on_output(mod, args, out, name)))]
+        self.hooks.append(self.model.register_forward_hook(on_model_output))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
             h.remove()
-    outs = {id(o) for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)}
-    changed = []
-    for out_id, name in produced.items():
-        layer = layers[name]
-        if layer.output_quant is None:
-            continue
-        if out_id in outs or (isinstance(layer, QuantLinear) and out_id not in consumed):
-            layer.output_quant = None
-            changed.append(name)
-    return sorted(changed, key=list(layers).index)
+
+    def keep_float(self, keep: Iterable[str] = ()) -> list[str]:
+        """Drop the output quantizers the rule says to (all but ``keep``'s); returns the layers changed."""
+        keep = set(keep)
+        if self.outputs is None:
+            raise RuntimeError("keep_model_outputs_float: the model never ran")
+        changed = []
+        for out_id, name in self.produced.items():
+            layer = self.layers[name]
+            if layer.output_quant is None or name in keep:
+                continue
+            if out_id in self.outputs or (isinstance(layer, QuantLinear) and out_id not in self.consumed):
+                layer.output_quant = None
+                changed.append(name)
+        return sorted(changed, key=list(self.layers).index)
 
 
 # ops that move or select values without computing new ones: a tensor keeps its producer through them
@@ -492,21 +521,106 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
     Quantizing weights (and the layer's input) makes ``E[W_q x_q] != E[W x]``: the per-channel
     mean of the error is a bias, and it accumulates through the network (Nagel et al., "Data-Free
     Quantization Through Weight Equalization and Bias Correction", 2019, §4.2; NNCF's "fast bias
-    correction" is the empirical form used here). Layer by layer, in forward order, the
-    calibration batches are run up to the layer (its input is then what the already-corrected
-    quantized model gives it), and its output with float weight and float input is compared with
-    its output with int8 weight and quantized input. Needs a converted model (frozen quantizers)
-    whose layers still hold their float weights; layers without a bias are left as they are.
-    Returns the largest |shift| per corrected layer.
+    correction" is the empirical form used here). Layer by layer, in forward order, a layer's
+    input is what the already-corrected quantized model gives it on the calibration batches, and
+    its output with float weight and float input is compared with its output with int8 weight and
+    quantized input. Needs a converted model (frozen quantizers) whose layers still hold their
+    float weights; layers without a bias, and layers computing in float (``bypass``), are left as
+    they are. Returns the largest |shift| per corrected layer.
+
+    One forward pass does it: the batches (split along their first dimension, as
+    ``calibration_batches`` makes them) run as one batch, and each layer, when the pass reaches
+    it, takes the mean error over all of them, shifts its bias and only then computes its output,
+    so every later layer sees the corrected prefix. This is the layer-by-layer algorithm
+    (``_correct_bias_layerwise``, one partial pass per layer, used when the batches cannot be
+    concatenated) up to float rounding, for the memory of every batch's activations at once.
+    Its quantizers compute in place (``in_place_fake_quant``: the same values, faster).
     """
     model.eval()
     batches = list(batches)
+    layers = _correctable_layers(model)
+    joined = _concatenated(batches)
+    if joined is None:
+        shifts = _correct_bias_layerwise(model, batches, layers)
+    else:
+        shifts = {}
+
+        def correct(quantizer, args, quantized, name):
+            layer = layers[name]
+            if name in shifts or not args[0].numel():  # a layer called twice is corrected on its first call
+                return
+            shift = _mean_output_error(layer, args[0], quantized).to(layer.bias.dtype)
+            layer.bias.sub_(shift)  # before the layer computes its output (its input quantizer runs first)
+            shifts[name] = float(shift.abs().max())
+
+        hooks = [layer.input_quant.register_forward_hook(
+            lambda mod, args, out, name=name: correct(mod, args, out, name)) for name, layer in layers.items()]
+        try:
+            with in_place_fake_quant(model):
+                model(*joined)
+        finally:
+            for h in hooks:
+                h.remove()
+        shifts = {name: shifts[name] for name in layers if name in shifts}
+    if release:
+        release_float_weights(model)
+    return shifts
+
+
+def _correctable_layers(model: nn.Module) -> dict[str, _QuantLayer]:
+    layers = {name: m for name, m in quantized_layers(model).items()
+              if m.bias is not None and m.float_weight is not None and not m.bypass}
+    if any(m.input_quant.calibrating for m in layers.values()):
+        raise RuntimeError("correct_bias runs after convert (the input quantizer must be frozen)")
+    return layers
+
+
+def _concatenated(batches: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+    """The batches as one (concatenated along the first dimension), or None where their inputs
+    differ in count, kind, trailing shape, dtype or device."""
+    if len(batches) == 1:
+        return tuple(batches[0])
+    if not batches or len({len(b) for b in batches}) != 1:
+        return None
+    joined = []
+    for parts in zip(*batches):
+        first = parts[0]
+        if not all(isinstance(p, torch.Tensor) and p.dim() > 0 and p.shape[1:] == first.shape[1:]
+                   and p.dtype == first.dtype and p.device == first.device for p in parts):
+            return None
+        joined.append(torch.cat(parts))
+    return tuple(joined)
+
+
+def _mean_output_error(layer: _QuantLayer, x: torch.Tensor, x_quantized: torch.Tensor) -> torch.Tensor:
+    """Per output channel, the mean over every output position of (int8 weight on the quantized
+    input) - (float weight on the float input), before bias and activation.
+
+    The layer is linear in its input, so the inputs are summed over rows (a conv's: over the
+    batch) first and the layer runs once on the sums, in float64, as
+    ``W_q sum(x_q - x) + (W_q - W) sum(x)``: both terms are small, so float32 sums of the inputs
+    lose nothing that matters (more exact than averaging per-row errors computed in float32)."""
+    wq = layer.dequantized_weight().double()
+    dw = wq - layer.float_weight.to(x.device).double()
+    if isinstance(layer, QuantLinear):
+        rows = x.numel() // x.shape[-1]
+        noise, total = ((x_quantized - x).reshape(-1, x.shape[-1]).sum(0).double(),
+                        x.reshape(-1, x.shape[-1]).sum(0).double())
+        return (F.linear(noise, wq) + F.linear(total, dw)) / rows
+    if x.dim() == 3:  # an unbatched image
+        x, x_quantized = x[None], x_quantized[None]
+    noise, total = (x_quantized - x).sum(0, keepdim=True).double(), x.sum(0, keepdim=True).double()
+    error = sum(F.conv2d(t, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+                for t, w in ((noise, wq), (total, dw)))
+    return error.sum((0, 2, 3)) / (x.shape[0] * error.shape[2] * error.shape[3])
+
+
+def _correct_bias_layerwise(model: nn.Module, batches: list[tuple[torch.Tensor, ...]],
+                            layers: dict[str, _QuantLayer]) -> dict[str, float]:
+    """``correct_bias`` for batches that cannot run as one: for each layer in turn, the batches
+    run up to it (``feed_layer``), so this costs a partial forward pass per layer."""
     shifts: dict[str, float] = {}
-    for name, layer in quantized_layers(model).items():
-        if layer.bias is None or layer.float_weight is None:
-            continue
-        if layer.input_quant.calibrating:
-            raise RuntimeError("correct_bias runs after convert (the input quantizer must be frozen)")
+    for name, layer in layers.items():
         sums: list[torch.Tensor] = []
         count = [0]
 
@@ -524,8 +638,6 @@ def correct_bias(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]],
         shift = (torch.stack(sums).sum(0) / count[0]).to(layer.bias.dtype)
         layer.bias.sub_(shift)
         shifts[name] = float(shift.abs().max())
-    if release:
-        release_float_weights(model)
     return shifts
 
 
