@@ -192,7 +192,13 @@ def test_rounding_sensitivity_tells_a_chaotic_integer_model_from_a_smooth_one():
     wild = rounding_sensitivity(chaotic, (x,))
     assert calm.output < 1e-3 and calm.agreement > 0.9
     assert wild.output > INTEGER_CEILING and wild.agreement < 0.9
-    assert rounding_sensitivity(smooth, (torch.arange(4).reshape(2, 2),)).output == 0.0  # token ids are not moved
+    assert rounding_sensitivity(smooth, (torch.arange(4).reshape(2, 2),)).output == 0.0  # no float value to move
+    # token ids cannot move: the noise goes on the embedding tables' outputs, the first float values
+    ids = torch.arange(8).reshape(2, 4)
+    tokens = torch.nn.Sequential(torch.nn.Embedding(8, 16), torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    assert 0 < rounding_sensitivity(tokens, (ids,)).output < 1e-3
+    staircase = torch.nn.Sequential(tokens, _Staircase(1e-5))
+    assert rounding_sensitivity(staircase, (ids,)).output > INTEGER_CEILING
 
 
 class _Staircase(torch.nn.Module):

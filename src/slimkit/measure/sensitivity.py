@@ -42,19 +42,33 @@ def top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def rounding_sensitivity(model: nn.Module, inputs: tuple[torch.Tensor, ...], *, noise: float = ROUNDING_NOISE,
                          draws: int = SENSITIVITY_DRAWS, seed: int = 0) -> Sensitivity:
-    """Move each float input of ``inputs`` by Gaussian noise of ``noise`` times its largest magnitude
-    (integer inputs, token ids, stay: no float input gives ``Sensitivity(0, 1)``), ``draws`` times,
-    and record the worst change. For an integer model this is how far two correct implementations
-    that round a few values differently can drift apart."""
-    if not any(t.is_floating_point() for t in inputs):
+    """Move each float input of ``inputs`` by Gaussian noise of ``noise`` times its largest magnitude,
+    ``draws`` times, and record the worst change. For an integer model this is how far two correct
+    implementations that round a few values differently can drift apart. Integer inputs (token ids)
+    cannot move: for them the noise goes on the outputs of the model's embedding tables, the first
+    float values of a token model (none: ``Sensitivity(0, 1)``)."""
+    embeddings = [] if any(t.is_floating_point() for t in inputs) else \
+        [m for m in model.modules() if isinstance(m, nn.Embedding) or type(m).__name__.endswith("Embedding")]
+    if not any(t.is_floating_point() for t in inputs) and not embeddings:
         return Sensitivity(0.0, 1.0)
     generator = torch.Generator().manual_seed(seed)
+
+    def jitter(t: torch.Tensor) -> torch.Tensor:
+        return t + noise * t.abs().max() * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
+
     output, agreement = 0.0, 1.0
     with torch.no_grad():
         reference = primary_output(model(*inputs))
         for _ in range(draws):
-            moved = tuple(t + noise * t.abs().max() * torch.randn(t.shape, generator=generator, dtype=t.dtype)
-                          if t.is_floating_point() else t for t in inputs)
-            out = primary_output(model(*moved))
+            if embeddings:
+                hooks = [m.register_forward_hook(lambda mod, args, out: jitter(out) if isinstance(out, torch.Tensor)
+                                                 and out.is_floating_point() else out) for m in embeddings]
+                try:
+                    out = primary_output(model(*inputs))
+                finally:
+                    for h in hooks:
+                        h.remove()
+            else:
+                out = primary_output(model(*tuple(jitter(t) if t.is_floating_point() else t for t in inputs)))
             output, agreement = max(output, rel_diff(out, reference)), min(agreement, top1_agreement(out, reference))
     return Sensitivity(output, agreement)
