@@ -56,12 +56,31 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     with torch.no_grad():
         found = [inspect_ir(path, label, inputs=inputs, threads=args.threads, profile=args.profile)
                  for path, label in ((ours, "slimkit"), (nncf[0], "NNCF"))]
+        paired = paired_latency(task, [ours, ours.with_suffix(".bin")], nncf, args)
     return {"task": name, "tokens": args.tokens if text else None, "smoothquant": smoothquant,
             "quantize_seconds": {"slimkit": slimkit_seconds, "nncf": nncf_seconds},
             "capability": found[0].device_capability,
             "integer_mac_share": {i.label: i.integer_mac_share() for i in found},
-            "inference_ms": {i.label: i.total_ms for i in found},
+            "inference_ms": {i.label: i.total_ms for i in found}, "paired": paired,
             "markdown": coverage_markdown(found)}
+
+
+def paired_latency(task: Any, ours: list[Path], nncf: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """slimkit's and NNCF's IR compiled as deploy runs them (latency mode, ``--threads``), timed
+    interleaved in this process (ABBA rounds), PERF_COUNT off: a slow spell of a shared machine
+    falls on both alike, so their ratio holds where separate processes' medians drift."""
+    from slimkit.backends.openvino import load_ir
+    from slimkit.measure.latency import measure_paired_latency, torch_threads
+
+    runs = {"slimkit": load_ir(ours, threads=args.threads).run, "NNCF": load_ir(nncf, threads=args.threads).run}
+    out = {}
+    shapes = {f"b1x{args.tokens}": batch_one(task.data.test, args.tokens), "b8x64": task.data.test.example_inputs(8)}
+    with torch_threads(args.threads):
+        for shape, inputs in shapes.items():
+            stats = measure_paired_latency(runs, inputs, repeats=args.paired_repeats, rounds=args.paired_rounds,
+                                           threads=args.threads, max_seconds=30)
+            out[shape] = {name: s.to_dict() for name, s in stats.items()}
+    return out
 
 
 def render(results: list[dict[str, Any]]) -> str:
@@ -74,7 +93,16 @@ def render(results: list[dict[str, Any]]) -> str:
                   f"Quantization time (same process, same calibration examples): slimkit "
                   f"{res['quantize_seconds']['slimkit']:.1f} s"
                   + (f" (SmoothQuant {res['smoothquant']})" if res["smoothquant"] is not None else "")
-                  + f", NNCF {res['quantize_seconds']['nncf']:.1f} s.", "", res["markdown"], ""]
+                  + f", NNCF {res['quantize_seconds']['nncf']:.1f} s.", ""]
+        if res.get("paired"):
+            lines += ["Paired latency, slimkit's int8 IR vs NNCF's on OpenVINO (latency mode, PERF_COUNT off, timed "
+                      "interleaved in one process, ABBA rounds; medians):", "",
+                      "| input | slimkit ms | NNCF ms | slimkit / NNCF |", "|---|---|---|---|"]
+            for shape, pair in res["paired"].items():
+                a, b = pair["slimkit"]["median_ms"], pair["NNCF"]["median_ms"]
+                lines.append(f"| {shape} | {a:.3f} | {b:.3f} | {a / b:.3f} |")
+            lines.append("")
+        lines += [res["markdown"], ""]
     return "\n".join(lines) + "\n"
 
 
@@ -84,11 +112,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--profile", type=int, default=100, help="inferences timed with PERF_COUNT")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--paired-repeats", type=int, default=400, help="timed calls per model, over the rounds")
+    parser.add_argument("--paired-rounds", type=int, default=20)
     parser.add_argument("--smoothquant", type=lambda v: None if v == "off" else float(v), default=0.8)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     command = (f"python benchmarks/int8_coverage.py --tasks {' '.join(args.tasks)} --tokens {args.tokens} "
-               f"--profile {args.profile} --threads {args.threads} --smoothquant "
+               f"--profile {args.profile} --threads {args.threads} --paired-repeats {args.paired_repeats} "
+               f"--paired-rounds {args.paired_rounds} --smoothquant "
                f"{'off' if args.smoothquant is None else args.smoothquant}")
     run_and_write("int8_coverage", command, args, lambda name, folder: measure_task(name, args, folder), render)
 
