@@ -523,16 +523,25 @@ def _mean_output_error(layer: _QuantLayer, x: torch.Tensor, x_quantized: torch.T
     wq = layer.dequantized_weight().double()
     dw = wq - layer.float_weight.to(x.device).double()
     if isinstance(layer, QuantLinear):
-        rows = x.numel() // x.shape[-1]
-        noise, total = ((x_quantized - x).reshape(-1, x.shape[-1]).sum(0).double(),
-                        x.reshape(-1, x.shape[-1]).sum(0).double())
-        return (F.linear(noise, wq) + F.linear(total, dw)) / rows
+        x, x_quantized = x.reshape(-1, x.shape[-1]), x_quantized.reshape(-1, x.shape[-1])
+        return (F.linear(_row_sum(x_quantized, x), wq) + F.linear(_row_sum(x), dw)) / x.shape[0]
     if x.dim() == 3:  # an unbatched image
         x, x_quantized = x[None], x_quantized[None]
-    noise, total = (x_quantized - x).sum(0, keepdim=True).double(), x.sum(0, keepdim=True).double()
-    error = sum(F.conv2d(t, w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-                for t, w in ((noise, wq), (total, dw)))
+    error = sum(F.conv2d(t[None], w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+                for t, w in ((_row_sum(x_quantized, x), wq), (_row_sum(x), dw)))
     return error.sum((0, 2, 3)) / (x.shape[0] * error.shape[2] * error.shape[3])
+
+
+def _row_sum(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum over the first dimension of ``a`` (or ``a - b``), in float64, from float32 sums
+    of ~1 MB slices (small temporaries: several times faster than one big difference, and
+    more exact)."""
+    step = max(1, (1 << 18) // max(1, a[0].numel()))
+    total = torch.zeros(a.shape[1:], dtype=torch.float64, device=a.device)
+    for start in range(0, a.shape[0], step):
+        part = a[start:start + step] if b is None else a[start:start + step] - b[start:start + step]
+        total += part.sum(0)
+    return total
 
 
 def _correct_bias_layerwise(model: nn.Module, batches: list[tuple[torch.Tensor, ...]],
