@@ -216,14 +216,27 @@ def choose_float_layers(model: nn.Module, batches: list[tuple[torch.Tensor, ...]
                          model=final, report=report)
 
 
+class _Ignore:
+    """An observer that keeps nothing."""
+
+    lo = None
+
+    def observe(self, x: torch.Tensor) -> None:
+        pass
+
+
+_IGNORE = _Ignore()
+
+
 @torch.no_grad()
 def smooth_linears(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], alpha: float = 0.5) -> list[str]:
     """SmoothQuant on every quantized linear: per input channel j, ``s_j = max|X_j|^alpha /
     max|W_j|^(1 - alpha)`` from the calibration inputs, then ``QuantLinear.smooth(s)``.
 
     ``alpha`` sets how much of the activations' range moves into the weights (0.5 in the paper;
-    higher for models with stronger outliers). Runs before calibration, while quantizers observe
-    (they are identities then, so the pass sees float inputs). Returns the layers smoothed.
+    higher for models with stronger outliers). Runs before calibration, while quantizers calibrate
+    (they are identities then, so the pass sees float inputs; they observe nothing in it, and
+    start afresh). Returns the layers smoothed.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"smoothquant alpha must be in [0, 1], got {alpha}")
@@ -237,14 +250,16 @@ def smooth_linears(model: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]
 
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: observe(mod, args, name))
              for name, m in linears.items()]
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuant) and m.calibrating]
+    for quantizer in quantizers:  # this pass sees unsmoothed inputs: what it observed would be dropped
+        quantizer.observer = _IGNORE
     try:
         calibrate(model, batches)
     finally:
         for h in hooks:
             h.remove()
-        for module in model.modules():  # that pass saw unsmoothed inputs: calibration starts afresh
-            if isinstance(module, ActQuant) and module.calibrating:
-                module.observer = make_observer(module.observer_name)
+        for quantizer in quantizers:  # calibration starts afresh
+            quantizer.observer = make_observer(quantizer.observer_name)
     smoothed = []
     for name, layer in linears.items():
         if name not in absmax:
