@@ -51,12 +51,21 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     q = slimkit_quantize(model, batches, default_weight_max(), smoothquant=smoothquant)
     slimkit_seconds = time.perf_counter() - started
     ours = save_ir(q, example, folder / "slimkit.xml")[0]
+    float_tables = None
+    if text:  # the same int8 model with float embedding tables (`quantize: {embeddings: float}`)
+        import copy
+
+        from slimkit.encoding import densify_
+
+        tables = copy.deepcopy(q)
+        densify_(tables, "weight_only")  # the embedding tables' dequantized rows, as float tables
+        float_tables = save_ir(tables, example, folder / "slimkit-float-tables.xml")
     nncf, nncf_seconds = nncf_quantize(fp32_onnx, input_names(fp32_onnx), batches, folder, text)
     inputs = [t.numpy() for t in batch_one(task.data.test, args.tokens)]
     with torch.no_grad():
         found = [inspect_ir(path, label, inputs=inputs, threads=args.threads, profile=args.profile)
                  for path, label in ((ours, "slimkit"), (nncf[0], "NNCF"))]
-        paired = paired_latency(task, [ours, ours.with_suffix(".bin")], nncf, args)
+        paired = paired_latency(task, [ours, ours.with_suffix(".bin")], nncf, args, float_tables)
     return {"task": name, "tokens": args.tokens if text else None, "smoothquant": smoothquant,
             "quantize_seconds": {"slimkit": slimkit_seconds, "nncf": nncf_seconds},
             "capability": found[0].device_capability,
@@ -65,7 +74,8 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
             "markdown": coverage_markdown(found)}
 
 
-def paired_latency(task: Any, ours: list[Path], nncf: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+def paired_latency(task: Any, ours: list[Path], nncf: list[Path], args: argparse.Namespace,
+                   float_tables: list[Path] | None = None) -> dict[str, Any]:
     """slimkit's and NNCF's IR compiled as deploy runs them (latency mode, ``--threads``), timed
     interleaved in this process (ABBA rounds), PERF_COUNT off: a slow spell of a shared machine
     falls on both alike, so their ratio holds where separate processes' medians drift."""
@@ -73,6 +83,8 @@ def paired_latency(task: Any, ours: list[Path], nncf: list[Path], args: argparse
     from slimkit.measure.latency import measure_paired_latency, torch_threads
 
     runs = {"slimkit": load_ir(ours, threads=args.threads).run, "NNCF": load_ir(nncf, threads=args.threads).run}
+    if float_tables:
+        runs["slimkit, float tables"] = load_ir(float_tables, threads=args.threads).run
     out = {}
     shapes = {f"b1x{args.tokens}": batch_one(task.data.test, args.tokens), "b8x64": task.data.test.example_inputs(8)}
     with torch_threads(args.threads):
@@ -97,10 +109,13 @@ def render(results: list[dict[str, Any]]) -> str:
         if res.get("paired"):
             lines += ["Paired latency, slimkit's int8 IR vs NNCF's on OpenVINO (latency mode, PERF_COUNT off, timed "
                       "interleaved in one process, ABBA rounds; medians):", "",
-                      "| input | slimkit ms | NNCF ms | slimkit / NNCF |", "|---|---|---|---|"]
+                      "| input | slimkit ms | NNCF ms | slimkit / NNCF | slimkit with float embedding tables ms "
+                      "| / NNCF |", "|---|---|---|---|---|---|"]
             for shape, pair in res["paired"].items():
                 a, b = pair["slimkit"]["median_ms"], pair["NNCF"]["median_ms"]
-                lines.append(f"| {shape} | {a:.3f} | {b:.3f} | {a / b:.3f} |")
+                c = pair.get("slimkit, float tables", {}).get("median_ms")
+                lines.append(f"| {shape} | {a:.3f} | {b:.3f} | {a / b:.3f} | "
+                             + (f"{c:.3f} | {c / b:.3f} |" if c else "— | — |"))
             lines.append("")
         lines += [res["markdown"], ""]
     return "\n".join(lines) + "\n"
