@@ -73,3 +73,15 @@ def test_cli_prints_both_models_and_names_bad_input(irs, tmp_path):
     assert many.exit_code == 2 and "one or two" in many.output
     shape = runner.invoke(app, ["int8-coverage", str(irs[0]), "--shape", "a,b"])
     assert shape.exit_code == 2 and "--shape" in shape.output
+
+
+def test_cli_names_a_corrupt_file_and_a_shape_that_does_not_fit(irs, tmp_path):
+    from slimkit.cli import app
+
+    runner = CliRunner()
+    corrupt = tmp_path / "corrupt.xml"
+    corrupt.write_text("<net>not a model")
+    bad = runner.invoke(app, ["int8-coverage", str(corrupt)])
+    assert bad.exit_code == 2 and "cannot read" in bad.output and "Traceback" not in bad.output
+    rank = runner.invoke(app, ["int8-coverage", str(irs[0]), "--shape", "1,128", "--profile", "0"])
+    assert rank.exit_code == 2 and "do not fit" in rank.output, rank.output

@@ -99,6 +99,8 @@ def test_a_static_only_field_with_method_dynamic_is_an_error():
     with pytest.raises(Exception, match="bias_correction: for method 'static' only"):
         QuantizeConfig(method="dynamic", bias_correction=False)
     QuantizeConfig(method="dynamic", smoothquant=0.5, calibration_samples=64)  # SmoothQuant calibrates dynamic too
+    with pytest.raises(Exception, match="calibrates only with smoothquant"):
+        QuantizeConfig(method="dynamic", calibration_samples=64)
     recipe = {"task": "digits-mlp", "steps": [{"quantize": {"method": "dynamic", "observer": "mse"}}]}
     with pytest.raises(ConfigError, match="observer"):
         run_recipe(recipe, None)

@@ -134,11 +134,18 @@ def inspect_ir(path: str | Path, label: str | None = None, *, inputs: Sequence[n
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(path))
+    try:
+        model = core.read_model(str(path))
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: one line naming it
+        raise ValueError(f"OpenVINO cannot read {path}: {_first_line(err)}") from None
     fq, smoothing = fake_quantize_placement(model)
     if inputs is None:
         inputs = example_inputs(model, shape)
-    model.reshape({port.get_any_name(): list(x.shape) for port, x in zip(model.inputs, inputs)})
+    try:
+        model.reshape({port.get_any_name(): list(x.shape) for port, x in zip(model.inputs, inputs)})
+    except Exception as err:  # noqa: BLE001 - a shape of the wrong rank for this model
+        raise ValueError(f"{path}: inputs of shapes {[list(x.shape) for x in inputs]} do not fit the model "
+                         f"({_first_line(err)})") from None
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                               "PERF_COUNT": bool(profile)}
     if threads:
@@ -173,6 +180,11 @@ def inspect_ir(path: str | Path, label: str | None = None, *, inputs: Sequence[n
     caps = " ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return Inspection(label or Path(path).stem, ops, fq, smoothing,
                       statistics.median(walls) if walls else None, caps)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(err).__name__
 
 
 def fake_quantize_placement(model) -> tuple[Counter, int]:

@@ -60,6 +60,10 @@ class QuantizeConfig(Config):
                      if getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
             if given:
                 raise ValueError(f"{', '.join(given)}: for method 'static' only (method is 'dynamic')")
+            unused = [name for name in ("calibration_samples", "calibration_batch_size")
+                      if getattr(self, name) != type(self).model_fields[name].get_default()]
+            if unused and self.smoothquant is None:  # dynamic calibrates only SmoothQuant's factors
+                raise ValueError(f"{', '.join(unused)}: method 'dynamic' calibrates only with smoothquant set")
         return self
 
 
