@@ -48,7 +48,8 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     example = task.data.test.example_inputs(1)
     _, fp32_onnx = fp32_artifacts(task, model, folder)
     started = time.perf_counter()
-    q = slimkit_quantize(model, batches, default_weight_max(), smoothquant=smoothquant)
+    q = slimkit_quantize(model, batches, default_weight_max(), smoothquant=smoothquant,
+                         mask_input=task.data.train.mask_input)
     slimkit_seconds = time.perf_counter() - started
     ours = save_ir(q, example, folder / "slimkit.xml")[0]
     float_tables = None

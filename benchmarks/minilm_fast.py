@@ -73,7 +73,8 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
     with torch.no_grad():
         int8_alone = quantize_embeddings(quantize_static(baseline, batches, weight_max=default_weight_max(),
                                                          smoothquant=cfg.smoothquant, observer=cfg.observer,
-                                                         attention=cfg.attention == "int8")[0], cfg)[0]
+                                                         attention=cfg.attention == "int8",
+                                                         mask_input=task.data.train.mask_input)[0], cfg)[0]
     artifacts: dict[str, dict[str, Any]] = {}
 
     def add(config: str, label: str, files: list[Path], runtime: str) -> None:

@@ -87,7 +87,7 @@ def build_artifacts(task: Any, model: Any, batches: list, folder: Path,
     add = out.add
 
     started = time.perf_counter()
-    q = slimkit_quantize(model, batches, weight_max, smoothquant=smoothquant)
+    q = slimkit_quantize(model, batches, weight_max, smoothquant=smoothquant, mask_input=task.data.train.mask_input)
     seconds = time.perf_counter() - started
     label = "slimkit static int8" + (f" + SmoothQuant {smoothquant}" if smoothquant is not None else "")
     add("slimkit", label, [export_onnx(q, example, folder / "slimkit.onnx")], seconds, ["onnxruntime"])
@@ -131,14 +131,14 @@ def input_names(onnx_path: Path) -> list[str]:
 
 
 def slimkit_quantize(model: Any, batches: list, weight_max: int, bias_correction: bool = True,
-                     smoothquant: float | None = None) -> Any:
+                     smoothquant: float | None = None, mask_input: int | None = None) -> Any:
     """What the ``quantize`` step does (static, min-max; ``smoothquant: alpha`` if given; embedding
-    tables int8 per row), on ``batches``."""
+    tables int8 per row), on ``batches`` (``mask_input``: the split's, as the step passes it)."""
     from slimkit.techniques.quantization.ptq import quantize_static
     from slimkit.techniques.quantization.step import QuantizeConfig, quantize_embeddings
 
     q = quantize_static(model, batches, weight_max=weight_max, bias_correction=bias_correction,
-                        smoothquant=smoothquant)[0]
+                        smoothquant=smoothquant, mask_input=mask_input)[0]
     return quantize_embeddings(q, QuantizeConfig())[0]
 
 
@@ -301,7 +301,8 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
         reference = predict(model, test, 256)
         with_bc = predict(q, test, 256)
         without_bc = predict(slimkit_quantize(model, batches, weight_max, bias_correction=False,
-                                              smoothquant=smoothquant), test, 256)
+                                              smoothquant=smoothquant, mask_input=task.data.train.mask_input),
+                             test, 256)
     eager = {"quality": task.evaluate(with_bc, test.targets)["quality"],
              "quality_no_bias_correction": task.evaluate(without_bc, test.targets)["quality"],
              "logit_mse": float(((with_bc - reference) ** 2).mean()),

@@ -10,7 +10,10 @@ the iterable yields (after ``transform_fn``, if given) is one batch in one of th
   ``transform_fn`` that returns ``((input_ids, attention_mask), labels)`` in the order the
   model's ``forward`` takes them.
 
-Rows are concatenated along the first dimension. ``max_samples`` caps how many are kept (the
+Rows are concatenated along the first dimension. Where the inputs hold token ids and an attention
+mask (``infer_mask_input``: integer ``[rows, positions]`` inputs of one shape, one of them all 0/1
+with a token first), the split knows its mask: training batches are cut to their longest row, and
+calibration statistics count real tokens only. ``max_samples`` caps how many are kept (the
 first ones, in the iterable's order): calibration needs hundreds, not a dataset.
 """
 
@@ -22,6 +25,7 @@ import torch
 
 from slimkit.core.errors import ConfigError
 from slimkit.data.base import Split
+from slimkit.data.positions import infer_mask_input
 
 TransformFn = Callable[[Any], Any]
 
@@ -61,7 +65,7 @@ def as_split(data: Iterable[Any] | Split, *, transform_fn: TransformFn | None = 
     labels = torch.cat(targets) if labelled else torch.zeros(len(columns[0]), dtype=torch.long)
     if max_samples is not None:
         columns, labels = tuple(c[:max_samples] for c in columns), labels[:max_samples]
-    return Split(columns, labels), labelled
+    return Split(columns, labels, mask_input=infer_mask_input(columns)), labelled
 
 
 def _batch(item: Any, index: int, what: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:

@@ -24,12 +24,13 @@ from slimkit.core.registry import BACKENDS
 
 
 def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: Path, *,
-                contrib_ops: bool = False) -> Path:
+                contrib_ops: bool = False, target: str = "onnx") -> Path:
     """``model`` as an ONNX file at ``path`` (written to a temporary name, then renamed).
 
     ``contrib_ops``: the file is for ONNX Runtime only and may use its ``com.microsoft`` operators
     (weight-only int4/int8 linears as ``MatMulNBits``); without it, standard ONNX only (what
-    OpenVINO and TensorRT read).
+    OpenVINO and TensorRT read). ``target`` names the runtime a standard file is for, where a
+    layer writes itself differently for it (``"openvino"``: see ``encoding.export``).
 
     The exporter does not give up at its first failure. Routes, in order: ``torch.export`` + the
     dynamo exporter; the same program decomposed to core ATen by torch first (where the
@@ -42,7 +43,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     import warnings
 
     failures: list[str] = []
-    target = "onnxruntime" if contrib_ops else "onnx"
+    target = "onnxruntime" if contrib_ops else target
     program: list = []  # torch.export's program, made once for both dynamo routes
 
     def exported():

@@ -51,7 +51,7 @@ def save_ir(model: nn.Module, example_inputs: Sequence[torch.Tensor], xml: Path)
             from slimkit.backends.onnx_graph import unshare_zero_points
             from slimkit.backends.onnxruntime import export_onnx
 
-            path = export_onnx(model, example_inputs, xml.with_name(f".tmp-{xml.stem}.onnx"))
+            path = export_onnx(model, example_inputs, xml.with_name(f".tmp-{xml.stem}.onnx"), target="openvino")
             graph = onnx.load(str(path))
             route = "onnx/" + next((p.value for p in graph.metadata_props if p.key == "slimkit.export"), "?")
             if unshare_zero_points(graph):

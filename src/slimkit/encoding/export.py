@@ -14,7 +14,7 @@ _EXPORT_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("sli
 
 def export_target() -> str | None:
     """``"onnxruntime"`` (an ONNX file that may use ONNX Runtime's contrib ops), ``"onnx"``
-    (standard ONNX, any runtime), or None (not exporting, or any other use of the program:
+    (standard ONNX, any runtime), ``"openvino"`` (standard ONNX that OpenVINO will read), or None (not exporting, or any other use of the program:
     torch.compile, TVM, OpenVINO's PyTorch frontend).
 
     A weight-only int4 linear becomes ONNX Runtime's ``MatMulNBits`` contrib op when exported for

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from slimkit.core.config import Config
 from slimkit.tasks.context import Context
 from slimkit.core.errors import ConfigError
+from slimkit.data.positions import batch_mask, real_positions, real_rows
 from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.encoding.twins import plain_type
 from slimkit.train.config import TrainingStepConfig, finetune_config
@@ -203,13 +204,9 @@ def input_statistics(model: nn.Module, names: list[str], ctx: Context, samples: 
     split = ctx.data.train
     modules = dict(model.named_modules())
     stats = {n: InputStatistics(modules[n].in_features) for n in names}
-    mask: list[torch.Tensor | None] = [None]
 
     def hook(module, args, name):
-        x = args[0]
-        if mask[0] is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask[0].shape):
-            x = x[mask[0].bool()]
-        stats[name].add(x)
+        stats[name].add(real_rows(args[0]))
 
     handles = [modules[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in names]
     was_training = model.training
@@ -217,8 +214,8 @@ def input_statistics(model: nn.Module, names: list[str], ctx: Context, samples: 
     try:
         for batch in calibration_batches(split, samples, 32, ctx.seed):
             batch = tuple(t.to(ctx.device) for t in split.trim(batch))
-            mask[0] = batch[split.mask_input] if split.mask_input is not None else None
-            model(*batch)
+            with real_positions(batch_mask(batch, split.mask_input)):
+                model(*batch)
     finally:
         for h in handles:
             h.remove()

@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_leaves
 
 from slimkit.core.errors import ConfigError, SlimkitError
+from slimkit.data.positions import batch_mask, real_positions, real_rows
 from slimkit.search.scan import Progress
 
 Criterion = Literal["l1", "l2", "bn_scale", "taylor", "activation", "random"]
@@ -93,13 +94,17 @@ def _activation_importance():
 
 
 @torch.no_grad()
-def activation_stats(model: nn.Module, batches: Sequence[Sequence[torch.Tensor]]) -> dict[nn.Module, torch.Tensor]:
-    """{Linear/Conv layer: mean of its input squared, per input channel} over ``batches``."""
+def activation_stats(model: nn.Module, batches: Sequence[Sequence[torch.Tensor]],
+                     mask_input: int | None = None) -> dict[nn.Module, torch.Tensor]:
+    """{Linear/Conv layer: mean of its input squared, per input channel} over ``batches``
+    (``mask_input``: the batches' attention mask; a linear's mean is then over real tokens)."""
     sums: dict[nn.Module, torch.Tensor] = {}
     counts: dict[nn.Module, int] = {}
 
     def hook(module, args):
         x = args[0].detach().float()
+        if not isinstance(module, nn.modules.conv._ConvNd):
+            x = real_rows(x)
         channels = x.transpose(0, 1).flatten(1) if isinstance(module, nn.modules.conv._ConvNd) else x.flatten(0, -2).T
         sums[module] = sums.get(module, 0) + channels.pow(2).sum(1)
         counts[module] = counts.get(module, 0) + channels.shape[1]
@@ -110,7 +115,8 @@ def activation_stats(model: nn.Module, batches: Sequence[Sequence[torch.Tensor]]
     try:
         model.eval()
         for batch in batches:
-            model(*batch)
+            with real_positions(batch_mask(batch, mask_input)):
+                model(*batch)
     finally:
         for h in handles:
             h.remove()
@@ -205,6 +211,7 @@ class Plan:
     round_to: int | None = None
     steps: int = 1
     batches: Sequence[Sequence[torch.Tensor]] = ()  # activation: the batches its statistics come from
+    mask_input: int | None = None  # which of the batches' inputs is an attention mask (padding not counted)
 
 
 class StructuredPruner:
@@ -241,7 +248,7 @@ class StructuredPruner:
     def _refresh_stats(self) -> None:
         if self.plan.criterion == "activation":
             self.stats.clear()
-            self.stats.update(activation_stats(self.model, self.plan.batches))
+            self.stats.update(activation_stats(self.model, self.plan.batches, self.plan.mask_input))
 
     @property
     def pruner(self):

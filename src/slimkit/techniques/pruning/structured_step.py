@@ -174,7 +174,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: Context)
     plan = Plan(criterion=cfg.criterion, ratio=cfg.ratio or 0.0, allocation=cfg.allocation, heads=cfg.heads,
                 ignore=cfg.ignore, max_ratio=cfg.max_ratio, round_to=cfg.round_to,
                 batches=leading_batches(ctx.data.train, cfg.score_batches, train.batch_size, ctx.device)
-                if cfg.criterion == "activation" else ())
+                if cfg.criterion == "activation" else (), mask_input=ctx.data.train.mask_input)
     target = None
     if cfg.target_macs is not None:
         target = ("macs", lambda m: count_macs(m, inputs), cfg.target_macs * macs0)

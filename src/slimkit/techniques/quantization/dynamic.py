@@ -86,7 +86,7 @@ class DynamicQuantLinear(EncodedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_smoothing is not None:
             x = x * self.input_smoothing
-        if export_target() in ("onnx", "onnxruntime"):
+        if export_target() in ("onnx", "onnxruntime", "openvino"):
             return self._matmul_integer(x)
         codes, scale, zero_point = self.quantize_input(x)
         return self._rescale(torch.matmul(codes - zero_point, self.weight_int8.float().t()), scale)

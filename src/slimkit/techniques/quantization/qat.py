@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from slimkit.encoding.twins import WrapsLayer
 from slimkit.techniques.quantization.modules import WEIGHT_MAXES, ActQuant, QuantConv2d, QuantLinear, _QuantLayer
-from slimkit.techniques.quantization.ptq import (QuantReport, calibrate, convert, keep_model_outputs_float,
-                                                 prepare_static, quantized_layers, share_quantization_params)
+from slimkit.techniques.quantization.ptq import (QuantReport, _OutputUse, calibrate, convert, prepare_static,
+                                                 quantized_layers, share_quantization_params)
 from slimkit.techniques.quantization.qscheme import (QuantSpec, StepInit, lsq_fake_quantize, lsq_initial_step,
                                                       qparams_from_range)
 
@@ -139,8 +139,9 @@ def prepare_qat(model: nn.Module, batches: list[tuple[torch.Tensor, ...]], *, bi
     for entry in report.skipped:
         log.info("qat: %s stays in float (%s)", entry["module"], entry["reason"])
     probe = probe.to(batches[0][0].device)
-    report.float_outputs = keep_model_outputs_float(probe, batches[0])
-    calibrate(probe, batches)
+    with _OutputUse(probe) as use:  # which outputs stay float, decided on the first calibration batch
+        calibrate(probe, batches)
+    report.float_outputs = use.keep_float()
     convert(probe)
     report.shared_scales = share_quantization_params(probe)
     producer_of = {consumer: producer for producer, consumer in report.shared_scales}

@@ -152,7 +152,7 @@ def quantize(model: nn.Module, cfg: QuantizeConfig, ctx: Context) -> StepResult:
     if cfg.method == "dynamic":
         return _quantize_dynamic(model, cfg, weight_max, batches)
     kwargs = dict(observer=cfg.observer, skip=cfg.skip, weight_max=weight_max, bias_correction=cfg.bias_correction,
-                  smoothquant=cfg.smoothquant, attention=cfg.attention == "int8")
+                  smoothquant=cfg.smoothquant, attention=cfg.attention == "int8", mask_input=ctx.data.train.mask_input)
     fallback = None
     if cfg.max_quality_drop is None:
         prepared, report = quantize_static(model, batches, **kwargs)
@@ -343,7 +343,7 @@ def quantize_weights(model: nn.Module, cfg: QuantizeWeightsConfig, ctx: Context)
 
     def quantize(bits=None):
         return quantize_weight_only(model, spec, method=cfg.algorithm, batches=batches, kinds=tuple(cfg.layers),
-                                    skip=cfg.skip, damp=cfg.damp, bits=bits)
+                                    skip=cfg.skip, damp=cfg.damp, bits=bits, mask_input=ctx.data.train.mask_input)
 
     try:
         if cfg.max_quality_drop is None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from slimkit.data.positions import real_rows
 from slimkit.encoding.bits import pack_nibbles, unpack_nibbles
 from slimkit.encoding.dense import dense_embedding
 from slimkit.encoding.export import export_target
@@ -205,6 +206,13 @@ class WeightOnlyEmbedding(_WeightOnly):
         return dense_embedding(self.dense_weight(), self.padding_idx)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if export_target() == "openvino" and self.spec.bits == 8 and self.n_groups == 1:
+            # dequantize the constant table, then gather: OpenVINO keeps the table in int8 and
+            # gathers from it compressed (its CPU plugin's compressed Gather)
+            codes = self.weight_packed.reshape(self.out_features, -1)
+            zp = self.zero_points().reshape(-1, 1)
+            table = (codes.float() - zp) * self.weight_scale.reshape(-1, 1)
+            return F.embedding(ids, table, self.padding_idx)
         packed = self.weight_packed[ids]  # (..., G, bytes per group)
         q = unpack_nibbles(packed) if self.spec.bits == 4 else packed
         scale = self.weight_scale[ids].unsqueeze(-1)
@@ -263,11 +271,13 @@ def forward_order(model: nn.Module, inputs: tuple[torch.Tensor, ...], types: tup
 def quantize_weight_only(model: nn.Module, spec: WeightOnlySpec = WeightOnlySpec(), *, method: str = "rtn",
                          batches: list[tuple[torch.Tensor, ...]] | None = None, kinds: tuple[str, ...] = ("linear",),
                          skip: tuple[str, ...] | list[str] = (), damp: float = 0.01,
-                         bits: dict[str, int | None] | None = None) -> tuple[nn.Module, WeightOnlyReport]:
+                         bits: dict[str, int | None] | None = None,
+                         mask_input: int | None = None) -> tuple[nn.Module, WeightOnlyReport]:
     """A copy of ``model`` whose layers of ``kinds`` (linear, conv, embedding) hold weight-only
     codes. ``method``: ``rtn`` (round to nearest, no data needed) or ``gptq`` (linears; needs
     calibration ``batches``; convs and embeddings fall back to rtn, and the report says so).
     ``bits``: per-layer overrides of ``spec.bits`` (4, 8, or None: keep the layer in float).
+    ``mask_input``: the batches' attention mask (GPTQ's Hessians from real tokens only).
 
     GPTQ runs sequentially: each linear's input Hessian is collected from the model whose earlier
     layers are already quantized, so later layers compensate the error that reaches them.
@@ -308,7 +318,7 @@ def quantize_weight_only(model: nn.Module, spec: WeightOnlySpec = WeightOnlySpec
             continue
         codes = {}
         if method == "gptq" and plain_type(layer) is nn.Linear:
-            codes = _gptq_codes(q, layer, batches, layer_spec, damp)
+            codes = _gptq_codes(q, layer, batches, layer_spec, damp, mask_input)
         twin = _TWINS[plain_type(layer)](layer, layer_spec, **codes)
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else q, child, twin)
@@ -331,12 +341,12 @@ def _unsupported(layer: nn.Module, spec: WeightOnlySpec) -> str | None:
 
 
 def _gptq_codes(model: nn.Module, layer: nn.Linear, batches, spec: WeightOnlySpec,
-                damp: float) -> dict[str, torch.Tensor]:
+                damp: float, mask_input: int | None = None) -> dict[str, torch.Tensor]:
     from slimkit.techniques.quantization.gptq import HessianAccumulator, gptq_quantize
     from slimkit.techniques.quantization.ptq import feed_layer
 
     acc = HessianAccumulator(layer.in_features)
-    feed_layer(model, layer, batches, lambda module, args: acc.add(args[0]))
+    feed_layer(model, layer, batches, lambda module, args: acc.add(real_rows(args[0])), mask_input)
     if acc.n == 0:
         return {}
     codes, scale, zero_point = gptq_quantize(layer.weight, acc.h, spec, damp=damp)
