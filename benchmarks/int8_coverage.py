@@ -52,21 +52,12 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
                          mask_input=task.data.train.mask_input)
     slimkit_seconds = time.perf_counter() - started
     ours = save_ir(q, example, folder / "slimkit.xml")[0]
-    float_tables = None
-    if text:  # the same int8 model with float embedding tables (`quantize: {embeddings: float}`)
-        import copy
-
-        from slimkit.encoding import densify_
-
-        tables = copy.deepcopy(q)
-        densify_(tables, "weight_only")  # the embedding tables' dequantized rows, as float tables
-        float_tables = save_ir(tables, example, folder / "slimkit-float-tables.xml")
     nncf, nncf_seconds = nncf_quantize(fp32_onnx, input_names(fp32_onnx), batches, folder, text)
     inputs = [t.numpy() for t in batch_one(task.data.test, args.tokens)]
     with torch.no_grad():
         found = [inspect_ir(path, label, inputs=inputs, threads=args.threads, profile=args.profile)
                  for path, label in ((ours, "slimkit"), (nncf[0], "NNCF"))]
-        paired = paired_latency(task, [ours, ours.with_suffix(".bin")], nncf, args, float_tables)
+        paired = paired_latency(task, [ours, ours.with_suffix(".bin")], nncf, args)
     return {"task": name, "tokens": args.tokens if text else None, "smoothquant": smoothquant,
             "quantize_seconds": {"slimkit": slimkit_seconds, "nncf": nncf_seconds},
             "capability": found[0].device_capability,
@@ -75,24 +66,45 @@ def measure_task(name: str, args: argparse.Namespace, folder: Path) -> dict[str,
             "markdown": coverage_markdown(found)}
 
 
-def paired_latency(task: Any, ours: list[Path], nncf: list[Path], args: argparse.Namespace,
-                   float_tables: list[Path] | None = None) -> dict[str, Any]:
+def paired_latency(task: Any, ours: list[Path], nncf: list[Path], args: argparse.Namespace) -> dict[str, Any]:
     """slimkit's and NNCF's IR compiled as deploy runs them (latency mode, ``--threads``), timed
-    interleaved in this process (ABBA rounds), PERF_COUNT off: a slow spell of a shared machine
-    falls on both alike, so their ratio holds where separate processes' medians drift."""
+    interleaved in this process, PERF_COUNT off, in ``--paired-rounds`` blocks of one ABBA pair
+    each: a slow spell of a shared machine falls on both alike, and each block gives one ratio.
+
+    The ratio is the median of the blocks' ratios, with a 95% bootstrap interval over blocks. A
+    second compiled copy of slimkit's own IR is timed in the same blocks (an A/A control): its
+    ratio to slimkit is what this measurement reads for two identical models, its resolution."""
+    import random
+    import statistics
+
     from slimkit.backends.openvino import load_ir
     from slimkit.measure.latency import measure_paired_latency, torch_threads
 
-    runs = {"slimkit": load_ir(ours, threads=args.threads).run, "NNCF": load_ir(nncf, threads=args.threads).run}
-    if float_tables:
-        runs["slimkit, float tables"] = load_ir(float_tables, threads=args.threads).run
+    runs = {"slimkit": load_ir(ours, threads=args.threads).run, "NNCF": load_ir(nncf, threads=args.threads).run,
+            "slimkit copy": load_ir(ours, threads=args.threads).run}
     out = {}
     shapes = {f"b1x{args.tokens}": batch_one(task.data.test, args.tokens), "b8x64": task.data.test.example_inputs(8)}
+    per_block = max(2, args.paired_repeats // args.paired_rounds)
+    rng = random.Random(0)
+
+    def interval(ratios: list[float]) -> list[float]:
+        boots = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+        return [boots[49], boots[1949]]
+
     with torch_threads(args.threads):
         for shape, inputs in shapes.items():
-            stats = measure_paired_latency(runs, inputs, repeats=args.paired_repeats, rounds=args.paired_rounds,
-                                           threads=args.threads, max_seconds=30)
-            out[shape] = {name: s.to_dict() for name, s in stats.items()}
+            blocks = []
+            for block in range(args.paired_rounds):
+                order = dict(list(runs.items())[block % 3:] + list(runs.items())[:block % 3])  # rotate who goes first
+                stats = measure_paired_latency(order, inputs, warmup=5 if block else 20, repeats=per_block, rounds=2,
+                                               threads=args.threads, max_seconds=30, min_warmup_seconds=0.05)
+                blocks.append({name: s.median_ms for name, s in stats.items()})
+            ratio = [b["slimkit"] / b["NNCF"] for b in blocks]
+            control = [b["slimkit copy"] / b["slimkit"] for b in blocks]
+            out[shape] = {"median_ms": {name: statistics.median(b[name] for b in blocks) for name in runs},
+                          "ratio": statistics.median(ratio), "ratio_ci95": interval(ratio),
+                          "control": statistics.median(control), "control_ci95": interval(control),
+                          "blocks": len(blocks), "calls_per_block": per_block}
     return out
 
 
@@ -108,15 +120,20 @@ def render(results: list[dict[str, Any]]) -> str:
                   + (f" (SmoothQuant {res['smoothquant']})" if res["smoothquant"] is not None else "")
                   + f", NNCF {res['quantize_seconds']['nncf']:.1f} s.", ""]
         if res.get("paired"):
-            lines += ["Paired latency, slimkit's int8 IR vs NNCF's on OpenVINO (latency mode, PERF_COUNT off, timed "
-                      "interleaved in one process, ABBA rounds; medians):", "",
-                      "| input | slimkit ms | NNCF ms | slimkit / NNCF | slimkit with float embedding tables ms "
-                      "| / NNCF |", "|---|---|---|---|---|---|"]
+            first = next(iter(res["paired"].values()))
+            lines += [f"Paired latency, slimkit's int8 IR vs NNCF's on OpenVINO (latency mode, PERF_COUNT off, timed "
+                      f"interleaved in one process: {first['blocks']} blocks of one ABBA pair, "
+                      f"{first['calls_per_block']} calls per model per block). Ratio: the median of the blocks' "
+                      "ratios, [95% bootstrap interval]. A/A control: a second compiled copy of slimkit's IR against "
+                      "slimkit, timed in the same blocks: how far apart this measurement puts two identical models.",
+                      "", "| input | slimkit ms | NNCF ms | slimkit / NNCF | A/A control (copy / slimkit) |",
+                      "|---|---|---|---|---|"]
             for shape, pair in res["paired"].items():
-                a, b = pair["slimkit"]["median_ms"], pair["NNCF"]["median_ms"]
-                c = pair.get("slimkit, float tables", {}).get("median_ms")
-                lines.append(f"| {shape} | {a:.3f} | {b:.3f} | {a / b:.3f} | "
-                             + (f"{c:.3f} | {c / b:.3f} |" if c else "— | — |"))
+                ms = pair["median_ms"]
+                lo, hi = pair["ratio_ci95"]
+                clo, chi = pair["control_ci95"]
+                lines.append(f"| {shape} | {ms['slimkit']:.3f} | {ms['NNCF']:.3f} | {pair['ratio']:.3f} "
+                             f"[{lo:.3f}, {hi:.3f}] | {pair['control']:.3f} [{clo:.3f}, {chi:.3f}] |")
             lines.append("")
         lines += [res["markdown"], ""]
     return "\n".join(lines) + "\n"
