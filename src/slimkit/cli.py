@@ -102,7 +102,14 @@ def _run(recipe: Path, out: Path, overwrite: bool, quiet: bool) -> None:
     say = (lambda text: None) if quiet else (lambda text: console.print(f"[dim]•[/] {text}", highlight=False))
     checked = load_recipe(recipe)  # a bad recipe leaves no folder behind
     _make_out_dir(out)
-    result = run_recipe(checked, out, overwrite=overwrite, progress=not quiet and sys.stderr.isatty(), report=say)
+    from slimkit.core.distributed import is_main
+
+    if not is_main():  # a torchrun rank other than 0 trains alongside rank 0, silently
+        say = lambda text: None  # noqa: E731
+    result = run_recipe(checked, out, overwrite=overwrite, progress=is_main() and not quiet and sys.stderr.isatty(),
+                        report=say)
+    if not is_main():
+        return
     console.print(rich_table(result.results))
     console.print(f"results: {out / 'results.json'}   report: {out / 'report.html'} (and report.md, pareto.png)")
 

@@ -24,7 +24,8 @@ TRAINING_STEPS = {
 }
 # every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
 FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 3e-4, "optimizer": "sgd", "momentum": 0.8, "weight_decay": 1e-3,
-            "schedule": "constant", "grad_clip": 2.0, "keep_best": False}
+            "schedule": "constant", "grad_clip": 2.0, "keep_best": False,
+            "checkpointing": {"strategy": "all"}}  # precision stays fp32: bf16 needs a CPU that has it
 
 
 def _steps_with_finetune() -> set[str]:

@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from slimkit.core.outputs import primary_output, returns_tensor
 from slimkit.core.errors import BackendUnavailableError, ConfigError
-from slimkit.core.hardware import cpu_flags
+from slimkit.core.hardware import cpu_has_native_bf16
 from slimkit.encoding.export import exporting_for
 from slimkit.encoding.model import densified, is_encoded
 
@@ -139,14 +139,6 @@ def packages_available(*modules: str, extra: str) -> Availability:
             return Availability(False, f"python package {module!r} is not importable ({first}); "
                                        f"pip install 'slimkit[{extra}]'")
     return Availability(True)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (x86 AVX512-BF16 or AMX-BF16; ARM BF16). Without
-    it PyTorch emulates bf16 through conversions to fp32, slower than fp32 itself, so eager and
-    torch_compile offer bf16 on CPU only where this is true."""
-    flags = cpu_flags()
-    return bool(flags and flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def check_precision(backend: Any, precision: str, device: str = "cpu") -> None:

@@ -16,7 +16,7 @@ from slimkit.core.registry import BACKENDS
 def torch_precisions(device: str) -> tuple[str, ...]:
     # fp16 matmuls on CPUs without native fp16 arithmetic take seconds (docs/ARCHITECTURE.md):
     # offered on CUDA only; bf16 on CPUs that compute it natively (emulated, it is slower than fp32)
-    from slimkit.backends.base import cpu_has_native_bf16
+    from slimkit.core.hardware import cpu_has_native_bf16
 
     if device == "cuda":
         return ("fp32", "bf16", "fp16")

@@ -16,6 +16,14 @@ def cpu_flags() -> set[str] | None:
     return set()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86 AVX512-BF16 or AMX-BF16; ARM BF16). Without
+    it PyTorch emulates bf16 through conversions to fp32, slower than fp32 itself, so eager and
+    torch_compile offer bf16 on CPU, and training autocasts to it, only where this is true."""
+    flags = cpu_flags()
+    return bool(flags and flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
     import platform

@@ -63,12 +63,39 @@ class RunResult:
 def run_recipe(recipe: str | Path | dict[str, Any] | Recipe, out: str | Path, *, overwrite: bool = False,
                progress: bool = False, train_fn: Callable[..., Any] | None = None,
                report: Reporter | None = None) -> RunResult:
-    """Run ``recipe`` into ``out``; rerunning the same command continues where it stopped."""
+    """Run ``recipe`` into ``out``; rerunning the same command continues where it stopped.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank runs the recipe: steps that train do it
+    data-parallel (``train.distributed``), every other step runs alike on each rank. Rank 0
+    measures and writes ``out``; the other ranks work in a scratch copy of it (what an earlier run
+    left there, so that all resume alike), skip measurement, and delete it at the end."""
+    from slimkit.train import distributed
+
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     out = Path(out)
+    if distributed.world_size() > 1:
+        distributed.init_from_env(resolve_device(recipe.measure.device))
+        if not distributed.is_main():
+            return _run_scratch(recipe, out, overwrite, train_fn)
+        distributed.barrier()  # the other ranks copied what ``out`` held before rank 0 writes to it
     _refuse_foreign_folder(out)
     with folder_lock(out):
         return _run_locked(recipe, out, overwrite, progress, train_fn, report or (lambda text: None))
+
+
+def _run_scratch(recipe: Recipe, out: Path, overwrite: bool, train_fn: Callable[..., Any] | None) -> RunResult:
+    """A torchrun rank other than 0: the recipe in a scratch copy of ``out`` (its results dropped)."""
+    import tempfile
+
+    from slimkit.train import distributed
+
+    with tempfile.TemporaryDirectory(prefix=f"slimkit-rank{distributed.rank()}-") as tmp:
+        scratch = Path(tmp) / "run"
+        if out.is_dir() and (out / STATE_FILE).exists():
+            shutil.copytree(out, scratch, ignore=shutil.ignore_patterns(LOCK_FILE))
+        distributed.barrier()
+        with folder_lock(scratch):
+            return _run_locked(recipe, scratch, overwrite, False, train_fn, lambda text: None)
 
 
 def _run_locked(recipe: Recipe, out: Path, overwrite: bool, progress: bool,
@@ -110,7 +137,9 @@ def _run_locked(recipe: Recipe, out: Path, overwrite: bool, progress: bool,
                                      structure=STEPS.get(step.technique).record(step.technique, result.structure),
                                      measured=result.measured))
             say(_line(records[-1]))
-    return RunResult(out, _results(recipe, task, records), resumed)
+    from slimkit.core.distributed import is_main
+
+    return RunResult(out, _results(recipe, task, records) if is_main() else {}, resumed)
 
 
 def _refuse_foreign_folder(out: Path) -> None:
@@ -268,6 +297,13 @@ def _finish(run: RunFolder, model: nn.Module, done: Done) -> dict[str, Any]:
     save_state_dict(out / artifact, model.state_dict(), metadata={"slimkit_step": done.name, "task": task.name})
     spec = ModelSpec(recipe.task.to_json_dict(), str((out / artifact).resolve()),
                      [*_structures(run.state["steps"]), (done.technique, done.structure)])
+    from slimkit.core.distributed import is_main
+
+    if not is_main():  # a torchrun rank other than 0: rank 0 measures and writes the results
+        run.state["steps"].append({"name": done.name, "technique": done.technique, "params": done.params,
+                                   "info": {}, "metrics": {}, "artifact": artifact, "structure": done.structure,
+                                   "target": done.target.to_json_dict()})
+        return run.state["steps"][-1]
     metrics = measure_on_target(model, task, recipe.measure, done.target, artifact=out / artifact, spec=spec,
                                 workdir=out / folder, measured=done.measured)
     _relative_artifacts(metrics, out)
@@ -317,5 +353,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _line(rec: dict[str, Any]) -> str:
     m = rec["metrics"]
+    if not m:  # a torchrun rank other than 0 measures nothing
+        return f"{rec['name']}: done"
     return (f"{rec['name']}: quality {m['quality']:.4f}  size {m['size_bytes'] / 1024:.1f} KiB  "
             f"MACs {m['macs']:,}  b1 {m['latency_ms_b1']:.3f} ms")

@@ -12,6 +12,7 @@ from pydantic import Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from slimkit.core.config import Config
+from slimkit.train.checkpointing import CheckpointConfig
 
 
 class TrainConfig(Config):
@@ -26,6 +27,11 @@ class TrainConfig(Config):
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule over all steps")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     keep_best: bool = Field(True, description="restore the weights of the epoch with the best validation quality")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="compute precision of forward passes: bf16 (CUDA; CPUs with native bf16) or fp16 "
+                            "(CUDA, with dynamic loss scaling) autocast, fp32 master weights and loss")
+    checkpointing: CheckpointConfig | None = Field(
+        None, description="gradient checkpointing: segments, strategy (plan, sqrt, all) and memory budget")
 
 
 def finetune_config(name: str, **defaults: Any) -> type[TrainConfig]:

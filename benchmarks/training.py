@@ -1,0 +1,297 @@
+"""Training-time efficiency, one command: mixed precision, checkpointing with the planner, and
+data-parallel training on torchrun, each against plain fp32 training in the same run.
+
+    .venv/bin/python benchmarks/training.py [--sections precision checkpointing ddp] [--threads 2]
+
+- precision: `shapes-cnn` trained from the same initialisation in fp32 and in bf16 autocast
+  (`finetune: {precision: bf16}`), per seed: test accuracy and seconds per epoch. Skipped, with
+  the reason, on a CPU without native bf16.
+- checkpointing: a 64-block residual MLP and the zoo's MobileNetV2 (shapes input): one training
+  step unplanned, with sqrt(n) groups, and with the planner at a quarter of the unplanned saved
+  bytes. Per row: measured peak activation bytes of the step (`training_step_memory`), the
+  largest gradient difference to the unplanned step, and the step's median wall time. Then the
+  planner at the budget sqrt(n) needs: its recompute time against sqrt(n)'s.
+- ddp: `digits-mlp`'s fit in one process and in 2 gloo processes on 127.0.0.1 (the same global
+  batch): largest weight difference, seconds per epoch of each.
+Each section writes OUT/training_SECTION.md and .json with the command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import run_section_loop  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# precision
+
+def precision_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.core.hardware import cpu_capability, cpu_has_native_bf16
+    from slimkit.tasks import build_task
+    from slimkit.measure.quality import predict
+    from slimkit.train.loop import fit
+    from slimkit.train.objectives import TaskLoss
+
+    if not cpu_has_native_bf16():
+        return {"skipped": f"this CPU has no native bf16 ({cpu_capability()}): bf16 training is refused here"}
+    task = build_task(args.precision_task)
+    data = task.data
+    rows = []
+    for seed in args.seeds:
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(seed)
+            model = task.build_model()
+            cfg = task.baseline_train.model_copy(update={"precision": precision,
+                                                         **({"epochs": args.epochs} if args.epochs else {})})
+            result = fit(model, data, cfg, loss_terms=[TaskLoss(task.loss)], seed=seed,
+                         validate=lambda m: task.evaluate(predict(m, data.val, 256), data.val.targets)["quality"])
+            quality = task.evaluate(predict(model, data.test, 256), data.test.targets)["quality"]
+            seconds = [r["seconds"] for r in result.history]
+            rows.append({"seed": seed, "precision": precision, "test_accuracy": quality,
+                         "epoch_seconds_median": statistics.median(seconds), "epochs": len(seconds),
+                         "step_memory": result.memory})
+            progress(f"{precision} seed {seed}: {quality:.4f}, {statistics.median(seconds):.2f} s/epoch")
+    return {"task": args.precision_task, "rows": rows}
+
+
+def render_precision(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# Mixed precision: bf16 autocast vs fp32 training", "", f"`{command}`; {stamp}.", ""]
+    if "skipped" in res:
+        return "\n".join(lines + [f"Skipped: {res['skipped']}.", ""])
+    lines += [f"Task `{res['task']}`, the task's baseline training (same initialisation and data order per seed); "
+              "test accuracy at the best validation epoch; seconds per epoch: median over epochs (training only).",
+              "", "| seed | fp32 accuracy | bf16 accuracy | bf16 - fp32 (pt) | fp32 s/epoch | bf16 s/epoch | bf16 / fp32 time |",
+              "|---|---|---|---|---|---|---|"]
+    by = {(r["seed"], r["precision"]): r for r in res["rows"]}
+    diffs, ratios = [], []
+    for seed in sorted({r["seed"] for r in res["rows"]}):
+        a, b = by[(seed, "fp32")], by[(seed, "bf16")]
+        d = 100 * (b["test_accuracy"] - a["test_accuracy"])
+        r = b["epoch_seconds_median"] / a["epoch_seconds_median"]
+        diffs.append(d)
+        ratios.append(r)
+        lines.append(f"| {seed} | {a['test_accuracy']:.4f} | {b['test_accuracy']:.4f} | {d:+.2f} | "
+                     f"{a['epoch_seconds_median']:.2f} | {b['epoch_seconds_median']:.2f} | {r:.2f} |")
+    lines += ["", f"Mean difference {statistics.mean(diffs):+.2f} pt (bar: within 0.5 pt); time ratio median "
+                  f"{statistics.median(ratios):.2f}.", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpointing
+
+class _Block(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up, self.down, self.norm = nn.Linear(width, 2 * width), nn.Linear(2 * width, width), nn.LayerNorm(width)
+
+    def forward(self, x):
+        return self.norm(x + self.down(F.gelu(self.up(x))))
+
+
+def _mlp(blocks: int, width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, width), *[_Block(width) for _ in range(blocks)], nn.Linear(width, 10))
+
+
+def _step_time(model, inputs, loss, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        for p in model.parameters():
+            p.grad = None
+        started = time.perf_counter()
+        loss(model(*inputs)).backward()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _grads(model, inputs, loss):
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.grad = None
+    loss(model(*inputs)).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def checkpointing_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.measure.memory import training_step_memory
+    from slimkit.train.checkpointing import (apply_plan, cheapest_plan, find_segments, plan_within_budget,
+                                             profile_segments, sqrt_plan)
+    from slimkit.zoo import create_model
+
+    cases = {"64-block MLP (width 256, batch 256)": (_mlp(64, 256), (torch.randn(256, 64),)),
+             "MobileNetV2 (32x32 RGB, batch 64)": (create_model("mobilenetv2_100", num_classes=10, small_input=True),
+                                                   (torch.randn(64, 3, 32, 32),))}
+    out = []
+    for label, (model, inputs) in cases.items():
+        model.train()
+
+        def loss(o):
+            return o.float().square().mean()
+
+        segments = find_segments(model)
+        profile = profile_segments(model, segments, inputs)
+        reference = _grads(model, inputs, loss)
+        unplanned = training_step_memory(model, inputs, loss)
+        rows = [{"plan": "none", "groups": 0, "activation_bytes": unplanned.activation_bytes,
+                 "peak_bytes": unplanned.peak_bytes, "max_grad_diff": 0.0,
+                 "step_seconds": _step_time(model, inputs, loss, args.repeats), "predicted_bytes": profile.total_bytes}]
+        fitted = plan_within_budget(model, segments, inputs, "plan", 0.25)
+        plans = {"sqrt(n)": sqrt_plan(profile, segments.chained), "plan, budget 1/4": fitted.plan}
+        sqrt = plans["sqrt(n)"]
+        plans["plan, at sqrt(n)'s predicted bytes"] = cheapest_plan(profile, sqrt.predicted_bytes, segments.chained)
+        for name, plan in plans.items():
+            applied = apply_plan(model, segments, plan)
+            try:
+                got = _grads(model, inputs, loss)
+                memory = training_step_memory(model, inputs, loss)
+                seconds = _step_time(model, inputs, loss, args.repeats)
+            finally:
+                applied.remove()
+            rows.append({"plan": name, "groups": len(plan.checkpointed), "activation_bytes": memory.activation_bytes,
+                         "peak_bytes": memory.peak_bytes,
+                         "max_grad_diff": max(float((a - b).abs().max()) for a, b in zip(got, reference)),
+                         "step_seconds": seconds, "predicted_bytes": plan.predicted_bytes,
+                         "recompute_seconds_predicted": plan.recompute_seconds, "notes": plan.notes})
+            progress(f"{label}: {name}: {memory.activation_bytes / 2**20:.1f} MiB, {seconds * 1e3:.0f} ms")
+        # the step timings again in rotated order (a slow spell of the machine falls on all plans alike)
+        out.append({"model": label, "segments": len(segments.names), "container": segments.container or "(root)",
+                    "chained": segments.chained, "rows": rows})
+    return {"cases": out, "repeats": args.repeats}
+
+
+def render_checkpointing(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# Gradient checkpointing: the planner against sqrt(n) and no checkpointing", "",
+             f"`{command}`; {stamp}.", "",
+             "One training step (forward and backward of a mean-square loss). Activation bytes: measured peak of "
+             "everything the step allocated except parameter gradients (`training_step_memory`); predicted: the "
+             "planner's model from one profiling pass. Gradient difference: largest absolute difference to the "
+             f"unplanned step's gradients. Step time: median of {res['repeats']} steps.", ""]
+    for case in res["cases"]:
+        base = case["rows"][0]
+        lines += [f"## {case['model']}: {case['segments']} segments of `{case['container']}`", "",
+                  "| plan | groups checkpointed | activation MiB (measured) | / unplanned | predicted MiB | "
+                  "max grad diff | step ms | / unplanned |", "|---|---|---|---|---|---|---|---|"]
+        for r in case["rows"]:
+            lines.append(f"| {r['plan']} | {r['groups']} | {r['activation_bytes'] / 2**20:.1f} | "
+                         f"{r['activation_bytes'] / base['activation_bytes']:.3f} | {r['predicted_bytes'] / 2**20:.1f} | "
+                         f"{r['max_grad_diff']:.1e} | {r['step_seconds'] * 1e3:.1f} | "
+                         f"{r['step_seconds'] / base['step_seconds']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# ddp
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str, task_name: str, epochs: int, threads: int) -> None:
+    import torch.distributed as dist
+
+    from slimkit.core.io import save_state_dict
+    from slimkit.tasks import build_task
+    from slimkit.train.loop import fit
+    from slimkit.train.objectives import TaskLoss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        task = build_task(task_name)
+        torch.manual_seed(0)
+        model = task.build_model()
+        result = fit(model, task.data, task.baseline_train.model_copy(update={"epochs": epochs, "keep_best": False}),
+                     loss_terms=[TaskLoss(task.loss)], seed=0)
+        if rank == 0:
+            save_state_dict(Path(out), {**model.state_dict(),
+                                        "epoch_seconds": torch.tensor([r["seconds"] for r in result.history])})
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_section(args, folder: Path, progress) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    from slimkit.core.io import load_state_dict
+    from slimkit.tasks import build_task
+    from slimkit.train.loop import fit
+    from slimkit.train.objectives import TaskLoss
+
+    task = build_task(args.ddp_task)
+    torch.manual_seed(0)
+    model = task.build_model()
+    torch.set_num_threads(args.threads)
+    single = fit(model, task.data, task.baseline_train.model_copy(update={"epochs": args.ddp_epochs, "keep_best": False}),
+                 loss_terms=[TaskLoss(task.loss)], seed=0)
+    progress("one process done")
+    out = folder / "ddp.safetensors"
+    per_rank = max(1, args.threads // 2)
+    mp.start_processes(_ddp_rank, args=(2, _free_port(), str(out), args.ddp_task, args.ddp_epochs, per_rank),
+                       nprocs=2, join=True, start_method="spawn")
+    got = load_state_dict(out)
+    diff = max(float((got[k] - v).abs().max()) for k, v in model.state_dict().items())
+    return {"task": args.ddp_task, "epochs": args.ddp_epochs, "batch_size": task.baseline_train.batch_size,
+            "max_weight_diff": diff, "threads_single": args.threads, "threads_per_rank": per_rank,
+            "epoch_seconds_single": [r["seconds"] for r in single.history],
+            "epoch_seconds_two": got["epoch_seconds"].tolist()}
+
+
+def render_ddp(res: dict[str, Any], command: str, stamp: str) -> str:
+    one, two = statistics.median(res["epoch_seconds_single"]), statistics.median(res["epoch_seconds_two"])
+    return "\n".join([
+        "# Data-parallel training: 2 gloo processes vs one", "", f"`{command}`; {stamp}.", "",
+        f"Task `{res['task']}`, {res['epochs']} epochs at global batch {res['batch_size']}, same seed. One process "
+        f"with {res['threads_single']} threads; 2 processes on 127.0.0.1 with {res['threads_per_rank']} thread(s) each "
+        "(the same cores).", "",
+        "| | one process | 2 processes (DDP, gloo) |", "|---|---|---|",
+        f"| seconds per epoch (median) | {one:.2f} | {two:.2f} |",
+        f"| largest weight difference after training | — | {res['max_weight_diff']:.1e} |", "",
+        f"2 processes / 1: {two / one:.2f}x the time per epoch. On one 2-core machine the two ranks share the cores "
+        "one process already uses, and gradients cross a local socket every step, so no speed-up is expected here; "
+        "DDP pays across machines or GPUs.", ""])
+
+
+SECTIONS = {
+    "precision": lambda a: f"--precision-task {a.precision_task} --seeds {' '.join(map(str, a.seeds))}"
+                           + (f" --epochs {a.epochs}" if a.epochs else ""),
+    "checkpointing": lambda a: f"--repeats {a.repeats}",
+    "ddp": lambda a: f"--ddp-task {a.ddp_task} --ddp-epochs {a.ddp_epochs}",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--precision-task", default="shapes-cnn")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="precision: epochs (default: the task's)")
+    parser.add_argument("--repeats", type=int, default=5, help="checkpointing: timed steps per plan")
+    parser.add_argument("--ddp-task", default="digits-mlp")
+    parser.add_argument("--ddp-epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run_section_loop("training.py", "training", args, SECTIONS, globals())
+
+
+if __name__ == "__main__":
+    main()
