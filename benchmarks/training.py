@@ -1,7 +1,7 @@
 """Training-time efficiency, one command: mixed precision, checkpointing with the planner, and
 data-parallel training on torchrun, each against plain fp32 training in the same run.
 
-    .venv/bin/python benchmarks/training.py [--sections precision checkpointing ddp] [--threads 2]
+    .venv/bin/python benchmarks/training.py [--sections precision checkpointing ddp augmentation] [--threads 2]
 
 - precision: `shapes-cnn` trained from the same initialisation in fp32 and in bf16 autocast
   (`finetune: {precision: bf16}`), per seed: test accuracy and seconds per epoch. Skipped, with
@@ -13,6 +13,9 @@ data-parallel training on torchrun, each against plain fp32 training in the same
   planner at the budget sqrt(n) needs: its recompute time against sqrt(n)'s.
 - ddp: `digits-mlp`'s fit in one process and in 2 gloo processes on 127.0.0.1 (the same global
   batch): largest weight difference, seconds per epoch of each.
+- augmentation: `mnist-lenet5` with 10 labelled rows per class (a different draw per seed) and with
+  all labels, trained without augmentation, with kornia affine (and cutout), mixup and CutMix:
+  test accuracy per seed and the mean gain.
 Each section writes OUT/training_SECTION.md and .json with the command that reproduces it.
 """
 
@@ -203,6 +206,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _without_dropout(model: nn.Module) -> nn.Module:
+    """Dropout off: each rank draws masks for its own rows, so with dropout two processes train
+    other (equally valid) weights than one; without it they must train the same."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model
+
+
 def _ddp_rank(rank: int, world: int, port: int, out: str, task_name: str, epochs: int, threads: int) -> None:
     import torch.distributed as dist
 
@@ -217,7 +229,7 @@ def _ddp_rank(rank: int, world: int, port: int, out: str, task_name: str, epochs
     try:
         task = build_task(task_name)
         torch.manual_seed(0)
-        model = task.build_model()
+        model = _without_dropout(task.build_model())
         result = fit(model, task.data, task.baseline_train.model_copy(update={"epochs": epochs, "keep_best": False}),
                      loss_terms=[TaskLoss(task.loss)], seed=0)
         if rank == 0:
@@ -237,7 +249,7 @@ def ddp_section(args, folder: Path, progress) -> dict[str, Any]:
 
     task = build_task(args.ddp_task)
     torch.manual_seed(0)
-    model = task.build_model()
+    model = _without_dropout(task.build_model())
     torch.set_num_threads(args.threads)
     single = fit(model, task.data, task.baseline_train.model_copy(update={"epochs": args.ddp_epochs, "keep_best": False}),
                  loss_terms=[TaskLoss(task.loss)], seed=0)
@@ -258,7 +270,9 @@ def render_ddp(res: dict[str, Any], command: str, stamp: str) -> str:
     one, two = statistics.median(res["epoch_seconds_single"]), statistics.median(res["epoch_seconds_two"])
     return "\n".join([
         "# Data-parallel training: 2 gloo processes vs one", "", f"`{command}`; {stamp}.", "",
-        f"Task `{res['task']}`, {res['epochs']} epochs at global batch {res['batch_size']}, same seed. One process "
+        f"Task `{res['task']}` with its dropout off (each rank draws dropout masks for its own rows, so with "
+        "dropout the weights differ as validly as two seeds do), "
+        f"{res['epochs']} epochs at global batch {res['batch_size']}, same seed. One process "
         f"with {res['threads_single']} threads; 2 processes on 127.0.0.1 with {res['threads_per_rank']} thread(s) each "
         "(the same cores).", "",
         "| | one process | 2 processes (DDP, gloo) |", "|---|---|---|",
@@ -269,11 +283,87 @@ def render_ddp(res: dict[str, Any], command: str, stamp: str) -> str:
         "DDP pays across machines or GPUs.", ""])
 
 
+# ---------------------------------------------------------------------------------------------
+# augmentation
+
+AUGMENTS = {
+    "none": None,
+    "affine": {"rotate": 12, "translate": 0.1, "scale": 0.1, "p": 0.8},
+    "affine + cutout": {"rotate": 12, "translate": 0.1, "scale": 0.1, "cutout": 0.2, "p": 0.8},
+    "mixup": {"mix": "mixup"},
+    "cutmix": {"mix": "cutmix"},
+}
+
+
+def augmentation_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.tasks import build_task
+    from slimkit.measure.quality import predict
+    from slimkit.train.loop import fit
+    from slimkit.train.objectives import TaskLoss
+
+    rows = []
+    for regime in ("few", "full"):
+        for seed in args.aug_seeds:
+            spec = {"name": args.aug_task, **({"labels_per_class": args.per_class, "labels_seed": seed}
+                                              if regime == "few" else {})}
+            task = build_task(spec)
+            data = task.data
+            for name, augment in AUGMENTS.items():
+                if regime == "full" and name not in args.full_augments:
+                    continue
+                torch.manual_seed(seed)
+                model = task.build_model()
+                update = {"augment": augment, "keep_best": regime == "full"}
+                if regime == "few":  # 100 labelled rows: more epochs for as many steps as a short full run
+                    update.update(epochs=args.few_epochs, batch_size=32)
+                cfg = task.baseline_train.model_copy(update=update)
+                result = fit(model, data, cfg, loss_terms=[TaskLoss(task.loss)], seed=seed,
+                             validate=lambda m: task.evaluate(predict(m, data.val, 256), data.val.targets)["quality"])
+                quality = task.evaluate(predict(model, data.test, 256), data.test.targets)["quality"]
+                rows.append({"regime": regime, "seed": seed, "augment": name, "test_accuracy": quality,
+                             "epochs": result.epochs, "labelled_rows": len(data.train)})
+                progress(f"{regime} seed {seed} {name}: {quality:.4f}")
+    return {"task": args.aug_task, "per_class": args.per_class, "few_epochs": args.few_epochs, "rows": rows,
+            "augments": AUGMENTS}
+
+
+def render_augmentation(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# Augmentation: few labels and full data", "", f"`{command}`; {stamp}.", "",
+             f"Task `{res['task']}`. Few labels: {res['per_class']} labelled rows per class (a different draw per "
+             f"seed), {res['few_epochs']} epochs at batch 32, the last epoch counts (no labelled validation set to "
+             "pick one). Full data: the task's baseline training (best validation epoch). Same initialisation and "
+             "data order per seed; test accuracy. Augmentations (kornia ops in the data's value range):", ""]
+    for name, cfg in res["augments"].items():
+        lines.append(f"- {name}: `{cfg}`")
+    lines.append("")
+    for regime in ("few", "full"):
+        rows = [r for r in res["rows"] if r["regime"] == regime]
+        if not rows:
+            continue
+        names = [n for n in res["augments"] if any(r["augment"] == n for r in rows)]
+        seeds = sorted({r["seed"] for r in rows})
+        by = {(r["seed"], r["augment"]): r["test_accuracy"] for r in rows}
+        lines += [f"## {'Few labels' if regime == 'few' else 'Full data'}", "",
+                  "| augmentation | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | gain over none (pt) |",
+                  "|---|" + "---|" * (len(seeds) + 2)]
+        base = statistics.mean(by[(s, "none")] for s in seeds)
+        for n in names:
+            vals = [by[(s, n)] for s in seeds]
+            mean = statistics.mean(vals)
+            lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean:.4f} | "
+                         f"{100 * (mean - base):+.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 SECTIONS = {
     "precision": lambda a: f"--precision-task {a.precision_task} --seeds {' '.join(map(str, a.seeds))}"
                            + (f" --epochs {a.epochs}" if a.epochs else ""),
     "checkpointing": lambda a: f"--repeats {a.repeats}",
     "ddp": lambda a: f"--ddp-task {a.ddp_task} --ddp-epochs {a.ddp_epochs}",
+    "augmentation": lambda a: f"--aug-task {a.aug_task} --per-class {a.per_class} --few-epochs {a.few_epochs} "
+                              f"--aug-seeds {' '.join(map(str, a.aug_seeds))} --full-augments "
+                              + " ".join(f"'{n}'" for n in a.full_augments),
 }
 
 
@@ -286,6 +376,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="checkpointing: timed steps per plan")
     parser.add_argument("--ddp-task", default="digits-mlp")
     parser.add_argument("--ddp-epochs", type=int, default=5)
+    parser.add_argument("--aug-task", default="mnist-lenet5")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--few-epochs", type=int, default=100)
+    parser.add_argument("--aug-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--full-augments", nargs="+", default=["none", "affine"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()

@@ -12,6 +12,7 @@ from pydantic import Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from slimkit.core.config import Config
+from slimkit.data.augment import AugmentConfig
 from slimkit.train.checkpointing import CheckpointConfig
 
 
@@ -32,6 +33,9 @@ class TrainConfig(Config):
                             "(CUDA, with dynamic loss scaling) autocast, fp32 master weights and loss")
     checkpointing: CheckpointConfig | None = Field(
         None, description="gradient checkpointing: segments, strategy (plan, sqrt, all) and memory budget")
+    augment: AugmentConfig | None = Field(
+        None, description="per-batch augmentation of image inputs (kornia ops, RandAugment/TrivialAugment, "
+                          "mixup/CutMix), training only")
 
 
 def finetune_config(name: str, **defaults: Any) -> type[TrainConfig]:

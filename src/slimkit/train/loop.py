@@ -99,7 +99,13 @@ def fit(
     device = torch.device(device)
     mixed = MixedPrecision(cfg.precision, device) if cfg.precision != "fp32" else None
     planner = Checkpointing(cfg.checkpointing) if cfg.checkpointing is not None else None
-    callbacks = [*(c for c in (mixed, planner) if c is not None), *callbacks]
+    augment = None
+    if cfg.augment is not None and not cfg.augment.is_empty():
+        from slimkit.train.augmentation import Augmentation
+
+        augment = Augmentation(cfg.augment)
+    # augmentation first: the planner profiles, and every other callback sees, the batch the model trains on
+    callbacks = [*(c for c in (augment, mixed, planner) if c is not None), *callbacks]
     model.to(device)
     loader = data.train.loader(cfg.batch_size, shuffle=True, seed=seed)
     # terms with learned parts of their own (distillation adapters) train with the model

@@ -46,4 +46,10 @@ class TaskLoss:
     name: str = "task"
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        second = batch.extras.get("mix_targets")
+        if second is not None:  # mixup / CutMix rows: w * loss(y_a) + (1 - w) * loss(y_b), as soft targets
+            from slimkit.data.augment import mixed_soft_targets
+
+            soft = mixed_soft_targets(batch.targets, second, batch.extras["mix_weight"], batch.outputs.shape[-1])
+            return self.fn(batch.outputs, soft)
         return self.fn(batch.outputs, batch.targets)
