@@ -70,7 +70,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ConfigError, match="integer class labels"):
         Augmenter(AugmentConfig(mix="mixup"))((torch.rand(4, 1, 8, 8),), torch.rand(4, 3), {}, torch.Generator())
     with pytest.raises(ValueError, match="value_range"):
-        AugmentConfig(value_range=(1.0, 0.0))
+        AugmentConfig(value_range=[1.0, 0.0])
 
 
 @pytest.mark.parametrize("augment", [{"crop": 2, "p": 1.0, "mix": "cutmix"}, {"policy": "trivialaugment"}])

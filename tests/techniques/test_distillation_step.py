@@ -107,3 +107,40 @@ def test_derived_students_name_what_is_wrong(tmp_path):
         run([{"distill": {"student": {"derive": {"drop": ["0"]}}, "finetune": {"epochs": 1}}}])  # the first conv block: 1 -> C
     with pytest.raises(ConfigError, match="no attention module"):
         run([{"distill": {"student": {"derive": {"heads": 0.5}}, "finetune": {"epochs": 1}}}])
+
+
+def test_data_free_distillation_trains_on_inverted_inputs_only(tmp_path, monkeypatch):
+    """``data: {labelled: false, generate: {method: deepinversion}}``: the student's training
+    split is the synthesised inputs alone (the step never builds a loader over the task's rows)."""
+    from slimkit.data.base import Split
+
+    seen = []
+    original = Split.loader
+
+    def loader(self, *args, **kwargs):
+        seen.append(len(self))
+        return original(self, *args, **kwargs)
+
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 6}}, "measure": MEASURE,
+              "steps": [{"distill": {"student": {"model": "mlp_digits", "model_args": {"hidden": [64]}},
+                                     "data": {"labelled": False, "generate": {"method": "deepinversion", "count": 256,
+                                                                              "steps": 60, "value_range": [0, 1]}},
+                                     "losses": {"logits": {}}, "hard_weight": 0,
+                                     "finetune": {"epochs": 15, "keep_best": False}}}]}
+    monkeypatch.setattr(Split, "loader", loader)
+    base, step = run_recipe(recipe, tmp_path / "run").results["steps"]
+    assert seen[-1] == 256  # the distill fit: 256 synthesised rows, none of the 1,077 training rows
+    assert step["info"]["labelled_rows"] == 0 and step["info"]["generated_rows"] == 256
+    assert 0 < step["info"]["deepinversion"]["teacher_agreement"] <= 1
+    assert step["metrics"]["quality"] > 0.5  # chance: 0.1
+
+
+def test_a_distill_step_with_nothing_to_train_on_is_refused(tmp_path):
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 1}}, "measure": MEASURE,
+              "steps": [{"distill": {"student": {"model": "mlp_digits"}, "data": {"labelled": False},
+                                     "losses": {"logits": {}}, "finetune": {"epochs": 1}}}]}
+    with pytest.raises(ConfigError, match="nothing else to train on"):
+        run_recipe(recipe, tmp_path / "run")
+    recipe["steps"][0]["distill"]["data"]["generate"] = {"method": "mixup", "count": 8}
+    with pytest.raises(ConfigError, match="deepinversion needs none"):
+        run_recipe(recipe, tmp_path / "run2")

@@ -50,8 +50,9 @@ class AugmentConfig(Config):
     mix_alpha: float = Field(1.0, gt=0, description="cutmix: Beta(alpha, alpha) for the pasted area (mixup draws "
                                                      "its weight uniformly: Beta(1, 1), the paper's alpha = 1)")
     mix_p: float = Field(1.0, gt=0, le=1, description="probability that a batch is mixed")
-    value_range: tuple[float, float] | None = Field(
-        None, description="the inputs' [low, high] (default: the first training batch's minimum and maximum)")
+    value_range: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="the inputs' [low, high] (default: the first training batch's minimum and maximum)")
 
     @model_validator(mode="after")
     def _range_ordered(self) -> "AugmentConfig":
@@ -123,7 +124,7 @@ class Augmenter:
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
         self.pipeline: nn.Module | None = None
-        self.range: tuple[float, float] | None = cfg.value_range
+        self.range: tuple[float, float] | None = tuple(cfg.value_range) if cfg.value_range else None
         self._ready = False
 
     def _prepare(self, x: torch.Tensor) -> None:

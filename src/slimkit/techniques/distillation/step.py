@@ -11,6 +11,7 @@ import copy
 import dataclasses
 from typing import Any, Literal
 
+import torch
 import torch.nn as nn
 from pydantic import Field, field_validator, model_validator
 
@@ -18,6 +19,7 @@ from slimkit.core.config import Config
 from slimkit.tasks.context import Context
 from slimkit.core.errors import CheckpointError, ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.data.base import Split
 from slimkit.techniques.pruning.structure import Skeleton
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
@@ -54,13 +56,23 @@ class DerivedStudent(Config):
 
 
 class Generate(Config):
-    method: Literal["mixup", "splice"] = Field(description="mixup: convex mixes of two training inputs; splice: a "
-                                                           "token sequence's head joined to another's tail")
+    method: Literal["mixup", "splice", "deepinversion"] = Field(
+        description="mixup: convex mixes of two training inputs; splice: a token sequence's head joined to another's "
+                    "tail; deepinversion: inputs synthesised from the teacher's BatchNorm statistics (no data)")
     count: int = Field(ge=1, description="how many inputs to generate")
     alpha: float = Field(1.0, gt=0, description="mixup: the mixing weight is drawn from Beta(alpha, alpha)")
+    steps: int = Field(400, ge=1, description="deepinversion: optimisation steps per batch of inputs")
+    lr: float = Field(0.1, gt=0, description="deepinversion: Adam learning rate on the inputs")
+    bn_weight: float = Field(100.0, ge=0, description="deepinversion: weight of the BatchNorm-statistics term "
+                                                      "against the class term")
+    value_range: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="deepinversion: clamp inputs to [low, high] (the model's input range, e.g. [0, 1])")
 
 
 class DistillData(Config):
+    labelled: bool = Field(True, description="train on the task's labelled training split (false with generate: "
+                                             "deepinversion is data-free distillation: no training row is used)")
     unlabelled: bool = Field(False, description="add the task's unlabelled training inputs, labelled by the teacher")
     generate: Generate | None = Field(None, description="add generated inputs, labelled by the teacher")
     cache_teacher: bool = Field(True, description="compute the teacher's outputs once per input and cache them on "
@@ -302,7 +314,8 @@ def _training_data(teacher, cfg: DistillConfig, ctx: Context):
     from slimkit.techniques.distillation.data import concat, generate, teacher_outputs
 
     splits: DataSplits = ctx.data
-    train, info = splits.train, {"labelled_rows": len(splits.train)}
+    train = splits.train
+    info: dict = {"labelled_rows": len(train) if cfg.data.labelled else 0}
     extra = []
     if cfg.data.unlabelled:
         if splits.unlabelled is None or not len(splits.unlabelled):
@@ -312,23 +325,55 @@ def _training_data(teacher, cfg: DistillConfig, ctx: Context):
         info["unlabelled_rows"] = len(splits.unlabelled)
     if cfg.data.generate is not None:
         g = cfg.data.generate
-        pool = concat([train, *extra])
-        extra.append(generate(pool, g.method, g.count, g.alpha, seed=ctx.seed))
+        if g.method == "deepinversion":
+            extra.append(_inverted(teacher.model, g, ctx, info))
+        else:
+            pool = concat([train, *extra] if cfg.data.labelled else extra) if (cfg.data.labelled or extra) else None
+            if pool is None:
+                raise ConfigError(f"distill: generate {g.method} makes inputs from training inputs, and data.labelled "
+                                  "is false with no unlabelled inputs (deepinversion needs none)")
+            extra.append(generate(pool, g.method, g.count, g.alpha, seed=ctx.seed))
         info["generated_rows"] = g.count
+    if not cfg.data.labelled and not extra:
+        raise ConfigError("distill: data.labelled is false and nothing else to train on (add data.unlabelled or "
+                          "data.generate)")
     output_terms = cfg.losses.logits is not None or cfg.losses.embedding is not None
-    if not extra and not (cfg.data.cache_teacher and output_terms):
+    if cfg.data.labelled and not extra and not (cfg.data.cache_teacher and output_terms):
         return splits, info
+    offset = len(train) if cfg.data.labelled else 0
     if extra and cfg.hard_weight and ctx.task.pseudo_label is None:
         raise ConfigError(f"distill: task {ctx.task.name!r} cannot turn teacher outputs into labels; set "
                           "hard_weight: 0 to train the extra inputs on the teacher's outputs alone")
-    full = concat([train, *extra])
+    full = concat([train, *extra] if cfg.data.labelled else extra)
     outputs, info["teacher_cache"] = teacher_outputs(teacher.model, full, ctx.device, cfg.data.cache_teacher)
     if extra:
         labels = ctx.task.pseudo_label(outputs).to(train.targets.dtype) if ctx.task.pseudo_label else None
-        targets = full.targets.clone()
+        targets = full.targets.clone().to(train.targets.dtype)
         if labels is not None:
-            targets[len(train):] = labels[len(train):]
+            targets[offset:] = labels[offset:]
         full = dataclasses.replace(full, targets=targets)
     if cfg.data.cache_teacher and output_terms:
         full = full.with_extras(teacher_outputs=outputs)
     return DataSplits(full, splits.val, splits.test, splits.unlabelled), info
+
+
+def _inverted(teacher: nn.Module, g: Generate, ctx: Context, info: dict) -> Split:
+    """``g.count`` inputs synthesised from the teacher alone (``data.synthetic.deep_inversion``):
+    only the shape of one input is read from the task, no training row."""
+    from slimkit.data.synthetic import deep_inversion
+    from slimkit.search import scan_progress
+
+    example = ctx.data.train.example_inputs(1)
+    if len(example) != 1 or not example[0].is_floating_point():
+        raise ConfigError("distill: generate deepinversion synthesises one float input (images); this task's inputs "
+                          f"are {[tuple(t.shape) for t in example]}")
+    with torch.no_grad():
+        classes = int(teacher.eval()(example[0].to(ctx.device)).shape[-1])
+    with scan_progress(ctx.progress, "distill: deepinversion") as progress:
+        split, report = deep_inversion(teacher, tuple(example[0].shape[1:]), g.count, classes, steps=g.steps, lr=g.lr,
+                                       bn_weight=g.bn_weight,
+                                       value_range=tuple(g.value_range) if g.value_range else None, seed=ctx.seed, device=ctx.device,
+                                       progress=(lambda done, total: progress(done, total, "steps")) if progress else None)
+    info["deepinversion"] = {"steps": report.steps, "teacher_agreement": round(report.teacher_agreement, 4),
+                             "final_bn_loss": report.final_bn_loss, "seconds": round(report.seconds, 2)}
+    return split
