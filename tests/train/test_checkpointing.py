@@ -158,3 +158,30 @@ def test_fit_with_checkpointing_reports_the_plan_and_leaves_the_model_plain():
     assert not any("forward" in m.__dict__ for m in model.modules())
     for p, q in zip(model.parameters(), reference.parameters()):  # same training, same weights
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+def test_a_transformers_encoder_is_checkpointed_layer_by_layer_with_exact_gradients():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                           intermediate_size=64, vocab_size=50)).train()
+    ids = torch.randint(0, 50, (4, 16))
+    mask = torch.ones_like(ids)
+    reference = copy.deepcopy(model)
+
+    def grads(m):
+        torch.manual_seed(1)  # dropout masks
+        for p in m.parameters():
+            p.grad = None
+        m(ids, mask).last_hidden_state.square().mean().backward()
+        return [p.grad for p in m.parameters() if p.grad is not None]
+
+    expected = grads(reference)
+    segments = find_segments(model)
+    assert segments.container == "encoder.layer" and not segments.chained
+    fitted = plan_within_budget(model, segments, (ids, mask), "plan", 0.5)
+    assert fitted.plan.checkpointed and fitted.planned_bytes <= 0.5 * fitted.unplanned_bytes
+    applied = apply_plan(model, segments, fitted.plan)
+    for a, b in zip(grads(model), expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    applied.remove()
