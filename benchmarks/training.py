@@ -1,7 +1,8 @@
 """Training-time efficiency, one command: mixed precision, checkpointing with the planner, and
 data-parallel training on torchrun, each against plain fp32 training in the same run.
 
-    .venv/bin/python benchmarks/training.py [--sections precision checkpointing ddp augmentation datafree] [--threads 2]
+    .venv/bin/python benchmarks/training.py [--sections precision checkpointing ddp augmentation datafree synthetic]
+                                            [--threads 2]
 
 - precision: `shapes-cnn` trained from the same initialisation in fp32 and in bf16 autocast
   (`finetune: {precision: bf16}`), per seed: test accuracy and seconds per epoch. Skipped, with
@@ -18,6 +19,10 @@ data-parallel training on torchrun, each against plain fp32 training in the same
   test accuracy per seed and the mean gain.
 - datafree: `digits-cnn`'s teacher distilled into an MLP on the training split and, with no
   training row, on DeepInversion inputs; student accuracy and the ratio.
+- synthetic: `mnist-lenet5` trained on real rows, on rows of a class-conditional VAE only
+  (train on synthetic, test on real), and with 10 labelled rows per class alone or with VAE rows
+  added (the generator trained on those few rows, or on all labelled rows: a shared generator),
+  through the task's `synthetic:` field; test accuracy per seed and a grid of generated digits.
 Each section writes OUT/training_SECTION.md and .json with the command that reproduces it.
 """
 
@@ -359,6 +364,111 @@ def render_augmentation(res: dict[str, Any], command: str, stamp: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# synthetic data (class-conditional VAE)
+
+def _synthetic_variants(args, seed: int) -> dict[str, dict[str, Any]]:
+    generated = {"per_class": args.syn_per_class, "seed": seed}
+    few = {"labels_per_class": args.per_class, "labels_seed": seed}
+    return {
+        "real (all labelled rows)": {},
+        "synthetic only (train on synthetic)": {"synthetic": {**generated, "mode": "replace"}},
+        "few labels": few,
+        "few labels + synthetic (generator on the few)": {**few, "synthetic": {**generated, "fit_on": "labelled"}},
+        "few labels + synthetic (generator on all labelled rows)": {**few, "synthetic": {**generated, "fit_on": "all"}},
+    }
+
+
+def synthetic_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.tasks import build_task
+    from slimkit.measure.quality import predict
+    from slimkit.train.loop import fit
+    from slimkit.train.objectives import TaskLoss
+
+    rows = []
+    for seed in args.syn_seeds:
+        for name, extra in _synthetic_variants(args, seed).items():
+            task = build_task({"name": args.syn_task, **extra})
+            started = time.perf_counter()
+            data = task.data  # trains the generator, if any
+            data_seconds = time.perf_counter() - started
+            torch.manual_seed(seed)
+            model = task.build_model()
+            update: dict[str, Any] = {"keep_best": False}  # the last epoch: no peeking at the labelled validation rows
+            if "labels_per_class" in extra and "synthetic" not in extra:
+                update.update(epochs=args.few_epochs, batch_size=32)  # 100 rows: as the augmentation section
+            cfg = type(task.baseline_train).model_validate({**task.baseline_train.model_dump(), **update})
+            fit(model, data, cfg, loss_terms=[TaskLoss(task.loss)], seed=seed)
+            quality = task.evaluate(predict(model, data.test, 256), data.test.targets)["quality"]
+            rows.append({"seed": seed, "variant": name, "test_accuracy": quality, "training_rows": len(data.train),
+                         "epochs": cfg.epochs, "generator": task.info.get("synthetic"),
+                         "data_seconds": data_seconds})
+            progress(f"seed {seed} {name}: {quality:.4f} ({len(data.train)} training rows)")
+            if seed == args.syn_seeds[0] and name.startswith("synthetic only"):
+                _sample_grid(data.train, args.out / "training_synthetic.png")
+    return {"task": args.syn_task, "per_class": args.per_class, "syn_per_class": args.syn_per_class,
+            "few_epochs": args.few_epochs, "rows": rows}
+
+
+def _sample_grid(split, path: Path, per_class: int = 10) -> None:
+    """The first ``per_class`` generated rows of each class, one class per row of the grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = sorted(int(c) for c in split.targets.unique())
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.6, len(classes) * 0.6))
+    for r, c in enumerate(classes):
+        picks = (split.targets == c).nonzero().flatten()[:per_class]
+        for k in range(per_class):
+            ax = axes[r][k]
+            ax.axis("off")
+            if k < len(picks):
+                ax.imshow(split.inputs[0][picks[k]].reshape(split.inputs[0].shape[-2:]), cmap="gray")
+    fig.suptitle("class-conditional VAE samples (one class per row)", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def render_synthetic(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# Synthetic data: a class-conditional VAE trained with the one loop", "", f"`{command}`; {stamp}.", "",
+             f"Task `{res['task']}` (LeNet-5, 3,999 training rows). Generator: the task's `synthetic:` field "
+             f"(class-conditional VAE, defaults; {res['syn_per_class']} generated rows per class; seeded per run). "
+             "Classifiers train with the task's baseline settings and the last epoch counts (no peeking at labelled "
+             f"validation rows); few labels ({res['per_class']} per class, a different draw per seed) alone train "
+             f"{res['few_epochs']} epochs at batch 32, as in the augmentation section. Test accuracy on the real test "
+             "rows. Samples: `training_synthetic.png`.", ""]
+    seeds = sorted({r["seed"] for r in res["rows"]})
+    names = list(dict.fromkeys(r["variant"] for r in res["rows"]))
+    by = {(r["seed"], r["variant"]): r for r in res["rows"]}
+    lines += ["| training data | rows | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+              "|---|---|" + "---|" * (len(seeds) + 1)]
+    means = {}
+    for n in names:
+        vals = [by[(s, n)]["test_accuracy"] for s in seeds]
+        means[n] = statistics.mean(vals)
+        lines.append(f"| {n} | {by[(seeds[0], n)]['training_rows']:,} | " + " | ".join(f"{v:.4f}" for v in vals)
+                     + f" | {means[n]:.4f} |")
+    gen = [r["generator"] for r in res["rows"] if r.get("generator")]
+    if gen:
+        lines += ["", "Generator training (per run): " + ", ".join(
+            f"{g['rows']} rows, {g['epochs']} epochs, {g['seconds']:.0f} s" for g in gen[:3]) + ("; ..." if len(gen) > 3 else "") + "."]
+    real, tstr = means.get("real (all labelled rows)"), means.get("synthetic only (train on synthetic)")
+    few = means.get("few labels")
+    lines.append("")
+    if real and tstr:
+        lines.append(f"- Train on synthetic, test on real: {tstr:.4f}, {tstr / real:.3f} of train on real ({real:.4f}).")
+    for n in names:
+        if n.startswith("few labels +") and few is not None:
+            lines.append(f"- {n}: {100 * (means[n] - few):+.2f} pt over few labels alone ({few:.4f}).")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # data-free distillation
 
 def _distill_recipe(seed: int, data: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -431,6 +541,8 @@ SECTIONS = {
     "augmentation": lambda a: f"--aug-task {a.aug_task} --per-class {a.per_class} --few-epochs {a.few_epochs} "
                               f"--aug-seeds {' '.join(map(str, a.aug_seeds))} --full-augments "
                               + " ".join(f"'{n}'" for n in a.full_augments),
+    "synthetic": lambda a: f"--syn-task {a.syn_task} --syn-seeds {' '.join(map(str, a.syn_seeds))} "
+                           f"--syn-per-class {a.syn_per_class} --per-class {a.per_class} --few-epochs {a.few_epochs}",
 }
 
 
@@ -452,6 +564,9 @@ def main() -> None:
     parser.add_argument("--few-epochs", type=int, default=100)
     parser.add_argument("--aug-seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--full-augments", nargs="+", default=["none", "affine"])
+    parser.add_argument("--syn-task", default="mnist-lenet5")
+    parser.add_argument("--syn-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--syn-per-class", type=int, default=400, help="synthetic: generated rows per class")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()

@@ -18,6 +18,7 @@ from slimkit.core.registry import MODELS, TASKS
 from slimkit.data.base import DataSplits
 from slimkit.measure.quality import METRICS
 from slimkit.train.config import TrainConfig
+from slimkit.train.generative import SyntheticConfig
 
 
 class TaskConfig(Config):
@@ -29,6 +30,9 @@ class TaskConfig(Config):
     labels_per_class: int | None = Field(None, ge=1, description="keep this many labelled training rows per class; "
                                                                  "the rest become unlabelled inputs")
     labels_seed: int = Field(0, description="which labelled rows labels_per_class keeps")
+    synthetic: SyntheticConfig | None = Field(
+        None, description="train a class-conditional generator on the labelled training rows and add its rows "
+                          "to the training split (or replace it: train on synthetic, test on real)")
 
 
 @dataclass
@@ -92,15 +96,32 @@ def classification_task(cfg: TaskConfig, *, default_model: str, num_classes: int
         except TypeError as err:
             raise ConfigError(f"task {cfg.name!r}: model {model_name!r} rejects its arguments ({err})") from None
 
-    if cfg.labels_per_class is not None:
-        full, per_class, seed = load_data, cfg.labels_per_class, cfg.labels_seed
-
-        def load_data() -> DataSplits:
-            return full().few_labels(per_class, seed)
-
-    return Task(name=cfg.name, quality_metric="accuracy", build_model=build, load_data=load_data,
+    info: dict[str, Any] = {"model": model_name, "model_args": kwargs}
+    return Task(name=cfg.name, quality_metric="accuracy", build_model=build,
+                load_data=_labelled_data(cfg, load_data, num_classes, info),
                 loss=F.cross_entropy, baseline_train=baseline, description=description,
-                info={"model": model_name, "model_args": kwargs}, pseudo_label=_argmax)
+                info=info, pseudo_label=_argmax)
+
+
+def _labelled_data(cfg: TaskConfig, load_data: Callable[[], DataSplits], num_classes: int,
+                   info: dict[str, Any]) -> Callable[[], DataSplits]:
+    """``load_data`` with the task config's ``labels_per_class`` and ``synthetic`` applied (the
+    generator's report lands in ``info["synthetic"]`` when the data is loaded)."""
+    if cfg.labels_per_class is None and cfg.synthetic is None:
+        return load_data
+
+    def load() -> DataSplits:
+        full = load_data()
+        splits = full.few_labels(cfg.labels_per_class, cfg.labels_seed) if cfg.labels_per_class is not None else full
+        if cfg.synthetic is not None:
+            from slimkit.train.generative import add_synthetic
+
+            source = full.train if cfg.synthetic.fit_on == "all" else None
+            splits, report = add_synthetic(splits, num_classes, cfg.synthetic, source)
+            info["synthetic"] = report.to_dict()
+        return splits
+
+    return load
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,9 @@ def minilm(cfg: TaskConfig) -> Task:
         raise ConfigError("task 'minilm': field 'model' is not supported (the task is the MiniLM encoder)")
     if cfg.labels_per_class is not None:
         raise ConfigError("task 'minilm': field 'labels_per_class' is for classification tasks")
+    if cfg.synthetic is not None:
+        raise ConfigError("task 'minilm': field 'synthetic' is for classification tasks with float inputs "
+                          "(token sequences: distill's data: {generate: {method: splice}})")
     from slimkit.tasks.minilm import SEQ_LEN, load_minilm_splits
     from slimkit.measure.quality import cosine_loss
     from slimkit.zoo.minilm import minilm_l6
