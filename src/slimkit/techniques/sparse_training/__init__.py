@@ -1,0 +1,1 @@
+"""Sparse training from the start: static/SNIP/RigL masks and lottery tickets."""
