@@ -183,11 +183,19 @@ def start_pruning(model: nn.Module, cfg: PruneConfig, seed: int):
 def finish_pruning(model: nn.Module, cfg: PruneConfig, weights: dict[str, nn.Parameter],
                    info: dict[str, Any]) -> StepResult:
     """The masks are final: report the sparsity and store the layers sparse (``cfg.encode``)."""
+    return store_sparse(model, weights, cfg.encode, info)
+
+
+def store_sparse(model: nn.Module, weights: dict[str, torch.Tensor], encode: bool, info: dict[str, Any]) -> StepResult:
+    """A step's result once its zeros are final: the sparsity report (with the nonzero count) in
+    ``info``, and with ``encode`` the layers stored as bitmask + values (``PruneStructure``,
+    restored by ``restore_prune``). Shared by every step that ends sparse."""
     from slimkit.techniques.pruning.sparse import encode_sparse_
 
     info.update(sparsity_report(weights))
+    info["nonzero_weights"] = sum(int((w != 0).sum()) for w in weights.values())
     structure = None
-    if cfg.encode:
+    if encode:
         encoded = encode_sparse_(model, list(weights))
         stored = sum(v["bytes"] for v in encoded.values())
         dense = sum(v["dense_bytes"] for v in encoded.values())

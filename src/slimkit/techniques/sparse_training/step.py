@@ -31,7 +31,7 @@ from pydantic import Field
 from slimkit.core.errors import ConfigError
 from slimkit.core.step import StepResult, register_step
 from slimkit.tasks.context import Context
-from slimkit.techniques.pruning.step import PruneStructure, SparseRecord, prunable_weights, restore_prune, sparsity_report
+from slimkit.techniques.pruning.step import PruneStructure, prunable_weights, restore_prune, store_sparse
 from slimkit.train.callbacks import Callback, FitState
 from slimkit.train.config import TrainingStepConfig, finetune_config
 
@@ -78,24 +78,6 @@ class LotteryConfig(_SparseCommon):
         "none", description="reinit: the ticket's mask from a fresh random initialisation; random_mask: a random mask "
                             "of the ticket's per-layer sparsity from the rewind point (the paper's controls)")
     finetune: LotteryFinetune = Field(default_factory=LotteryFinetune, description="training of each round")
-
-
-def _sparse_finish(model: nn.Module, weights: dict[str, nn.Parameter], encode: bool,
-                   info: dict[str, Any]) -> StepResult:
-    from slimkit.techniques.pruning.sparse import encode_sparse_
-
-    info.update(sparsity_report(weights))
-    info["nonzero_weights"] = sum(int((w != 0).sum()) for w in weights.values())
-    structure = None
-    if encode:
-        encoded = encode_sparse_(model, list(weights))
-        stored = sum(v["bytes"] for v in encoded.values())
-        dense = sum(v["dense_bytes"] for v in encoded.values())
-        info.update({"encoded_layers": len(encoded), "encoded_bytes": stored, "dense_bytes": dense,
-                     "encoded_ratio": stored / dense if dense else None})
-        if encoded:
-            structure = PruneStructure(encoded={n: SparseRecord(nnz=v["nnz"]) for n, v in encoded.items()})
-    return StepResult(model, info=info, structure=structure)
 
 
 def _initial_state(model: nn.Module, ctx: Context, step: str) -> dict[str, torch.Tensor]:
@@ -149,7 +131,7 @@ def sparse_train(model: nn.Module, cfg: SparseTrainConfig, ctx: Context) -> Step
         info["distribution"] = cfg.distribution
     if isinstance(callback, RigL):
         info.update({"mask_updates": callback.updates, "weights_regrown": callback.changed})
-    return _sparse_finish(model, weights, cfg.encode, info)
+    return store_sparse(model, weights, cfg.encode, info)
 
 
 class _Capture(Callback):
@@ -208,4 +190,4 @@ def lottery(model: nn.Module, cfg: LotteryConfig, ctx: Context) -> StepResult:
                        / sum(m.numel() for m in masks.values()), "val_quality": fit.best_val})
     info: dict[str, Any] = {"rounds": rounds, "scope": cfg.scope, "rewind_steps": cfg.rewind_steps,
                             "control": cfg.control, "layers_pruned": len(weights)}
-    return _sparse_finish(model, weights, cfg.encode, info)
+    return store_sparse(model, weights, cfg.encode, info)

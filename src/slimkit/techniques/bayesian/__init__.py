@@ -1,0 +1,1 @@
+"""Bayesian compression: sparse variational dropout."""
