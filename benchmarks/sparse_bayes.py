@@ -1,6 +1,6 @@
 """Sparse training from the start, measured against dense training and against its controls.
 
-    .venv/bin/python benchmarks/sparse_bayes.py [--sections lottery dst] [--seeds 0 1 2] [--threads 2]
+    .venv/bin/python benchmarks/sparse_bayes.py [--sections lottery dst svd l0] [--seeds 0 1 2] [--threads 2]
 
 - lottery: `mnist-mlp` (LeNet-300-100 on the 5,000 MNIST digits). The dense baseline; the lottery
   ticket at `--sparsity` found by `--rounds` rounds of iterative magnitude pruning, rewound to the
@@ -8,7 +8,12 @@
   pruning rounds: the ticket's mask from a fresh random initialisation (`control: reinit`) and a
   random mask of the ticket's per-layer sparsity from the initial weights (`control: random_mask`).
 - dst: the same task and sparsity, trained sparse from the initial weights for the baseline's
-  epochs: RigL (ERK layer densities), static sparse training (a fixed random mask, ERK), SNIP.
+  epochs: RigL (ERK layer densities), static sparse training (a fixed random mask, ERK), SNIP; RigL
+  and static again at `--longer` multiples of those epochs (Evci et al. report RigL at 2x and 5x).
+- svd: `mnist-lenet5` (Caffe LeNet-5): sparse variational dropout from the trained baseline, and
+  global magnitude pruning (cubic schedule, same epochs) at the sparsity it reached.
+- l0: `digits-cnn` with L0 channel gates: MACs, parameters and the runner's eager latency of the
+  smaller dense model against the baseline's in the same run.
 Every variant is a recipe (`slimkit.recipes.runner.run_recipe`) with the task's baseline training
 settings for each training run; test accuracy of the step's model, nonzero weights and the bytes
 of its bitmask + values encoding. Writes OUT/sparse_bayes_SECTION.md and .json.
@@ -29,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import run_section_loop  # noqa: E402
 
 
-def _run(task: str, seed: int, steps: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
+def _run(task: str, seed: int, steps: list[dict[str, Any]], folder: Path, repeats: int = 3) -> dict[str, Any]:
     from slimkit.recipes.runner import run_recipe
 
     recipe = {"version": 1, "task": task, "seed": seed,
-              "measure": {"batch_n": 64, "repeats": 3, "threads": 1, "memory": False}, "steps": steps}
+              "measure": {"batch_n": 64, "repeats": repeats, "threads": 1, "memory": False}, "steps": steps}
     run_recipe(recipe, folder)
     return json.loads((folder / "results.json").read_text())
 
@@ -75,16 +80,19 @@ def lottery_section(args, folder: Path, progress) -> dict[str, Any]:
 def dst_section(args, folder: Path, progress) -> dict[str, Any]:
     ft = _finetune(args.task)
     rows = []
+    runs = [("rigl", 1), ("static", 1), ("snip", 1)] + [(m, k) for k in args.longer for m in ("rigl", "static")]
     for seed in args.seeds:
-        for method in ("rigl", "static", "snip"):
+        for method, times in runs:
+            train = {**ft, "epochs": ft["epochs"] * times}
             res = _run(args.task, seed, [{"sparse_train": {"method": method, "sparsity": args.sparsity,
-                                                           "finetune": ft}}], folder / f"{seed}-{method}")
-            if method == "rigl":
+                                                           "finetune": train}}], folder / f"{seed}-{method}-{times}")
+            if (method, times) == ("rigl", 1):
                 rows.append(_row(seed, "dense", res["steps"][0]))
             name = {"rigl": "RigL (ERK)", "static": "static random mask (ERK)", "snip": "SNIP"}[method]
+            name += f", {times}x epochs" if times != 1 else ""
             rows.append(_row(seed, name, res["steps"][1]))
             progress(f"seed {seed} {name}: {rows[-1]['test_accuracy']:.4f}")
-    return {"task": args.task, "sparsity": args.sparsity, "finetune": ft, "rows": rows}
+    return {"task": args.task, "sparsity": args.sparsity, "finetune": ft, "rows": rows, "longer": args.longer}
 
 
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
@@ -134,13 +142,102 @@ def render_dst(res: dict[str, Any], command: str, stamp: str) -> str:
     rigl, static, dense = m["RigL (ERK)"], m["static random mask (ERK)"], m["dense"]
     lines += [f"- RigL - static: {100 * (rigl - static):+.2f} pt (bar: >= +1).",
               f"- RigL - dense: {100 * (rigl - dense):+.2f} pt (bar: >= -1).",
-              f"- SNIP - dense: {100 * (m['SNIP'] - dense):+.2f} pt.", ""]
+              f"- SNIP - dense: {100 * (m['SNIP'] - dense):+.2f} pt."]
+    for k in res.get("longer", []):
+        r, st = m.get(f"RigL (ERK), {k}x epochs"), m.get(f"static random mask (ERK), {k}x epochs")
+        if r is not None and st is not None:
+            lines.append(f"- With {k}x the dense baseline's epochs (Evci et al.'s longer budgets): RigL - dense "
+                         f"{100 * (r - dense):+.2f} pt, RigL - static {100 * (r - st):+.2f} pt.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def svd_section(args, folder: Path, progress) -> dict[str, Any]:
+    """Sparse variational dropout on LeNet-5 against global magnitude pruning (cubic schedule,
+    the same epochs) at the sparsity variational dropout reached, per seed."""
+    rows = []
+    for seed in args.seeds:
+        vd = {"variational_dropout": {"kl_weight": args.kl_weight, "finetune": {"epochs": args.svd_epochs,
+                                                                                 "lr": 1e-3}}}
+        res = _run(args.svd_task, seed, [vd], folder / f"{seed}-vd")
+        rows.append(_row(seed, "dense", res["steps"][0]))
+        rows.append(_row(seed, "sparse variational dropout", res["steps"][1]))
+        reached = res["steps"][1]["info"]["sparsity"]
+        progress(f"seed {seed} variational dropout: {rows[-1]['test_accuracy']:.4f} at sparsity {reached:.4f}")
+        magnitude = {"prune": {"sparsity": min(reached, 0.9999), "schedule": "cubic",
+                               "finetune": {"epochs": args.svd_epochs, "lr": 1e-3}}}
+        res = _run(args.svd_task, seed, [magnitude], folder / f"{seed}-magnitude")
+        rows.append(_row(seed, "magnitude pruning (global, cubic), same sparsity", res["steps"][1]))
+        progress(f"seed {seed} magnitude: {rows[-1]['test_accuracy']:.4f}")
+    return {"task": args.svd_task, "kl_weight": args.kl_weight, "epochs": args.svd_epochs, "rows": rows}
+
+
+def render_svd(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# Sparse variational dropout against magnitude pruning", "", f"`{command}`; {stamp}.", "",
+             f"Task `{res['task']}` (Caffe LeNet-5, 431,080 parameters). Variational dropout from the trained "
+             f"baseline, {res['epochs']} epochs (Adam 1e-3, KL weight {res['kl_weight']} after a linear warm-up over "
+             "30% of the steps, weights with log alpha > 3 removed). Magnitude pruning: the `prune` step at the "
+             "sparsity variational dropout reached on that seed, global threshold, cubic schedule, the same epochs. "
+             "Last epoch of each (keep_best off). Test accuracy; nonzero Linear/Conv weights; bytes of their bitmask "
+             "+ values encoding.", ""]
+    table, m = _table(res["rows"])
+    lines += table + [""]
+    rows = [r for r in res["rows"] if r["variant"] == "sparse variational dropout"]
+    dense_n = 431080 - 20 - 50 - 500 - 10  # weights of the four layers (biases stay dense)
+    ratios = [dense_n / r["nonzero_weights"] for r in rows if r.get("nonzero_weights")]
+    vd, dense, mag = m["sparse variational dropout"], m["dense"], m["magnitude pruning (global, cubic), same sparsity"]
+    lines += [f"- Fewer nonzero weights: {statistics.mean(ratios):.0f}x on average (bar: >= 50x) at "
+              f"{100 * (vd - dense):+.2f} pt (bar: >= -1).",
+              f"- Variational dropout - magnitude pruning at the same sparsity: {100 * (vd - mag):+.2f} pt.", ""]
+    return "\n".join(lines)
+
+
+def l0_section(args, folder: Path, progress) -> dict[str, Any]:
+    """L0 channel gates on a CNN: MACs and eager batch-1 latency of the smaller dense model against
+    the baseline (same run, measured by the runner), per seed."""
+    rows = []
+    for seed in args.seeds:
+        res = _run(args.l0_task, seed, [{"l0": {"penalty": args.l0_penalty, "finetune": {"epochs": args.l0_epochs}}}],
+                   folder / f"{seed}-l0", repeats=args.repeats)
+        for variant, step in (("dense", res["steps"][0]), ("L0 channel gates", res["steps"][1])):
+            row = _row(seed, variant, step)
+            row.update({"macs": step["metrics"]["macs"], "latency_ms_b1": step["metrics"]["latency_ms_b1"],
+                        "latency_ms_bN": step["metrics"]["latency_ms_bN"], "params": step["metrics"]["params"],
+                        "channels_removed": step.get("info", {}).get("channels_removed")})
+            rows.append(row)
+        progress(f"seed {seed} L0: {rows[-1]['test_accuracy']:.4f}, MACs {rows[-2]['macs']:,} -> {rows[-1]['macs']:,}")
+    return {"task": args.l0_task, "penalty": args.l0_penalty, "epochs": args.l0_epochs, "rows": rows}
+
+
+def render_l0(res: dict[str, Any], command: str, stamp: str) -> str:
+    from slimkit.core.hardware import cpu_capability
+
+    lines = ["# L0 channel gates: channels removed physically", "", f"`{command}`; {stamp}; {cpu_capability()}.", "",
+             f"Task `{res['task']}`. The `l0` step (hard-concrete gates on every prunable channel group, cost in MACs, "
+             f"penalty {res['penalty']}, {res['epochs']} epochs from the trained baseline), then the closed channels "
+             "removed through torch-pruning's dependency graph. Latency: eager PyTorch, the runner's measurement of "
+             "each step in the same run (median of the repeats).", "",
+             "| seed | variant | accuracy | MACs | params | b1 ms | bN ms | channels removed |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['seed']} | {r['variant']} | {r['test_accuracy']:.4f} | {r['macs']:,} | {r['params']:,} | "
+                     f"{r['latency_ms_b1']:.4f} | {r['latency_ms_bN']:.3f} | {r.get('channels_removed') or ''} |")
+    dense = [r for r in res["rows"] if r["variant"] == "dense"]
+    gated = [r for r in res["rows"] if r["variant"] != "dense"]
+    lines += ["", f"- MACs: {statistics.mean(d['macs'] / g['macs'] for d, g in zip(dense, gated)):.2f}x fewer; "
+              f"b1 latency {statistics.median(d['latency_ms_b1'] / g['latency_ms_b1'] for d, g in zip(dense, gated)):.2f}x, "
+              f"bN {statistics.median(d['latency_ms_bN'] / g['latency_ms_bN'] for d, g in zip(dense, gated)):.2f}x "
+              f"faster; accuracy {100 * (statistics.mean(g['test_accuracy'] for g in gated) - statistics.mean(d['test_accuracy'] for d in dense)):+.2f} pt.", ""]
     return "\n".join(lines)
 
 
 SECTIONS = {
     "lottery": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --sparsity {a.sparsity} --rounds {a.rounds}",
-    "dst": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --sparsity {a.sparsity}",
+    "dst": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --sparsity {a.sparsity}"
+                     + (f" --longer {' '.join(map(str, a.longer))}" if a.longer else ""),
+    "svd": lambda a: f"--svd-task {a.svd_task} --seeds {' '.join(map(str, a.seeds))} --kl-weight {a.kl_weight} "
+                     f"--svd-epochs {a.svd_epochs}",
+    "l0": lambda a: f"--l0-task {a.l0_task} --seeds {' '.join(map(str, a.seeds))} --l0-penalty {a.l0_penalty} "
+                    f"--l0-epochs {a.l0_epochs} --repeats {a.repeats}",
 }
 
 
@@ -151,6 +248,15 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--longer", nargs="*", type=int, default=[2, 5], help="dst: RigL and static also at these "
+                                                                               "multiples of the baseline's epochs")
+    parser.add_argument("--svd-task", default="mnist-lenet5")
+    parser.add_argument("--kl-weight", type=float, default=0.2)
+    parser.add_argument("--svd-epochs", type=int, default=20)
+    parser.add_argument("--l0-task", default="digits-cnn")
+    parser.add_argument("--l0-penalty", type=float, default=3.0)
+    parser.add_argument("--l0-epochs", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=100, help="l0: latency repeats of the runner's measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()

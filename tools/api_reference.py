@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference.md"
 STEP_VERBS = ("train", "quantize", "quantize_weights", "qat", "prune", "prune_structured", "distill", "cluster", "hash",
-              "factorize", "lora", "fuse")
+              "factorize", "lora", "fuse", "sparse_train", "lottery", "l0", "variational_dropout")
 
 
 def render() -> str:

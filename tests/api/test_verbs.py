@@ -206,3 +206,25 @@ def test_deploy_returns_a_checked_callable_and_auto_picks_by_timing(trained, tmp
     assert int8.info["candidates"][0]["tolerance"] >= 0.02
     with pytest.raises(SlimkitError, match="no backend qualifies .*onnxruntime: outputs differ"):
         sk.deploy(q, x, backend="onnxruntime", tolerance=1e-9, workdir=tmp_path / "d")
+
+
+def test_sparse_verbs_rewind_to_the_initial_weights_given_in_code():
+    import copy
+
+    import slimkit.api as sk
+    from slimkit.core.errors import ConfigError
+    from slimkit.tasks import build_task
+
+    task = build_task("digits-mlp")
+    torch.manual_seed(0)
+    model = task.build_model()
+    initial = copy.deepcopy(model.state_dict())
+    loader = list(zip(task.data.train.inputs[0].split(64), task.data.train.targets.split(64)))
+    trained = sk.train(model, loader, epochs=5)
+    ticket = sk.lottery(trained, loader, initial_weights=initial, sparsity=0.8, rounds=2, finetune={"epochs": 3})
+    info = sk.history(ticket)[-1]["info"]
+    assert info["sparsity"] == pytest.approx(0.8, abs=1e-3) and len(info["rounds"]) == 2
+    with pytest.raises(ConfigError, match="initial_weights"):
+        sk.sparse_train(model, loader, method="static", sparsity=0.8)
+    gated = sk.variational_dropout(trained, loader, finetune={"epochs": 3})
+    assert sk.history(gated)[-1]["info"]["sparsity"] > 0

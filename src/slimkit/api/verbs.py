@@ -173,6 +173,53 @@ def prune_structured(model: nn.Module, data: Iterable[Any] | Split, **kwargs: An
     return apply("prune_structured", model, data, **kwargs)
 
 
+def _with_initial(technique: str, model: nn.Module, data, initial_weights, kwargs: dict[str, Any]) -> nn.Module:
+    """Run ``technique`` with the model's initial weights (a safetensors path or a state dict)
+    in the context, for the steps that rewind to them."""
+    from slimkit.core.io import save_state_dict
+
+    if initial_weights is None:
+        return apply(technique, model, data, **kwargs)
+    context = kwargs.pop("context", None)
+    with tempfile.TemporaryDirectory(prefix="slimkit-initial-") as tmp:
+        path = initial_weights
+        if isinstance(initial_weights, dict):
+            path = save_state_dict(Path(tmp) / "initial.safetensors", initial_weights)
+        if context is None:
+            context = user_context(model, data, **{k: kwargs.pop(k) for k in list(kwargs) if k in _CONTEXT_ARGS})
+        context.initial_weights = str(path)
+        return apply(technique, model, data, context=context, **kwargs)
+
+
+_CONTEXT_ARGS = ("val_data", "transform_fn", "loss", "metric", "max_samples", "device", "seed", "progress")
+
+
+def sparse_train(model: nn.Module, data: Iterable[Any] | Split, *, initial_weights: Any = None,
+                 **kwargs: Any) -> nn.Module:
+    """Sparse training under a ``method`` mask (static, snip, rigl) to ``sparsity``; from
+    ``initial_weights`` (a state dict or safetensors path) with ``start="initial"``, else pass
+    ``start="current"`` to start from ``model``'s weights."""
+    return _with_initial("sparse_train", model, data, initial_weights, kwargs)
+
+
+def lottery(model: nn.Module, data: Iterable[Any] | Split, *, initial_weights: Any, **kwargs: Any) -> nn.Module:
+    """Lottery ticket of the trained ``model`` at ``sparsity`` (``rounds`` of magnitude pruning,
+    rewound to ``initial_weights``: the state dict the model had before training)."""
+    return _with_initial("lottery", model, data, initial_weights, kwargs)
+
+
+def l0(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """L0 hard-concrete gates on channels (removed physically) or weights (stored sparse), trained
+    on labelled ``data`` with ``penalty``."""
+    return apply("l0", model, data, **kwargs)
+
+
+def variational_dropout(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Sparse variational dropout trained on labelled ``data``; weights whose dropout rate tends to
+    1 (``log alpha > threshold``) removed, the rest stored sparse."""
+    return apply("variational_dropout", model, data, **kwargs)
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Train ``student`` on ``data`` with ``teacher``'s outputs as loss terms (``losses``,
     ``temperature``, ``finetune``...); the teacher is not changed."""

@@ -87,8 +87,9 @@ def _initial_state(model: nn.Module, ctx: Context, step: str) -> dict[str, torch
     from slimkit.core.io import load_state_dict
 
     if ctx.initial_weights is None:
-        raise ConfigError(f"{step}: no initial weights to start from (a recipe run keeps the baseline's; "
-                          "use start: current outside a run)")
+        raise ConfigError(f"{step}: no initial weights to start from (a recipe run keeps the baseline's; in code "
+                          "pass initial_weights=the state dict before training; "
+                          "sparse_train can also use start: current)")
     state = load_state_dict(ctx.initial_weights)
     own = model.state_dict()
     mismatched = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
