@@ -35,6 +35,10 @@ CASES: dict[str, dict] = {
     "cluster": {"clusters": 8},
     "hash": {"finetune": {"epochs": 1}},
     "deploy": {"backend": "onnxruntime"},
+    "sparse_train": {"method": "rigl", "sparsity": 0.7, "interval": 5, "finetune": {"epochs": 1}},
+    "lottery": {"sparsity": 0.7, "rounds": 1, "finetune": {"epochs": 1}},
+    "l0": {"penalty": 3.0, "finetune": {"epochs": 3}},
+    "variational_dropout": {"finetune": {"epochs": 2}},
 }
 # steps whose model computes the same function by design (judged by what else they change)
 EXACT = {"fuse", "deploy"}
