@@ -115,17 +115,10 @@ _TWINS = {nn.Linear: VariationalLinear, nn.Conv2d: VariationalConv2d}
 def make_variational_(model: nn.Module, names: list[str], threshold: float = 3.0,
                       init_log_sigma2: float = -10.0) -> dict[str, _SVDO]:
     """Swap the named Linear / Conv2d layers for their variational twins, in place."""
-    modules = dict(model.named_modules())
-    done = {}
-    for name in names:
-        layer = modules[name]
-        twin_type = _TWINS.get(type(layer))
-        if twin_type is None:
-            raise ValueError(f"variational dropout: {name} is a {type(layer).__name__}, not a Linear or Conv2d")
-        twin = twin_type(layer, threshold, init_log_sigma2).to(layer.weight.device)
-        model.set_submodule(name, twin)
-        done[name] = twin
-    return done
+    from slimkit.encoding.twins import swap_twins_
+
+    return swap_twins_(model, names, _TWINS, "variational dropout",
+                       lambda name, layer, twin_type: twin_type(layer, threshold, init_log_sigma2))
 
 
 def make_plain_(model: nn.Module, layers: dict[str, _SVDO]) -> dict[str, nn.Parameter]:
