@@ -155,3 +155,12 @@ def test_bad_sparse_configs_and_structure_changes_are_named(tmp_path):
                                                                           "finetune": {"epochs": 1}}}]}
     with pytest.raises(ConfigError, match="before steps that change the model's structure"):
         run_recipe(recipe, tmp_path / "c")
+
+
+def test_rigl_keeps_the_last_epoch_whose_weights_fit_its_final_mask():
+    from slimkit.techniques.sparse_training.step import SparseTrainConfig
+
+    assert SparseTrainConfig(method="rigl", sparsity=0.9).finetune.keep_best is False
+    assert SparseTrainConfig(method="static", sparsity=0.9).finetune.keep_best is True
+    with pytest.raises(ValueError, match="keep_best"):
+        SparseTrainConfig(method="rigl", sparsity=0.9, finetune={"keep_best": True})

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimkit.core.errors import ConfigError
 from slimkit.core.step import StepResult, register_step
@@ -62,7 +62,26 @@ class SparseTrainConfig(_SparseCommon):
                                                               "first update (cosine decay to 0)")
     end: float = Field(0.75, gt=0, le=1, description="rigl: share of training after which the mask stays")
     snip_batches: int = Field(4, ge=1, description="snip: training batches the sensitivities are summed over")
-    finetune: SparseFinetune = Field(default_factory=SparseFinetune, description="training under the mask")
+    finetune: SparseFinetune = Field(default_factory=SparseFinetune,
+                                     description="training under the mask (rigl: keep_best is off, an earlier epoch's "
+                                                 "weights do not fit the final mask)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rigl_keeps_last(cls, data: Any) -> Any:
+        """RigL moves its mask: unless told otherwise, the last epoch is kept."""
+        if isinstance(data, dict) and data.get("method") == "rigl":
+            finetune = data.get("finetune") or {}
+            if isinstance(finetune, dict) and "keep_best" not in finetune:
+                data = {**data, "finetune": {**finetune, "keep_best": False}}
+        return data
+
+    @model_validator(mode="after")
+    def _rigl_without_keep_best(self) -> "SparseTrainConfig":
+        if self.method == "rigl" and self.finetune.keep_best:
+            raise ValueError("finetune.keep_best with method rigl would restore an epoch's weights under a mask "
+                             "that has moved since: leave it out")
+        return self
 
 
 LotteryFinetune = finetune_config("LotteryFinetune", epochs=Field(10, ge=1, description="training epochs of each round"))
