@@ -41,6 +41,11 @@ STEPS: dict[str, tuple[str, dict[str, Any], str]] = {
     "lora": ("lora", {"rank": 4, "finetune": {"epochs": 1}}, "changed"),
     "distill": ("distill", {"student": {"derive": {"width": 0.5}}, "losses": {"logits": {}},
                             "finetune": {"epochs": 1}}, "macs"),
+    "sparse_train": ("sparse_train", {"method": "rigl", "sparsity": 0.5, "start": "current", "interval": 2,
+                                      "finetune": {"epochs": 1}}, "nonzeros"),
+    "l0": ("l0", {"init_keep": 0.05, "finetune": {"epochs": 2}}, "macs"),  # gates start closed: removal exercised
+    "variational_dropout": ("variational_dropout", {"warmup": 0.0, "finetune": {"epochs": 2, "lr": 0.01}},
+                            "nonzeros"),
 }
 RUNTIMES = ("onnxruntime", "openvino")
 FLOAT_TOLERANCE = 1e-4  # a float model on a runtime vs eager (relative to the largest output)

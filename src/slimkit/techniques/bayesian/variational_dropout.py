@@ -92,9 +92,15 @@ class VariationalConv2d(_SVDO):
         super().__init__()
         if layer.padding_mode != "zeros":
             raise ValueError(f"variational dropout: padding_mode {layer.padding_mode!r} (zeros only)")
-        self.conv_args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+        # nn.Conv2d's attributes, which models read (Hugging Face's TF-style padding reads stride)
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.padding_mode = layer.padding_mode
         self.in_channels, self.out_channels, self.kernel_size = layer.in_channels, layer.out_channels, layer.kernel_size
         self._init_variational(layer, threshold, init_log_sigma2)
+
+    @property
+    def conv_args(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
 
     def _op(self, x, w, b):
         return F.conv2d(x, w, b, **self.conv_args)

@@ -148,6 +148,9 @@ def channel_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], igno
                  and dep.handler == tp.prune_batchnorm_out_channels]
         producers = [dep.target.module for dep, _ in group if dep.handler == root_dep.handler
                      and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))]
+        convs = [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Conv2d)]
+        if any(1 < c.groups < c.in_channels or (c.groups > 1 and c.in_channels != c.out_channels) for c in convs):
+            continue  # grouped (not depthwise) convolutions take channels in whole groups: not gated
         sites = norms or producers or [root]
         width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
         gates = HardConcrete(width, init_keep, lr_scale=lr_scale).to(next(root.parameters()).device)

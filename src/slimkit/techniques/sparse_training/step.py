@@ -259,7 +259,7 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
     from slimkit.measure.macs import count_macs
     from slimkit.measure.size import count_params
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
-    from slimkit.techniques.pruning.structured import fixed_width_layers
+    from slimkit.techniques.pruning.structured import find_attention, fixed_width_layers
     from slimkit.techniques.sparse_training import l0 as gates_
 
     _dense_(model)
@@ -285,7 +285,9 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
         raise ConfigError(f"l0: skip names no module: {unknown}")
     before = snapshot(model)
     macs0, params0 = count_macs(model, inputs), count_params(model)
-    ignore = fixed_width_layers(model, inputs) + [modules[n] for n in cfg.skip]
+    attention = find_attention(model)  # heads are not gated: a channel inside a head would break its reshape
+    ignore = fixed_width_layers(model, inputs, attention) + [p for a in attention for p in a.projections] \
+        + [modules[n] for n in cfg.skip]
     graph, gates = gates_.channel_gates(model, inputs, ignore, cfg.init_keep, cfg.gate_lr / cfg.finetune.lr,
                                          cfg.cost)
     if not gates:
