@@ -21,6 +21,10 @@ TRAINING_STEPS = {
     "qat": {"calibration_samples": 64},
     "cluster": {"clusters": 4},
     "hash": {},
+    "sparse_train": {"method": "static", "sparsity": 0.5},
+    "lottery": {"sparsity": 0.5, "rounds": 1},
+    "l0": {},
+    "variational_dropout": {},
 }
 # every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
 FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 3e-4, "optimizer": "sgd", "momentum": 0.8, "weight_decay": 1e-3,
@@ -38,8 +42,12 @@ def test_the_table_covers_every_step_with_a_finetune_field():
 
 
 @pytest.mark.parametrize("name", sorted(TRAINING_STEPS))
-def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name):
+def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name, tmp_path):
+    from slimkit.core.io import save_state_dict
+
     task = build_task("digits-mlp")
+    model = task.build_model()
+    initial = str(save_state_dict(tmp_path / "initial.safetensors", model.state_dict()))  # lottery rewinds
     calls = []
 
     def recording_fit(model, data, cfg, **kwargs):
@@ -47,8 +55,8 @@ def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name):
         return fit(model, data, cfg, **kwargs)
 
     cfg = parse_config(STEPS.entry(name).config, {**TRAINING_STEPS[name], "finetune": FINETUNE}, name)
-    STEPS.get(name).fn(task.build_model(), cfg, Context(task=task, train_fn=recording_fit,
-                                                              task_config={"name": "digits-mlp"}))
+    STEPS.get(name).fn(model, cfg, Context(task=task, train_fn=recording_fit, task_config={"name": "digits-mlp"},
+                                           initial_weights=initial))
     assert calls, f"{name} did not train"
     assert all(c.model_dump() == TrainConfig(**FINETUNE).model_dump() for c in calls)
 
