@@ -164,3 +164,35 @@ def test_rigl_keeps_the_last_epoch_whose_weights_fit_its_final_mask():
     assert SparseTrainConfig(method="static", sparsity=0.9).finetune.keep_best is True
     with pytest.raises(ValueError, match="keep_best"):
         SparseTrainConfig(method="rigl", sparsity=0.9, finetune={"keep_best": True})
+
+
+def test_every_lottery_round_restarts_from_the_initial_weights_under_its_mask(tmp_path):
+    """The control for rewinding: each round's training starts from the initial weights, with the
+    round's mask held (a lottery step that only pruned and fine-tuned would start from trained ones)."""
+    from slimkit.core.config import parse_config
+    from slimkit.core.io import save_state_dict
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+    from slimkit.techniques.sparse_training.step import LotteryConfig, lottery
+    from slimkit.train.config import TrainConfig
+    from slimkit.train.loop import fit
+    from slimkit.train.objectives import TaskLoss
+
+    task = build_task("digits-mlp")
+    torch.manual_seed(0)
+    model = task.build_model()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    path = save_state_dict(tmp_path / "initial.safetensors", initial)
+    fit(model, task.data, TrainConfig(epochs=3), loss_terms=[TaskLoss(task.loss)])
+    rounds = []
+
+    def recording_fit(m, data, cfg, **kwargs):
+        (masks,) = kwargs["callbacks"]
+        rounds.append(({k: v.clone() for k, v in m.state_dict().items()}, masks.density()))
+        return fit(m, data, cfg, **kwargs)
+
+    cfg = parse_config(LotteryConfig, {"sparsity": 0.75, "rounds": 2, "finetune": {"epochs": 2}}, "t")
+    lottery(model, cfg, Context(task=task, train_fn=recording_fit, initial_weights=str(path)))
+    assert [round(d, 3) for _, d in rounds] == [0.5, 0.25]
+    for start, _ in rounds:
+        assert all(torch.equal(start[k], initial[k]) for k in initial)

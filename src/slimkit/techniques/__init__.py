@@ -10,4 +10,5 @@ from slimkit.techniques.sharing import hash_step as _hash_step  # noqa: F401
 from slimkit.techniques.lowrank import step as _lowrank_step  # noqa: F401
 from slimkit.techniques.lowrank import lora_step as _lora_step  # noqa: F401
 from slimkit.techniques.sparse_training import step as _sparse_training_step  # noqa: F401
+from slimkit.techniques.sparse_training import l0_step as _l0_step  # noqa: F401
 from slimkit.techniques.bayesian import step as _bayesian_step  # noqa: F401

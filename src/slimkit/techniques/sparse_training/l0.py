@@ -90,6 +90,11 @@ class L0Penalty:
     gates: list[tuple[HardConcrete, float]]  # (gates, parameters each gate carries)
     weight: float = 0.1
     name: str = "l0"
+    trains_gates: bool = False  # True where the gates live outside the model (channel gates on hooks)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The gates, for ``fit``'s optimizer, when the model does not hold them itself."""
+        return [p for g, _ in self.gates for p in g.parameters()] if self.trains_gates else []
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         total = sum(g.log_alpha.numel() * cost for g, cost in self.gates)
