@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference.md"
 STEP_VERBS = ("train", "quantize", "quantize_weights", "qat", "prune", "prune_structured", "distill", "cluster", "hash",
-              "factorize", "lora", "fuse", "sparse_train", "lottery", "l0", "variational_dropout")
+              "factorize", "lora", "fuse", "sparse_train", "lottery", "l0", "variational_dropout",
+              "bayesian_compression")
 
 
 def render() -> str:

@@ -228,3 +228,5 @@ def test_sparse_verbs_rewind_to_the_initial_weights_given_in_code():
         sk.sparse_train(model, loader, method="static", sparsity=0.8)
     gated = sk.variational_dropout(trained, loader, finetune={"epochs": 3})
     assert sk.history(gated)[-1]["info"]["sparsity"] > 0
+    coded = sk.bayesian_compression(trained, loader, finetune={"epochs": 3}, entropy_code=False)
+    assert all(b <= 8 for b in sk.history(coded)[-1]["info"]["bits_per_layer"].values())

@@ -39,6 +39,7 @@ CASES: dict[str, dict] = {
     "lottery": {"sparsity": 0.7, "rounds": 1, "finetune": {"epochs": 1}},
     "l0": {"penalty": 3.0, "finetune": {"epochs": 3}},
     "variational_dropout": {"finetune": {"epochs": 2}},
+    "bayesian_compression": {"finetune": {"epochs": 3}},
 }
 # steps whose model computes the same function by design (judged by what else they change)
 EXACT = {"fuse", "deploy"}

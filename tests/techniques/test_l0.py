@@ -45,7 +45,7 @@ def test_closed_channels_are_removed_and_the_model_computes_what_the_gated_one_d
         model[1].running_var.uniform_(0.5, 2)
     x = torch.randn(5, 3, 10, 10)
     inputs = (x[:1],)
-    graph, gates = channel_gates(model, inputs, fixed_width_layers(model, inputs), 0.9)
+    graph, gates = channel_gates(model, inputs, fixed_width_layers(model, inputs), lambda w: HardConcrete(w, 0.9))
     assert len(gates) == 3  # conv0 (gated after its BatchNorm), conv3, linear7; the classifier keeps its width
     sites = {type(s).__name__ for g in gates for s in g.sites}
     assert sites == {"BatchNorm2d", "Conv2d", "Linear"}  # conv0's gate sits after its BatchNorm

@@ -220,6 +220,12 @@ def variational_dropout(model: nn.Module, data: Iterable[Any] | Split, **kwargs:
     return apply("variational_dropout", model, data, **kwargs)
 
 
+def bayesian_compression(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Bayesian compression trained on labelled ``data``: channels whose scale is mostly noise
+    removed physically, each layer's weights stored at the bits its posterior variance allows."""
+    return apply("bayesian_compression", model, data, **kwargs)
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Train ``student`` on ``data`` with ``teacher``'s outputs as loss terms (``losses``,
     ``temperature``, ``finetune``...); the teacher is not changed."""

@@ -46,6 +46,8 @@ STEPS: dict[str, tuple[str, dict[str, Any], str]] = {
     "l0": ("l0", {"init_keep": 0.05, "finetune": {"epochs": 2}}, "macs"),  # gates start closed: removal exercised
     "variational_dropout": ("variational_dropout", {"warmup": 0.0, "finetune": {"epochs": 2, "lr": 0.01}},
                             "nonzeros"),
+    "bayesian_compression": ("bayesian_compression", {"warmup": 0.0, "entropy_code": False,
+                                                      "finetune": {"epochs": 2, "lr": 0.01}}, "bytes"),
 }
 RUNTIMES = ("onnxruntime", "openvino")
 FLOAT_TOLERANCE = 1e-4  # a float model on a runtime vs eager (relative to the largest output)

@@ -12,3 +12,4 @@ from slimkit.techniques.lowrank import lora_step as _lora_step  # noqa: F401
 from slimkit.techniques.sparse_training import step as _sparse_training_step  # noqa: F401
 from slimkit.techniques.sparse_training import l0_step as _l0_step  # noqa: F401
 from slimkit.techniques.bayesian import step as _bayesian_step  # noqa: F401
+from slimkit.techniques.bayesian import compression_step as _bayesian_compression_step  # noqa: F401

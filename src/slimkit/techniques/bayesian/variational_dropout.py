@@ -33,6 +33,12 @@ from slimkit.train.objectives import Batch
 _K1, _K2, _K3 = 0.63576, 1.87320, 1.48695
 
 
+def log_uniform_kl(log_alpha: torch.Tensor) -> torch.Tensor:
+    """KL(N(m, alpha m^2) || log-uniform), summed: Molchanov et al.'s approximation (eq. 14)."""
+    neg_kl = _K1 * torch.sigmoid(_K2 + _K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - _K1
+    return -neg_kl.sum()
+
+
 class _SVDO(nn.Module):
     """What the variational Linear and Conv2d share: ``weight`` (theta), ``log_sigma2``, the
     threshold on ``log alpha``."""
@@ -57,9 +63,7 @@ class _SVDO(nn.Module):
 
     def kl(self) -> torch.Tensor:
         """KL(q || log-uniform prior), summed over the layer's weights (the approximation)."""
-        la = self.log_alpha()
-        neg_kl = _K1 * torch.sigmoid(_K2 + _K3 * la) - 0.5 * F.softplus(-la) - _K1
-        return -neg_kl.sum()
+        return log_uniform_kl(self.log_alpha())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

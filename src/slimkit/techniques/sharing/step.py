@@ -107,13 +107,13 @@ def cluster(model: nn.Module, cfg: ClusterConfig, ctx: Context) -> StepResult:
     dense = sum(v["dense_bytes"] for v in layers.values())
     info.update({"encoded_bytes": stored, "dense_bytes": dense, "encoded_ratio": stored / dense, "layers": layers})
     if cfg.entropy_code:
-        info["entropy_coded"] = _write_archive(model, ctx)
+        info["entropy_coded"] = write_entropy_archive(model, ctx)
     structure = ClusterStructure(clusters=cfg.clusters,
                                  shared={n: SharedRecord(fixed_zero=v["fixed_zero"]) for n, v in layers.items()})
     return StepResult(model, info=info, structure=structure)
 
 
-def _write_archive(model: nn.Module, ctx: Context) -> dict[str, Any]:
+def write_entropy_archive(model: nn.Module, ctx: Context) -> dict[str, Any]:
     """The Huffman-coded file beside the step's checkpoint (a temporary one outside a run)."""
     import tempfile
     from pathlib import Path

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+import copy
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -69,6 +70,20 @@ class HardConcrete(nn.Module):
     def open_probability(self) -> torch.Tensor:
         """P(z != 0) per gate: the differentiable L0."""
         return torch.sigmoid(self.log_alpha - self.beta * math.log(-GAMMA / ZETA))
+
+    # the channel-gate protocol (``install_channel_gates``, ``remove_closed_channels_``), which
+    # Bayesian compression's scales (``techniques/bayesian/compression.py``) also follow
+    def draw(self, rows: int, sample: bool) -> torch.Tensor:
+        """The gates for one forward pass of ``rows`` rows: one draw shared by the rows."""
+        return self(sample=sample)
+
+    def deterministic(self) -> torch.Tensor:
+        """The gates at evaluation; exactly 0 where closed."""
+        return self(sample=False)
+
+    def strength(self) -> torch.Tensor:
+        """Larger is more open: the channel a layer keeps when every gate is closed."""
+        return self.log_alpha
 
 
 class _GatedWeight(nn.Module):
@@ -122,9 +137,11 @@ def bake_weight_gates_(weights: dict[str, nn.Module]) -> dict[str, nn.Parameter]
 @dataclass
 class ChannelGate:
     """One gate vector on the output channels of a prunable group: the modules whose outputs it
-    multiplies, the group's root layer (what torch-pruning prunes from) and its pruning function."""
+    multiplies, the group's root layer (what torch-pruning prunes from) and its pruning function.
+    ``gates`` follows ``HardConcrete``'s channel-gate protocol (``draw``, ``deterministic``,
+    ``strength``)."""
 
-    gates: HardConcrete
+    gates: nn.Module
     sites: list[nn.Module]
     root: nn.Module
     handler: object
@@ -132,10 +149,11 @@ class ChannelGate:
 
 
 def channel_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], ignore: Sequence[nn.Module],
-                  init_keep: float, lr_scale: float = 1.0, cost: str = "macs"):
+                  make_gates: Callable[[int], nn.Module], cost: str = "macs"):
     """The dependency graph and a ``ChannelGate`` per prunable group of Conv2d / Linear output
-    channels (``ignore``: layers that keep their width). A gate's ``cost`` is what one channel of
-    its root layer carries: multiply-accumulates per example (``macs``) or parameters."""
+    channels (``ignore``: layers that keep their width), its gates made by ``make_gates(width)``
+    (e.g. ``HardConcrete``). A gate's ``cost`` is what one channel of its root layer carries:
+    multiply-accumulates per example (``macs``) or parameters."""
     from slimkit.techniques.pruning.structured import _call, _scalar_output, _traced, torch_pruning
 
     tp = torch_pruning()
@@ -158,7 +176,7 @@ def channel_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], igno
             continue  # grouped (not depthwise) convolutions take channels in whole groups: not gated
         sites = norms or producers or [root]
         width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-        gates = HardConcrete(width, init_keep, lr_scale=lr_scale).to(next(root.parameters()).device)
+        gates = make_gates(width).to(next(root.parameters()).device)
         carried = per_channel_macs.get(id(root), 0.0) if cost == "macs" else root.weight.numel() / width
         out.append(ChannelGate(gates, sites, root, root_dep.handler, max(carried, 1.0)))
     return graph, out
@@ -188,28 +206,36 @@ def _per_channel_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) 
 
 def install_channel_gates(gates: list[ChannelGate]) -> list[torch.utils.hooks.RemovableHandle]:
     """Forward hooks multiplying each site's output channels (dim 1 of conv and BatchNorm outputs,
-    the last dim of a linear's) by the group's gates, one draw per forward pass."""
+    the last dim of a linear's) by the group's gates: ``draw(rows, sample)`` gives one vector for
+    the whole batch or one per row."""
     handles = []
     for gate in gates:
         for site in gate.sites:
             def hook(module, args, output, gate=gate):
-                z = gate.gates(sample=module.training)  # the model's mode: validation sees the deterministic gates
+                rows = output.shape[0]
+                z = gate.gates.draw(rows, module.training)  # the model's mode: validation sees the deterministic gates
+                lead = rows if z.dim() == 2 else 1
                 if isinstance(module, nn.Linear):
-                    return output * z
-                return output * z.view(1, -1, *([1] * (output.dim() - 2)))
+                    return output * z.view(lead, *([1] * (output.dim() - 2)), -1)
+                return output * z.view(lead, -1, *([1] * (output.dim() - 2)))
             handles.append(site.register_forward_hook(hook))
     return handles
 
 
 @torch.no_grad()
-def remove_closed_channels_(model: nn.Module, graph, gates: list[ChannelGate]) -> dict[str, int]:
+def remove_closed_channels_(model: nn.Module, graph, gates: list[ChannelGate],
+                            shadows: dict[int, torch.Tensor] | None = None) -> dict[str, int]:
     """Fold each open gate's deterministic value into its sites (scales the channel's output:
     BatchNorm's weight and bias, or the layer's weight rows and bias) and remove the closed
-    channels through the dependency graph; {root layer name: channels removed}."""
+    channels through the dependency graph; {root layer name: channels removed}.
+
+    ``shadows`` ({id(layer): tensor of its weight's shape}, e.g. posterior variances) lose the
+    entries their layer's weight loses: torch-pruning's own handler prunes a copy of the layer
+    holding the shadow, so every coupling (flattened inputs, depthwise convs) is followed alike."""
     names = {id(m): n for n, m in model.named_modules()}
     removed = {}
     for gate in gates:
-        z = gate.gates(sample=False).detach()
+        z = gate.gates.deterministic().detach()
         for site in gate.sites:
             shape = (-1,) + (1,) * (site.weight.dim() - 1)
             site.weight.mul_(z.view(shape))
@@ -218,9 +244,26 @@ def remove_closed_channels_(model: nn.Module, graph, gates: list[ChannelGate]) -
         closed = (z == 0).nonzero().flatten().tolist()
         width = z.numel()
         if len(closed) == width:  # never remove a whole layer: keep its strongest channel (at zero)
-            closed.remove(int(gate.gates.log_alpha.argmax()))
+            closed.remove(int(gate.gates.strength().argmax()))
         if closed:
             group = graph.get_pruning_group(gate.root, gate.handler, idxs=closed)
+            if shadows:
+                _prune_shadows(group, shadows)
             group.prune()
             removed[names.get(id(gate.root), "?")] = len(closed)
     return removed
+
+
+def _prune_shadows(group, shadows: dict[int, torch.Tensor]) -> None:
+    """Apply each of ``group``'s dependencies that targets a shadowed layer to a copy of the layer
+    whose weight is the shadow (the handler slices it exactly as it will slice the weight)."""
+    for dep, idxs in group:
+        module = dep.target.module
+        if id(module) not in shadows or not isinstance(module, nn.Module):
+            continue
+        twin = copy.deepcopy(module)
+        twin.weight = nn.Parameter(shadows[id(module)].clone(), requires_grad=False)
+        dep.handler.__self__.pruning_dim = dep.target.pruning_dim  # what Dependency.__call__ sets
+        plain = [i.idx if hasattr(i, "idx") else int(i) for i in idxs]
+        dep.handler(twin, plain)
+        shadows[id(module)] = twin.weight.detach()

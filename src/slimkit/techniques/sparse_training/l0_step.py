@@ -92,7 +92,9 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
     attention = find_attention(model)  # heads are not gated: a channel inside a head would break its reshape
     ignore = fixed_width_layers(model, inputs, attention) + [p for a in attention for p in a.projections] \
         + [modules[n] for n in cfg.skip]
-    graph, gates = gates_.channel_gates(model, inputs, ignore, cfg.init_keep, cfg.gate_lr / cfg.finetune.lr,
+    lr_scale = cfg.gate_lr / cfg.finetune.lr
+    graph, gates = gates_.channel_gates(model, inputs, ignore,
+                                         lambda width: gates_.HardConcrete(width, cfg.init_keep, lr_scale=lr_scale),
                                          cfg.cost)
     if not gates:
         raise ConfigError("l0: no prunable channel group in this model (every layer keeps its width)")
