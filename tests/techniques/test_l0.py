@@ -84,3 +84,39 @@ def test_l0_weights_step_zeros_weights_and_stores_them_sparse(tmp_path, rebuild_
     assert gated["metrics"]["size_bytes"] < 0.7 * base["metrics"]["size_bytes"]
     _, quality = rebuild_run_step(tmp_path / "run", "digits-mlp", 1, gated)
     assert quality == pytest.approx(gated["metrics"]["quality"], abs=1e-9)
+
+
+def test_closed_heads_are_removed_and_the_encoder_computes_what_the_gated_one_did():
+    from transformers import BertConfig, BertModel
+
+    from slimkit.techniques.pruning.structured import find_attention, sync_attention_
+    from slimkit.techniques.sparse_training.l0 import HeadGates, head_gates
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=16)
+    model = BertModel(config).eval()
+    ids = torch.randint(0, 50, (3, 8))
+    inputs = (ids[:1],)
+    attention = find_attention(model)
+    ignore = fixed_width_layers(model, inputs, attention) + [p for a in attention for p in a.projections]
+    graph, channels = channel_gates(model, inputs, ignore, lambda w: HardConcrete(w, 0.99))
+    heads = head_gates(model, inputs, graph, attention, 0.9)
+    assert len(heads) == 2 and all(isinstance(g.gates, HeadGates) for g in heads)
+    with torch.no_grad():
+        for g in channels:
+            g.gates.log_alpha_raw.fill_(10.0)  # FFN neurons stay: this test is about heads
+        heads[0].gates.log_alpha_raw.copy_(torch.tensor([-9.0, 0.3, -9.0, 1.0]))  # heads 0, 2 closed, 1 and 3 scaled
+        heads[1].gates.log_alpha_raw.fill_(-9.0)  # every head closed: the strongest one is kept (at zero)
+        heads[1].gates.log_alpha_raw[2] = -8.0
+    gates = channels + heads
+    handles = install_channel_gates(gates)
+    expected = model(ids).last_hidden_state
+    for h in handles:
+        h.remove()
+    assert not torch.allclose(model(ids).last_hidden_state, expected, atol=1e-3)  # the gates did change the output
+    remove_closed_channels_(model, graph, gates)
+    assert sync_attention_(attention) == {a.name: n for a, n in zip(attention, (2, 1))}
+    assert model.encoder.layer[0].attention.self.query.out_features == 16
+    assert model.encoder.layer[0].attention.output.dense.in_features == 16
+    assert torch.allclose(model(ids).last_hidden_state, expected, atol=1e-5)

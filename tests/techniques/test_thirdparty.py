@@ -33,7 +33,8 @@ TRAIN = TrainConfig(epochs=2, lr=3e-3)
 SLICE = [("deit", "quantize"), ("deit", "prune"), ("deit", "qat"), ("deit", "cluster"), ("swin", "fuse"),
          ("swin", "quantize"), ("beit", "fuse"), ("regnet", "qat"), ("distilbert", "lora"),
          ("deberta_v2", "factorize"), ("dict_output", "quantize"), ("vit_unwrapped", "distill"),
-         ("shared_twice", "quantize"), ("functional_conv", "prune_structured"), ("distilbert", "l0")]
+         ("shared_twice", "quantize"), ("functional_conv", "prune_structured"), ("distilbert", "l0"),
+         ("distilbert", "bayesian_compression")]
 
 
 def _cells(name: str, steps: list[str], tmp_path) -> list:

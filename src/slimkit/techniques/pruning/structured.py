@@ -132,6 +132,12 @@ class Attention:
     module: nn.Module
     projections: list[nn.Linear]
     head_size: int
+    named: bool = False  # the projections were told apart by name: q, k, v in that order
+
+    @property
+    def value(self) -> nn.Linear | None:
+        """The value projection, where the names tell it (a head's output is linear in it)."""
+        return self.projections[2] if self.named else None
 
     @property
     def heads(self) -> int:
@@ -152,7 +158,7 @@ def find_attention(model: nn.Module) -> list[Attention]:
         named = [fits[n] for role in _QKV for n in fits if n.split("_")[0] == role[0] or n.split("_")[0] == role[1]]
         projections = named if len(named) == 3 else list(fits.values())
         if len(projections) == 3:
-            found.append(Attention(name, module, projections, size))
+            found.append(Attention(name, module, projections, size, named=len(named) == 3))
     return found
 
 

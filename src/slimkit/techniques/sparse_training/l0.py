@@ -14,7 +14,8 @@ Two targets:
   graph (the group's BatchNorm output when it has one, else its conv's or linear's output; coupled
   layers share the gate). At the end each open gate's value is folded into the layer it gates and
   the closed channels are removed physically by the graph, as ``prune_structured`` removes them:
-  a smaller dense model whose MACs and latency fall.
+  a smaller dense model whose MACs and latency fall. Attention heads get one gate each
+  (``HeadGates``, on the head's channels of the value projection) and are removed whole.
 
 Written here: Louizos et al.'s reference is a research script for two architectures; the gates and
 the penalty are a few dozen lines on the loop's loss terms, and physical removal is torch-pruning's.
@@ -86,6 +87,25 @@ class HardConcrete(nn.Module):
         return self.log_alpha
 
 
+class HeadGates(HardConcrete):
+    """One hard-concrete gate per attention head, spread over the head's ``head_size`` channels of
+    the value projection's output: a head's context is linear in its values, so gating them gates
+    the head exactly. The penalty counts heads (``log_alpha`` and ``open_probability`` are per head)."""
+
+    def __init__(self, heads: int, head_size: int, init_keep: float = 0.9, lr_scale: float = 1.0) -> None:
+        super().__init__(heads, init_keep, lr_scale=lr_scale)
+        self.head_size = head_size
+
+    def draw(self, rows: int, sample: bool) -> torch.Tensor:
+        return super().draw(rows, sample).repeat_interleave(self.head_size)
+
+    def deterministic(self) -> torch.Tensor:
+        return super().deterministic().repeat_interleave(self.head_size)
+
+    def strength(self) -> torch.Tensor:
+        return super().strength().repeat_interleave(self.head_size)
+
+
 class _GatedWeight(nn.Module):
     """Parametrisation: the weight times its gates (one per weight)."""
 
@@ -145,7 +165,8 @@ class ChannelGate:
     sites: list[nn.Module]
     root: nn.Module
     handler: object
-    cost: float  # parameters per channel of the root layer
+    cost: float  # what one gate carries (a channel of the root layer, or a head)
+    unit: int = 1  # channels removed together (a head's)
 
 
 def channel_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], ignore: Sequence[nn.Module],
@@ -180,6 +201,30 @@ def channel_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], igno
         carried = per_channel_macs.get(id(root), 0.0) if cost == "macs" else root.weight.numel() / width
         out.append(ChannelGate(gates, sites, root, root_dep.handler, max(carried, 1.0)))
     return graph, out
+
+
+def head_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph, attention: Sequence,
+               init_keep: float, lr_scale: float = 1.0, cost: str = "macs") -> list[ChannelGate]:
+    """A ``ChannelGate`` of ``HeadGates`` per attention module whose value projection is known by
+    name: the gates multiply the value projection's output, and a closed head is removed through
+    the query projection's group (q, k, v rows and the output projection's columns together), as
+    ``prune_structured`` removes heads. A head's cost: its q, k, v and output-projection share,
+    four times its query rows' multiply-accumulates (``macs``; the attention matmuls, which grow
+    with the sequence, are left out) or parameters."""
+    from slimkit.techniques.pruning.structured import torch_pruning
+
+    tp = torch_pruning()
+    macs = _per_channel_macs(model, example_inputs) if cost == "macs" else {}
+    out = []
+    for a in attention:
+        if a.value is None or a.heads < 2:
+            continue
+        q = a.projections[0]
+        per_row = macs.get(id(q), 0.0) if cost == "macs" else q.in_features
+        gates = HeadGates(a.heads, a.head_size, init_keep, lr_scale).to(q.weight.device)
+        out.append(ChannelGate(gates, [a.value], q, tp.prune_linear_out_channels,
+                               max(4.0 * per_row * a.head_size, 1.0), unit=a.head_size))
+    return out
 
 
 @torch.no_grad()
@@ -243,8 +288,9 @@ def remove_closed_channels_(model: nn.Module, graph, gates: list[ChannelGate],
                 site.bias.mul_(z)
         closed = (z == 0).nonzero().flatten().tolist()
         width = z.numel()
-        if len(closed) == width:  # never remove a whole layer: keep its strongest channel (at zero)
-            closed.remove(int(gate.gates.strength().argmax()))
+        if len(closed) == width:  # never remove a whole layer: keep its strongest channel or head (at zero)
+            best = int(gate.gates.strength().argmax()) // gate.unit
+            closed = [i for i in closed if i // gate.unit != best]
         if closed:
             group = graph.get_pruning_group(gate.root, gate.handler, idxs=closed)
             if shadows:

@@ -36,6 +36,8 @@ class L0Config(TrainingStepConfig):
                                                    "the weights' rate is finetune.lr)")
     layers: list[Literal["linear", "conv"]] = Field(["linear", "conv"], min_length=1,
                                                     description="weights: layer kinds gated")
+    heads: bool = Field(True, description="channels: also gate whole attention heads (removed with their q/k/v rows "
+                                          "and output-projection columns)")
     skip: list[str] = Field(default_factory=list, description="module paths left alone (channels: kept at full width)")
     encode: bool = Field(True, description="weights: store the result as bitmask + values")
     finetune: L0Finetune = Field(default_factory=L0Finetune, description="training with the gates (keep_best off)")
@@ -58,12 +60,13 @@ def restore_l0(model: nn.Module, structure: L0Structure) -> nn.Module:
 
 @register_step("l0", config=L0Config, restore=restore_l0, structure=L0Structure)
 def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
-    """L0 regularisation with hard-concrete gates (Louizos et al. 2018) on output channels (closed
-    ones removed physically through the dependency graph) or on weights (stored sparse)."""
+    """L0 regularisation with hard-concrete gates (Louizos et al. 2018) on output channels and
+    attention heads (closed ones removed physically through the dependency graph) or on weights
+    (stored sparse)."""
     from slimkit.measure.macs import count_macs
     from slimkit.measure.size import count_params
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
-    from slimkit.techniques.pruning.structured import find_attention, fixed_width_layers
+    from slimkit.techniques.pruning.structured import find_attention, fixed_width_layers, sync_attention_
     from slimkit.techniques.sparse_training import l0 as gates_
 
     densify_(model, "sparse")  # a sparse-encoded model gated again starts from dense layers
@@ -89,15 +92,20 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
         raise ConfigError(f"l0: skip names no module: {unknown}")
     before = snapshot(model)
     macs0, params0 = count_macs(model, inputs), count_params(model)
-    attention = find_attention(model)  # heads are not gated: a channel inside a head would break its reshape
+    attention = find_attention(model)  # whole heads are gated (HeadGates); a channel inside one would break its reshape
     ignore = fixed_width_layers(model, inputs, attention) + [p for a in attention for p in a.projections] \
         + [modules[n] for n in cfg.skip]
     lr_scale = cfg.gate_lr / cfg.finetune.lr
     graph, gates = gates_.channel_gates(model, inputs, ignore,
                                          lambda width: gates_.HardConcrete(width, cfg.init_keep, lr_scale=lr_scale),
                                          cfg.cost)
+    if cfg.heads:
+        skipped = {id(modules[n]) for n in cfg.skip}
+        gates += gates_.head_gates(model, inputs, graph, [a for a in attention if id(a.module) not in skipped],
+                                   cfg.init_keep, lr_scale, cfg.cost)
     if not gates:
-        raise ConfigError("l0: no prunable channel group in this model (every layer keeps its width)")
+        raise ConfigError("l0: no prunable channel group or attention head in this model (every layer keeps its "
+                          "width)")
     handles = gates_.install_channel_gates(gates)
     term = gates_.L0Penalty([(g.gates, g.cost) for g in gates], weight=cfg.penalty, trains_gates=True)
     try:
@@ -106,7 +114,9 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
         for h in handles:
             h.remove()
     removed = gates_.remove_closed_channels_(model, graph, gates)
+    heads = sync_attention_(attention)
     info.update({"channels_removed": removed, "groups_gated": len(gates), "train": fit.summary(),
+                 "heads_gated": sum(isinstance(g.gates, gates_.HeadGates) for g in gates), "heads_after": heads,
                  "macs_before": macs0, "params_before": params0,
                  "macs_after": count_macs(model, inputs), "params_after": count_params(model)})
     return StepResult(model, info=info, structure=L0Structure(skeleton=structure_diff(before, model)))
