@@ -194,6 +194,9 @@ def store_sparse(model: nn.Module, weights: dict[str, torch.Tensor], encode: boo
 
     info.update(sparsity_report(weights))
     info["nonzero_weights"] = sum(int((w != 0).sum()) for w in weights.values())
+    # bits of each stored value: float weights, whatever their encoding (the bitmask is in the bytes)
+    info["bits_per_layer"] = {name: torch.finfo(w.dtype).bits if w.is_floating_point() else w.element_size() * 8
+                              for name, w in weights.items()}
     structure = None
     if encode:
         encoded = encode_sparse_(model, list(weights))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 import torch.nn as nn
 from pydantic import Field
 
@@ -115,6 +116,9 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
             h.remove()
     removed = gates_.remove_closed_channels_(model, graph, gates)
     heads = sync_attention_(attention)
+    dense = {n: m.weight for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    info.update({"nonzero_weights": sum(int((w != 0).sum()) for w in dense.values()),
+                 "bits_per_layer": {n: torch.finfo(w.dtype).bits for n, w in dense.items()}})
     info.update({"channels_removed": removed, "groups_gated": len(gates), "train": fit.summary(),
                  "heads_gated": sum(isinstance(g.gates, gates_.HeadGates) for g in gates), "heads_after": heads,
                  "macs_before": macs0, "params_before": params0,
