@@ -17,22 +17,20 @@ from slimkit.core.errors import ConfigError
 from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.tasks.context import Context
 from slimkit.techniques.pruning.structure import Skeleton
-from slimkit.train.config import TrainingStepConfig, finetune_config
+from slimkit.techniques.bayesian.step import KLTrainingConfig
+from slimkit.train.config import finetune_config
 
 BayesianFinetune = finetune_config(
     "BayesianFinetune", epochs=Field(30, ge=1, description="training epochs of the Bayesian model"),
     keep_best=Field(False, description="restore the best validation epoch (an earlier epoch keeps more)"))
 
 
-class BayesianCompressionConfig(TrainingStepConfig):
+class BayesianCompressionConfig(KLTrainingConfig):
     threshold: float = Field(0.0, ge=-10, le=10, description="channels whose scale has log alpha above this are "
                                                              "removed (0: noise as large as the mean)")
     step: float = Field(1.0, gt=0, description="grid step of each layer's weights, in posterior standard deviations "
                                                "(geometric mean over the layer): sets its bits")
     max_bits: int = Field(8, ge=2, le=8, description="most bits a layer's weight codes may take")
-    kl_weight: float = Field(1.0, gt=0, description="weight of the KL term at the end of its warm-up (1: the ELBO)")
-    warmup: float = Field(0.3, ge=0, le=1, description="share of the training steps over which the KL weight rises "
-                                                       "linearly from 0")
     scale_lr: float = Field(0.02, gt=0, description="learning rate of the scales and the log variances (they travel "
                                                     "several units; the weights' rate is finetune.lr)")
     init_log_sigma2: float = Field(-10.0, description="initial log sigma^2 of every weight")

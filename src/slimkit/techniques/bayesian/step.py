@@ -22,12 +22,17 @@ VariationalFinetune = finetune_config(
     keep_best=Field(False, description="restore the best validation epoch (an earlier epoch is less sparse)"))
 
 
-class VariationalDropoutConfig(TrainingStepConfig):
-    threshold: float = Field(3.0, ge=-10, le=10, description="weights with log alpha above this are removed "
-                                                             "(3: dropout rate above 0.95)")
+class KLTrainingConfig(TrainingStepConfig):
+    """What every step trained on an evidence lower bound shares: the KL term's weight and warm-up."""
+
     kl_weight: float = Field(1.0, gt=0, description="weight of the KL term at the end of its warm-up (1: the ELBO)")
     warmup: float = Field(0.3, ge=0, le=1, description="share of the training steps over which the KL weight rises "
                                                        "linearly from 0")
+
+
+class VariationalDropoutConfig(KLTrainingConfig):
+    threshold: float = Field(3.0, ge=-10, le=10, description="weights with log alpha above this are removed "
+                                                             "(3: dropout rate above 0.95)")
     init_log_sigma2: float = Field(-10.0, description="initial log sigma^2 of every weight (small: start near the "
                                                       "incoming weights)")
     layers: list[Literal["linear", "conv"]] = Field(["linear", "conv"], min_length=1, description="layer kinds made "
