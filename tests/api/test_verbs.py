@@ -47,6 +47,7 @@ CASES = [
     ("hash", {"compression": 0.25, "finetune": {"epochs": 1}}),
     ("lora", {"rank": 4, "finetune": {"epochs": 1}}),
     ("train", {"epochs": 1, "lr": 0.001}),
+    ("early_exit", {"budget": 0.02, "finetune": {"epochs": 1}}),
 ]
 
 

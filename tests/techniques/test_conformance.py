@@ -40,6 +40,7 @@ CASES: dict[str, dict] = {
     "l0": {"penalty": 3.0, "finetune": {"epochs": 3}},
     "variational_dropout": {"finetune": {"epochs": 2}},
     "bayesian_compression": {"finetune": {"epochs": 3}},
+    "early_exit": {"budget": 0.02, "finetune": {"epochs": 2}},
 }
 # steps whose model computes the same function by design (judged by what else they change)
 EXACT = {"fuse", "deploy"}

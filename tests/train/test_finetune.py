@@ -26,6 +26,7 @@ TRAINING_STEPS = {
     "l0": {},
     "variational_dropout": {},
     "bayesian_compression": {"entropy_code": False},
+    "early_exit": {},
 }
 # every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
 FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 3e-4, "optimizer": "sgd", "momentum": 0.8, "weight_decay": 1e-3,

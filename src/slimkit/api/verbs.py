@@ -226,6 +226,13 @@ def bayesian_compression(model: nn.Module, data: Iterable[Any] | Split, **kwargs
     return apply("bayesian_compression", model, data, **kwargs)
 
 
+def early_exit(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Exit heads after chosen children of an ``nn.Sequential`` trained on labelled ``data``, one
+    confidence threshold calibrated on its validation rows (``budget``): returns the
+    ``EarlyExitNetwork``, whose rows stop at the first confident exit."""
+    return apply("early_exit", model, data, **kwargs)
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Train ``student`` on ``data`` with ``teacher``'s outputs as loss terms (``losses``,
     ``temperature``, ``finetune``...); the teacher is not changed."""

@@ -117,9 +117,40 @@ class Backend:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         with timed() as t:
-            built = cls.build(model.eval(), tuple(example_inputs), precision=precision, threads=threads,
-                              workdir=workdir, device=device, spin_wait=spin_wait)
+            if callable(getattr(model, "run_stages", None)):
+                built = cls._build_stages(model.eval(), tuple(example_inputs), precision=precision, threads=threads,
+                                          workdir=workdir, device=device, spin_wait=spin_wait)
+            else:
+                built = cls.build(model.eval(), tuple(example_inputs), precision=precision, threads=threads,
+                                  workdir=workdir, device=device, spin_wait=spin_wait)
         return Compiled(built.run, cls.name, precision, built.artifact, compile_seconds=t[0], info=built.info)
+
+    @classmethod
+    def _build_stages(cls, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], **options: Any) -> Built:
+        """A model with input-dependent control flow between graphs (early exits: ``stages()`` and
+        ``run_stages``): each stage built as a graph of its own on this backend, the model's own
+        decisions taken between them in Python."""
+        bodies, heads = model.stages()
+        workdir = options.pop("workdir")
+        built_bodies, built_heads, artifact = [], [], []
+        h: tuple[torch.Tensor, ...] = example_inputs
+        with torch.no_grad():
+            for k, body in enumerate(bodies):
+                for name in (f"stage{k}", f"exit{k}"):
+                    (workdir / name).mkdir(parents=True, exist_ok=True)
+                b = cls.build(body.eval(), h, workdir=workdir / f"stage{k}", **options)
+                built_bodies.append(b.run)
+                artifact += b.artifact
+                h = (body(*h),)
+                if k < len(heads):
+                    e = cls.build(heads[k].eval(), h, workdir=workdir / f"exit{k}", **options)
+                    built_heads.append(e.run)
+                    artifact += e.artifact
+
+        def run(*inputs: torch.Tensor) -> torch.Tensor:
+            return model.run_stages(built_bodies, built_heads, inputs)
+
+        return Built(run, artifact, {"stages": len(bodies) + len(heads)})
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, precision: str,

@@ -1,0 +1,1 @@
+"""Dynamic computation: early exits (more to come: adaptive computation time, layer skipping)."""

@@ -1,0 +1,148 @@
+"""The ``early_exit`` recipe step: exit heads attached to a chain-of-children backbone
+(``exits.py``), trained jointly with it or on the frozen backbone, and one confidence threshold
+calibrated on the validation rows to keep quality within a budget."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field
+
+from slimkit.core.config import Config
+from slimkit.core.errors import ConfigError
+from slimkit.core.step import StepResult, register_step
+from slimkit.tasks.context import Context
+from slimkit.train.callbacks import Callback, FitState
+from slimkit.train.config import TrainingStepConfig, finetune_config
+
+ExitFinetune = finetune_config("ExitFinetune", epochs=Field(10, ge=1, description="training epochs with the exits"),
+                               lr=1e-3)
+
+
+class EarlyExitConfig(TrainingStepConfig):
+    after: list[str] | None = Field(None, description="children of the model after which an exit goes (default: "
+                                                      "`exits` points spread evenly over the MACs)")
+    exits: int = Field(2, ge=1, le=8, description="exits besides the final one, when `after` is not given")
+    criterion: Literal["confidence", "entropy"] = Field(
+        "confidence", description="a row leaves at the first exit whose largest softmax probability (or 1 - "
+                                  "normalised entropy) reaches the threshold")
+    budget: float = Field(0.005, ge=0, le=1, description="quality the exits may lose on the validation rows")
+    train: Literal["joint", "heads"] = Field("joint", description="joint: backbone and heads train together; heads: "
+                                                                  "the backbone is frozen (its outputs unchanged)")
+    exit_weight: float = Field(1.0, gt=0, description="weight of each exit's cross-entropy")
+    distill: float = Field(0.0, ge=0, description="weight of each exit's distillation from the final exit")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of that distillation")
+    finetune: ExitFinetune = Field(default_factory=ExitFinetune, description="training with the exits")
+
+
+class HeadRecord(Config):
+    after: int = Field(ge=0, description="segment (child) index the head follows")
+    kind: Literal["pool2d", "tokens", "vector"] = Field(description="what the head pools")
+    features: int = Field(ge=1, description="features the head's Linear reads")
+    classes: int = Field(ge=1, description="classes it predicts")
+
+
+class EarlyExitStructure(Config):
+    heads: list[HeadRecord] = Field(min_length=1, description="the exit heads, in order")
+    criterion: Literal["confidence", "entropy"] = Field(description="what the thresholds compare")
+
+
+def _kind(head: nn.Module) -> str:
+    from slimkit.techniques.dynamic.exits import TokenMean
+
+    if isinstance(head, nn.Linear):
+        return "vector"
+    return "tokens" if isinstance(head[0], TokenMean) else "pool2d"
+
+
+def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Module:
+    """The backbone's children as segments and empty heads of the recorded sizes (the thresholds
+    and weights come from the checkpoint)."""
+    from slimkit.core.errors import CheckpointError
+    from slimkit.techniques.dynamic.exits import EarlyExitNetwork, exit_head
+
+    if not isinstance(model, nn.Sequential):
+        raise CheckpointError(f"early_exit step's recorded structure needs an nn.Sequential, got {type(model).__name__}")
+    children = list(model.children())
+    shapes = {"pool2d": (1, 1, 1, 1), "tokens": (1, 1, 1), "vector": (1, 1)}
+    heads = {}
+    for r in structure.heads:
+        if r.after >= len(children) - 1:
+            raise CheckpointError(f"early_exit step's recorded head after child {r.after} does not fit a model of "
+                                  f"{len(children)} children")
+        example = torch.zeros(shapes[r.kind][:-1] + (r.features,)) if r.kind != "pool2d" else torch.zeros(
+            1, r.features, 1, 1)
+        heads[r.after] = exit_head(example, r.classes)
+    return EarlyExitNetwork(children, heads, structure.criterion)
+
+
+class FrozenBackbone(Callback):
+    """``train: heads``: the segments' parameters take no gradient and their norm layers keep
+    their running statistics (evaluation mode in every training batch)."""
+
+    def __init__(self, segments: nn.Module) -> None:
+        self.segments = segments
+        self.was: list[bool] = []
+
+    def on_fit_start(self, state: FitState) -> None:
+        self.was = [p.requires_grad for p in self.segments.parameters()]
+        for p in self.segments.parameters():
+            p.requires_grad_(False)
+
+    def transform_batch(self, state, inputs, targets, extras):
+        self.segments.eval()
+        return inputs, targets, extras
+
+    def on_fit_end(self, state: FitState) -> None:
+        for p, was in zip(self.segments.parameters(), self.was):
+            p.requires_grad_(was)
+
+
+@register_step("early_exit", config=EarlyExitConfig, restore=restore_early_exit, structure=EarlyExitStructure)
+def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResult:
+    """Early exits (BranchyNet-style heads after chosen children of an ``nn.Sequential``), trained
+    jointly or on the frozen backbone, one confidence threshold calibrated on validation rows."""
+    from slimkit.techniques.dynamic import exits as ex
+
+    inputs = tuple(t[:2].to(ctx.device) for t in ctx.data.train.inputs)
+    with torch.no_grad():
+        logits = model.eval()(*inputs)
+    targets = ctx.data.val.targets
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or targets.dim() != 1 \
+            or targets.is_floating_point():
+        raise ConfigError("early_exit: exits classify: the model must return [rows, classes] logits and the "
+                          "targets be class indices (calibration keeps top-1 accuracy within the budget)")
+    classes = int(logits.shape[-1])
+    try:
+        net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion)
+    except ValueError as err:
+        raise ConfigError(f"early_exit: {err}") from None
+    term = ex.ExitLoss([cfg.exit_weight] * len(net.points), cfg.distill, cfg.temperature)
+    callbacks = [FrozenBackbone(net.segments)] if cfg.train == "heads" else []
+    fit = ctx.train(net, cfg.finetune, loss_terms=[term], callbacks=callbacks,
+                    task_loss_weight=0.0 if cfg.train == "heads" else 1.0, description="early exits")
+    val = ctx.data.val
+    result = ex.calibrate(net, _exit_logits(net, val, ctx.device), val.targets.to(ctx.device), cfg.budget)
+    test_logits = _exit_logits(net, ctx.data.test, ctx.device)
+    per_exit = [float((o.argmax(-1).cpu() == ctx.data.test.targets).float().mean()) for o in test_logits]
+    info: dict[str, Any] = {
+        "exits_after": [list(dict(model.named_children()))[i] for i in net.points], "criterion": cfg.criterion,
+        "threshold": result.threshold, "val_quality": result.quality, "val_full_quality": result.full_quality,
+        "val_exit_shares": result.exit_shares, "test_accuracy_per_exit": per_exit, "train": fit.summary()}
+    structure = EarlyExitStructure(criterion=cfg.criterion, heads=[
+        HeadRecord(after=i, kind=_kind(net.heads[str(i)]), features=_features(net.heads[str(i)]), classes=classes)
+        for i in net.points])
+    return StepResult(net, info=info, structure=structure)
+
+
+def _exit_logits(net: nn.Module, split: Any, device: torch.device, batch: int = 256) -> list[torch.Tensor]:
+    """Every exit's logits for every row of ``split``."""
+    parts = [net.exit_logits(*(t[i:i + batch].to(device) for t in split.inputs)) for i in range(0, len(split), batch)]
+    return [torch.cat(p) for p in zip(*parts)]
+
+
+def _features(head: nn.Module) -> int:
+    linear = head if isinstance(head, nn.Linear) else head[-1]
+    return linear.in_features

@@ -1,0 +1,134 @@
+"""Early exits: thresholds at infinity are the backbone bit for bit; an exit taken returns exactly
+that head's output; rows leave the batch and the rest continue; a batch-1 row that exits computes
+nothing after its exit; calibration keeps validation accuracy within its budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from slimkit.measure.macs import count_macs
+from slimkit.techniques.dynamic.exits import EarlyExitNetwork, ExitLoss, attach_exits, calibrate, confidence
+from slimkit.train.objectives import Batch
+
+
+def _backbone():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, 5)).eval()
+
+
+def test_thresholds_at_infinity_are_the_backbone_bit_for_bit():
+    model = _backbone()
+    x = torch.randn(7, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    net = attach_exits(model, (x[:1],), 5, after=["1", "3"]).eval()
+    assert net.points == [1, 3]
+    with torch.no_grad():
+        assert torch.equal(net(x), expected)
+    assert net.last_exits.tolist() == [2] * 7  # every row took the final exit
+    assert count_macs(net, (x[:1],)) == count_macs(model, (x[:1],))  # and no head ran
+
+
+def test_an_exit_taken_returns_exactly_that_heads_output_and_the_rest_continue():
+    model = _backbone()
+    x = torch.randn(64, 3, 16, 16)
+    net = attach_exits(model, (x[:1],), 5, after=["1", "3"]).eval()
+    with torch.no_grad():
+        every = net.exit_logits(x)
+        scores = [confidence(o, "confidence") for o in every[:2]]
+        t0, t1 = float(scores[0].median()), float(scores[1].quantile(0.25))  # one threshold per exit
+        net.thresholds.copy_(torch.tensor([t0, t1]))
+        out = net(x)
+    taken = net.last_exits
+    first = scores[0] >= t0
+    second = ~first & (scores[1] >= t1)
+    assert torch.equal(taken == 0, first) and torch.equal(taken == 1, second)
+    assert 0 < int(first.sum()) < 64 and int((taken == 2).sum()) > 0
+    assert torch.equal(out[first], every[0][first])
+    # rows that continued were computed on a smaller batch: the same values up to kernel rounding
+    assert torch.allclose(out[second], every[1][second], atol=1e-5)
+    assert torch.allclose(out[taken == 2], every[2][taken == 2], atol=1e-5)
+
+
+def test_a_row_that_exits_first_computes_nothing_after_its_exit():
+    model = _backbone()
+    x = torch.randn(1, 3, 16, 16)
+    net = attach_exits(model, (x,), 5, after=["1"]).eval()
+    full = count_macs(net, (x,))
+    net.thresholds.fill_(0.0)  # every row is confident enough at the first exit
+    early = count_macs(net, (x,))
+    head = net.heads["1"][-1]
+    assert early == count_macs(model[:2], (x,)) + head.in_features * head.out_features
+    assert early < 0.4 * full
+
+
+def test_default_exits_split_the_macs_and_the_loss_trains_every_head():
+    model = _backbone()
+    x = torch.randn(4, 3, 16, 16)
+    net = attach_exits(model, (x[:1],), 5, exits=2)
+    assert len(net.points) == 2 and net.points[0] < net.points[1] < len(net.segments) - 1
+    net.train()
+    final = net(x)
+    assert len(net.exit_outputs) == 2
+    targets = torch.tensor([0, 1, 2, 3])
+    loss = ExitLoss([1.0, 1.0], distill=0.5)(Batch(net, (x,), targets, final))
+    loss.backward()
+    assert all(h[-1].weight.grad is not None and h[-1].weight.grad.abs().sum() > 0 for h in net.heads.values())
+    with pytest.raises(ValueError, match="last child"):
+        attach_exits(model, (x[:1],), 5, after=["8"])
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        attach_exits(nn.ModuleList([nn.Linear(2, 2)]), (x[:1],), 5)
+
+
+def test_calibration_keeps_accuracy_within_the_budget_and_exits_more_with_a_larger_one():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 5, (400,))
+    final = nn.functional.one_hot(targets, 5).float() * 4  # the final exit is always right
+    noisy = torch.randn(400, 5) * 2 + nn.functional.one_hot(targets, 5).float() * 3  # the early one often
+    net = EarlyExitNetwork([nn.Identity(), nn.Identity()], {0: nn.Identity()})
+    tight = calibrate(net, [noisy, final], targets, budget=0.0)
+    assert tight.quality == 1.0 and net.thresholds.item() == tight.threshold
+    loose = calibrate(net, [noisy, final], targets, budget=0.05)
+    assert 0.95 <= loose.quality < 1.0 and loose.exit_shares[0] > tight.exit_shares[0]
+    assert sum(loose.exit_shares) == pytest.approx(1.0)
+    assert math.isfinite(loose.threshold)
+
+
+MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False, "per_row": 16}
+
+
+def test_step_calibrates_exits_within_budget_rebuilds_and_heads_mode_keeps_the_backbone(tmp_path, rebuild_run_step):
+    from slimkit.recipes.runner import run_recipe
+
+    def run(cfg: dict, name: str):
+        recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 8}}, "measure": MEASURE,
+                  "steps": [{"early_exit": cfg}]}
+        return run_recipe(recipe, tmp_path / name).results["steps"]
+
+    base, joint = run({"budget": 0.02, "finetune": {"epochs": 4}}, "joint")
+    info = joint["info"]
+    assert info["val_quality"] >= info["val_full_quality"] - 0.02
+    assert len(info["val_exit_shares"]) == 3 and sum(info["val_exit_shares"]) == pytest.approx(1.0)
+    assert joint["metrics"]["macs_per_row"]["rows"] == 16
+    if info["val_exit_shares"][-1] < 1.0:  # some rows leave early: the mean cost per row falls
+        assert joint["metrics"]["macs"] < base["metrics"]["macs"]
+    net, quality = rebuild_run_step(tmp_path / "joint", "digits-cnn", 1, joint)
+    assert isinstance(net, EarlyExitNetwork) and net.thresholds.tolist() == [info["threshold"]] * 2
+    assert quality == pytest.approx(joint["metrics"]["quality"], abs=1e-9)
+    # heads only: the backbone (and so the final exit) is exactly the incoming model
+    heads_base, heads = run({"train": "heads", "budget": 0.0, "finetune": {"epochs": 2}}, "heads")
+    before, _ = rebuild_run_step(tmp_path / "heads", "digits-cnn", 0, heads_base)
+    after, _ = rebuild_run_step(tmp_path / "heads", "digits-cnn", 1, heads)
+    after.thresholds.fill_(math.inf)
+    from slimkit.tasks.base import build_task
+
+    x = build_task("digits-cnn").data.test.inputs[0][:32]
+    with torch.no_grad():
+        assert torch.equal(after.eval()(x), before.eval()(x))
