@@ -101,9 +101,11 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
                                          lambda width: gates_.HardConcrete(width, cfg.init_keep, lr_scale=lr_scale),
                                          cfg.cost)
     if cfg.heads:
-        skipped = {id(modules[n]) for n in cfg.skip}
-        gates += gates_.head_gates(model, inputs, graph, [a for a in attention if id(a.module) not in skipped],
-                                   cfg.init_keep, lr_scale, cfg.cost)
+        info["heads_not_gated"] = gates_.head_removal_fails(model, inputs)  # None: heads gated
+        if info["heads_not_gated"] is None:
+            skipped = {id(modules[n]) for n in cfg.skip}
+            gates += gates_.head_gates(model, inputs, graph, [a for a in attention if id(a.module) not in skipped],
+                                       cfg.init_keep, lr_scale, cfg.cost)
     if not gates:
         raise ConfigError("l0: no prunable channel group or attention head in this model (every layer keeps its "
                           "width)")
