@@ -222,3 +222,22 @@ def test_a_chaotic_integer_model_is_judged_by_its_top1_agreement():
     assert "more than quantizing changed" in _integer_verdict(0.1, 0.02, calm, never)
     assert _integer_verdict(0.9, 0.6, wild, lambda: 0.75) == ""
     assert "top-1 agrees with eager on 50%" in _integer_verdict(0.9, 0.6, wild, lambda: 0.5)
+
+
+def test_heads_that_cannot_be_removed_are_refused_by_prune_structured_and_left_by_l0():
+    """BEiT's shared relative position bias keeps a per-head table the dependency graph does not
+    slice: removing a head breaks the model, so prune_structured names that and l0 gates channels only."""
+    from slimkit.core.config import parse_config
+    from slimkit.core.errors import ConfigError
+    from slimkit.core.registry import STEPS
+    from slimkit.techniques.pruning.structured import find_attention
+
+    task = family_task("beit")
+    step = STEPS.get("prune_structured")
+    cfg = parse_config(STEPS.entry("prune_structured").config, {"heads": 0.5, "ratio": 0.2}, "prune_structured")
+    with pytest.raises(ConfigError, match="removing attention heads breaks this model"):
+        step.fn(task.build_model(), cfg, Context(task=task))
+    cfg = parse_config(STEPS.entry("l0").config, {"finetune": {"epochs": 1}}, "l0")
+    result = STEPS.get("l0").fn(task.build_model(), cfg, Context(task=task))
+    assert result.info["heads_not_gated"] and result.info["heads_gated"] == 0
+    assert all(a.heads == 2 for a in find_attention(result.model))

@@ -174,6 +174,33 @@ def sync_attention_(attention: list[Attention]) -> dict[str, int]:
     return {a.name: a.heads for a in attention}
 
 
+def head_removal_fails(model: nn.Module, example_inputs: Sequence[torch.Tensor], named_only: bool = True) -> str | None:
+    """Why removing a head breaks this model (one head of every attention module removed in a copy,
+    then a forward pass), or None. ``named_only``: only modules whose value projection is known by
+    name (those L0 gates). Some attention modules keep per-head tensors outside their projections
+    (a relative position bias table shared by the layers) that the graph does not slice."""
+    import copy
+
+    tp = torch_pruning()
+    twin = copy.deepcopy(model).eval()
+    attention = [a for a in find_attention(twin) if (a.value is not None or not named_only) and a.heads >= 2]
+    if not attention:
+        return None
+    with torch.no_grad():
+        shapes = [t.shape for t in output_leaves(twin(*example_inputs))]
+    try:
+        graph = _traced(lambda: tp.DependencyGraph().build_dependency(
+            twin, example_inputs=tuple(example_inputs), forward_fn=_call, output_transform=_scalar_output))
+        for a in attention:
+            graph.get_pruning_group(a.projections[0], tp.prune_linear_out_channels, idxs=list(range(a.head_size))).prune()
+        sync_attention_(attention)
+        with torch.no_grad():
+            after = [t.shape for t in output_leaves(twin(*example_inputs))]
+    except Exception as err:  # noqa: BLE001 - any failure means: do not gate heads here
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
+    return None if after == shapes else f"output shapes change from {shapes} to {after}"
+
+
 def output_leaves(output: Any) -> list[torch.Tensor]:
     return [t for t in tree_leaves(output.to_tuple() if hasattr(output, "to_tuple") else output)
             if isinstance(t, torch.Tensor)]
@@ -289,6 +316,10 @@ class StructuredPruner:
         self.check()
 
     def _prune_heads(self) -> None:
+        reason = head_removal_fails(self.model, self.inputs, named_only=False)
+        if reason is not None:
+            raise ConfigError(f"prune_structured: removing attention heads breaks this model ({reason}); set heads: 0 "
+                              "to prune channels and FFN neurons only")
         tp = torch_pruning()
         graph = _traced(lambda: tp.DependencyGraph().build_dependency(
             self.model, example_inputs=self.inputs, forward_fn=_call, output_transform=_scalar_output))

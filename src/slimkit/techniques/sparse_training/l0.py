@@ -227,33 +227,6 @@ def head_gates(model: nn.Module, example_inputs: Sequence[torch.Tensor], graph, 
     return out
 
 
-def head_removal_fails(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> str | None:
-    """Why removing a head breaks this model (one head of every gated attention module removed in a
-    copy, then a forward pass), or None. Some attention modules keep per-head tensors outside their
-    projections (a relative position bias table shared by the layers) that the graph does not slice."""
-    from slimkit.techniques.pruning.structured import (_call, _scalar_output, _traced, find_attention,
-                                                       output_leaves, sync_attention_, torch_pruning)
-
-    tp = torch_pruning()
-    twin = copy.deepcopy(model).eval()
-    attention = [a for a in find_attention(twin) if a.value is not None and a.heads >= 2]
-    if not attention:
-        return None
-    with torch.no_grad():
-        shapes = [t.shape for t in output_leaves(twin(*example_inputs))]
-    try:
-        graph = _traced(lambda: tp.DependencyGraph().build_dependency(
-            twin, example_inputs=tuple(example_inputs), forward_fn=_call, output_transform=_scalar_output))
-        for a in attention:
-            graph.get_pruning_group(a.projections[0], tp.prune_linear_out_channels, idxs=list(range(a.head_size))).prune()
-        sync_attention_(attention)
-        with torch.no_grad():
-            after = [t.shape for t in output_leaves(twin(*example_inputs))]
-    except Exception as err:  # noqa: BLE001 - any failure means: do not gate heads here
-        return f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
-    return None if after == shapes else f"output shapes change from {shapes} to {after}"
-
-
 @torch.no_grad()
 def _per_channel_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[int, float]:
     """{id(layer): multiply-accumulates per output channel per example} of every Conv2d and Linear."""

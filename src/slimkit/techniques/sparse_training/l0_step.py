@@ -67,7 +67,8 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
     from slimkit.measure.macs import count_macs
     from slimkit.measure.size import count_params
     from slimkit.techniques.pruning.structure import snapshot, structure_diff
-    from slimkit.techniques.pruning.structured import find_attention, fixed_width_layers, sync_attention_
+    from slimkit.techniques.pruning.structured import (find_attention, fixed_width_layers, head_removal_fails,
+                                                       sync_attention_)
     from slimkit.techniques.sparse_training import l0 as gates_
 
     densify_(model, "sparse")  # a sparse-encoded model gated again starts from dense layers
@@ -101,7 +102,7 @@ def l0(model: nn.Module, cfg: L0Config, ctx: Context) -> StepResult:
                                          lambda width: gates_.HardConcrete(width, cfg.init_keep, lr_scale=lr_scale),
                                          cfg.cost)
     if cfg.heads:
-        info["heads_not_gated"] = gates_.head_removal_fails(model, inputs)  # None: heads gated
+        info["heads_not_gated"] = head_removal_fails(model, inputs)  # None: heads gated
         if info["heads_not_gated"] is None:
             skipped = {id(modules[n]) for n in cfg.skip}
             gates += gates_.head_gates(model, inputs, graph, [a for a in attention if id(a.module) not in skipped],
