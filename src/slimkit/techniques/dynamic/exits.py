@@ -95,6 +95,11 @@ class EarlyExitNetwork(nn.Module):
         return self._exiting(inputs)
 
     def _all_exits(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        *self.exit_outputs, final = self._every_exit(inputs)
+        return final
+
+    def _every_exit(self, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Every segment and every head on every row: the heads' logits, then the final output."""
         h: torch.Tensor = self.segments[0](*inputs)
         outputs = []
         for i in range(len(self.segments)):
@@ -102,23 +107,16 @@ class EarlyExitNetwork(nn.Module):
                 h = self.segments[i](h)
             if str(i) in self.heads:
                 outputs.append(self.heads[str(i)](h))
-        self.exit_outputs = outputs
-        return h
+        return outputs + [h]
 
     @torch.no_grad()
     def exit_logits(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        """Every exit's logits for every row (the heads', then the final): for calibration."""
+        """Every exit's logits for every row (the heads', then the final), in evaluation mode: for
+        calibration."""
         was = self.training
         self.eval()
         try:
-            h: torch.Tensor = self.segments[0](*inputs)
-            outputs = []
-            for i in range(len(self.segments)):
-                if i > 0:
-                    h = self.segments[i](h)
-                if str(i) in self.heads:
-                    outputs.append(self.heads[str(i)](h))
-            return outputs + [h]
+            return self._every_exit(inputs)
         finally:
             self.train(was)
 
