@@ -60,12 +60,13 @@ def test_an_exit_taken_returns_exactly_that_heads_output_and_the_rest_continue()
 def test_a_row_that_exits_first_computes_nothing_after_its_exit():
     model = _backbone()
     x = torch.randn(1, 3, 16, 16)
-    net = attach_exits(model, (x,), 5, after=["1"]).eval()
+    net = attach_exits(model, (x,), 5, after=["1"], conv_heads=False).eval()
     full = count_macs(net, (x,))
     net.thresholds.fill_(0.0)  # every row is confident enough at the first exit
     early = count_macs(net, (x,))
-    head = net.heads["1"][-1]
-    assert early == count_macs(model[:2], (x,)) + head.in_features * head.out_features
+    with torch.no_grad():
+        features = model[:2](x)
+    assert early == count_macs(model[:2], (x,)) + count_macs(net.heads["1"], (features,))
     assert early < 0.4 * full
 
 
@@ -117,8 +118,8 @@ def test_step_calibrates_exits_within_budget_rebuilds_and_heads_mode_keeps_the_b
     assert info["val_quality"] >= info["val_full_quality"] - 0.02
     assert len(info["val_exit_shares"]) == 3 and sum(info["val_exit_shares"]) == pytest.approx(1.0)
     assert joint["metrics"]["macs_per_row"]["rows"] == 16
-    if info["val_exit_shares"][-1] < 1.0:  # some rows leave early: the mean cost per row falls
-        assert joint["metrics"]["macs"] < base["metrics"]["macs"]
+    if 0.0 < info["val_exit_shares"][-1] < 1.0:  # rows leave at different exits: their costs differ
+        assert joint["metrics"]["macs_per_row"]["min"] < joint["metrics"]["macs_per_row"]["max"]
     net, quality = rebuild_run_step(tmp_path / "joint", "digits-cnn", 1, joint)
     assert isinstance(net, EarlyExitNetwork) and net.thresholds.tolist() == [info["threshold"]] * 2
     assert quality == pytest.approx(joint["metrics"]["quality"], abs=1e-9)

@@ -25,6 +25,8 @@ class EarlyExitConfig(TrainingStepConfig):
     after: list[str] | None = Field(None, description="children of the model after which an exit goes (default: "
                                                       "`exits` points spread evenly over the MACs)")
     exits: int = Field(2, ge=1, le=8, description="exits besides the final one, when `after` is not given")
+    conv_heads: bool = Field(True, description="heads on feature maps start with a 3x3 conv-BN-ReLU (BranchyNet); "
+                                               "false: pooling and a Linear only")
     criterion: Literal["confidence", "entropy"] = Field(
         "confidence", description="a row leaves at the first exit whose largest softmax probability (or 1 - "
                                   "normalised entropy) reaches the threshold")
@@ -39,7 +41,9 @@ class EarlyExitConfig(TrainingStepConfig):
 
 class HeadRecord(Config):
     after: int = Field(ge=0, description="segment (child) index the head follows")
-    kind: Literal["pool2d", "tokens", "vector"] = Field(description="what the head pools")
+    kind: Literal["conv2d", "pool2d", "tokens", "vector"] = Field(description="what the head holds: a conv block "
+                                                                            "then pooling, pooling, a token mean, "
+                                                                            "or a Linear alone")
     features: int = Field(ge=1, description="features the head's Linear reads")
     classes: int = Field(ge=1, description="classes it predicts")
 
@@ -54,6 +58,8 @@ def _kind(head: nn.Module) -> str:
 
     if isinstance(head, nn.Linear):
         return "vector"
+    if isinstance(head[0], nn.Conv2d):
+        return "conv2d"
     return "tokens" if isinstance(head[0], TokenMean) else "pool2d"
 
 
@@ -66,15 +72,14 @@ def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Mo
     if not isinstance(model, nn.Sequential):
         raise CheckpointError(f"early_exit step's recorded structure needs an nn.Sequential, got {type(model).__name__}")
     children = list(model.children())
-    shapes = {"pool2d": (1, 1, 1, 1), "tokens": (1, 1, 1), "vector": (1, 1)}
     heads = {}
     for r in structure.heads:
         if r.after >= len(children) - 1:
             raise CheckpointError(f"early_exit step's recorded head after child {r.after} does not fit a model of "
                                   f"{len(children)} children")
-        example = torch.zeros(shapes[r.kind][:-1] + (r.features,)) if r.kind != "pool2d" else torch.zeros(
-            1, r.features, 1, 1)
-        heads[r.after] = exit_head(example, r.classes)
+        example = {"conv2d": (1, r.features, 1, 1), "pool2d": (1, r.features, 1, 1), "tokens": (1, 1, r.features),
+                   "vector": (1, r.features)}[r.kind]
+        heads[r.after] = exit_head(torch.zeros(example), r.classes, conv=r.kind == "conv2d")
     return EarlyExitNetwork(children, heads, structure.criterion)
 
 
@@ -116,7 +121,7 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
                           "targets be class indices (calibration keeps top-1 accuracy within the budget)")
     classes = int(logits.shape[-1])
     try:
-        net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion)
+        net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.conv_heads)
     except ValueError as err:
         raise ConfigError(f"early_exit: {err}") from None
     term = ex.ExitLoss([cfg.exit_weight] * len(net.points), cfg.distill, cfg.temperature)

@@ -44,11 +44,15 @@ class TokenMean(nn.Module):
         return x.mean(1)
 
 
-def exit_head(features: torch.Tensor, num_classes: int) -> nn.Module:
-    """A light classifier for a segment's output (one example row): global average pooling then a
-    Linear for feature maps, a token mean then a Linear for token sequences, a Linear for vectors."""
+def exit_head(features: torch.Tensor, num_classes: int, conv: bool = True) -> nn.Module:
+    """A classifier for a segment's output (one example row). Feature maps: with ``conv`` a 3x3
+    conv-BN-ReLU of the same width first (BranchyNet's branches carry convolutions: early features
+    are too local for a linear read-out), then global average pooling and a Linear; token
+    sequences: a token mean then a Linear; vectors: a Linear."""
     if features.dim() == 4:
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(features.shape[1], num_classes))
+        c = features.shape[1]
+        body = [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()] if conv else []
+        return nn.Sequential(*body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
     if features.dim() == 3:
         return nn.Sequential(TokenMean(), nn.Linear(features.shape[-1], num_classes))
     if features.dim() == 2:
@@ -186,7 +190,7 @@ class _Chain(nn.Module):
 
 def attach_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
                  after: Sequence[str] | None = None, exits: int = 2,
-                 criterion: Criterion = "confidence") -> EarlyExitNetwork:
+                 criterion: Criterion = "confidence", conv_heads: bool = True) -> EarlyExitNetwork:
     """An ``EarlyExitNetwork`` over ``model``'s children (``model`` must be an ``nn.Sequential``,
     whose forward is the chain of its children) with heads after the children named in ``after``,
     or by default after the children where the cumulative MACs first pass 1/(exits+1), 2/(exits+1)...
@@ -223,7 +227,7 @@ def attach_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_c
             raise ValueError(f"early exits: {names[-1]!r} is the model's last child, already the final exit")
     if not points:
         raise ValueError("early exits: no child to put an exit after")
-    heads = {i: exit_head(outputs[i][:1], num_classes) for i in points}
+    heads = {i: exit_head(outputs[i][:1], num_classes, conv_heads) for i in points}
     device = next(model.parameters()).device
     return EarlyExitNetwork(list(model.children()), {i: h.to(device) for i, h in heads.items()}, criterion)
 
