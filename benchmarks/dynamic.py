@@ -96,6 +96,7 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
     for seed in args.seeds:
         recipe = {"version": 1, "task": args.task, "seed": seed, "measure": measure,
                   "steps": [{"early_exit": {"budget": args.budget, "criterion": args.criterion,
+                                            "conv_heads": not args.linear_heads,
                                             "finetune": {"epochs": args.epochs}}}]}
         res = _run(recipe, folder / f"{seed}-exits")
         base, exits = res["steps"][0], res["steps"][1]
@@ -175,7 +176,8 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
 
 SECTIONS = {
     "exits": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --budget {a.budget} "
-                       f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats}",
+                       f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats}"
+                       + (" --linear-heads" if a.linear_heads else ""),
 }
 
 
@@ -187,6 +189,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.005)
     parser.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--linear-heads", action="store_true", help="heads of pooling and a Linear only "
+                                                                    "(conv_heads: false)")
     parser.add_argument("--rows", type=int, default=64, help="test rows timed and counted one at a time")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per row")
     parser.add_argument("--threads", type=int, default=1)

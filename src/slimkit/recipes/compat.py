@@ -48,6 +48,7 @@ STEPS: dict[str, tuple[str, dict[str, Any], str]] = {
                             "nonzeros"),
     "bayesian_compression": ("bayesian_compression", {"warmup": 0.0, "entropy_code": False,
                                                       "finetune": {"epochs": 2, "lr": 0.01}}, "bytes"),
+    "early_exit": ("early_exit", {"budget": 0.05, "finetune": {"epochs": 1}}, "changed"),
 }
 RUNTIMES = ("onnxruntime", "openvino")
 FLOAT_TOLERANCE = 1e-4  # a float model on a runtime vs eager (relative to the largest output)

@@ -32,9 +32,8 @@ Compression, after training:
 
 Individual weights are not removed by their own ``log alpha`` (sparse variational dropout's rule):
 under this prior the KL pushes every ``sigma^2`` towards 1, so weights with a high ``alpha`` still
-carry small means that add up coherently over a layer's inputs. Zeroing them cost 2.4 points on
-LeNet-5 in a trial (seed 0, 20 epochs: 0.958 -> 0.934); the grid through zero rounds the truly
-small ones to zero instead.
+carry small means that add up coherently over a layer's inputs (zeroing them lost accuracy on
+LeNet-5 in an early trial); the grid through zero rounds the truly small ones to zero instead.
 
 Where this departs from the paper, and why: Louizos et al.'s code rounds to a fixed-point grid
 ``2^-t`` with ``t`` counted from each weight's variance (averaged over the layer) and books
