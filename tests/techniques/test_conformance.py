@@ -41,7 +41,17 @@ CASES: dict[str, dict] = {
     "variational_dropout": {"finetune": {"epochs": 2}},
     "bayesian_compression": {"finetune": {"epochs": 3}},
     "early_exit": {"budget": 0.02, "finetune": {"epochs": 2}},
+    "layer_skip": {"target_macs": 0.7, "penalty": 50.0, "finetune": {"epochs": 2}},
 }
+# steps that need another model than digits-cnn's on its data (layer_skip: residual blocks)
+TASKS: dict[str, dict] = {"layer_skip": {"name": "digits-cnn", "model": "cnn_shapes_dws",
+                                         "model_args": {"width": 8, "residual": True}}}
+
+
+def _task(name: str):
+    return TASKS.get(name, "digits-cnn")
+
+
 # steps whose model computes the same function by design (judged by what else they change)
 EXACT = {"fuse", "deploy"}
 # what runs after the step: it trains the reloaded model (so a resumed run matches only if the
@@ -53,7 +63,7 @@ MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": Fals
 
 
 def _recipe(name: str) -> dict:
-    return {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 3}}, "measure": MEASURE,
+    return {"task": _task(name), "seed": 0, "baseline": {"train": {"epochs": 3}}, "measure": MEASURE,
             "steps": [{name: CASES[name]}, AFTER.get(name, {"train": {"epochs": 1, "lr": 1e-4}})]}
 
 
@@ -102,9 +112,9 @@ def test_the_step_is_not_a_no_op(name, runs, rebuild_run_step):
         return
     assert not same_tensors, f"{name} left every tensor as it was"
     if name not in EXACT:
-        x = build_task("digits-cnn").data.test.inputs[0]
+        x = build_task(_task(name)).data.test.inputs[0]
         with torch.no_grad():
-            outputs = [rebuild_run_step(out, "digits-cnn", i, results["steps"][i])[0](x) for i in (0, 1)]
+            outputs = [rebuild_run_step(out, _task(name), i, results["steps"][i])[0](x) for i in (0, 1)]
         assert not torch.equal(*outputs), f"{name}: the model computes what it computed before"
 
 
@@ -134,7 +144,7 @@ def test_kill_after_the_step_then_resume_gives_the_same_weights(name, runs, tmp_
 def test_the_checkpoint_reloads_to_the_recorded_quality(name, runs, rebuild_run_step):
     out, results = runs(name)
     step = results["steps"][1]
-    _, quality = rebuild_run_step(out, "digits-cnn", 1, step)
+    _, quality = rebuild_run_step(out, _task(name), 1, step)
     recorded = step["metrics"]["eager"]["quality"] if "eager" in step["metrics"] else step["metrics"]["quality"]
     assert quality == pytest.approx(recorded, abs=1e-9)
 
@@ -146,8 +156,8 @@ def test_the_model_exports_to_onnx_runtime_and_matches_eager(name, runs, rebuild
     from slimkit.core.registry import BACKENDS
 
     out, results = runs(name)
-    model, _ = rebuild_run_step(out, "digits-cnn", 1, results["steps"][1])
-    test = build_task("digits-cnn").data.test
+    model, _ = rebuild_run_step(out, _task(name), 1, results["steps"][1])
+    test = build_task(_task(name)).data.test
     x = test.inputs[0][:64]
     compiled = BACKENDS.get("onnxruntime").compile(model, (x[:1],), precision="fp32", threads=1,
                                                    workdir=tmp_path / "ort")

@@ -27,6 +27,7 @@ TRAINING_STEPS = {
     "variational_dropout": {},
     "bayesian_compression": {"entropy_code": False},
     "early_exit": {},
+    "layer_skip": {"blocks": ["2", "5"]},  # digits-mlp has no residual blocks: its ReLUs, named
 }
 # every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
 FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 3e-4, "optimizer": "sgd", "momentum": 0.8, "weight_decay": 1e-3,
