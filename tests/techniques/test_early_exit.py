@@ -5,6 +5,7 @@ nothing after its exit; calibration keeps validation accuracy within its budget.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,74 @@ def test_a_row_that_exits_first_computes_nothing_after_its_exit():
         features = model[:2](x)
     assert early == count_macs(model[:2], (x,)) + count_macs(net.heads["1"], (features,))
     assert early < 0.4 * full
+
+
+def _thresholds_splitting(net, x):
+    """Thresholds at which some rows leave at each exit and some reach the final one."""
+    with torch.no_grad():
+        every = net.exit_logits(x)
+    scores = [confidence(o, "confidence") for o in every[:-1]]
+    net.thresholds.copy_(torch.tensor([float(scores[0].quantile(0.6)), float(scores[1].quantile(0.5))]))
+
+
+def test_the_export_graph_gives_run_stages_outputs_row_by_row_and_batch_one_stops():
+    model = _backbone()
+    x = torch.randn(48, 3, 16, 16)
+    net = attach_exits(model, (x[:1],), 5, after=["1", "3"]).eval()
+    _thresholds_splitting(net, x)
+    graph = net.export_graph().eval()
+    with torch.no_grad():
+        staged = net(x)
+        taken = net.last_exits.clone()
+        assert set(taken.tolist()) == {0, 1, 2}
+        assert torch.allclose(graph(x), staged, atol=1e-5)
+        rows = [net(x[i:i + 1]) for i in range(len(x))]  # the batch-1 fast path
+        assert torch.allclose(torch.cat(rows), staged, atol=1e-5)
+    net.thresholds.fill_(math.inf)  # no exit: the graph is the backbone, bit for bit
+    with torch.no_grad():
+        assert torch.equal(net.export_graph().eval()(x), model(x))
+
+
+def test_onnx_runtime_runs_batch_one_as_one_graph_with_if_nodes_and_batches_stage_by_stage(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from slimkit.backends.onnxruntime import OnnxRuntimeBackend
+
+    model = _backbone()
+    x = torch.randn(32, 3, 16, 16)
+    net = attach_exits(model, (x[:1],), 5, after=["1", "3"]).eval()
+    _thresholds_splitting(net, x)
+    compiled = OnnxRuntimeBackend.compile(net, (x[:1],), threads=1, workdir=tmp_path)
+    assert compiled.info["batch1"] == "one graph with If nodes"
+    graph = onnx.load(str(tmp_path / "graph" / "model.onnx"))
+    assert [n.op_type for n in graph.graph.node].count("If") == 1  # the second If sits in the first's branch
+    with torch.no_grad():
+        expected = net(x)
+        taken = net.last_exits.clone()
+        assert torch.allclose(compiled(x), expected, atol=1e-4)  # stage graphs, rows leaving
+        assert torch.equal(net.last_exits, taken)
+        one = torch.cat([compiled(x[i:i + 1]) for i in range(len(x))])  # the one graph
+    assert torch.allclose(one, expected, atol=1e-4)
+    # the graph stops: ONNX Runtime's profile of a row leaving at the first exit runs fewer convs
+    assert _convs_run(tmp_path / "graph" / "model.onnx", x[int((taken == 0).nonzero()[0])]) \
+        < _convs_run(tmp_path / "graph" / "model.onnx", x[int((taken == 2).nonzero()[0])])
+
+
+def _convs_run(path, row: torch.Tensor) -> int:
+    """Convolutions ONNX Runtime ran for one row (its profiler's node events, fused ones too)."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_name(f"profile-{id(row)}"))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {session.get_inputs()[0].name: row[None].numpy()})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return sum(1 for e in events if e.get("cat") == "Node" and e.get("args", {}).get("op_name") in ("Conv", "FusedConv")
+               and e["name"].endswith("_kernel_time"))
 
 
 def test_default_exits_split_the_macs_and_the_loss_trains_every_head():

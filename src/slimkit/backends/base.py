@@ -85,6 +85,10 @@ class Backend:
     # copy: OpenVINO kept the decoding in its runtime graph (a cumulative sum per call) and its
     # converter wrote an IR larger than the dense one; inductor and TVM would run it per call
     reads_sparse_encoding: bool = False
+    # runs a graph with data-dependent branches (ONNX ``If``): a model with input-dependent control
+    # flow (early exits: ``export_graph()``) then runs batch 1 as one graph, without a call and a
+    # Python decision per stage; larger batches still run stage by stage, rows leaving as they exit
+    control_flow: bool = False
 
     @classmethod
     def available(cls) -> Availability:
@@ -132,6 +136,11 @@ class Backend:
         decisions taken between them in Python."""
         bodies, heads = model.stages()
         workdir = options.pop("workdir")
+        one_graph = None
+        if cls.control_flow and callable(getattr(model, "export_graph", None)):
+            (workdir / "graph").mkdir(parents=True, exist_ok=True)
+            one_graph = cls.build(model.export_graph().eval(), tuple(t[:1] for t in example_inputs),
+                                  workdir=workdir / "graph", **options)
         built_bodies, built_heads, artifact = [], [], []
         h: tuple[torch.Tensor, ...] = example_inputs
         with torch.no_grad():
@@ -148,9 +157,15 @@ class Backend:
                     artifact += e.artifact
 
         def run(*inputs: torch.Tensor) -> torch.Tensor:
+            if one_graph is not None and inputs[0].shape[0] == 1:
+                return one_graph.run(*inputs)
             return model.run_stages(built_bodies, built_heads, inputs)
 
-        return Built(run, artifact, {"stages": len(bodies) + len(heads)})
+        info: dict[str, Any] = {"stages": len(bodies) + len(heads)}
+        if one_graph is not None:
+            artifact += one_graph.artifact
+            info["batch1"] = "one graph with If nodes"
+        return Built(run, artifact, info)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, precision: str,
@@ -211,12 +226,32 @@ def export_program(model: nn.Module, example_inputs: Sequence[torch.Tensor], *,
     the runtime the program is for, if it is for one only (see ``slimkit.encoding.export_target``).
     """
     inputs = tuple(example_inputs)
+    model = traceable(model)
     if dynamic:
         inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.shape[0] == 1 else t for t in inputs)
     model = global_pools_made_explicit(model.eval(), inputs)
+    model = returns_tensor(model, inputs)
+    shapes = dynamic_shapes(inputs) if dynamic else None
+    if shapes is not None and _varargs_only(model):
+        shapes = (shapes,)  # ``forward(self, *inputs)``: export sees one argument, the tuple
     with exporting_for(target), torch.no_grad():
-        return torch.export.export(returns_tensor(model, inputs), inputs,
-                                   dynamic_shapes=dynamic_shapes(inputs) if dynamic else None)
+        return torch.export.export(model, inputs, dynamic_shapes=shapes)
+
+
+def _varargs_only(model: nn.Module) -> bool:
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters.values())
+    return len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL
+
+
+def traceable(model: nn.Module) -> nn.Module:
+    """What an exporter should trace for ``model``: its ``export_graph()`` where it defines one (a
+    model whose forward takes data-dependent decisions in Python, such as early exits, gives a
+    graph with the decisions as ``torch.cond``; a trace of its forward would bake in one path),
+    else the model itself."""
+    graph = getattr(model, "export_graph", None)
+    return graph() if callable(graph) else model
 
 
 class _GlobalMean(nn.Module):

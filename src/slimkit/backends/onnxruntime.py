@@ -19,7 +19,7 @@ import torch.nn as nn
 from slimkit.core.outputs import returns_tensor
 from slimkit.encoding import is_encoded
 from slimkit.encoding.layer import INTEGER_KINDS
-from slimkit.backends.base import Availability, Backend, Built, export_program, packages_available
+from slimkit.backends.base import Availability, Backend, Built, export_program, packages_available, traceable
 from slimkit.core.registry import BACKENDS
 
 
@@ -43,6 +43,7 @@ def export_onnx(model: nn.Module, example_inputs: Sequence[torch.Tensor], path: 
     import warnings
 
     failures: list[str] = []
+    model = traceable(model)
     target = "onnxruntime" if contrib_ops else target
     program: list = []  # torch.export's program, made once for both dynamo routes
 
@@ -277,6 +278,7 @@ def session_runner(session):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     reads_sparse_encoding = True
+    control_flow = True
     spin_waits = True  # its intra-op worker threads spin after each call unless told not to
 
     @classmethod

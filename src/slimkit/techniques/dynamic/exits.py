@@ -139,12 +139,24 @@ class EarlyExitNetwork(nn.Module):
         bodies, heads = self.stages()
         return self.run_stages(bodies, heads, inputs)
 
+    def export_graph(self) -> nn.Module:
+        """The exit logic as one graph with data-dependent branches (``torch.cond``, which the ONNX
+        exporter writes as ``If`` nodes), for exporters and runtimes that run control flow: after
+        each exit the rest of the network runs only if some row of the batch is not yet confident,
+        and each row takes the logits of the first exit confident for it. Per row this is exactly
+        ``run_stages``'s output; a batch-1 row that exits computes nothing after its exit, while a
+        larger batch stops only once every row has exited (``run_stages`` lets rows leave one by
+        one). Thresholds are baked in as constants, and an infinite one leaves its head out."""
+        return _ExitGraph(self)
+
     def run_stages(self, bodies: Sequence[Callable[..., torch.Tensor]], heads: Sequence[Callable[..., torch.Tensor]],
                    inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The exit logic over ``stages()`` (eager modules or their compiled graphs): rows whose
         confidence reaches exit ``k``'s threshold take head ``k``'s logits and leave; the rest
         continue on the remaining rows only. ``last_exits`` records each row's exit."""
         rows = inputs[0].shape[0]
+        if rows == 1:
+            return self._run_one_row(bodies, heads, inputs)
         device = inputs[0].device
         taken = torch.full((rows,), len(heads), dtype=torch.long, device=device)
         active = torch.arange(rows, device=device)
@@ -171,6 +183,56 @@ class EarlyExitNetwork(nn.Module):
             return h
         out[active] = h.to(out.dtype)
         return out
+
+
+    def _run_one_row(self, bodies: Sequence[Callable[..., torch.Tensor]],
+                     heads: Sequence[Callable[..., torch.Tensor]], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``run_stages`` for a batch of one row, without its bookkeeping: what a batch-1 call costs
+        is the stages it runs and the decisions between them."""
+        h = bodies[0](*inputs)
+        for k, head in enumerate(heads):
+            threshold = float(self.thresholds[k])
+            if threshold != math.inf:
+                logits = head(h)
+                if float(confidence(logits, self.criterion)[0]) >= threshold:
+                    self.last_exits = torch.tensor([k], device=logits.device)
+                    return logits
+            h = bodies[k + 1](h)
+        self.last_exits = torch.tensor([len(heads)], device=h.device)
+        return h
+
+
+class _ExitGraph(nn.Module):
+    """``EarlyExitNetwork.export_graph()``: the network's exit decisions as nested ``torch.cond``."""
+
+    def __init__(self, net: EarlyExitNetwork) -> None:
+        super().__init__()
+        bodies, heads = net.stages()
+        self.bodies = nn.ModuleList(bodies)
+        self.heads = nn.ModuleList(heads)
+        self.thresholds = [float(t) for t in net.thresholds]
+        self.criterion = net.criterion
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self._from(0, self.bodies[0](*inputs))
+
+    def _from(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """The output for rows that reached exit ``k`` with features ``h``."""
+        if k == len(self.heads):
+            return h
+        if self.thresholds[k] == math.inf:
+            return self._from(k + 1, self.bodies[k + 1](h))
+        logits = self.heads[k](h)
+        done = confidence(logits, self.criterion) >= self.thresholds[k]
+
+        def stop(h: torch.Tensor, logits: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+            return logits.clone()
+
+        def go_on(h: torch.Tensor, logits: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+            rest = self._from(k + 1, self.bodies[k + 1](h))
+            return torch.where(done.view(-1, *[1] * (logits.dim() - 1)), logits, rest.to(logits.dtype))
+
+        return torch.cond(done.all(), stop, go_on, (h, logits, done))
 
 
 class _Chain(nn.Module):
