@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "reference.md"
 STEP_VERBS = ("train", "quantize", "quantize_weights", "qat", "prune", "prune_structured", "distill", "cluster", "hash",
               "factorize", "lora", "fuse", "sparse_train", "lottery", "l0", "variational_dropout",
-              "bayesian_compression", "early_exit")
+              "bayesian_compression", "early_exit", "layer_skip")
 
 
 def render() -> str:

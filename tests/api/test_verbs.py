@@ -48,6 +48,7 @@ CASES = [
     ("lora", {"rank": 4, "finetune": {"epochs": 1}}),
     ("train", {"epochs": 1, "lr": 0.001}),
     ("early_exit", {"budget": 0.02, "finetune": {"epochs": 1}}),
+    ("layer_skip", {"blocks": ["0.2", "1.2"], "finetune": {"epochs": 1}}),  # cnn_digits: no residual blocks
 ]
 
 

@@ -233,6 +233,13 @@ def early_exit(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> 
     return apply("early_exit", model, data, **kwargs)
 
 
+def layer_skip(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """A gate before each residual block (or each of ``blocks``), trained on labelled ``data`` with
+    a penalty pulling the mean executed MACs toward ``target_macs``: returns the ``SkipNetwork``,
+    whose rows run only the blocks their gates open."""
+    return apply("layer_skip", model, data, **kwargs)
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Train ``student`` on ``data`` with ``teacher``'s outputs as loss terms (``losses``,
     ``temperature``, ``finetune``...); the teacher is not changed."""

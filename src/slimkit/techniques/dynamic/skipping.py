@@ -51,7 +51,7 @@ def gate_for(features: torch.Tensor) -> nn.Module:
     else:
         raise ValueError(f"no gate for a block input of shape {tuple(features.shape)}")
     linear = nn.Linear(features.shape[1] if features.dim() != 3 else features.shape[-1], 1)
-    nn.init.normal_(linear.weight, std=0.01)
+    nn.init.zeros_(linear.weight)  # deterministic: the same gates however the random state stands
     nn.init.constant_(linear.bias, GATE_BIAS)
     return nn.Sequential(*body, linear)
 
