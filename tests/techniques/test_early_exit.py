@@ -202,3 +202,78 @@ def test_step_calibrates_exits_within_budget_rebuilds_and_heads_mode_keeps_the_b
     x = build_task("digits-cnn").data.test.inputs[0][:32]
     with torch.no_grad():
         assert torch.equal(after.eval()(x), before.eval()(x))
+
+
+def _tiny_bert_classifier():
+    from transformers import BertConfig, BertModel
+
+    from slimkit.zoo.minilm import SentenceClassifier
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+    return SentenceClassifier(encoder, 3).eval()
+
+
+def _token_rows(rows: int = 16):
+    torch.manual_seed(1)
+    ids = torch.randint(1, 100, (rows, 12))
+    mask = torch.ones_like(ids)
+    mask[rows // 2:, 8:] = 0  # half the rows padded
+    return ids, mask
+
+
+def test_hooked_exits_on_a_transformer_encoder_stop_and_return_the_heads_logits():
+    pytest.importorskip("transformers")
+    from slimkit.techniques.dynamic.exit_step import EarlyExitStructure, HeadRecord, restore_early_exit
+    from slimkit.techniques.dynamic.exits import HookedExitNetwork, attach_hooked_exits, layer_list
+
+    model = _tiny_bert_classifier()
+    ids, mask = _token_rows()
+    layers = layer_list(model)
+    assert layers == [f"encoder.encoder.layer.{i}" for i in range(4)]
+    net = attach_hooked_exits(model, (ids[:2], mask[:2]), 3, exits=3, mask_input=1).eval()
+    assert net.points == layers[:3]  # never after the last layer: the classifier is right behind it
+    with torch.no_grad():
+        expected = model(ids, mask)
+        assert torch.equal(net(ids, mask), expected)  # no threshold: the model, bit for bit
+        every = net.exit_logits(ids, mask)
+        net.thresholds.copy_(torch.tensor([float(confidence(every[0], "confidence").median()), math.inf, math.inf]))
+        out = net(ids, mask)
+    taken = net.last_exits
+    first, final = taken == 0, taken == 3
+    assert 0 < int(first.sum()) < len(ids) and bool(final.any())
+    assert torch.equal(out[first], every[0][first])
+    assert torch.equal(out[final], expected[final])
+    # padding does not move a row's head: its logits alone equal its logits in the padded batch
+    row = int((first & (mask.sum(1) < 12)).nonzero()[0])
+    with torch.no_grad():
+        alone = net(ids[row:row + 1, :8], mask[row:row + 1, :8])
+    assert torch.allclose(alone, every[0][row:row + 1], atol=1e-5)
+    # a batch-1 row leaving at the first exit runs no later layer
+    assert count_macs(net, (ids[row:row + 1], mask[row:row + 1])) < 0.5 * count_macs(model, (ids[row:row + 1],
+                                                                                            mask[row:row + 1]))
+    # training mode: every head's logits for the loss, the model's output returned
+    net.train()
+    assert torch.allclose(net(ids, mask), expected, atol=1e-6) and len(net.exit_outputs) == 3
+    net.eval()
+    # the structure rebuilds the same network around a fresh model
+    structure = EarlyExitStructure(criterion="confidence", hooked=True, mask_input=1, heads=[
+        HeadRecord(after=0, module=n, kind="pooler", features=32, classes=3) for n in net.points])
+    rebuilt = restore_early_exit(_tiny_bert_classifier(), structure)
+    assert isinstance(rebuilt, HookedExitNetwork)
+    rebuilt.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(ids, mask), out)
+
+
+def test_hooked_exits_refuse_export_rather_than_bake_one_path():
+    pytest.importorskip("transformers")
+    from slimkit.core.errors import UnsupportedModelError
+    from slimkit.techniques.dynamic.exits import attach_hooked_exits
+
+    ids, mask = _token_rows(4)
+    net = attach_hooked_exits(_tiny_bert_classifier(), (ids[:2], mask[:2]), 3, exits=1, mask_input=1).eval()
+    with pytest.raises(UnsupportedModelError, match="eager PyTorch only"):
+        net.export_graph()

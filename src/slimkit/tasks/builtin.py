@@ -84,3 +84,16 @@ def minilm(cfg: TaskConfig) -> Task:
                 load_data=load_minilm_splits, loss=cosine_loss, baseline_train=None,
                 description=minilm.__doc__, info={"model": "minilm_l6", "seq_len": SEQ_LEN},
                 pseudo_label=lambda embeddings: embeddings)
+
+
+@TASKS.register("corpus-cls", config=TaskConfig)
+def corpus_cls(cfg: TaskConfig) -> Task:
+    """Sentences of the shipped corpus, intact or with two words swapped, one word replaced or a span
+    shuffled (4 classes), classified by all-MiniLM-L6-v2 fine-tuned with a Linear head."""
+    from slimkit.data.text import CORRUPTIONS
+    from slimkit.tasks.minilm import load_corpus_cls_splits
+
+    return classification_task(cfg, default_model="minilm_cls", num_classes=len(CORRUPTIONS),
+                               load_data=load_corpus_cls_splits,
+                               baseline=TrainConfig(epochs=3, batch_size=32, lr=5e-5, optimizer="adamw", weight_decay=0.01),
+                               description=corpus_cls.__doc__)

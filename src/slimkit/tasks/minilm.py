@@ -50,3 +50,20 @@ def _by_length(ids: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor) -
     """A split sorted by sentence length, so in-order evaluation batches carry little padding."""
     order = mask.sum(1).argsort(stable=True)
     return Split((ids[order], mask[order]), reference[order], mask_input=1)
+
+
+def load_corpus_cls_splits() -> DataSplits:
+    """The ``corpus-cls`` rows (``data.text.corpus_classification``) tokenized for MiniLM."""
+    from slimkit.data.text import corpus_classification
+    from slimkit.zoo.minilm import load_tokenizer
+
+    tokenizer = load_tokenizer()
+
+    def split(texts: list[str], labels: list[int]) -> Split:
+        tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=SEQ_LEN, return_tensors="pt")
+        ids, mask, targets = tokens["input_ids"], tokens["attention_mask"], torch.tensor(labels)
+        order = mask.sum(1).argsort(stable=True)
+        return Split((ids[order], mask[order]), targets[order], mask_input=1)
+
+    rows = corpus_classification()
+    return DataSplits(*(split(*rows[name]) for name in ("train", "val", "test")))

@@ -57,3 +57,29 @@ def load_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+
+
+class SentenceClassifier(nn.Module):
+    """A sentence encoder's mean-pooled tokens (padding left out) read by a Linear classifier."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.classifier((hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9))
+
+
+@MODELS.register("minilm_cls")
+def minilm_cls(num_classes: int = 4, pretrained: bool = True, layers: int = 6) -> nn.Module:
+    """all-MiniLM-L6-v2's encoder (its first ``layers`` layers) with mean pooling and a Linear
+    classifier, for fine-tuning on a classification task."""
+    encoder = minilm_l6(pretrained).encoder
+    if not 1 <= layers <= len(encoder.encoder.layer):
+        raise ValueError(f"minilm_cls: layers must be 1..{len(encoder.encoder.layer)}, got {layers}")
+    del encoder.encoder.layer[layers:]
+    encoder.config.num_hidden_layers = layers
+    return SentenceClassifier(encoder.train(), num_classes)

@@ -22,8 +22,10 @@ ExitFinetune = finetune_config("ExitFinetune", epochs=Field(10, ge=1, descriptio
 
 
 class EarlyExitConfig(TrainingStepConfig):
-    after: list[str] | None = Field(None, description="children of the model after which an exit goes (default: "
-                                                      "`exits` points spread evenly over the MACs)")
+    after: list[str] | None = Field(None, description="children (of an nn.Sequential) or submodules (of any other "
+                                                      "model) after which an exit goes (default: `exits` points "
+                                                      "spread evenly over the MACs, among the children or the "
+                                                      "entries of the model's layer list)")
     exits: int = Field(2, ge=1, le=8, description="exits besides the final one, when `after` is not given")
     conv_heads: bool = Field(True, description="heads on feature maps start with a 3x3 conv-BN-ReLU (BranchyNet); "
                                                "false: pooling and a Linear only")
@@ -40,10 +42,11 @@ class EarlyExitConfig(TrainingStepConfig):
 
 
 class HeadRecord(Config):
-    after: int = Field(ge=0, description="segment (child) index the head follows")
-    kind: Literal["conv2d", "pool2d", "tokens", "vector"] = Field(description="what the head holds: a conv block "
-                                                                            "then pooling, pooling, a token mean, "
-                                                                            "or a Linear alone")
+    after: int = Field(ge=0, description="segment (child) index the head follows (0 for hooked exits)")
+    module: str | None = Field(None, description="hooked exits: the submodule whose output the head reads")
+    kind: Literal["conv2d", "pool2d", "tokens", "vector", "pooler"] = Field(
+        description="what the head holds: a conv block then pooling, pooling, a token mean, a Linear alone, or a "
+                    "masked token mean, dense-tanh and Linear")
     features: int = Field(ge=1, description="features the head's Linear reads")
     classes: int = Field(ge=1, description="classes it predicts")
 
@@ -51,11 +54,15 @@ class HeadRecord(Config):
 class EarlyExitStructure(Config):
     heads: list[HeadRecord] = Field(min_length=1, description="the exit heads, in order")
     criterion: Literal["confidence", "entropy"] = Field(description="what the thresholds compare")
+    hooked: bool = Field(False, description="heads hooked onto submodules of the model (not a chain of children)")
+    mask_input: int | None = Field(None, description="hooked exits: the input holding the attention mask")
 
 
 def _kind(head: nn.Module) -> str:
-    from slimkit.techniques.dynamic.exits import TokenMean
+    from slimkit.techniques.dynamic.exits import TokenHead, TokenMean
 
+    if isinstance(head, TokenHead):
+        return "pooler"
     if isinstance(head, nn.Linear):
         return "vector"
     if isinstance(head[0], nn.Conv2d):
@@ -67,8 +74,18 @@ def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Mo
     """The backbone's children as segments and empty heads of the recorded sizes (the thresholds
     and weights come from the checkpoint)."""
     from slimkit.core.errors import CheckpointError
-    from slimkit.techniques.dynamic.exits import EarlyExitNetwork, exit_head
+    from slimkit.techniques.dynamic.exits import EarlyExitNetwork, HookedExitNetwork, TokenHead, exit_head
 
+    if structure.hooked:
+        modules = dict(model.named_modules())
+        hooked = {}
+        for r in structure.heads:
+            if r.module not in modules:
+                raise CheckpointError(f"early_exit step's recorded head after {r.module!r} names no submodule of the "
+                                      "model")
+            hooked[r.module] = TokenHead(r.features, r.classes) if r.kind == "pooler" else exit_head(
+                torch.zeros(_example_shape(r)), r.classes, conv=r.kind == "conv2d")
+        return HookedExitNetwork(model, hooked, structure.criterion, structure.mask_input)
     if not isinstance(model, nn.Sequential):
         raise CheckpointError(f"early_exit step's recorded structure needs an nn.Sequential, got {type(model).__name__}")
     children = list(model.children())
@@ -77,10 +94,15 @@ def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Mo
         if r.after >= len(children) - 1:
             raise CheckpointError(f"early_exit step's recorded head after child {r.after} does not fit a model of "
                                   f"{len(children)} children")
-        example = {"conv2d": (1, r.features, 1, 1), "pool2d": (1, r.features, 1, 1), "tokens": (1, 1, r.features),
-                   "vector": (1, r.features)}[r.kind]
-        heads[r.after] = exit_head(torch.zeros(example), r.classes, conv=r.kind == "conv2d")
+        if r.kind == "pooler":
+            raise CheckpointError("early_exit step's recorded pooler head belongs to hooked exits")
+        heads[r.after] = exit_head(torch.zeros(_example_shape(r)), r.classes, conv=r.kind == "conv2d")
     return EarlyExitNetwork(children, heads, structure.criterion)
+
+
+def _example_shape(r: HeadRecord) -> tuple[int, ...]:
+    return {"conv2d": (1, r.features, 1, 1), "pool2d": (1, r.features, 1, 1), "tokens": (1, 1, r.features),
+            "vector": (1, r.features)}[r.kind]
 
 
 class FrozenBackbone(Callback):
@@ -120,12 +142,18 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
         raise ConfigError("early_exit: exits classify: the model must return [rows, classes] logits and the "
                           "targets be class indices (calibration keeps top-1 accuracy within the budget)")
     classes = int(logits.shape[-1])
+    hooked = not isinstance(model, nn.Sequential)
+    mask_input = ctx.data.train.mask_input
     try:
-        net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.conv_heads)
+        if hooked:
+            net = ex.attach_hooked_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.conv_heads,
+                                         mask_input)
+        else:
+            net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.conv_heads)
     except ValueError as err:
         raise ConfigError(f"early_exit: {err}") from None
     term = ex.ExitLoss([cfg.exit_weight] * len(net.points), cfg.distill, cfg.temperature)
-    callbacks = [FrozenBackbone(net.segments)] if cfg.train == "heads" else []
+    callbacks = [FrozenBackbone(net.model if hooked else net.segments)] if cfg.train == "heads" else []
     fit = ctx.train(net, cfg.finetune, loss_terms=[term], callbacks=callbacks,
                     task_loss_weight=0.0 if cfg.train == "heads" else 1.0, description="early exits")
     val = ctx.data.val
@@ -133,12 +161,18 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
     test_logits = _exit_logits(net, ctx.data.test, ctx.device)
     per_exit = [float((o.argmax(-1).cpu() == ctx.data.test.targets).float().mean()) for o in test_logits]
     info: dict[str, Any] = {
-        "exits_after": [list(dict(model.named_children()))[i] for i in net.points], "criterion": cfg.criterion,
+        "exits_after": list(net.points) if hooked else [list(dict(model.named_children()))[i] for i in net.points],
+        "placement": "hooks (eager only)" if hooked else "segments", "criterion": cfg.criterion,
         "threshold": result.threshold, "val_quality": result.quality, "val_full_quality": result.full_quality,
         "val_exit_shares": result.exit_shares, "test_accuracy_per_exit": per_exit, "train": fit.summary()}
-    structure = EarlyExitStructure(criterion=cfg.criterion, heads=[
-        HeadRecord(after=i, kind=_kind(net.heads[str(i)]), features=_features(net.heads[str(i)]), classes=classes)
-        for i in net.points])
+    if hooked:
+        records = [HeadRecord(after=0, module=n, kind=_kind(net.heads[ex._key(n)]),
+                              features=_features(net.heads[ex._key(n)]), classes=classes) for n in net.points]
+    else:
+        records = [HeadRecord(after=i, kind=_kind(net.heads[str(i)]), features=_features(net.heads[str(i)]),
+                              classes=classes) for i in net.points]
+    structure = EarlyExitStructure(criterion=cfg.criterion, heads=records, hooked=hooked,
+                                   mask_input=mask_input if hooked else None)
     return StepResult(net, info=info, structure=structure)
 
 
@@ -149,5 +183,9 @@ def _exit_logits(net: nn.Module, split: Any, device: torch.device, batch: int = 
 
 
 def _features(head: nn.Module) -> int:
+    from slimkit.techniques.dynamic.exits import TokenHead
+
+    if isinstance(head, TokenHead):
+        return head.dense.in_features
     linear = head if isinstance(head, nn.Linear) else head[-1]
     return linear.in_features

@@ -294,6 +294,231 @@ def attach_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_c
     return EarlyExitNetwork(list(model.children()), {i: h.to(device) for i, h in heads.items()}, criterion)
 
 
+class TokenHead(nn.Module):
+    """An exit head on token features ``[rows, tokens, features]``: the mean over real tokens (the
+    attention mask's ones; all tokens without a mask), a dense layer with tanh (BERT's pooler, as
+    DeeBERT's off-ramps carry), and a Linear classifier."""
+
+    def __init__(self, features: int, num_classes: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(features, features)
+        self.classifier = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            pooled = x.mean(1)
+        else:
+            m = mask[:, :x.shape[1]].unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return self.classifier(torch.tanh(self.dense(pooled)))
+
+
+class _AllExited(Exception):
+    """Raised by an exit hook once every row of the call has left: the model's forward stops."""
+
+
+class HookedExitNetwork(nn.Module):
+    """Exit heads on the outputs of named submodules of any model (a ``transformers`` encoder's
+    layers, a ResNet's blocks, a user's module list), attached by forward hooks for the duration
+    of each call, so the model's own forward runs unchanged (DeeBERT, Xin et al. 2020).
+
+    Training: every head runs on its submodule's output (``exit_outputs``, as for
+    ``EarlyExitNetwork``) and the model's output is returned. Inference: after each exit the rows
+    confident there take its logits; once every row of the call has left, the forward pass stops
+    (an exception out of the hook, caught here), so a batch-1 row that exits runs no layer after
+    its exit. Unlike ``EarlyExitNetwork`` the rows of a larger batch do not leave it one by one:
+    the model's own forward (attention masks, position ids) is not cut up, so the rows still
+    running carry the finished ones along; each row's output is still its own first confident
+    exit's. Runs in eager PyTorch: no exporter follows the hooks, and ``export_graph`` says so."""
+
+    input_dependent_cost = True
+
+    def __init__(self, model: nn.Module, heads: dict[str, nn.Module], criterion: Criterion = "confidence",
+                 mask_input: int | None = None) -> None:
+        super().__init__()
+        order = [n for n, _ in model.named_modules()]
+        unknown = [n for n in heads if n not in order]
+        if unknown or not heads:
+            raise ValueError(f"exit points must name submodules of the model, got {unknown or list(heads)}")
+        self.model = model
+        self.points = sorted(heads, key=order.index)  # module names, in the model's order
+        self.heads = nn.ModuleDict({_key(n): heads[n] for n in self.points})
+        self.criterion = criterion
+        self.mask_input = mask_input
+        self.register_buffer("thresholds", torch.full((len(heads),), math.inf))
+        self.exit_outputs: list[torch.Tensor] = []
+        self.last_exits: torch.Tensor | None = None
+        self._call: dict | None = None
+
+    @property
+    def exits(self) -> int:
+        return len(self.points) + 1
+
+    def _head(self, k: int, output) -> torch.Tensor:
+        h = output if isinstance(output, torch.Tensor) else next(t for t in output if isinstance(t, torch.Tensor))
+        head = self.heads[_key(self.points[k])]
+        return head(h, self._call["mask"]) if isinstance(head, TokenHead) else head(h)
+
+    def _hook(self, k: int):
+        def hook(module: nn.Module, args, output) -> None:
+            call = self._call
+            if call["every"]:
+                call["outputs"].append(self._head(k, output))
+                return
+            threshold = float(self.thresholds[k])
+            if threshold == math.inf:
+                return
+            logits = self._head(k, output)
+            new = (confidence(logits, self.criterion) >= threshold) & ~call["done"]
+            if bool(new.any()):
+                if call["out"] is None:
+                    call["out"] = logits.new_zeros(logits.shape)
+                call["out"][new] = logits[new]
+                call["taken"][new] = k
+                call["done"] |= new
+                if bool(call["done"].all()):
+                    raise _AllExited
+        return hook
+
+    def _run(self, inputs: tuple[torch.Tensor, ...], every: bool):
+        rows = inputs[0].shape[0]
+        device = inputs[0].device
+        mask = inputs[self.mask_input] if self.mask_input is not None else None
+        self._call = {"every": every, "outputs": [], "mask": mask, "out": None,
+                      "done": torch.zeros(rows, dtype=torch.bool, device=device),
+                      "taken": torch.full((rows,), len(self.points), dtype=torch.long, device=device)}
+        handles = [self.model.get_submodule(n).register_forward_hook(self._hook(k)) for k, n in enumerate(self.points)]
+        try:
+            final = self.model(*inputs)
+            stopped = False
+        except _AllExited:
+            final, stopped = None, True
+        finally:
+            for handle in handles:
+                handle.remove()
+        call, self._call = self._call, None
+        return final, stopped, call
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            final, _, call = self._run(inputs, every=True)
+            self.exit_outputs = call["outputs"]
+            return final
+        final, stopped, call = self._run(inputs, every=False)
+        self.last_exits = call["taken"]
+        if call["out"] is None:
+            return final  # nobody left early: the model's own output, untouched
+        if not stopped:
+            rest = ~call["done"]
+            call["out"][rest] = final[rest].to(call["out"].dtype)
+        return call["out"]
+
+    @torch.no_grad()
+    def exit_logits(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits for every row (the heads', then the final), in evaluation mode."""
+        was = self.training
+        self.eval()
+        try:
+            final, _, call = self._run(inputs, every=True)
+            return call["outputs"] + [final]
+        finally:
+            self.train(was)
+
+    def export_graph(self) -> nn.Module:
+        from slimkit.core.errors import UnsupportedModelError
+
+        raise UnsupportedModelError("early exits placed by hooks inside a model that is not a chain of children "
+                                    "run in eager PyTorch only: an exported graph would not stop at an exit")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "/")  # ModuleDict keys cannot hold dots
+
+
+def layer_list(model: nn.Module) -> list[str]:
+    """The names of the entries of the model's longest ``nn.ModuleList`` of modules of one class
+    (a transformer's layers, a stage's blocks): where exits go by default in a model that is not a
+    chain of children. Empty when there is none of 2 entries or more."""
+    best: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > len(best) \
+                and len({type(m) for m in module}) == 1:
+            best = [f"{name}.{i}" if name else str(i) for i in range(len(module))]
+    return best if len(best) >= 2 else []
+
+
+def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
+                        after: Sequence[str] | None = None, exits: int = 2, criterion: Criterion = "confidence",
+                        conv_heads: bool = True, mask_input: int | None = None) -> HookedExitNetwork:
+    """A ``HookedExitNetwork`` with heads after the submodules named in ``after``, or by default after
+    the entries of the model's layer list (``layer_list``) where the cumulative MACs first pass
+    1/(exits+1), 2/(exits+1)... of the total (never after the list's last entry)."""
+    from slimkit.measure.macs import count_macs_by_module
+
+    names = dict(model.named_modules())
+    if after is None:
+        layers = layer_list(model)
+        if not layers:
+            raise ValueError(f"early exits: {type(model).__name__} is not a chain of children and has no list of "
+                             "layers to put exits after; name the submodules in 'after'")
+        macs = count_macs_by_module(model, example_inputs)
+        total = macs[""]
+        # MACs up to the end of each layer: the layer's own plus what ran before it (the layers'
+        # shares of the total are what a row that leaves there saves)
+        before = total - sum(macs.get(n, 0) for n in layers)  # embeddings, stems: counted as coming first
+        cumulative, run = [], before
+        for n in layers[:-1]:
+            run += macs.get(n, 0)
+            cumulative.append(run)
+        points: list[str] = []
+        for j in range(1, exits + 1):
+            i = next((i for i, c in enumerate(cumulative) if c >= total * j / (exits + 1)), None)
+            if i is not None and layers[i] not in points:
+                points.append(layers[i])
+        if not points:
+            raise ValueError("early exits: the layer list leaves no point to put an exit after")
+    else:
+        unknown = [a for a in after if a not in names or a == ""]
+        if unknown:
+            raise ValueError(f"early exits: 'after' names no submodule of the model: {unknown}")
+        points = list(dict.fromkeys(after))
+    outputs = _module_outputs(model, example_inputs, points)
+    heads = {}
+    for n in points:
+        h = outputs[n]
+        heads[n] = TokenHead(h.shape[-1], num_classes) if h.dim() == 3 else exit_head(h[:1], num_classes, conv_heads)
+    device = next(model.parameters()).device
+    return HookedExitNetwork(model, {n: h.to(device) for n, h in heads.items()}, criterion, mask_input)
+
+
+@torch.no_grad()
+def _module_outputs(model: nn.Module, example_inputs: Sequence[torch.Tensor], names: Sequence[str]) -> dict:
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(module, args, output):
+            t = output if isinstance(output, torch.Tensor) else next(
+                (o for o in output if isinstance(o, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None
+            if t is None:
+                raise ValueError(f"early exits: {name!r} returns {type(output).__name__}, not a tensor")
+            outputs.setdefault(name, t)
+        return hook
+
+    was = model.training
+    model.eval()
+    handles = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
+    try:
+        model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise ValueError(f"early exits: {missing} did not run in the model's forward pass")
+    return outputs
+
+
 @torch.no_grad()
 def _child_outputs(model: nn.Sequential, example_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     was = model.training
