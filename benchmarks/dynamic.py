@@ -11,6 +11,11 @@
   PyTorch and on ONNX Runtime (the early-exit model as stage graphs with the exit decisions
   between them), each (model, runtime) timed in a process of its own.
 
+- act: `parity`. Adaptive Computation Time (`act_rnn`) against the same tanh RNN cell run a fixed
+  number of steps per input (`rnn_steps`, `--act-fixed-steps`), each trained with the task's
+  baseline settings per seed: test accuracy, ACT's steps per row by difficulty (count of nonzero
+  entries) and their correlation, mean MACs per row. No latency is timed.
+
 Writes OUT/dynamic_SECTION.md and .json.
 """
 
@@ -174,6 +179,84 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines)
 
 
+def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
+    """Early exits after MiniLM's layers on ``corpus-cls`` against the tuned baseline, per seed."""
+    measure = {"batch_n": 8, "repeats": 3, "threads": args.threads, "memory": False, "per_row": args.rows}
+    out = []
+    for seed in args.seeds:
+        recipe = {"version": 1, "task": "corpus-cls", "seed": seed, "measure": measure,
+                  "steps": [{"early_exit": {"exits": args.text_exits, "budget": args.text_budget,
+                                            "distill": args.text_distill,
+                                            "finetune": {"epochs": args.text_epochs, "lr": args.text_lr}}}]}
+        res = _run(recipe, folder / f"{seed}-text-exits")
+        base, exits = res["steps"][0], res["steps"][1]
+        tuned = _run({**recipe, "steps": [{"train": {"epochs": args.text_epochs, "lr": args.text_lr,
+                                                     "optimizer": "adamw", "weight_decay": 0.01}}]},
+                     folder / f"{seed}-text-tuned")["steps"][1]
+        info = exits["info"]
+        layers = [int(n.rsplit(".", 1)[1]) + 1 for n in info["exits_after"]] + [6]  # layers run per exit
+        shares = info["test_exit_shares"]
+        mean_layers = sum(s * n for s, n in zip(shares, layers))
+        row = {"seed": seed, "exits_after": info["exits_after"], "layers_per_exit": layers,
+               "accuracy": {"baseline": base["metrics"]["quality"], "tuned": tuned["metrics"]["quality"],
+                            "exits": exits["metrics"]["quality"]},
+               "macs": {"baseline": base["metrics"]["macs"], "tuned": tuned["metrics"]["macs"],
+                        "exits": exits["metrics"]["macs"]},
+               "test_exit_shares": shares, "val_exit_shares": info["val_exit_shares"],
+               "test_accuracy_per_exit": info["test_accuracy_per_exit"], "threshold": info["threshold"],
+               "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
+        if not args.no_timing:
+            for name, run_dir, step in (("tuned", folder / f"{seed}-text-tuned", 1),
+                                        ("exits", folder / f"{seed}-text-exits", 1)):
+                row["latency_ms"][f"{name}@eager"] = _time_rows(run_dir, step, "eager", args.rows, args.repeats,
+                                                                args.threads)["mean_ms"]
+        out.append(row)
+        progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned {row['accuracy']['tuned']:.4f}), "
+                 f"{100 * row['layers_saved']:.0f}% of layers saved")
+    return {"task": "corpus-cls", "budget": args.text_budget, "epochs": args.text_epochs, "lr": args.text_lr,
+            "distill": args.text_distill, "rows": out}
+
+
+def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
+    from slimkit.core.hardware import cpu_capability
+
+    rows = res["rows"]
+    lines = ["# Early exits in a transformer encoder (MiniLM on corpus-cls)", "",
+             f"`{command}`; {stamp}; {cpu_capability()}.", "",
+             "Task `corpus-cls` (corpus sentences intact, two words swapped, a word replaced or a span shuffled; "
+             "all-MiniLM-L6-v2 fine-tuned with a Linear head). The `early_exit` step hooks a DeeBERT-style head "
+             f"(masked token mean, dense-tanh, Linear) after layers {rows[0]['exits_after']}, trains them jointly "
+             f"with the encoder for {res['epochs']} epochs (lr {res['lr']}, self-distillation weight "
+             f"{res['distill']}), and calibrates one confidence threshold on the validation rows within "
+             f"{res['budget']} of the full network's accuracy. Tuned: the baseline trained for the same extra epochs "
+             "without exits (the fair control). Layers: transformer layers run per test row (a row leaving after "
+             "layer k runs k of 6); MACs: mean per row over the runner's per-row rows; latency: batch 1, mean over "
+             "those rows, each model in its own process.", "",
+             "| seed | baseline acc. | tuned acc. | exits acc. | test rows leaving per exit | accuracy per exit (test) "
+             "| mean layers | layers saved | MACs per row (tuned / exits) | eager b1 ms (tuned / exits) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a, m, t = r["accuracy"], r["macs"], r["latency_ms"]
+        timing = f"{t['tuned@eager']:.2f} / {t['exits@eager']:.2f}" if t else "not timed"
+        lines.append(f"| {r['seed']} | {a['baseline']:.4f} | {a['tuned']:.4f} | {a['exits']:.4f} | "
+                     f"{', '.join(f'{s:.2f}' for s in r['test_exit_shares'])} | "
+                     f"{', '.join(f'{q:.3f}' for q in r['test_accuracy_per_exit'])} | {r['mean_layers']:.2f} | "
+                     f"{100 * r['layers_saved']:.0f}% | {m['tuned'] / 1e6:.1f}M / {m['exits'] / 1e6:.1f}M | {timing} |")
+
+    def mean(f):
+        return statistics.mean(f(r) for r in rows)
+
+    lines += ["", f"- Layers saved on average: {100 * mean(lambda r: r['layers_saved']):.0f}% (bar: >= 30%).",
+              f"- Accuracy against the tuned baseline: "
+              f"{100 * mean(lambda r: r['accuracy']['exits'] - r['accuracy']['tuned']):+.2f} pt (bar: >= -1 pt); "
+              f"against the baseline {100 * mean(lambda r: r['accuracy']['exits'] - r['accuracy']['baseline']):+.2f} pt.",
+              f"- Mean MACs per row: {mean(lambda r: r['macs']['tuned'] / r['macs']['exits']):.2f}x fewer."]
+    if all(r["latency_ms"] for r in rows):
+        lines.append(f"- Eager batch-1 latency, mean over rows: "
+                     f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x faster.")
+    return "\n".join(lines + [""])
+
+
 def _pick_static_blocks(order: list[str], block_macs: dict[str, int], backbone: int, target: float) -> int:
     """k such that removing the first k blocks of ``order`` leaves MACs closest to ``target``."""
     costs = [backbone - sum(block_macs[n] for n in order[:k]) for k in range(len(order) + 1)]
@@ -316,7 +399,142 @@ def render_skip(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines + [""])
 
 
+def _train_parity(model: str, model_args: dict[str, Any], seed: int, epochs: int):
+    """One model trained on the parity task with the one loop (the task's baseline settings, and
+    the ponder cost an ACT model declares), as the runner trains a baseline; no timing."""
+    import torch
+
+    from slimkit.tasks.base import build_task
+    from slimkit.tasks.context import Context
+
+    task = build_task({"name": "parity", "model": model, "model_args": model_args})
+    cfg = task.baseline_train if not epochs else task.baseline_train.model_copy(update={"epochs": epochs})
+    torch.manual_seed(seed)
+    net = task.build_model()
+    fit = Context(task=task, seed=seed).train(net, cfg, description=f"parity {model} {model_args}")
+    return task, net.eval(), fit.summary(), cfg
+
+
+def _parity_figures(task, net, rows: int) -> dict[str, Any]:
+    """Test accuracy, steps (cell evaluations) and ponder (N + R) per row, by difficulty (count of
+    nonzero entries), their correlation with the difficulty, and mean MACs per row over ``rows``
+    test rows run one at a time."""
+    import torch
+
+    from slimkit.measure.per_row import per_row_macs, spread_rows
+
+    test = task.data.test
+    difficulty = test.extras["difficulty"]
+    with torch.no_grad():
+        right = (net(test.inputs[0]).argmax(-1) == test.targets).float()
+    core = net.core
+    adaptive = getattr(core, "last_steps", None) is not None
+    steps = core.last_steps.float() if adaptive else torch.full_like(right, float(core.steps))
+    ponder = core.last_ponder if adaptive else steps
+    by = {}
+    for k in difficulty.unique().tolist():
+        rows_k = difficulty == k
+        by[int(k)] = {"rows": int(rows_k.sum()), "accuracy": float(right[rows_k].mean()),
+                      "steps": float(steps[rows_k].mean()), "ponder": float(ponder[rows_k].mean())}
+
+    def corr(v: torch.Tensor) -> float | None:  # None: a fixed-step model, or the same steps on every row
+        r = float(torch.corrcoef(torch.stack([difficulty.float(), v]))[0, 1]) if adaptive else math.nan
+        return r if math.isfinite(r) else None
+
+    return {"accuracy": float(right.mean()), "mean_steps": float(steps.mean()), "mean_ponder": float(ponder.mean()),
+            "steps_difficulty_r": corr(steps), "ponder_difficulty_r": corr(ponder), "by_difficulty": by,
+            "macs_per_row": per_row_macs(net, spread_rows(test, rows, "cpu"))["mean"]}
+
+
+def act_section(args, folder: Path, progress) -> dict[str, Any]:
+    """ACT against fixed-step RNNs of the same cell and width on the parity task, per seed."""
+    out, cfg = [], None
+    for seed in args.seeds:
+        row: dict[str, Any] = {"seed": seed, "models": {}}
+        variants = [("act", "act_rnn", {})] + [(f"fixed{k}", "rnn_steps", {"steps": k}) for k in args.act_fixed_steps]
+        for name, model, model_args in variants:
+            task, net, summary, cfg = _train_parity(model, model_args, seed, args.act_epochs)
+            figures = _parity_figures(task, net, args.rows)
+            figures.update(params=sum(p.numel() for p in net.parameters()), best_val=summary["best_val_quality"],
+                           best_epoch=summary["best_epoch"], train_seconds=sum(summary["epoch_seconds"]))
+            row["models"][name] = figures
+            progress(f"seed {seed}: {name} accuracy {figures['accuracy']:.4f}, mean steps {figures['mean_steps']:.2f}"
+                     + (f", r(steps, difficulty) {figures['steps_difficulty_r']:.3f}" if name == "act" else ""))
+        out.append(row)
+    return {"task": "parity", "fixed_steps": args.act_fixed_steps, "rows": out,
+            "train": cfg.model_dump() if cfg is not None else None}
+
+
+def _r(value: float | None) -> str:
+    return "n/a (same steps on every row)" if value is None else f"{value:.3f}"
+
+
+def render_act(res: dict[str, Any], command: str, stamp: str) -> str:
+    rows = res["rows"]
+    names = list(rows[0]["models"])
+    act = [r["models"]["act"] for r in rows]
+    train = res["train"]
+    lines = ["# Adaptive Computation Time on parity against fixed-step RNNs of the same size", "",
+             f"`{command}`; {stamp}.", "",
+             "Task `parity` (Graves 2016: 8 entries, 1..8 of them +-1, label = parity of the count of +1; "
+             "65,536 training rows, 4,096 test rows). `act`: `act_rnn`, a 128-unit tanh RNN cell with a halting "
+             "unit (epsilon 0.01, at most 10 steps, bias 1), trained with the ponder cost (tau 0.001). "
+             + ", ".join(f"`fixed{k}`: `rnn_steps` with the same cell and classifier run {k} step(s) per input"
+                         for k in res["fixed_steps"])
+             + f" (the halting unit's 129 parameters are the only difference). Every model: {train['epochs']} epochs, "
+             f"batch {train['batch_size']}, Adam lr {train['lr']} cosine, gradient clipping {train['grad_clip']}, the "
+             "weights of the best validation epoch. Steps: cell evaluations per row (ACT's N); ponder: N + R. "
+             "MACs: mean per test row over test rows run one at a time. No latency is timed.", "",
+             "| seed | " + " | ".join(f"{n} acc." for n in names) + " | act mean steps | act MACs / row | "
+             + " | ".join(f"{n} MACs / row" for n in names[1:]) + " | r(steps, difficulty) | r(ponder, difficulty) |",
+             "|---|" + "---|" * (2 * len(names) + 3)]
+    for r in rows:
+        m = r["models"]
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{m[n]['accuracy']:.4f}" for n in names)
+                     + f" | {m['act']['mean_steps']:.2f} | {m['act']['macs_per_row']:,.0f} | "
+                     + " | ".join(f"{m[n]['macs_per_row']:,.0f}" for n in names[1:])
+                     + f" | {_r(m['act']['steps_difficulty_r'])} | {_r(m['act']['ponder_difficulty_r'])} |")
+    levels = sorted({int(k) for a in act for k in a["by_difficulty"]})
+
+    def cell(a: dict[str, Any], k: int, key: str) -> float:
+        by = a["by_difficulty"]
+        return by[k][key] if k in by else by[str(k)][key]  # int keys in memory, str once read from JSON
+
+    lines += ["", "ACT's mean steps (and accuracy) per difficulty (count of nonzero entries), per seed:", "",
+              "| seed | " + " | ".join(str(k) for k in levels) + " |", "|---|" + "---|" * len(levels)]
+    for r, a in zip(rows, act):
+        lines.append(f"| {r['seed']} | " + " | ".join(f"{cell(a, k, 'steps'):.2f} ({cell(a, k, 'accuracy'):.3f})"
+                                                     for k in levels) + " |")
+    lines += ["", "Accuracy per difficulty, mean over seeds:", "",
+              "| model | " + " | ".join(str(k) for k in levels) + " |", "|---|" + "---|" * len(levels)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(
+            f"{statistics.mean(cell(r['models'][n], k, 'accuracy') for r in rows):.3f}" for k in levels) + " |")
+
+    def mean(f):
+        return statistics.mean(f(r) for r in rows)
+
+    grows = all((a["steps_difficulty_r"] or 0) > 0 and cell(a, levels[-1], "steps") > cell(a, levels[0], "steps") for a in act)
+    correlations = ", ".join(_r(a["steps_difficulty_r"]) for a in act)
+    beats = {n: mean(lambda r: r["models"]["act"]["accuracy"] - r["models"][n]["accuracy"]) for n in names[1:]}
+    lines += ["",
+              f"- Ponder steps grow with difficulty: {'yes' if grows else 'no'} on "
+              f"{sum((a['steps_difficulty_r'] or 0) > 0 for a in act)} of {len(act)} seeds (correlation of steps with the "
+              f"count of nonzero entries: {correlations}; mean steps "
+              f"{mean(lambda r: cell(r['models']['act'], levels[0], 'steps')):.2f} at difficulty {levels[0]}, "
+              f"{mean(lambda r: cell(r['models']['act'], levels[-1], 'steps')):.2f} at {levels[-1]}).",
+              "- ACT's accuracy against the fixed-step RNNs, mean over seeds: "
+              + ", ".join(f"{100 * d:+.2f} pt against {n}" for n, d in beats.items())
+              + f" (ACT {100 * mean(lambda r: r['models']['act']['accuracy']):.2f}%, mean "
+              f"{mean(lambda r: r['models']['act']['mean_steps']):.2f} steps per row).", ""]
+    return "\n".join(lines)
+
+
 SECTIONS = {
+    "text-exits": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --text-exits {a.text_exits} "
+                            f"--text-budget {a.text_budget} --text-epochs {a.text_epochs} --text-lr {a.text_lr} "
+                            f"--text-distill {a.text_distill} --rows {a.rows} --repeats {a.repeats}"
+                            + (" --no-timing" if a.no_timing else ""),
     "exits": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --budget {a.budget} "
                        f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats}"
                        + (" --linear-heads" if a.linear_heads else ""),
@@ -325,6 +543,8 @@ SECTIONS = {
                       f"--skip-penalty {a.skip_penalty} --skip-epochs {a.skip_epochs} "
                       f"--baseline-epochs {a.baseline_epochs} --rows {a.rows} --repeats {a.repeats}"
                       + (" --no-timing" if a.no_timing else ""),
+    "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-epochs {a.act_epochs} "
+                     f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --rows {a.rows}",
 }
 
 
@@ -348,6 +568,14 @@ def main() -> None:
     parser.add_argument("--skip-epochs", type=int, default=5, help="skip: epochs of every step after the baseline")
     parser.add_argument("--baseline-epochs", type=int, default=0, help="skip: baseline epochs (0: the task's)")
     parser.add_argument("--no-timing", action="store_true", help="skip: leave the latency phase out")
+    parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
+    parser.add_argument("--act-fixed-steps", type=int, nargs="+", default=[1, 2, 3],
+                        help="act: steps per input of the fixed-step controls")
+    parser.add_argument("--text-exits", type=int, default=5, help="text-exits: exits (5: after each of layers 1-5)")
+    parser.add_argument("--text-budget", type=float, default=0.01, help="text-exits: validation accuracy budget")
+    parser.add_argument("--text-epochs", type=int, default=3, help="text-exits: epochs with the exits")
+    parser.add_argument("--text-lr", type=float, default=5e-5, help="text-exits: learning rate with the exits")
+    parser.add_argument("--text-distill", type=float, default=1.0, help="text-exits: self-distillation weight")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

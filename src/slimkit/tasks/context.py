@@ -58,10 +58,13 @@ class Context:
               callbacks: Sequence["Callback"] = (), task_loss_weight: float = 1.0,
               description: str = "train", data: "DataSplits | None" = None) -> "FitResult":
         """Train with the task's loss (weighted) plus ``loss_terms``, validating every epoch; on
-        ``data`` instead of the task's splits if given (e.g. with teacher-labelled inputs added)."""
-        from slimkit.train.objectives import TaskLoss
+        ``data`` instead of the task's splits if given (e.g. with teacher-labelled inputs added).
+        Loss terms the model declares itself (``model.loss_terms()``, e.g. ACT's ponder cost) are
+        added unless a term of the same name is given."""
+        from slimkit.train.objectives import TaskLoss, declared_loss_terms
 
         terms = [TaskLoss(self.task.loss, weight=task_loss_weight), *loss_terms] if task_loss_weight else list(loss_terms)
+        terms += declared_loss_terms(model, terms)
         return self.train_fn(model, data if data is not None else self.data, cfg, loss_terms=terms, validate=self.validate,
                              callbacks=callbacks, device=self.device, seed=self.seed,
                              progress=self.progress, description=description)

@@ -14,4 +14,5 @@ from slimkit.techniques.sparse_training import l0_step as _l0_step  # noqa: F401
 from slimkit.techniques.bayesian import step as _bayesian_step  # noqa: F401
 from slimkit.techniques.bayesian import compression_step as _bayesian_compression_step  # noqa: F401
 from slimkit.techniques.dynamic import exit_step as _exit_step  # noqa: F401
+from slimkit.techniques.dynamic import act as _act  # noqa: F401  (registers act_rnn)
 from slimkit.techniques.dynamic import skip_step as _skip_step  # noqa: F401

@@ -7,7 +7,7 @@ terms, so one loop trains every technique.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -53,3 +53,14 @@ class TaskLoss:
             soft = mixed_soft_targets(batch.targets, second, batch.extras["mix_weight"], batch.outputs.shape[-1])
             return self.fn(batch.outputs, soft)
         return self.fn(batch.outputs, batch.targets)
+
+
+def declared_loss_terms(model: nn.Module, given: Sequence[LossTerm] = ()) -> list[LossTerm]:
+    """The loss terms a model declares as part of its own objective (``model.loss_terms()``, e.g.
+    Adaptive Computation Time's ponder cost), except those named like a term in ``given``: a
+    model that only trains well with its penalty gets it from every training, baseline included."""
+    own = getattr(model, "loss_terms", None)
+    if not callable(own):
+        return []
+    names = {t.name for t in given}
+    return [t for t in own() if t.name not in names]
