@@ -11,6 +11,11 @@
   PyTorch and on ONNX Runtime (the early-exit model as stage graphs with the exit decisions
   between them), each (model, runtime) timed in a process of its own.
 
+- text-exits: `corpus-cls`. Early exits hooked after MiniLM's layers (`--text-exits`), trained
+  jointly with self-distillation, one threshold within `--text-budget`; against the baseline tuned
+  for the same extra epochs: accuracy, the test rows' exit histogram and accuracy per exit, mean
+  transformer layers run per row, mean MACs per row, eager batch-1 latency (`--no-timing` skips it).
+
 - act: `parity`. Adaptive Computation Time (`act_rnn`) against the same tanh RNN cell run a fixed
   number of steps per input (`rnn_steps`, `--act-fixed-steps`), each trained with the task's
   baseline settings per seed: test accuracy, ACT's steps per row by difficulty (count of nonzero

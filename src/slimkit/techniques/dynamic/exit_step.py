@@ -164,7 +164,8 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
         "exits_after": list(net.points) if hooked else [list(dict(model.named_children()))[i] for i in net.points],
         "placement": "hooks (eager only)" if hooked else "segments", "criterion": cfg.criterion,
         "threshold": result.threshold, "val_quality": result.quality, "val_full_quality": result.full_quality,
-        "val_exit_shares": result.exit_shares, "test_accuracy_per_exit": per_exit, "train": fit.summary()}
+        "val_exit_shares": result.exit_shares, "test_exit_shares": ex.exit_shares(net, test_logits),
+        "test_accuracy_per_exit": per_exit, "train": fit.summary()}
     if hooked:
         records = [HeadRecord(after=0, module=n, kind=_kind(net.heads[ex._key(n)]),
                               features=_features(net.heads[ex._key(n)]), classes=classes) for n in net.points]

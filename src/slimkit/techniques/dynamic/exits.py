@@ -569,6 +569,22 @@ class Calibration:
     exit_shares: list[float]  # rows per exit (the final last)
 
 
+def exits_taken(scores: Sequence[torch.Tensor], thresholds: Sequence[float]) -> torch.Tensor:
+    """Per row, the first exit whose score reaches its threshold (``len(scores)``: the final exit)."""
+    taken = torch.full(scores[0].shape, len(scores), dtype=torch.long, device=scores[0].device)
+    for k in reversed(range(len(scores))):
+        taken = torch.where(scores[k] >= thresholds[k], torch.full_like(taken, k), taken)
+    return taken
+
+
+@torch.no_grad()
+def exit_shares(net: nn.Module, logits: list[torch.Tensor]) -> list[float]:
+    """The share of rows leaving at each exit (the final last) under ``net``'s thresholds, from
+    every exit's logits for those rows (``exit_logits``)."""
+    taken = exits_taken([confidence(o, net.criterion) for o in logits[:-1]], net.thresholds.tolist())
+    return [float((taken == k).float().mean()) for k in range(len(logits))]
+
+
 @torch.no_grad()
 def calibrate(net: EarlyExitNetwork, logits: list[torch.Tensor], targets: torch.Tensor, budget: float,
               candidates: int = 200) -> Calibration:
@@ -581,9 +597,7 @@ def calibrate(net: EarlyExitNetwork, logits: list[torch.Tensor], targets: torch.
     grid = torch.quantile(values, torch.linspace(0, 1, candidates)).unique().tolist() + [math.inf]
     best = Calibration(math.inf, full, full, [0.0] * len(scores) + [1.0])
     for threshold in sorted(grid, reverse=True):  # from never exiting towards exiting most
-        taken = torch.full_like(targets, len(scores))
-        for k in reversed(range(len(scores))):
-            taken = torch.where(scores[k] >= threshold, torch.full_like(taken, k), taken)
+        taken = exits_taken(scores, [threshold] * len(scores))
         right = torch.stack(correct)[taken, torch.arange(len(targets))]
         quality = float(right.float().mean())
         if quality < full - budget:
