@@ -277,3 +277,31 @@ def test_hooked_exits_refuse_export_rather_than_bake_one_path():
     net = attach_hooked_exits(_tiny_bert_classifier(), (ids[:2], mask[:2]), 3, exits=1, mask_input=1).eval()
     with pytest.raises(UnsupportedModelError, match="eager PyTorch only"):
         net.export_graph()
+
+
+def test_patience_counts_agreeing_exits_and_every_route_takes_the_same_exits(tmp_path):
+    from slimkit.techniques.dynamic.exits import exit_scores
+
+    a, b = torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    # predictions per exit: 0, 0, 1, 1, 1 -> agreeing run lengths 0, 1, 0, 1, 2
+    assert [float(s) for s in exit_scores([a, a, b, b, b], "patience")] == [0, 1, 0, 1, 2]
+    model = _backbone()
+    x = torch.randn(64, 3, 16, 16)
+    net = attach_exits(model, (x[:1],), 5, after=["1", "3", "5"], criterion="patience").eval()
+    with torch.no_grad():
+        every = net.exit_logits(x)
+        net.thresholds.fill_(1.0)  # leave once two exits in a row agree
+        out = net(x)
+        taken = net.last_exits.clone()
+        scores = exit_scores(every[:-1], "patience")
+        expected = torch.full((64,), 3)
+        for k in reversed(range(3)):
+            expected = torch.where(scores[k] >= 1, torch.full_like(expected, k), expected)
+        assert torch.equal(taken, expected) and 1 in taken.tolist()
+        assert 0 not in taken.tolist()  # the first exit has nothing to agree with
+        rows = torch.cat([net(x[i:i + 1]) for i in range(64)])
+        graph = net.export_graph().eval()(x)
+    for o in (out, rows, graph):
+        assert torch.allclose(o, torch.stack(every)[taken, torch.arange(64)], atol=1e-5)
+    result = calibrate(net, every, every[-1].argmax(-1), budget=0.0)
+    assert result.threshold in (1.0, 2.0, math.inf)

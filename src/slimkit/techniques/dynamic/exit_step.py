@@ -29,9 +29,10 @@ class EarlyExitConfig(TrainingStepConfig):
     exits: int = Field(2, ge=1, le=8, description="exits besides the final one, when `after` is not given")
     conv_heads: bool = Field(True, description="heads on feature maps start with a 3x3 conv-BN-ReLU (BranchyNet); "
                                                "false: pooling and a Linear only")
-    criterion: Literal["confidence", "entropy"] = Field(
+    criterion: Literal["confidence", "entropy", "patience"] = Field(
         "confidence", description="a row leaves at the first exit whose largest softmax probability (or 1 - "
-                                  "normalised entropy) reaches the threshold")
+                                  "normalised entropy) reaches the threshold; patience (PABEE): once that many "
+                                  "exits in a row before it agreed with its prediction")
     budget: float = Field(0.005, ge=0, le=1, description="quality the exits may lose on the validation rows")
     train: Literal["joint", "heads"] = Field("joint", description="joint: backbone and heads train together; heads: "
                                                                   "the backbone is frozen (its outputs unchanged)")
@@ -53,7 +54,7 @@ class HeadRecord(Config):
 
 class EarlyExitStructure(Config):
     heads: list[HeadRecord] = Field(min_length=1, description="the exit heads, in order")
-    criterion: Literal["confidence", "entropy"] = Field(description="what the thresholds compare")
+    criterion: Literal["confidence", "entropy", "patience"] = Field(description="what the thresholds compare")
     hooked: bool = Field(False, description="heads hooked onto submodules of the model (not a chain of children)")
     mask_input: int | None = Field(None, description="hooked exits: the input holding the attention mask")
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from slimkit.train.objectives import Batch
 
-Criterion = Literal["confidence", "entropy"]
+Criterion = Literal["confidence", "entropy", "patience"]
 
 
 class TokenMean(nn.Module):
@@ -67,6 +67,41 @@ def confidence(logits: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         return p.max(-1).values
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)
     return 1.0 - entropy / math.log(p.shape[-1])
+
+
+State = tuple[torch.Tensor, torch.Tensor] | None
+
+
+def exit_score(logits: torch.Tensor, criterion: Criterion, previous: State = None) -> tuple[torch.Tensor, State]:
+    """Per row, the score a threshold compares at an exit, and what the next exit's score needs.
+    ``confidence`` / ``entropy``: ``confidence()`` (no state). ``patience`` (PABEE, Zhou et al.
+    2020): how many exits in a row before this one predicted the class this one predicts (0 at the
+    first head; ``previous`` holds the last exit's predictions and counts), so a threshold of ``t``
+    lets a row leave once ``t + 1`` consecutive heads agree."""
+    if criterion != "patience":
+        return confidence(logits, criterion), None
+    pred = logits.argmax(-1)
+    if previous is None:
+        streak = torch.zeros(pred.shape, device=pred.device)
+    else:
+        streak = torch.where(pred == previous[0], previous[1] + 1, torch.zeros_like(previous[1]))
+    return streak, (pred, streak)
+
+
+def exit_scores(logits: Sequence[torch.Tensor], criterion: Criterion) -> list[torch.Tensor]:
+    """``exit_score`` at every head, in order (``logits``: the heads' logits, for the same rows)."""
+    scores, state = [], None
+    for o in logits:
+        score, state = exit_score(o, criterion, state)
+        scores.append(score)
+    return scores
+
+
+def heads_running(thresholds: Sequence[float], criterion: Criterion) -> list[bool]:
+    """Which heads run: those with a finite threshold; under ``patience`` every head once any threshold
+    is finite (each head's count needs the one before it)."""
+    finite = [t != math.inf for t in thresholds]
+    return [any(finite)] * len(finite) if criterion == "patience" else finite
 
 
 class EarlyExitNetwork(nn.Module):
@@ -161,12 +196,14 @@ class EarlyExitNetwork(nn.Module):
         taken = torch.full((rows,), len(heads), dtype=torch.long, device=device)
         active = torch.arange(rows, device=device)
         out: torch.Tensor | None = None
+        thresholds = self.thresholds.tolist()
+        runs, state = heads_running(thresholds, self.criterion), None
         h = bodies[0](*inputs)
         for k, head in enumerate(heads):
-            threshold = float(self.thresholds[k])
-            if threshold != math.inf:
+            if runs[k]:
                 logits = head(h)
-                done = (confidence(logits, self.criterion) >= threshold).to(device)
+                score, state = exit_score(logits, self.criterion, state)
+                done = (score >= thresholds[k]).to(device)
                 if bool(done.any()):
                     if out is None:
                         out = logits.new_zeros((rows, *logits.shape[1:]))
@@ -177,6 +214,7 @@ class EarlyExitNetwork(nn.Module):
                         self.last_exits = taken
                         return out
                     h, active = h[keep], active[keep]
+                    state = None if state is None else (state[0][keep], state[1][keep])
             h = bodies[k + 1](h)
         self.last_exits = taken
         if out is None:  # nobody left early: the backbone's own output, untouched
@@ -184,17 +222,18 @@ class EarlyExitNetwork(nn.Module):
         out[active] = h.to(out.dtype)
         return out
 
-
     def _run_one_row(self, bodies: Sequence[Callable[..., torch.Tensor]],
                      heads: Sequence[Callable[..., torch.Tensor]], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``run_stages`` for a batch of one row, without its bookkeeping: what a batch-1 call costs
         is the stages it runs and the decisions between them."""
+        thresholds = self.thresholds.tolist()
+        runs, state = heads_running(thresholds, self.criterion), None
         h = bodies[0](*inputs)
         for k, head in enumerate(heads):
-            threshold = float(self.thresholds[k])
-            if threshold != math.inf:
+            if runs[k]:
                 logits = head(h)
-                if float(confidence(logits, self.criterion)[0]) >= threshold:
+                score, state = exit_score(logits, self.criterion, state)
+                if float(score[0]) >= thresholds[k]:
                     self.last_exits = torch.tensor([k], device=logits.device)
                     return logits
             h = bodies[k + 1](h)
@@ -212,27 +251,30 @@ class _ExitGraph(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.thresholds = [float(t) for t in net.thresholds]
         self.criterion = net.criterion
+        self.runs = heads_running(self.thresholds, self.criterion)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self._from(0, self.bodies[0](*inputs))
+        return self._from(0, self.bodies[0](*inputs), ())
 
-    def _from(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        """The output for rows that reached exit ``k`` with features ``h``."""
+    def _from(self, k: int, h: torch.Tensor, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The output for rows that reached exit ``k`` with features ``h`` (``state``: what the
+        criterion carries from the exit before, as a tuple of tensors: ``torch.cond`` operands)."""
         if k == len(self.heads):
             return h
-        if self.thresholds[k] == math.inf:
-            return self._from(k + 1, self.bodies[k + 1](h))
+        if not self.runs[k]:
+            return self._from(k + 1, self.bodies[k + 1](h), state)
         logits = self.heads[k](h)
-        done = confidence(logits, self.criterion) >= self.thresholds[k]
+        score, new = exit_score(logits, self.criterion, state or None)
+        done = score >= self.thresholds[k]
 
-        def stop(h: torch.Tensor, logits: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        def stop(h: torch.Tensor, logits: torch.Tensor, done: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
             return logits.clone()
 
-        def go_on(h: torch.Tensor, logits: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
-            rest = self._from(k + 1, self.bodies[k + 1](h))
+        def go_on(h: torch.Tensor, logits: torch.Tensor, done: torch.Tensor, *state: torch.Tensor) -> torch.Tensor:
+            rest = self._from(k + 1, self.bodies[k + 1](h), state)
             return torch.where(done.view(-1, *[1] * (logits.dim() - 1)), logits, rest.to(logits.dtype))
 
-        return torch.cond(done.all(), stop, go_on, (h, logits, done))
+        return torch.cond(done.all(), stop, go_on, (h, logits, done, *(new or ())))
 
 
 class _Chain(nn.Module):
@@ -365,11 +407,12 @@ class HookedExitNetwork(nn.Module):
             if call["every"]:
                 call["outputs"].append(self._head(k, output))
                 return
-            threshold = float(self.thresholds[k])
-            if threshold == math.inf:
+            thresholds = self.thresholds.tolist()
+            if not heads_running(thresholds, self.criterion)[k]:
                 return
             logits = self._head(k, output)
-            new = (confidence(logits, self.criterion) >= threshold) & ~call["done"]
+            score, call["state"] = exit_score(logits, self.criterion, call["state"])
+            new = (score >= thresholds[k]) & ~call["done"]
             if bool(new.any()):
                 if call["out"] is None:
                     call["out"] = logits.new_zeros(logits.shape)
@@ -384,7 +427,7 @@ class HookedExitNetwork(nn.Module):
         rows = inputs[0].shape[0]
         device = inputs[0].device
         mask = inputs[self.mask_input] if self.mask_input is not None else None
-        self._call = {"every": every, "outputs": [], "mask": mask, "out": None,
+        self._call = {"every": every, "outputs": [], "mask": mask, "out": None, "state": None,
                       "done": torch.zeros(rows, dtype=torch.bool, device=device),
                       "taken": torch.full((rows,), len(self.points), dtype=torch.long, device=device)}
         handles = [self.model.get_submodule(n).register_forward_hook(self._hook(k)) for k, n in enumerate(self.points)]
@@ -581,7 +624,7 @@ def exits_taken(scores: Sequence[torch.Tensor], thresholds: Sequence[float]) -> 
 def exit_shares(net: nn.Module, logits: list[torch.Tensor]) -> list[float]:
     """The share of rows leaving at each exit (the final last) under ``net``'s thresholds, from
     every exit's logits for those rows (``exit_logits``)."""
-    taken = exits_taken([confidence(o, net.criterion) for o in logits[:-1]], net.thresholds.tolist())
+    taken = exits_taken(exit_scores(logits[:-1], net.criterion), net.thresholds.tolist())
     return [float((taken == k).float().mean()) for k in range(len(logits))]
 
 
@@ -590,7 +633,7 @@ def calibrate(net: EarlyExitNetwork, logits: list[torch.Tensor], targets: torch.
               candidates: int = 200) -> Calibration:
     """The lowest shared threshold whose accuracy on these rows (``logits``: every exit's, from
     ``exit_logits``) stays within ``budget`` of the final exit's; written into ``net.thresholds``."""
-    scores = [confidence(o, net.criterion) for o in logits[:-1]]
+    scores = exit_scores(logits[:-1], net.criterion)
     correct = [o.argmax(-1) == targets for o in logits]
     full = float(correct[-1].float().mean())
     values = torch.cat(scores).float()
