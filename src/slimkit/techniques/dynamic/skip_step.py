@@ -33,6 +33,9 @@ class LayerSkipConfig(TrainingStepConfig):
     temperature: float = Field(1.0, gt=0, description="Gumbel-sigmoid temperature of the gates in training")
     noise: bool = Field(True, description="logistic noise on the gate logits in training (Gumbel-sigmoid); false: "
                                           "deterministic straight-through gates")
+    calibrate: bool = Field(True, description="after training, one threshold shared by the gates is set on the "
+                                              "validation rows so that their mean executed MACs meet the target "
+                                              "(training decisions are noisy, inference ones are not)")
     finetune: SkipFinetune = Field(default_factory=SkipFinetune, description="training with the gates")
 
     @model_validator(mode="after")
@@ -97,10 +100,17 @@ def layer_skip(model: nn.Module, cfg: LayerSkipConfig, ctx: Context) -> StepResu
     target = target_fraction(cfg, backbone, costs)
     term = sk.SkipPenalty(target, float(backbone), costs, weight=cfg.penalty)
     fit = ctx.train(net, cfg.finetune, loss_terms=[term], description="layer skipping")
+    gate_macs = float(sum(gates.values()))
+    calibration = None
+    if cfg.calibrate:
+        val = tuple(t.to(ctx.device) for t in ctx.data.val.inputs)
+        threshold, share = sk.calibrate_threshold_(net, val, target, costs, float(backbone), gate_macs)
+        calibration = {"threshold": threshold, "val_macs_share": round(share, 4)}
     info: dict[str, Any] = {"blocks": net.names, "target_macs": round(target, 4), "backbone_macs": backbone,
-                            "block_macs": blocks, "gate_macs": sum(gates.values()), "train": fit.summary()}
+                            "block_macs": blocks, "gate_macs": sum(gates.values()), "calibration": calibration,
+                            "train": fit.summary()}
     for split in ("val", "test"):
-        info[split] = skip_summary(net, getattr(ctx.data, split), ctx.device, backbone, costs, sum(gates.values()))
+        info[split] = skip_summary(net, getattr(ctx.data, split), ctx.device, backbone, costs, gate_macs)
     rates = info["val"]["execution_rates"]
     info["least_used"] = sorted(rates, key=lambda n: (rates[n], n))  # on validation rows: the static control's order
     structure = LayerSkipStructure(temperature=cfg.temperature, noise=cfg.noise, gates=[
@@ -113,14 +123,13 @@ def skip_summary(net: nn.Module, split: Any, device: torch.device, backbone: flo
                  gate_macs: float) -> dict[str, Any]:
     """Over a split's rows: blocks executed per row (mean), how many rows skipped 0, 1, 2... blocks,
     each block's execution rate, and the mean MACs per row as a share of the backbone's."""
-    from slimkit.techniques.dynamic.skipping import execution
+    from slimkit.techniques.dynamic.skipping import executed_share, execution
 
     _, ran = execution(net, tuple(t.to(device) for t in split.inputs))
     ran = ran.cpu()
     skipped = (~ran).sum(1)
     rates = ran.float().mean(0)
-    macs = backbone - sum(c * (1 - float(r)) for c, r in zip(costs, rates)) + gate_macs
     return {"blocks_executed_per_row": round(float(ran.sum(1).float().mean()), 4),
             "skip_histogram": torch.bincount(skipped, minlength=ran.shape[1] + 1).tolist(),
             "execution_rates": {n: round(float(r), 4) for n, r in zip(net.names, rates)},
-            "macs_share": round(macs / backbone, 4)}
+            "macs_share": round(executed_share(ran, costs, backbone, gate_macs), 4)}

@@ -323,6 +323,42 @@ def execution(net: SkipNetwork, inputs: Sequence[torch.Tensor], batch: int = 256
         net.train(was)
 
 
+def executed_share(ran: torch.Tensor, block_macs: Sequence[float], backbone_macs: float, gate_macs: float = 0.0
+                   ) -> float:
+    """Mean MACs per row as a share of the backbone's, from which blocks each row ran
+    (``ran``: [rows, blocks] bool) and the MACs of each block and of all gates."""
+    rates = ran.float().mean(0).tolist()
+    skipped = sum(m * (1 - r) for m, r in zip(block_macs, rates))
+    return (backbone_macs - skipped + gate_macs) / backbone_macs
+
+
+@torch.no_grad()
+def calibrate_threshold_(net: SkipNetwork, inputs: Sequence[torch.Tensor], target: float, block_macs: Sequence[float],
+                         backbone_macs: float, gate_macs: float = 0.0, steps: int = 16) -> tuple[float, float]:
+    """One threshold shared by the gates, found by bisection so that the mean executed MACs share
+    on ``inputs`` comes closest to ``target`` (a higher threshold shuts more rows); written into
+    the gates. The training decisions are noisy (a row opens with probability sigmoid(logit)), the
+    evaluation ones are not, so trained gates rarely meet the target exactly. (threshold, share)."""
+
+    def share(t: float) -> float:
+        net.set_thresholds_(t)
+        return executed_share(execution(net, inputs)[1], block_macs, backbone_macs, gate_macs)
+
+    lo, hi = -20.0, 20.0
+    best = min(((t, share(t)) for t in (0.0, lo, hi)), key=lambda ts: abs(ts[1] - target))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        got = share(mid)
+        if abs(got - target) < abs(best[1] - target):
+            best = (mid, got)
+        if got > target:
+            lo = mid
+        else:
+            hi = mid
+    net.set_thresholds_(best[0])
+    return best
+
+
 def remove_least_used_(model: nn.Module, rates: dict[str, float], k: int) -> list[str]:
     """The static control: the ``k`` blocks of ``rates`` ({block: share of rows that ran it}) run
     least often replaced by the identity in ``model`` (a plain backbone, in place); their names."""
