@@ -100,13 +100,15 @@ def _worker(spec: dict[str, Any]) -> None:
 def exits_section(args, folder: Path, progress) -> dict[str, Any]:
     from slimkit.tasks.base import build_task
 
+    folder = args.run_dir or folder
+
     base_train = build_task(args.task).baseline_train
     measure = {"batch_n": 64, "repeats": 5, "threads": args.threads, "memory": False, "per_row": args.rows}
     out = []
     for seed in args.seeds:
         recipe = {"version": 1, "task": args.task, "seed": seed, "measure": measure,
                   "steps": [{"early_exit": {"budget": args.budget, "criterion": args.criterion,
-                                            "conv_heads": not args.linear_heads,
+                                            "head": args.head, "exits": args.exits, "after": args.after,
                                             "finetune": {"epochs": args.epochs}}}]}
         res = _run(recipe, folder / f"{seed}-exits")
         base, exits = res["steps"][0], res["steps"][1]
@@ -123,10 +125,14 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
                "macs": {"baseline": base["metrics"]["macs"], "exits": exits["metrics"]["macs"],
                         "static": static["metrics"]["macs"]},
                "val_exit_shares": exits["info"]["val_exit_shares"], "threshold": exits["info"]["threshold"],
+               "test_exit_shares": exits["info"].get("test_exit_shares"),
                "test_accuracy_per_exit": exits["info"]["test_accuracy_per_exit"],
                "exits_after": exits["info"]["exits_after"], "latency_ms": {}}
-        for name, run_dir, step in (("baseline", folder / f"{seed}-exits", 0), ("exits", folder / f"{seed}-exits", 1),
-                                    ("static", folder / f"{seed}-static", 0), ("tuned", folder / f"{seed}-tuned", 1)):
+        timed = () if args.no_timing else (("baseline", folder / f"{seed}-exits", 0),
+                                           ("exits", folder / f"{seed}-exits", 1),
+                                           ("static", folder / f"{seed}-static", 0),
+                                           ("tuned", folder / f"{seed}-tuned", 1))
+        for name, run_dir, step in timed:
             for backend in ("eager", "onnxruntime"):
                 row["latency_ms"][f"{name}@{backend}"] = _time_rows(run_dir, step, backend, args.rows, args.repeats,
                                                                     args.threads)["mean_ms"]
@@ -135,6 +141,14 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
                  f"static {row['accuracy']['static']:.4f}), MACs {1 / ratio:.2f}x fewer")
     return {"task": args.task, "budget": args.budget, "criterion": args.criterion, "epochs": args.epochs,
             "rows": out, "baseline_train": base_train.model_dump()}
+
+
+class _NotTimed(dict):
+    def __missing__(self, key: str) -> float:
+        return math.nan
+
+
+_NOT_TIMED = _NotTimed()
 
 
 def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
@@ -150,17 +164,17 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
              "Tuned: the baseline trained for the exit step's epochs more without exits, the fair control (the exit "
              "step's joint training trains the backbone too). "
              "MACs: mean per test row. Latency: batch 1, mean over test rows spread over the split (median of the "
-             "repeats per row), each (model, runtime) in its own process; ONNX Runtime runs the exit model as stage "
-             "graphs with the decisions between them.", "",
+             "repeats per row), each (model, runtime) in its own process; ONNX Runtime runs the exit model's batch-1 "
+             "calls as one graph with If nodes.", "",
              "| seed | baseline acc. | tuned acc. | exits acc. | static acc. | baseline MACs | exits MACs | static MACs "
-             "| rows leaving at each exit (val) | eager b1 ms (tuned / exits / static) "
+             "| rows leaving at each exit (test) | eager b1 ms (tuned / exits / static) "
              "| ORT b1 ms (tuned / exits / static) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        a, m, t = r["accuracy"], r["macs"], r["latency_ms"]
+        a, m, t = r["accuracy"], r["macs"], r["latency_ms"] or _NOT_TIMED
         lines.append(f"| {r['seed']} | {a['baseline']:.4f} | {a['tuned']:.4f} | {a['exits']:.4f} | {a['static']:.4f} | "
                      f"{m['baseline']:,} | {m['exits']:,} | {m['static']:,} | "
-                     f"{', '.join(f'{s:.2f}' for s in r['val_exit_shares'])} | "
+                     f"{', '.join(f'{s:.2f}' for s in r['test_exit_shares'] or r['val_exit_shares'])} | "
                      f"{t['tuned@eager']:.3f} / {t['exits@eager']:.3f} / {t['static@eager']:.3f} | "
                      f"{t['tuned@onnxruntime']:.3f} / {t['exits@onnxruntime']:.3f} / "
                      f"{t['static@onnxruntime']:.3f} |")
@@ -168,15 +182,16 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
     def mean(f):
         return statistics.mean(f(r) for r in rows)
 
-    early = mean(lambda r: 1 - r["val_exit_shares"][-1])
+    early = mean(lambda r: 1 - (r["test_exit_shares"] or r["val_exit_shares"])[-1])
     lines += ["",
-              f"- Rows leaving early (validation): {100 * early:.0f}% (bar: >= 40%).",
+              f"- Rows leaving early (test): {100 * early:.0f}% (bar: >= 40%).",
               f"- Mean MACs per row: {mean(lambda r: r['macs']['baseline'] / r['macs']['exits']):.2f}x fewer "
               "(bar: >= 1.5x).",
-              f"- Batch-1 latency, mean over rows: eager "
-              f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x, ONNX Runtime "
-              f"{mean(lambda r: r['latency_ms']['tuned@onnxruntime'] / r['latency_ms']['exits@onnxruntime']):.2f}x "
-              "faster than the tuned backbone (the same network).",
+              (f"- Batch-1 latency, mean over rows: eager "
+               f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x, ONNX Runtime "
+               f"{mean(lambda r: r['latency_ms']['tuned@onnxruntime'] / r['latency_ms']['exits@onnxruntime']):.2f}x "
+               "faster than the tuned backbone (the same network)." if all(r["latency_ms"] for r in rows) else
+               "- Latency: not timed in this run (`--no-timing`)."),
               f"- Accuracy against the tuned backbone: exits "
               f"{100 * mean(lambda r: r['accuracy']['exits'] - r['accuracy']['tuned']):+.2f} pt (bar: >= -0.5), static "
               f"{100 * mean(lambda r: r['accuracy']['static'] - r['accuracy']['tuned']):+.2f} pt (must do worse than "
@@ -186,6 +201,7 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
 
 def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
     """Early exits after MiniLM's layers on ``corpus-cls`` against the tuned baseline, per seed."""
+    folder = args.run_dir or folder
     measure = {"batch_n": 8, "repeats": 3, "threads": args.threads, "memory": False, "per_row": args.rows}
     out = []
     for seed in args.seeds:
@@ -541,8 +557,9 @@ SECTIONS = {
                             f"--text-distill {a.text_distill} --rows {a.rows} --repeats {a.repeats}"
                             + (" --no-timing" if a.no_timing else ""),
     "exits": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --budget {a.budget} "
-                       f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats}"
-                       + (" --linear-heads" if a.linear_heads else ""),
+                       f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats} "
+                       f"--head {a.head} --exits {a.exits}" + (f" --after {' '.join(a.after)}" if a.after else "")
+                       + (" --no-timing" if a.no_timing else ""),
     "skip": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --skip-width {a.skip_width} "
                       f"--skip-depths {' '.join(map(str, a.skip_depths))} --skip-target {a.skip_target} "
                       f"--skip-penalty {a.skip_penalty} --skip-epochs {a.skip_epochs} "
@@ -559,10 +576,12 @@ def main() -> None:
     parser.add_argument("--task", default="shapes-cnn")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=0.005)
-    parser.add_argument("--criterion", choices=["confidence", "entropy"], default="confidence")
+    parser.add_argument("--criterion", choices=["confidence", "entropy", "patience"], default="confidence")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--linear-heads", action="store_true", help="heads of pooling and a Linear only "
-                                                                    "(conv_heads: false)")
+    parser.add_argument("--head", choices=["conv", "strided", "spatial", "pool"], default="conv",
+                        help="exits: the early_exit step's head kind")
+    parser.add_argument("--exits", type=int, default=2, help="exits: exits besides the final one")
+    parser.add_argument("--after", nargs="+", help="exits: children after which exits go (default: by MACs)")
     parser.add_argument("--rows", type=int, default=64, help="test rows timed and counted one at a time")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per row")
     parser.add_argument("--threads", type=int, default=1)
@@ -581,6 +600,8 @@ def main() -> None:
     parser.add_argument("--text-epochs", type=int, default=3, help="text-exits: epochs with the exits")
     parser.add_argument("--text-lr", type=float, default=5e-5, help="text-exits: learning rate with the exits")
     parser.add_argument("--text-distill", type=float, default=1.0, help="text-exits: self-distillation weight")
+    parser.add_argument("--run-dir", type=Path, help="exits, text-exits: keep the runs here (a second invocation "
+                                                     "resumes them: train with --no-timing, then time alone)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

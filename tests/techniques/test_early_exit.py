@@ -61,7 +61,7 @@ def test_an_exit_taken_returns_exactly_that_heads_output_and_the_rest_continue()
 def test_a_row_that_exits_first_computes_nothing_after_its_exit():
     model = _backbone()
     x = torch.randn(1, 3, 16, 16)
-    net = attach_exits(model, (x,), 5, after=["1"], conv_heads=False).eval()
+    net = attach_exits(model, (x,), 5, after=["1"], head="pool").eval()
     full = count_macs(net, (x,))
     net.thresholds.fill_(0.0)  # every row is confident enough at the first exit
     early = count_macs(net, (x,))

@@ -27,8 +27,10 @@ class EarlyExitConfig(TrainingStepConfig):
                                                       "spread evenly over the MACs, among the children or the "
                                                       "entries of the model's layer list)")
     exits: int = Field(2, ge=1, le=8, description="exits besides the final one, when `after` is not given")
-    conv_heads: bool = Field(True, description="heads on feature maps start with a 3x3 conv-BN-ReLU (BranchyNet); "
-                                               "false: pooling and a Linear only")
+    head: Literal["conv", "strided", "spatial", "pool"] = Field(
+        "conv", description="heads on feature maps: conv (3x3 conv-BN-ReLU, global pooling, Linear: BranchyNet), "
+                            "strided (that conv at stride 2, 2x2 pooling, Linear), spatial (4x4 pooling, Linear) or "
+                            "pool (global pooling, Linear)")
     criterion: Literal["confidence", "entropy", "patience"] = Field(
         "confidence", description="a row leaves at the first exit whose largest softmax probability (or 1 - "
                                   "normalised entropy) reaches the threshold; patience (PABEE): once that many "
@@ -45,10 +47,11 @@ class EarlyExitConfig(TrainingStepConfig):
 class HeadRecord(Config):
     after: int = Field(ge=0, description="segment (child) index the head follows (0 for hooked exits)")
     module: str | None = Field(None, description="hooked exits: the submodule whose output the head reads")
-    kind: Literal["conv2d", "pool2d", "tokens", "vector", "pooler"] = Field(
-        description="what the head holds: a conv block then pooling, pooling, a token mean, a Linear alone, or a "
-                    "masked token mean, dense-tanh and Linear")
-    features: int = Field(ge=1, description="features the head's Linear reads")
+    kind: Literal["conv2d", "strided2d", "spatial2d", "pool2d", "tokens", "vector", "pooler"] = Field(
+        description="what the head holds: a conv block then global pooling, a strided conv block then 2x2 "
+                    "pooling, 4x4 pooling, global pooling, a token mean, a Linear alone, or a masked token mean, "
+                    "dense-tanh and Linear")
+    features: int = Field(ge=1, description="channels (feature maps) or features the head reads")
     classes: int = Field(ge=1, description="classes it predicts")
 
 
@@ -66,9 +69,14 @@ def _kind(head: nn.Module) -> str:
         return "pooler"
     if isinstance(head, nn.Linear):
         return "vector"
+    if isinstance(head[0], TokenMean):
+        return "tokens"
     if isinstance(head[0], nn.Conv2d):
-        return "conv2d"
-    return "tokens" if isinstance(head[0], TokenMean) else "pool2d"
+        return "strided2d" if head[0].stride[0] == 2 else "conv2d"
+    return "spatial2d" if head[0].output_size in (4, (4, 4)) else "pool2d"
+
+
+KINDS = {"conv2d": "conv", "strided2d": "strided", "spatial2d": "spatial", "pool2d": "pool"}
 
 
 def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Module:
@@ -85,7 +93,7 @@ def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Mo
                 raise CheckpointError(f"early_exit step's recorded head after {r.module!r} names no submodule of the "
                                       "model")
             hooked[r.module] = TokenHead(r.features, r.classes) if r.kind == "pooler" else exit_head(
-                torch.zeros(_example_shape(r)), r.classes, conv=r.kind == "conv2d")
+                torch.zeros(_example_shape(r)), r.classes, KINDS.get(r.kind, "conv"))
         return HookedExitNetwork(model, hooked, structure.criterion, structure.mask_input)
     if not isinstance(model, nn.Sequential):
         raise CheckpointError(f"early_exit step's recorded structure needs an nn.Sequential, got {type(model).__name__}")
@@ -97,13 +105,14 @@ def restore_early_exit(model: nn.Module, structure: EarlyExitStructure) -> nn.Mo
                                   f"{len(children)} children")
         if r.kind == "pooler":
             raise CheckpointError("early_exit step's recorded pooler head belongs to hooked exits")
-        heads[r.after] = exit_head(torch.zeros(_example_shape(r)), r.classes, conv=r.kind == "conv2d")
+        heads[r.after] = exit_head(torch.zeros(_example_shape(r)), r.classes, KINDS.get(r.kind, "conv"))
     return EarlyExitNetwork(children, heads, structure.criterion)
 
 
 def _example_shape(r: HeadRecord) -> tuple[int, ...]:
-    return {"conv2d": (1, r.features, 1, 1), "pool2d": (1, r.features, 1, 1), "tokens": (1, 1, r.features),
-            "vector": (1, r.features)}[r.kind]
+    if r.kind in KINDS:
+        return (1, r.features, 4, 4)
+    return {"tokens": (1, 1, r.features), "vector": (1, r.features)}[r.kind]
 
 
 class FrozenBackbone(Callback):
@@ -147,10 +156,10 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
     mask_input = ctx.data.train.mask_input
     try:
         if hooked:
-            net = ex.attach_hooked_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.conv_heads,
+            net = ex.attach_hooked_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.head,
                                          mask_input)
         else:
-            net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.conv_heads)
+            net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.head)
     except ValueError as err:
         raise ConfigError(f"early_exit: {err}") from None
     term = ex.ExitLoss([cfg.exit_weight] * len(net.points), cfg.distill, cfg.temperature)
@@ -189,5 +198,8 @@ def _features(head: nn.Module) -> int:
 
     if isinstance(head, TokenHead):
         return head.dense.in_features
-    linear = head if isinstance(head, nn.Linear) else head[-1]
-    return linear.in_features
+    if isinstance(head, nn.Linear):
+        return head.in_features
+    if isinstance(head[0], nn.Conv2d):
+        return head[0].in_channels
+    return head[-1].in_features // (16 if _kind(head) == "spatial2d" else 1)  # channels of the feature map

@@ -44,15 +44,33 @@ class TokenMean(nn.Module):
         return x.mean(1)
 
 
-def exit_head(features: torch.Tensor, num_classes: int, conv: bool = True) -> nn.Module:
-    """A classifier for a segment's output (one example row). Feature maps: with ``conv`` a 3x3
-    conv-BN-ReLU of the same width first (BranchyNet's branches carry convolutions: early features
-    are too local for a linear read-out), then global average pooling and a Linear; token
-    sequences: a token mean then a Linear; vectors: a Linear."""
+HeadKind = Literal["conv", "strided", "spatial", "pool"]
+
+
+def exit_head(features: torch.Tensor, num_classes: int, kind: HeadKind = "conv") -> nn.Module:
+    """A classifier for a segment's output (one example row). Feature maps, by ``kind``:
+
+    - ``conv``: a 3x3 conv-BN-ReLU of the same width (BranchyNet's branches carry convolutions:
+      early features are too local for a linear read-out), global average pooling, a Linear;
+    - ``strided``: the same conv at stride 2 (a quarter of its MACs), then 2x2 average pooling, so
+      the Linear still sees where in the image the features are;
+    - ``spatial``: 4x4 average pooling and a Linear (no conv: the cheapest head that keeps layout);
+    - ``pool``: global average pooling and a Linear.
+
+    Token sequences: a token mean then a Linear; vectors: a Linear."""
     if features.dim() == 4:
         c = features.shape[1]
-        body = [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()] if conv else []
-        return nn.Sequential(*body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+        if kind == "conv":
+            return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+        if kind == "strided":
+            return nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * c, num_classes))
+        if kind == "spatial":
+            return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * c, num_classes))
+        if kind == "pool":
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+        raise ValueError(f"unknown exit head kind {kind!r} (known: conv, strided, spatial, pool)")
     if features.dim() == 3:
         return nn.Sequential(TokenMean(), nn.Linear(features.shape[-1], num_classes))
     if features.dim() == 2:
@@ -294,7 +312,7 @@ class _Chain(nn.Module):
 
 def attach_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
                  after: Sequence[str] | None = None, exits: int = 2,
-                 criterion: Criterion = "confidence", conv_heads: bool = True) -> EarlyExitNetwork:
+                 criterion: Criterion = "confidence", head: HeadKind = "conv") -> EarlyExitNetwork:
     """An ``EarlyExitNetwork`` over ``model``'s children (``model`` must be an ``nn.Sequential``,
     whose forward is the chain of its children) with heads after the children named in ``after``,
     or by default after the children where the cumulative MACs first pass 1/(exits+1), 2/(exits+1)...
@@ -331,7 +349,7 @@ def attach_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_c
             raise ValueError(f"early exits: {names[-1]!r} is the model's last child, already the final exit")
     if not points:
         raise ValueError("early exits: no child to put an exit after")
-    heads = {i: exit_head(outputs[i][:1], num_classes, conv_heads) for i in points}
+    heads = {i: exit_head(outputs[i][:1], num_classes, head) for i in points}
     device = next(model.parameters()).device
     return EarlyExitNetwork(list(model.children()), {i: h.to(device) for i, h in heads.items()}, criterion)
 
@@ -492,7 +510,7 @@ def layer_list(model: nn.Module) -> list[str]:
 
 def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
                         after: Sequence[str] | None = None, exits: int = 2, criterion: Criterion = "confidence",
-                        conv_heads: bool = True, mask_input: int | None = None) -> HookedExitNetwork:
+                        head: HeadKind = "conv", mask_input: int | None = None) -> HookedExitNetwork:
     """A ``HookedExitNetwork`` with heads after the submodules named in ``after``, or by default after
     the entries of the model's layer list (``layer_list``) where the cumulative MACs first pass
     1/(exits+1), 2/(exits+1)... of the total (never after the list's last entry)."""
@@ -529,7 +547,7 @@ def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor]
     heads = {}
     for n in points:
         h = outputs[n]
-        heads[n] = TokenHead(h.shape[-1], num_classes) if h.dim() == 3 else exit_head(h[:1], num_classes, conv_heads)
+        heads[n] = TokenHead(h.shape[-1], num_classes) if h.dim() == 3 else exit_head(h[:1], num_classes, head)
     device = next(model.parameters()).device
     return HookedExitNetwork(model, {n: h.to(device) for n, h in heads.items()}, criterion, mask_input)
 
