@@ -526,6 +526,8 @@ def render_act(res: dict[str, Any], command: str, stamp: str) -> str:
     for r, a in zip(rows, act):
         lines.append(f"| {r['seed']} | " + " | ".join(f"{cell(a, k, 'steps'):.2f} ({cell(a, k, 'accuracy'):.3f})"
                                                      for k in levels) + " |")
+    steps_by = [statistics.mean(cell(a, k, "steps") for a in act) for k in levels]
+    lines.append("| mean | " + " | ".join(f"{v:.2f}" for v in steps_by) + " |")
     lines += ["", "Accuracy per difficulty, mean over seeds:", "",
               "| model | " + " | ".join(str(k) for k in levels) + " |", "|---|" + "---|" * len(levels)]
     for n in names:
@@ -535,15 +537,17 @@ def render_act(res: dict[str, Any], command: str, stamp: str) -> str:
     def mean(f):
         return statistics.mean(f(r) for r in rows)
 
-    grows = all((a["steps_difficulty_r"] or 0) > 0 and cell(a, levels[-1], "steps") > cell(a, levels[0], "steps") for a in act)
+    positive = sum((a["steps_difficulty_r"] or 0) > 0 for a in act)
+    monotonic = all(b >= a for a, b in zip(steps_by, steps_by[1:]))
+    peak = levels[max(range(len(levels)), key=lambda i: steps_by[i])]
     correlations = ", ".join(_r(a["steps_difficulty_r"]) for a in act)
     beats = {n: mean(lambda r: r["models"]["act"]["accuracy"] - r["models"][n]["accuracy"]) for n in names[1:]}
     lines += ["",
-              f"- Ponder steps grow with difficulty: {'yes' if grows else 'no'} on "
-              f"{sum((a['steps_difficulty_r'] or 0) > 0 for a in act)} of {len(act)} seeds (correlation of steps with the "
-              f"count of nonzero entries: {correlations}; mean steps "
-              f"{mean(lambda r: cell(r['models']['act'], levels[0], 'steps')):.2f} at difficulty {levels[0]}, "
-              f"{mean(lambda r: cell(r['models']['act'], levels[-1], 'steps')):.2f} at {levels[-1]}).",
+              f"- Ponder steps against difficulty: correlation {correlations} (positive on {positive} of {len(act)} "
+              f"seeds); mean steps over the seeds {steps_by[0]:.2f} at difficulty {levels[0]}, highest at {peak} "
+              f"({max(steps_by):.2f}), {steps_by[-1]:.2f} at {levels[-1]}: "
+              + ("they grow with every added nonzero entry." if monotonic else
+                 "they do not grow monotonically with the difficulty (bar: ponder steps grow with difficulty)."),
               "- ACT's accuracy against the fixed-step RNNs, mean over seeds: "
               + ", ".join(f"{100 * d:+.2f} pt against {n}" for n, d in beats.items())
               + f" (ACT {100 * mean(lambda r: r['models']['act']['accuracy']):.2f}%, mean "
