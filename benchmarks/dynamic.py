@@ -306,7 +306,7 @@ def skip_section(args, folder: Path, progress) -> dict[str, Any]:
     for seed in args.seeds:
         recipe = {"version": 1, "task": task_cfg, "seed": seed, "measure": measure, "baseline": baseline,
                   "steps": [{"layer_skip": {"target_macs": args.skip_target, "penalty": args.skip_penalty,
-                                            "finetune": tune}}]}
+                                            "noise": not args.skip_deterministic, "finetune": tune}}]}
         res = _run(recipe, folder / f"{seed}-skip")
         base, skip = res["steps"][0], res["steps"][1]
         info = skip["info"]
@@ -342,7 +342,8 @@ def skip_section(args, folder: Path, progress) -> dict[str, Any]:
                         "least_used": least_used["macs"]},
                "blocks_executed": {"baseline": n, "tuned": n, "skip": info["test"]["blocks_executed_per_row"],
                                    "static": n - k, "least_used": n - k},
-               "skip_histogram": info["test"]["skip_histogram"], "execution_rates": info["test"]["execution_rates"],
+               "calibration": info["calibration"], "skip_histogram": info["test"]["skip_histogram"],
+               "execution_rates": info["test"]["execution_rates"],
                "static_removed": static["info"]["blocks"]["removed"] if static else [],
                "least_used_removed": removed, "macs_per_row_runner": skip["metrics"].get("macs_per_row"),
                "latency_ms": {}}
@@ -359,6 +360,7 @@ def skip_section(args, folder: Path, progress) -> dict[str, Any]:
         progress(f"seed {seed}: skip {a['skip']:.4f}, tuned {a['tuned']:.4f}, static {a['static']}, "
                  f"least-used {a['least_used']:.4f}")
     return {"task": task_cfg, "target": args.skip_target, "penalty": args.skip_penalty, "epochs": args.skip_epochs,
+            "noise": not args.skip_deterministic,
             "baseline_epochs": args.baseline_epochs or task.baseline_train.epochs, "timing": not args.no_timing,
             "rows": out}
 
@@ -373,7 +375,10 @@ def render_skip(res: dict[str, Any], command: str, stamp: str) -> str:
              f"Task `{res['task']['name']}` with `cnn_shapes_dws` (width {m['width']}, depths {m['depths']}, "
              f"MobileNetV2-style residual blocks), baseline trained {res['baseline_epochs']} epochs. "
              f"Layer skip: the `layer_skip` step on the baseline (a gate per residual block, target "
-             f"{res['target']} of the MACs, penalty {res['penalty']}), {res['epochs']} epochs. Every control starts "
+             f"{res['target']} of the MACs, penalty {res['penalty']}, gate noise "
+             f"{'on' if res.get('noise', True) else 'off'}, "
+             "one shared threshold calibrated on validation rows to the target), "
+             f"{res['epochs']} epochs. Every control starts "
              f"from the same baseline weights and trains the same {res['epochs']} epochs (lr 1e-3, last epoch kept): "
              "tuned (nothing removed, the fair control for accuracy), static (the k blocks whose removal costs least "
              "validation loss removed: `prune_structured: {blocks: k}`), least used (the k blocks the gates ran "
@@ -568,6 +573,7 @@ SECTIONS = {
                       f"--skip-depths {' '.join(map(str, a.skip_depths))} --skip-target {a.skip_target} "
                       f"--skip-penalty {a.skip_penalty} --skip-epochs {a.skip_epochs} "
                       f"--baseline-epochs {a.baseline_epochs} --rows {a.rows} --repeats {a.repeats}"
+                      + (" --skip-deterministic" if a.skip_deterministic else "")
                       + (" --no-timing" if a.no_timing else ""),
     "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-epochs {a.act_epochs} "
                      f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --rows {a.rows}",
@@ -595,6 +601,8 @@ def main() -> None:
     parser.add_argument("--skip-penalty", type=float, default=10.0, help="skip: weight of the compute penalty")
     parser.add_argument("--skip-epochs", type=int, default=5, help="skip: epochs of every step after the baseline")
     parser.add_argument("--baseline-epochs", type=int, default=0, help="skip: baseline epochs (0: the task's)")
+    parser.add_argument("--skip-deterministic", action="store_true", help="skip: gates without logistic noise in "
+                                                                          "training (noise: false)")
     parser.add_argument("--no-timing", action="store_true", help="skip: leave the latency phase out")
     parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
     parser.add_argument("--act-fixed-steps", type=int, nargs="+", default=[1, 2, 3],
