@@ -16,8 +16,8 @@
   for the same extra epochs: accuracy, the test rows' exit histogram and accuracy per exit, mean
   transformer layers run per row, mean MACs per row, eager batch-1 latency (`--no-timing` skips it).
 
-- act: `parity`. Adaptive Computation Time (`act_rnn`) against the same tanh RNN cell run a fixed
-  number of steps per input (`rnn_steps`, `--act-fixed-steps`), each trained with the task's
+- act: `parity`. Adaptive Computation Time (`act_rnn`, ponder cost `--act-tau`) against the same
+  tanh RNN cell run a fixed number of steps per input (`rnn_steps`, `--act-fixed-steps`), each trained with the task's
   baseline settings per seed: test accuracy, ACT's steps per row by difficulty (count of nonzero
   entries) and their correlation, mean MACs per row. No latency is timed.
 
@@ -477,7 +477,7 @@ def act_section(args, folder: Path, progress) -> dict[str, Any]:
     out, cfg = [], None
     for seed in args.seeds:
         row: dict[str, Any] = {"seed": seed, "models": {}}
-        variants = [("act", "act_rnn", {})] + [(f"fixed{k}", "rnn_steps", {"steps": k}) for k in args.act_fixed_steps]
+        variants = [("act", "act_rnn", {"tau": args.act_tau})] + [(f"fixed{k}", "rnn_steps", {"steps": k}) for k in args.act_fixed_steps]
         for name, model, model_args in variants:
             task, net, summary, cfg = _train_parity(model, model_args, seed, args.act_epochs)
             figures = _parity_figures(task, net, args.rows)
@@ -487,7 +487,7 @@ def act_section(args, folder: Path, progress) -> dict[str, Any]:
             progress(f"seed {seed}: {name} accuracy {figures['accuracy']:.4f}, mean steps {figures['mean_steps']:.2f}"
                      + (f", r(steps, difficulty) {figures['steps_difficulty_r']:.3f}" if name == "act" else ""))
         out.append(row)
-    return {"task": "parity", "fixed_steps": args.act_fixed_steps, "rows": out,
+    return {"task": "parity", "fixed_steps": args.act_fixed_steps, "tau": args.act_tau, "rows": out,
             "train": cfg.model_dump() if cfg is not None else None}
 
 
@@ -504,7 +504,7 @@ def render_act(res: dict[str, Any], command: str, stamp: str) -> str:
              f"`{command}`; {stamp}.", "",
              "Task `parity` (Graves 2016: 8 entries, 1..8 of them +-1, label = parity of the count of +1; "
              "65,536 training rows, 4,096 test rows). `act`: `act_rnn`, a 128-unit tanh RNN cell with a halting "
-             "unit (epsilon 0.01, at most 10 steps, bias 1), trained with the ponder cost (tau 0.001). "
+             f"unit (epsilon 0.01, at most 10 steps, bias 1), trained with the ponder cost (tau {res.get('tau', 0.001):g}). "
              + ", ".join(f"`fixed{k}`: `rnn_steps` with the same cell and classifier run {k} step(s) per input"
                          for k in res["fixed_steps"])
              + f" (the halting unit's 129 parameters are the only difference). Every model: {train['epochs']} epochs, "
@@ -576,7 +576,7 @@ SECTIONS = {
                       + (" --skip-deterministic" if a.skip_deterministic else "")
                       + (" --no-timing" if a.no_timing else ""),
     "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-epochs {a.act_epochs} "
-                     f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --rows {a.rows}",
+                     f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --act-tau {a.act_tau:g} --rows {a.rows}",
 }
 
 
@@ -607,6 +607,7 @@ def main() -> None:
     parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
     parser.add_argument("--act-fixed-steps", type=int, nargs="+", default=[1, 2, 3],
                         help="act: steps per input of the fixed-step controls")
+    parser.add_argument("--act-tau", type=float, default=3e-3, help="act: ponder cost weight (act_rnn's tau)")
     parser.add_argument("--text-exits", type=int, default=5, help="text-exits: exits (5: after each of layers 1-5)")
     parser.add_argument("--text-budget", type=float, default=0.01, help="text-exits: validation accuracy budget")
     parser.add_argument("--text-epochs", type=int, default=3, help="text-exits: epochs with the exits")
