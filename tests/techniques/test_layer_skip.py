@@ -113,6 +113,30 @@ def test_stages_give_the_eager_outputs_and_decisions():
     assert torch.equal(net.last_executed, ran) and torch.equal(staged, eager)
 
 
+def test_a_model_that_is_not_a_chain_exports_as_one_graph_with_the_same_outputs():
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _backbone()
+
+        def forward(self, x):
+            return self.body(x)
+
+    model = Wrapped().eval()
+    x = torch.randn(16, 3, 32, 32)
+    net = attach_gates(model, (x[:1],)).eval()
+    assert net.names == ["body.1", "body.2", "body.5", "body.8"]
+    _input_dependent_gates_(net)
+    with pytest.raises(ValueError, match="stages need"):
+        net.stages()
+    with torch.no_grad():
+        eager = net(x)
+        ran = net.last_executed
+        assert 0 < int(ran.sum()) < ran.numel()
+        exported = torch.export.export(net, (x,)).module()
+        assert torch.allclose(exported(x), eager, atol=1e-5)
+
+
 def test_the_penalty_moves_the_executed_share_toward_the_target():
     def train(penalty: float) -> float:
         model = _backbone(4).train()

@@ -84,7 +84,7 @@ class GatedBlock(nn.Module):
         if self.training:
             return self._relaxed(x)
         if _exporting():  # one graph for every row: the block runs on all of them, the gate picks
-            open_ = self.decide(x)
+            open_ = self.logit(x) > self.threshold  # the buffer as a tensor: no guard on its value
             return torch.where(open_.view(-1, *[1] * (x.dim() - 1)), self.block(x), x)
         return self.run_open(x, self.decide(x), self.block)
 
@@ -368,9 +368,3 @@ def remove_least_used_(model: nn.Module, rates: dict[str, float], k: int) -> lis
     remove_blocks_(model, chosen)
     return chosen
 
-
-def unwrap(net: SkipNetwork) -> nn.Module:
-    """The backbone with each gated block replaced by its block again (gates dropped)."""
-    for name, b in zip(net.names, net.gated()):
-        _replace(net.backbone, name, b.block)
-    return net.backbone
