@@ -107,6 +107,7 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
     out = []
     for seed in args.seeds:
         recipe = {"version": 1, "task": args.task, "seed": seed, "measure": measure,
+                  **({"baseline": {"weights": str(args.baseline_weights)}} if args.baseline_weights else {}),
                   "steps": [{"early_exit": {"budget": args.budget, "criterion": args.criterion,
                                             "head": args.head, "exits": args.exits, "after": args.after,
                                             "finetune": {"epochs": args.epochs}}}]}
@@ -116,9 +117,10 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
         width = max(4, round(32 * math.sqrt(ratio)))  # MACs grow with the width squared
         static = _run({"version": 1, "task": {"name": args.task, "model_args": {"width": width}}, "seed": seed,
                        "measure": measure, "steps": []}, folder / f"{seed}-static")["steps"][0]
-        # the fair control: the backbone trained for the same extra epochs, without exits
-        tuned = _run({**recipe, "steps": [{"train": {"epochs": args.epochs, "lr": 1e-3}}]},
-                     folder / f"{seed}-tuned")["steps"][1]
+        # the fair control: the same baseline trained for the same extra epochs, without exits
+        tuned = _run({**recipe, "baseline": {"weights": str(folder / f"{seed}-exits" / "steps" / "00-baseline"
+                                                            / "model.safetensors")},
+                      "steps": [{"train": {"epochs": args.epochs, "lr": 1e-3}}]}, folder / f"{seed}-tuned")["steps"][1]
         row = {"seed": seed, "static_width": width,
                "accuracy": {"baseline": base["metrics"]["quality"], "tuned": tuned["metrics"]["quality"],
                             "exits": exits["metrics"]["quality"], "static": static["metrics"]["quality"]},
@@ -568,6 +570,7 @@ SECTIONS = {
     "exits": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --budget {a.budget} "
                        f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats} "
                        f"--head {a.head} --exits {a.exits}" + (f" --after {' '.join(a.after)}" if a.after else "")
+                       + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
                        + (" --no-timing" if a.no_timing else ""),
     "skip": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --skip-width {a.skip_width} "
                       f"--skip-depths {' '.join(map(str, a.skip_depths))} --skip-target {a.skip_target} "
@@ -588,7 +591,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.005)
     parser.add_argument("--criterion", choices=["confidence", "entropy", "patience"], default="confidence")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--head", choices=["conv", "strided", "spatial", "pool"], default="conv",
+    parser.add_argument("--head", choices=["conv", "strided", "spatial", "pool"], default="strided",
                         help="exits: the early_exit step's head kind")
     parser.add_argument("--exits", type=int, default=2, help="exits: exits besides the final one")
     parser.add_argument("--after", nargs="+", help="exits: children after which exits go (default: by MACs)")
@@ -613,6 +616,8 @@ def main() -> None:
     parser.add_argument("--text-epochs", type=int, default=3, help="text-exits: epochs with the exits")
     parser.add_argument("--text-lr", type=float, default=5e-5, help="text-exits: learning rate with the exits")
     parser.add_argument("--text-distill", type=float, default=1.0, help="text-exits: self-distillation weight")
+    parser.add_argument("--baseline-weights", type=Path, help="exits: start from these trained baseline weights "
+                                                              "(one seed's) instead of training the baseline")
     parser.add_argument("--run-dir", type=Path, help="exits, text-exits: keep the runs here (a second invocation "
                                                      "resumes them: train with --no-timing, then time alone)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

@@ -28,9 +28,9 @@ class EarlyExitConfig(TrainingStepConfig):
                                                       "entries of the model's layer list)")
     exits: int = Field(2, ge=1, le=8, description="exits besides the final one, when `after` is not given")
     head: Literal["conv", "strided", "spatial", "pool"] = Field(
-        "conv", description="heads on feature maps: conv (3x3 conv-BN-ReLU, global pooling, Linear: BranchyNet), "
-                            "strided (that conv at stride 2, 2x2 pooling, Linear), spatial (4x4 pooling, Linear) or "
-                            "pool (global pooling, Linear)")
+        "strided", description="heads on feature maps: strided (a 3x3 conv-BN-ReLU at stride 2, 2x2 pooling, "
+                               "Linear), conv (that conv at stride 1, global pooling, Linear: BranchyNet's, 4x the "
+                               "MACs), spatial (4x4 pooling, Linear) or pool (global pooling, Linear)")
     criterion: Literal["confidence", "entropy", "patience"] = Field(
         "confidence", description="a row leaves at the first exit whose largest softmax probability (or 1 - "
                                   "normalised entropy) reaches the threshold; patience (PABEE): once that many "

@@ -47,7 +47,7 @@ class TokenMean(nn.Module):
 HeadKind = Literal["conv", "strided", "spatial", "pool"]
 
 
-def exit_head(features: torch.Tensor, num_classes: int, kind: HeadKind = "conv") -> nn.Module:
+def exit_head(features: torch.Tensor, num_classes: int, kind: HeadKind = "strided") -> nn.Module:
     """A classifier for a segment's output (one example row). Feature maps, by ``kind``:
 
     - ``conv``: a 3x3 conv-BN-ReLU of the same width (BranchyNet's branches carry convolutions:
@@ -312,7 +312,7 @@ class _Chain(nn.Module):
 
 def attach_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
                  after: Sequence[str] | None = None, exits: int = 2,
-                 criterion: Criterion = "confidence", head: HeadKind = "conv") -> EarlyExitNetwork:
+                 criterion: Criterion = "confidence", head: HeadKind = "strided") -> EarlyExitNetwork:
     """An ``EarlyExitNetwork`` over ``model``'s children (``model`` must be an ``nn.Sequential``,
     whose forward is the chain of its children) with heads after the children named in ``after``,
     or by default after the children where the cumulative MACs first pass 1/(exits+1), 2/(exits+1)...
@@ -510,7 +510,7 @@ def layer_list(model: nn.Module) -> list[str]:
 
 def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
                         after: Sequence[str] | None = None, exits: int = 2, criterion: Criterion = "confidence",
-                        head: HeadKind = "conv", mask_input: int | None = None) -> HookedExitNetwork:
+                        head: HeadKind = "strided", mask_input: int | None = None) -> HookedExitNetwork:
     """A ``HookedExitNetwork`` with heads after the submodules named in ``after``, or by default after
     the entries of the model's layer list (``layer_list``) where the cumulative MACs first pass
     1/(exits+1), 2/(exits+1)... of the total (never after the list's last entry)."""
