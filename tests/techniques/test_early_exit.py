@@ -297,7 +297,7 @@ def test_patience_counts_agreeing_exits_and_every_route_takes_the_same_exits(tmp
         expected = torch.full((64,), 3)
         for k in reversed(range(3)):
             expected = torch.where(scores[k] >= 1, torch.full_like(expected, k), expected)
-        assert torch.equal(taken, expected) and 1 in taken.tolist()
+        assert torch.equal(taken, expected) and len(set(taken.tolist())) > 1
         assert 0 not in taken.tolist()  # the first exit has nothing to agree with
         rows = torch.cat([net(x[i:i + 1]) for i in range(64)])
         graph = net.export_graph().eval()(x)
