@@ -305,3 +305,33 @@ def test_patience_counts_agreeing_exits_and_every_route_takes_the_same_exits(tmp
         assert torch.allclose(o, torch.stack(every)[taken, torch.arange(64)], atol=1e-5)
     result = calibrate(net, every, every[-1].argmax(-1), budget=0.0)
     assert result.threshold in (1.0, 2.0, math.inf)
+
+
+class _FoldsRows(nn.Module):
+    """Its longest layer list runs on rows folded with patches (as MobileViT's transformer does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(4)])
+        self.row_layers = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, 4)  # [rows x 2, 4]
+        for layer in self.patch_layers:
+            h = torch.relu(layer(h))
+        h = h.reshape(x.shape[0], 8)
+        for layer in self.row_layers:
+            h = torch.relu(layer(h))
+        return self.head(h)
+
+
+def test_hooked_exits_go_on_a_layer_list_with_one_output_row_per_input_row():
+    from slimkit.techniques.dynamic.exits import attach_hooked_exits
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8)
+    net = attach_hooked_exits(_FoldsRows().eval(), (x,), 3, exits=1)
+    assert net.points == ["row_layers.0"] or net.points == ["row_layers.1"]
+    with pytest.raises(ValueError, match="not one per input row"):
+        attach_hooked_exits(_FoldsRows().eval(), (x,), 3, after=["patch_layers.1"])

@@ -496,16 +496,20 @@ def _key(name: str) -> str:
     return name.replace(".", "/")  # ModuleDict keys cannot hold dots
 
 
+def layer_lists(model: nn.Module) -> list[list[str]]:
+    """The entries' names of every ``nn.ModuleList`` of 2 or more modules of one class in the model
+    (a transformer's layers, a stage's blocks), longest first: where exits go by default in a
+    model that is not a chain of children."""
+    found = [[f"{name}.{i}" if name else str(i) for i in range(len(module))]
+             for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1]
+    return sorted(found, key=len, reverse=True)
+
+
 def layer_list(model: nn.Module) -> list[str]:
-    """The names of the entries of the model's longest ``nn.ModuleList`` of modules of one class
-    (a transformer's layers, a stage's blocks): where exits go by default in a model that is not a
-    chain of children. Empty when there is none of 2 entries or more."""
-    best: list[str] = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > len(best) \
-                and len({type(m) for m in module}) == 1:
-            best = [f"{name}.{i}" if name else str(i) for i in range(len(module))]
-    return best if len(best) >= 2 else []
+    """The longest of ``layer_lists`` (empty when there is none)."""
+    lists = layer_lists(model)
+    return lists[0] if lists else []
 
 
 def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor], num_classes: int,
@@ -517,11 +521,15 @@ def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor]
     from slimkit.measure.macs import count_macs_by_module
 
     names = dict(model.named_modules())
+    rows = example_inputs[0].shape[0]
     if after is None:
-        layers = layer_list(model)
+        # the longest list whose entries output one row per input row (MobileViT's transformer
+        # layers run on patches: [rows x patches, ...], which no head can classify per row)
+        layers = next((lst for lst in layer_lists(model) if _one_row_each(model, example_inputs, lst)), [])
         if not layers:
             raise ValueError(f"early exits: {type(model).__name__} is not a chain of children and has no list of "
-                             "layers to put exits after; name the submodules in 'after'")
+                             "layers (with one output row per input row) to put exits after; name the submodules "
+                             "in 'after'")
         macs = count_macs_by_module(model, example_inputs)
         total = macs[""]
         # MACs up to the end of each layer: the layer's own plus what ran before it (the layers'
@@ -544,12 +552,24 @@ def attach_hooked_exits(model: nn.Module, example_inputs: Sequence[torch.Tensor]
             raise ValueError(f"early exits: 'after' names no submodule of the model: {unknown}")
         points = list(dict.fromkeys(after))
     outputs = _module_outputs(model, example_inputs, points)
+    batched = [n for n in points if outputs[n].shape[0] != rows]
+    if batched:
+        raise ValueError(f"early exits: {batched} output {outputs[batched[0]].shape[0]} rows for {rows} input rows "
+                         "(not one per input row): no head can classify there")
     heads = {}
     for n in points:
         h = outputs[n]
         heads[n] = TokenHead(h.shape[-1], num_classes) if h.dim() == 3 else exit_head(h[:1], num_classes, head)
     device = next(model.parameters()).device
     return HookedExitNetwork(model, {n: h.to(device) for n, h in heads.items()}, criterion, mask_input)
+
+
+def _one_row_each(model: nn.Module, example_inputs: Sequence[torch.Tensor], names: Sequence[str]) -> bool:
+    try:
+        outputs = _module_outputs(model, example_inputs, names)
+    except ValueError:  # an entry that does not run, or returns no tensor
+        return False
+    return all(o.shape[0] == example_inputs[0].shape[0] for o in outputs.values())
 
 
 @torch.no_grad()
