@@ -10,6 +10,7 @@ from slimkit.core.step import restore_step
 from slimkit.core.errors import ConfigError
 from slimkit.recipes.runner import run_recipe
 from slimkit.techniques.quantization.dynamic import DynamicQuantLinear, quantize_dynamic
+from slimkit.techniques.quantization.modules import default_weight_max
 from slimkit.techniques.quantization.step import QuantizeConfig
 
 
@@ -184,6 +185,13 @@ def test_smoothquant_before_dynamic_shares_factors_cuts_error_and_matches_onnx_r
                               rtol=0.02, atol=0.02 * float(model.q(x).abs().max()))
         err = {name: float((m(x) - ref).norm() / ref.norm()) for name, m in (("plain", plain), ("smooth", smooth))}
     assert err["smooth"] < 0.5 * err["plain"], err
+    # ONNX Runtime runs the platform's weight range: on x86 CPUs without VNNI its u8 x s8 kernels add
+    # product pairs in int16 and saturate with 8-bit weights (measured on an AVX2 EPYC: 97 of 768
+    # outputs off by up to 2.1), so its outputs match the module's only with 7-bit weights there
+    if default_weight_max() != 127:
+        with torch.no_grad():
+            smooth, _ = quantize_dynamic(model, granularity="tensor", smoothquant=0.8, batches=batches,
+                                         weight_max=default_weight_max())
     path = export_onnx(smooth, (x[:1],), tmp_path / "smooth.onnx")
     ops = ort_optimized_ops(path)
     integer = [op for op in ops if op in ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")]

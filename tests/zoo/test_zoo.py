@@ -90,7 +90,9 @@ def test_mobilenet_v1_params_and_macs_match_the_paper(name):
 # Models that are not image classifiers of the 32x32 kind, and their input shape (no batch).
 INPUT_SHAPES = {"lenet_300_100": (784,), "mlp_digits": (64,), "cnn_digits": (1, 8, 8), "lenet5": (1, 28, 28)}
 DEFAULT_SHAPE = (3, 32, 32)
-NOT_CLASSIFIERS = {"minilm_l6": "text encoder that needs transformers; tested in tests/tasks/test_minilm.py"}
+NOT_CLASSIFIERS = {"minilm_l6": "text encoder that needs transformers; tested in tests/tasks/test_minilm.py",
+                   "minilm_cls": "MiniLM classifier (token ids and a mask); tested in tests/techniques/test_early_exit.py "
+                                 "and by the corpus-cls task"}
 INPUT_SHAPES.update({"rnn_steps": (8,), "act_rnn": (8,)})  # the parity task's vectors
 TOKEN_MODELS = {"rnn_tokens": 11}  # models of token ids, and their vocabulary
 # Classifiers whose forward takes decisions on the data: tested in their own files
