@@ -97,42 +97,80 @@ def _worker(spec: dict[str, Any]) -> None:
                       "rows": len(per_row)}))
 
 
+def _static_controls(task_cfg: dict[str, Any], names: list[str], target_macs: float) -> list[dict[str, Any]]:
+    """For each model argument in ``names``, the task config whose model has that argument cut (every
+    value from 1 to the model's own tried, MACs counted) to the MACs closest to ``target_macs``."""
+    import inspect
+
+    from slimkit.core.registry import MODELS
+    from slimkit.measure.macs import count_macs
+    from slimkit.tasks.base import build_task
+    from slimkit.zoo import create_model
+
+    task = build_task(task_cfg)
+    name, kwargs = task.info["model"], task.info["model_args"]
+    defaults = {k: p.default for k, p in inspect.signature(MODELS.get(name)).parameters.items()}
+    x = tuple(t[:1] for t in task.data.test.inputs)
+    out = []
+    for arg in names:
+        top = kwargs.get(arg, defaults.get(arg))
+        if not isinstance(top, int) or isinstance(top, bool):
+            raise SystemExit(f"--static-args: model {name!r} has no integer argument {arg!r}")
+        macs = {v: count_macs(create_model(name, **{**kwargs, arg: v}).eval(), x) for v in range(1, top + 1)}
+        value = min(macs, key=lambda v: abs(macs[v] - target_macs))
+        out.append({"arg": arg, "value": value, "macs": macs[value],
+                    "task": {**task_cfg, "model_args": {**task_cfg.get("model_args", {}), arg: value}}})
+    return out
+
+
 def exits_section(args, folder: Path, progress) -> dict[str, Any]:
     from slimkit.tasks.base import build_task
 
     folder = args.run_dir or folder
-
-    base_train = build_task(args.task).baseline_train
+    task_cfg: dict[str, Any] = {"name": args.task}
+    if args.model:
+        task_cfg["model"] = args.model
+    if args.model_args:
+        task_cfg["model_args"] = json.loads(args.model_args)
+    base_train = build_task(task_cfg).baseline_train
     measure = {"batch_n": 64, "repeats": 5, "threads": args.threads, "memory": False, "per_row": args.rows}
     out = []
     for seed in args.seeds:
-        recipe = {"version": 1, "task": args.task, "seed": seed, "measure": measure,
+        recipe = {"version": 1, "task": task_cfg, "seed": seed, "measure": measure,
                   **({"baseline": {"weights": str(args.baseline_weights)}} if args.baseline_weights else {}),
                   "steps": [{"early_exit": {"budget": args.budget, "criterion": args.criterion,
                                             "head": args.head, "exits": args.exits, "after": args.after,
-                                            "finetune": {"epochs": args.epochs}}}]}
+                                            "distill": args.distill, "finetune": {"epochs": args.epochs}}}]}
         res = _run(recipe, folder / f"{seed}-exits")
         base, exits = res["steps"][0], res["steps"][1]
         ratio = exits["metrics"]["macs"] / base["metrics"]["macs"]
-        width = max(4, round(32 * math.sqrt(ratio)))  # MACs grow with the width squared
-        static = _run({"version": 1, "task": {"name": args.task, "model_args": {"width": width}}, "seed": seed,
-                       "measure": measure, "steps": []}, folder / f"{seed}-static")["steps"][0]
+        # static controls: the same network cut (narrower, or shallower) to the exit model's mean MACs,
+        # trained from scratch like the baseline
+        statics = {}
+        for control in _static_controls(task_cfg, args.static_args, exits["metrics"]["macs"]):
+            key = f"{control['arg']}={control['value']}"
+            statics[key] = _run({"version": 1, "task": control["task"], "seed": seed, "measure": measure,
+                                 "steps": []}, folder / f"{seed}-static-{control['arg']}")["steps"][0]
+        best = max(statics, key=lambda k: statics[k]["metrics"]["quality"])
         # the fair control: the same baseline trained for the same extra epochs, without exits
         tuned = _run({**recipe, "baseline": {"weights": str(folder / f"{seed}-exits" / "steps" / "00-baseline"
                                                             / "model.safetensors")},
                       "steps": [{"train": {"epochs": args.epochs, "lr": 1e-3}}]}, folder / f"{seed}-tuned")["steps"][1]
-        row = {"seed": seed, "static_width": width,
+        row = {"seed": seed, "static": best,
+               "statics": {k: {"accuracy": v["metrics"]["quality"], "macs": v["metrics"]["macs"]}
+                           for k, v in statics.items()},
                "accuracy": {"baseline": base["metrics"]["quality"], "tuned": tuned["metrics"]["quality"],
-                            "exits": exits["metrics"]["quality"], "static": static["metrics"]["quality"]},
+                            "exits": exits["metrics"]["quality"], "static": statics[best]["metrics"]["quality"]},
                "macs": {"baseline": base["metrics"]["macs"], "exits": exits["metrics"]["macs"],
-                        "static": static["metrics"]["macs"]},
+                        "static": statics[best]["metrics"]["macs"]},
                "val_exit_shares": exits["info"]["val_exit_shares"], "threshold": exits["info"]["threshold"],
                "test_exit_shares": exits["info"].get("test_exit_shares"),
                "test_accuracy_per_exit": exits["info"]["test_accuracy_per_exit"],
                "exits_after": exits["info"]["exits_after"], "latency_ms": {}}
+        best_arg = best.split("=")[0]
         timed = () if args.no_timing else (("baseline", folder / f"{seed}-exits", 0),
                                            ("exits", folder / f"{seed}-exits", 1),
-                                           ("static", folder / f"{seed}-static", 0),
+                                           ("static", folder / f"{seed}-static-{best_arg}", 0),
                                            ("tuned", folder / f"{seed}-tuned", 1))
         for name, run_dir, step in timed:
             for backend in ("eager", "onnxruntime"):
@@ -140,9 +178,9 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
                                                                     args.threads)["mean_ms"]
         out.append(row)
         progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned backbone {row['accuracy']['tuned']:.4f}, "
-                 f"static {row['accuracy']['static']:.4f}), MACs {1 / ratio:.2f}x fewer")
-    return {"task": args.task, "budget": args.budget, "criterion": args.criterion, "epochs": args.epochs,
-            "rows": out, "baseline_train": base_train.model_dump()}
+                 f"best static ({best}) {row['accuracy']['static']:.4f}), MACs {1 / ratio:.2f}x fewer")
+    return {"task": task_cfg, "budget": args.budget, "criterion": args.criterion, "epochs": args.epochs,
+            "distill": args.distill, "rows": out, "baseline_train": base_train.model_dump()}
 
 
 class _NotTimed(dict):
@@ -157,12 +195,16 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
     from slimkit.core.hardware import cpu_capability
 
     rows = res["rows"]
+    distill = f", self-distillation weight {res['distill']}" if res.get("distill") else ""
     lines = ["# Early exits against the baseline and a static model of the same mean MACs", "",
              f"`{command}`; {stamp}; {cpu_capability()}.", "",
              f"Task `{res['task']}`. The `early_exit` step on the trained baseline: heads after "
              f"{rows[0]['exits_after']}, {res['epochs']} epochs joint training, one {res['criterion']} threshold "
-             f"calibrated on the validation rows within {res['budget']} of the full network's accuracy. Static: the "
-             "same network narrowed to the exit model's mean MACs per row, trained from scratch like the baseline. "
+             f"calibrated on the validation rows within {res['budget']} of the full network's accuracy"
+             f"{distill}. "
+             "Static: the same network cut to the exit model's mean MACs per row (each model argument named by "
+             "`--static-args`, e.g. narrower or shallower), trained from scratch like the baseline; the more "
+             "accurate cut is shown, every cut is listed below the table. "
              "Tuned: the baseline trained for the exit step's epochs more without exits, the fair control (the exit "
              "step's joint training trains the backbone too). "
              "MACs: mean per test row. Latency: batch 1, mean over test rows spread over the split (median of the "
@@ -185,7 +227,10 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
         return statistics.mean(f(r) for r in rows)
 
     early = mean(lambda r: 1 - (r["test_exit_shares"] or r["val_exit_shares"])[-1])
-    lines += ["",
+    lines += ["", "Static cuts (accuracy at MACs): " + "; ".join(
+        f"seed {r['seed']}: " + ", ".join(f"{k} {v['accuracy']:.4f} at {v['macs']:,}" for k, v in r["statics"].items())
+        for r in rows if r.get("statics")) + ".",
+              "",
               f"- Rows leaving early (test): {100 * early:.0f}% (bar: >= 40%).",
               f"- Mean MACs per row: {mean(lambda r: r['macs']['baseline'] / r['macs']['exits']):.2f}x fewer "
               "(bar: >= 1.5x).",
@@ -299,6 +344,8 @@ def skip_section(args, folder: Path, progress) -> dict[str, Any]:
 
     task_cfg = {"name": args.task, "model": "cnn_shapes_dws",
                 "model_args": {"width": args.skip_width, "residual": True, "depths": list(args.skip_depths)}}
+    if args.model:  # e.g. convmixer: its blocks are residuals of one shape
+        task_cfg = {"name": args.task, "model": args.model, "model_args": json.loads(args.model_args or "{}")}
     task = build_task(task_cfg)
     measure = {"batch_n": 64, "repeats": 3, "warmup": 0, "max_seconds": 0.5, "threads": args.threads,
                "memory": False, "per_row": args.rows}
@@ -308,6 +355,7 @@ def skip_section(args, folder: Path, progress) -> dict[str, Any]:
     for seed in args.seeds:
         recipe = {"version": 1, "task": task_cfg, "seed": seed, "measure": measure, "baseline": baseline,
                   "steps": [{"layer_skip": {"target_macs": args.skip_target, "penalty": args.skip_penalty,
+                                            "per_block": args.skip_per_block,
                                             "noise": not args.skip_deterministic, "finetune": tune}}]}
         res = _run(recipe, folder / f"{seed}-skip")
         base, skip = res["steps"][0], res["steps"][1]
@@ -362,6 +410,7 @@ def skip_section(args, folder: Path, progress) -> dict[str, Any]:
         progress(f"seed {seed}: skip {a['skip']:.4f}, tuned {a['tuned']:.4f}, static {a['static']}, "
                  f"least-used {a['least_used']:.4f}")
     return {"task": task_cfg, "target": args.skip_target, "penalty": args.skip_penalty, "epochs": args.skip_epochs,
+            "per_block": args.skip_per_block,
             "noise": not args.skip_deterministic,
             "baseline_epochs": args.baseline_epochs or task.baseline_train.epochs, "timing": not args.no_timing,
             "rows": out}
@@ -372,12 +421,15 @@ def render_skip(res: dict[str, Any], command: str, stamp: str) -> str:
 
     rows = res["rows"]
     m = res["task"]["model_args"]
+    model = (f"`cnn_shapes_dws` (width {m['width']}, depths {m['depths']}, MobileNetV2-style residual blocks)"
+             if res["task"]["model"] == "cnn_shapes_dws" else f"`{res['task']['model']}` ({m or 'defaults'})")
     lines = ["# Layer skipping against static removal of the same number of blocks", "",
              f"`{command}`; {stamp}; {cpu_capability()}.", "",
-             f"Task `{res['task']['name']}` with `cnn_shapes_dws` (width {m['width']}, depths {m['depths']}, "
-             f"MobileNetV2-style residual blocks), baseline trained {res['baseline_epochs']} epochs. "
+             f"Task `{res['task']['name']}` with {model}, baseline trained {res['baseline_epochs']} epochs. "
              f"Layer skip: the `layer_skip` step on the baseline (a gate per residual block, target "
-             f"{res['target']} of the MACs, penalty {res['penalty']}, gate noise "
+             f"{res['target']} of the MACs, "
+             f"{'per-gate target loss (ConvNet-AIG)' if res.get('per_block') else 'MACs penalty'} "
+             f"{res['penalty']}, gate noise "
              f"{'on' if res.get('noise', True) else 'off'}, "
              "one shared threshold calibrated on validation rows to the target), "
              f"{res['epochs']} epochs. Every control starts "
@@ -571,12 +623,15 @@ SECTIONS = {
                        f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats} "
                        f"--head {a.head} --exits {a.exits}" + (f" --after {' '.join(a.after)}" if a.after else "")
                        + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
+                       + (f" --model {a.model}" if a.model else "") + (f" --model-args '{a.model_args}'" if a.model_args else "")
+                       + f" --static-args {' '.join(a.static_args)}" + (f" --distill {a.distill}" if a.distill else "")
                        + (" --no-timing" if a.no_timing else ""),
     "skip": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --skip-width {a.skip_width} "
                       f"--skip-depths {' '.join(map(str, a.skip_depths))} --skip-target {a.skip_target} "
                       f"--skip-penalty {a.skip_penalty} --skip-epochs {a.skip_epochs} "
                       f"--baseline-epochs {a.baseline_epochs} --rows {a.rows} --repeats {a.repeats}"
                       + (" --skip-deterministic" if a.skip_deterministic else "")
+                      + (" --skip-per-block" if a.skip_per_block else "") + (f" --model {a.model}" if a.model else "") + (f" --model-args '{a.model_args}'" if a.model_args else "")
                       + (" --no-timing" if a.no_timing else ""),
     "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-epochs {a.act_epochs} "
                      f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --act-tau {a.act_tau:g} --rows {a.rows}",
@@ -587,6 +642,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     parser.add_argument("--task", default="shapes-cnn")
+    parser.add_argument("--model", help="exits: a zoo model instead of the task's default (e.g. convmixer)")
+    parser.add_argument("--model-args", help="exits: the model's arguments as JSON")
+    parser.add_argument("--static-args", nargs="+", default=["width"],
+                        help="exits: the model's integer arguments cut for the static controls (e.g. depth dim)")
+    parser.add_argument("--distill", type=float, default=0.0, help="exits: self-distillation weight of the exits")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=0.005)
     parser.add_argument("--criterion", choices=["confidence", "entropy", "patience"], default="confidence")
@@ -606,6 +666,7 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, default=0, help="skip: baseline epochs (0: the task's)")
     parser.add_argument("--skip-deterministic", action="store_true", help="skip: gates without logistic noise in "
                                                                           "training (noise: false)")
+    parser.add_argument("--skip-per-block", action="store_true", help="skip: ConvNet-AIG's per-gate target loss")
     parser.add_argument("--no-timing", action="store_true", help="skip: leave the latency phase out")
     parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
     parser.add_argument("--act-fixed-steps", type=int, nargs="+", default=[1, 2, 3],

@@ -165,6 +165,37 @@ def test_the_penalty_moves_the_executed_share_toward_the_target():
     assert abs(pulled - 0.6) < 0.15 and pulled < untouched - 0.2
 
 
+def test_the_per_block_target_pulls_every_gate_to_one_rate():
+    model = _backbone(4).train()
+    x = torch.randn(64, 3, 32, 32)
+    y = torch.randint(0, 5, (64,))
+    net = attach_gates(model, (x[:1],)).train()
+    total, blocks, gates = block_macs(net, (x[:1],))
+    backbone, costs = float(total - sum(gates.values())), [float(blocks[n]) for n in net.names]
+    term = SkipPenalty(0.6, backbone, costs, weight=50.0, per_block=True)
+    # the rate that meets the MACs target when every gated block runs at it
+    assert backbone - (1 - term.block_rate) * sum(costs) == pytest.approx(0.6 * backbone)
+    out = net(x)
+    rates = [float(b.last_gate.mean()) for b in net.gated()]
+    expected = sum((r - term.block_rate) ** 2 for r in rates) / len(rates)
+    assert float(term(Batch(net, (x,), y, out))) == pytest.approx(expected, rel=1e-5)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(100):
+        out = net(x)
+        loss = nn.functional.cross_entropy(out, y) + term.weight * term(Batch(net, (x,), y, out))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # training-mode rates over a few draws: every gate near the one rate, none shut
+        draws = []
+        for _ in range(10):
+            net(x)
+            draws.append([float(b.last_gate.mean()) for b in net.gated()])
+    for r in torch.tensor(draws).mean(0).tolist():
+        assert abs(r - term.block_rate) < 0.15
+
+
 def test_remove_least_used_removes_the_rarest_blocks():
     model = _backbone()
     chosen = remove_least_used_(model, {"1": 0.9, "2": 0.1, "5": 0.5, "8": 0.05}, 2)

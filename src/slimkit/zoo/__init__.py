@@ -9,7 +9,9 @@ import torch.nn as nn
 from slimkit.core.registry import MODELS
 
 # Importing the family modules registers them. Keep these imports light (torch only).
-from slimkit.zoo import efficientnet, lenet, minilm, mobilenet, recurrent, resnet, shufflenet, small, squeezenet  # noqa: F401  (registration side effects)
+from slimkit.zoo import (  # noqa: F401  (registration side effects)
+    efficientnet, isotropic, lenet, minilm, mobilenet, recurrent, resnet, shufflenet, small, squeezenet,
+)
 
 
 def list_models() -> list[str]:

@@ -30,6 +30,9 @@ class LayerSkipConfig(TrainingStepConfig):
     skip_blocks: float | None = Field(None, gt=0, description="instead of target_macs: blocks skipped per row on "
                                                              "average (at the gated blocks' mean MACs)")
     penalty: float = Field(10.0, ge=0, description="weight of (mean executed MACs share - target)^2")
+    per_block: bool = Field(False, description="ConvNet-AIG's target loss instead: the mean over gates of (the "
+                                               "gate's execution rate in the batch - the rate meeting the target)^2, "
+                                               "so every block runs for some rows and is skipped by others")
     temperature: float = Field(1.0, gt=0, description="Gumbel-sigmoid temperature of the gates in training")
     noise: bool = Field(True, description="logistic noise on the gate logits in training (Gumbel-sigmoid); false: "
                                           "deterministic straight-through gates")
@@ -98,7 +101,7 @@ def layer_skip(model: nn.Module, cfg: LayerSkipConfig, ctx: Context) -> StepResu
     backbone = total - sum(gates.values())
     costs = [float(blocks[n]) for n in net.names]
     target = target_fraction(cfg, backbone, costs)
-    term = sk.SkipPenalty(target, float(backbone), costs, weight=cfg.penalty)
+    term = sk.SkipPenalty(target, float(backbone), costs, weight=cfg.penalty, per_block=cfg.per_block)
     fit = ctx.train(net, cfg.finetune, loss_terms=[term], description="layer skipping")
     gate_macs = float(sum(gates.values()))
     calibration = None

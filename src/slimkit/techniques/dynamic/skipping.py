@@ -16,7 +16,9 @@ a tiny gate before each residual block decides, row by row, whether the block ru
   ``nn.Sequential`` whose gated blocks are its children, ``stages()`` / ``run_stages`` let every
   backend compile the pieces as graphs of their own with the gates' decisions between them.
 - ``SkipPenalty`` is the loss term pulling the batch's mean executed MACs (a share of the
-  backbone's) toward a target.
+  backbone's) toward a target; or, ``per_block`` (ConvNet-AIG's target loss), every gate's
+  execution rate over the batch toward the one rate that meets that target, so that no block
+  settles shut for every row (which is static removal, reached with noisier training).
 - ``remove_least_used_``: the static control, the ``k`` least-executed blocks removed for good.
 
 Written here: SkipNet's and ConvNet-AIG's code are research code for their own ResNets.
@@ -296,8 +298,14 @@ class SkipPenalty:
     backbone_macs: float  # one row through the backbone, without gates
     block_macs: list[float]  # each gated block's, in the network's order
     weight: float = 1.0
+    per_block: bool = False  # ConvNet-AIG's target loss: every gate's batch execution rate pulled to one rate
     name: str = "skip"
     last_fraction: float = field(default=1.0, init=False)
+
+    @property
+    def block_rate(self) -> float:
+        """The execution rate every gated block needs for the MACs share to meet the target."""
+        return min(1.0, max(0.0, 1 - (1 - self.target) * self.backbone_macs / sum(self.block_macs)))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         net = getattr(batch.model, "module", batch.model)  # a DistributedDataParallel wrapper
@@ -305,6 +313,8 @@ class SkipPenalty:
         skipped = sum(m * (1 - g.mean()) for m, g in zip(self.block_macs, gates))
         fraction = 1 - skipped / self.backbone_macs
         self.last_fraction = float(fraction.detach())
+        if self.per_block:  # no block may settle shut (or open) for every row: that is static removal
+            return torch.stack([(g.mean() - self.block_rate) ** 2 for g in gates]).mean()
         return (fraction - self.target) ** 2
 
 
