@@ -112,15 +112,29 @@ def _static_controls(task_cfg: dict[str, Any], names: list[str], target_macs: fl
     defaults = {k: p.default for k, p in inspect.signature(MODELS.get(name)).parameters.items()}
     x = tuple(t[:1] for t in task.data.test.inputs)
     out = []
-    for arg in names:
-        top = kwargs.get(arg, defaults.get(arg))
+    for spec in names:  # "width", or "depths[2]": one entry of a sequence argument
+        arg, _, index = spec.partition("[")
+        whole = kwargs.get(arg, defaults.get(arg))
+        top = list(whole)[int(index.rstrip("]"))] if index and isinstance(whole, (list, tuple)) else whole
         if not isinstance(top, int) or isinstance(top, bool):
-            raise SystemExit(f"--static-args: model {name!r} has no integer argument {arg!r}")
-        macs = {v: count_macs(create_model(name, **{**kwargs, arg: v}).eval(), x) for v in range(1, top + 1)}
+            raise SystemExit(f"--static-args: model {name!r} has no integer argument {spec!r}")
+
+        def with_value(v: int) -> dict[str, Any]:
+            if not index:
+                return {arg: v}
+            seq = list(whole)
+            seq[int(index.rstrip("]"))] = v
+            return {arg: seq}
+
+        macs = {v: count_macs(create_model(name, **{**kwargs, **with_value(v)}).eval(), x) for v in range(1, top + 1)}
         value = min(macs, key=lambda v: abs(macs[v] - target_macs))
-        out.append({"arg": arg, "value": value, "macs": macs[value],
-                    "task": {**task_cfg, "model_args": {**task_cfg.get("model_args", {}), arg: value}}})
+        out.append({"arg": spec, "value": value, "macs": macs[value],
+                    "task": {**task_cfg, "model_args": {**task_cfg.get("model_args", {}), **with_value(value)}}})
     return out
+
+
+def _slug(spec: str) -> str:
+    return spec.replace("[", "").replace("]", "")
 
 
 def exits_section(args, folder: Path, progress) -> dict[str, Any]:
@@ -145,12 +159,14 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
         base, exits = res["steps"][0], res["steps"][1]
         ratio = exits["metrics"]["macs"] / base["metrics"]["macs"]
         # static controls: the same network cut (narrower, or shallower) to the exit model's mean MACs,
-        # trained from scratch like the baseline
+        # trained from scratch for as many epochs as the exit model had in all (baseline + exit step)
         statics = {}
+        static_train = {"train": {"epochs": base_train.epochs + args.epochs}}
         for control in _static_controls(task_cfg, args.static_args, exits["metrics"]["macs"]):
             key = f"{control['arg']}={control['value']}"
             statics[key] = _run({"version": 1, "task": control["task"], "seed": seed, "measure": measure,
-                                 "steps": []}, folder / f"{seed}-static-{control['arg']}")["steps"][0]
+                                 "baseline": static_train, "steps": []},
+                                folder / f"{seed}-static-{_slug(control['arg'])}")["steps"][0]
         best = max(statics, key=lambda k: statics[k]["metrics"]["quality"])
         # the fair control: the same baseline trained for the same extra epochs, without exits
         tuned = _run({**recipe, "baseline": {"weights": str(folder / f"{seed}-exits" / "steps" / "00-baseline"
@@ -167,7 +183,7 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
                "test_exit_shares": exits["info"].get("test_exit_shares"),
                "test_accuracy_per_exit": exits["info"]["test_accuracy_per_exit"],
                "exits_after": exits["info"]["exits_after"], "latency_ms": {}}
-        best_arg = best.split("=")[0]
+        best_arg = _slug(best.split("=")[0])
         timed = () if args.no_timing else (("baseline", folder / f"{seed}-exits", 0),
                                            ("exits", folder / f"{seed}-exits", 1),
                                            ("static", folder / f"{seed}-static-{best_arg}", 0),
@@ -180,7 +196,8 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
         progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned backbone {row['accuracy']['tuned']:.4f}, "
                  f"best static ({best}) {row['accuracy']['static']:.4f}), MACs {1 / ratio:.2f}x fewer")
     return {"task": task_cfg, "budget": args.budget, "criterion": args.criterion, "epochs": args.epochs,
-            "distill": args.distill, "rows": out, "baseline_train": base_train.model_dump()}
+            "distill": args.distill, "rows": out, "baseline_train": base_train.model_dump(),
+            "static_epochs": base_train.epochs + args.epochs}
 
 
 class _NotTimed(dict):
@@ -203,8 +220,9 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
              f"calibrated on the validation rows within {res['budget']} of the full network's accuracy"
              f"{distill}. "
              "Static: the same network cut to the exit model's mean MACs per row (each model argument named by "
-             "`--static-args`, e.g. narrower or shallower), trained from scratch like the baseline; the more "
-             "accurate cut is shown, every cut is listed below the table. "
+             "`--static-args`, e.g. narrower or shallower), trained from scratch like the baseline for as many "
+             f"epochs as the exit model had in all ({res.get('static_epochs', 'the baseline')}); the more accurate "
+             "cut is shown, every cut is listed below the table. "
              "Tuned: the baseline trained for the exit step's epochs more without exits, the fair control (the exit "
              "step's joint training trains the backbone too). "
              "MACs: mean per test row. Latency: batch 1, mean over test rows spread over the split (median of the "
