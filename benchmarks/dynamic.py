@@ -151,7 +151,8 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
     out = []
     for seed in args.seeds:
         recipe = {"version": 1, "task": task_cfg, "seed": seed, "measure": measure,
-                  **({"baseline": {"weights": str(args.baseline_weights)}} if args.baseline_weights else {}),
+                  **({"baseline": {"weights": str(args.baseline_weights)}}
+                     if args.baseline_weights and seed == args.seeds[0] else {}),
                   "steps": [{"early_exit": {"budget": args.budget, "criterion": args.criterion,
                                             "head": args.head, "exits": args.exits, "after": args.after,
                                             "distill": args.distill, "finetune": {"epochs": args.epochs}}}]}
@@ -184,7 +185,8 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
                "test_accuracy_per_exit": exits["info"]["test_accuracy_per_exit"],
                "exits_after": exits["info"]["exits_after"], "latency_ms": {}}
         best_arg = _slug(best.split("=")[0])
-        timed = () if args.no_timing else (("baseline", folder / f"{seed}-exits", 0),
+        untimed = args.no_timing or (args.time_seeds is not None and seed not in args.time_seeds)
+        timed = () if untimed else (("baseline", folder / f"{seed}-exits", 0),
                                            ("exits", folder / f"{seed}-exits", 1),
                                            ("static", folder / f"{seed}-static-{best_arg}", 0),
                                            ("tuned", folder / f"{seed}-tuned", 1))
@@ -245,6 +247,7 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
         return statistics.mean(f(r) for r in rows)
 
     early = mean(lambda r: 1 - (r["test_exit_shares"] or r["val_exit_shares"])[-1])
+    timed = [r["latency_ms"] for r in rows if r["latency_ms"]]
     lines += ["", "Static cuts (accuracy at MACs): " + "; ".join(
         f"seed {r['seed']}: " + ", ".join(f"{k} {v['accuracy']:.4f} at {v['macs']:,}" for k, v in r["statics"].items())
         for r in rows if r.get("statics")) + ".",
@@ -253,10 +256,12 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
               f"- Mean MACs per row: {mean(lambda r: r['macs']['baseline'] / r['macs']['exits']):.2f}x fewer "
               "(bar: >= 1.5x).",
               (f"- Batch-1 latency, mean over rows: eager "
-               f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x, ONNX Runtime "
-               f"{mean(lambda r: r['latency_ms']['tuned@onnxruntime'] / r['latency_ms']['exits@onnxruntime']):.2f}x "
-               "faster than the tuned backbone (the same network)." if all(r["latency_ms"] for r in rows) else
-               "- Latency: not timed in this run (`--no-timing`)."),
+               f"{statistics.mean(t['tuned@eager'] / t['exits@eager'] for t in timed):.2f}x, ONNX Runtime "
+               f"{statistics.mean(t['tuned@onnxruntime'] / t['exits@onnxruntime'] for t in timed):.2f}x "
+               "faster than the tuned backbone (the same network)"
+               + ("" if len(timed) == len(rows) else
+                  f"; timed for seed {', '.join(str(r['seed']) for r in rows if r['latency_ms'])} only") + "."
+               if timed else "- Latency: not timed in this run (`--no-timing`)."),
               f"- Accuracy against the tuned backbone: exits "
               f"{100 * mean(lambda r: r['accuracy']['exits'] - r['accuracy']['tuned']):+.2f} pt (bar: >= -0.5), static "
               f"{100 * mean(lambda r: r['accuracy']['static'] - r['accuracy']['tuned']):+.2f} pt (must do worse than "
@@ -641,6 +646,7 @@ SECTIONS = {
                        f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats} "
                        f"--head {a.head} --exits {a.exits}" + (f" --after {' '.join(a.after)}" if a.after else "")
                        + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
+                       + (f" --time-seeds {' '.join(map(str, a.time_seeds))}" if a.time_seeds is not None else "")
                        + (f" --model {a.model}" if a.model else "") + (f" --model-args '{a.model_args}'" if a.model_args else "")
                        + f" --static-args {' '.join(a.static_args)}" + (f" --distill {a.distill}" if a.distill else "")
                        + (" --no-timing" if a.no_timing else ""),
@@ -685,6 +691,7 @@ def main() -> None:
     parser.add_argument("--skip-deterministic", action="store_true", help="skip: gates without logistic noise in "
                                                                           "training (noise: false)")
     parser.add_argument("--skip-per-block", action="store_true", help="skip: ConvNet-AIG's per-gate target loss")
+    parser.add_argument("--time-seeds", type=int, nargs="*", help="exits: time only these seeds' models (default: all)")
     parser.add_argument("--no-timing", action="store_true", help="skip: leave the latency phase out")
     parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
     parser.add_argument("--act-fixed-steps", type=int, nargs="+", default=[1, 2, 3],
@@ -696,7 +703,8 @@ def main() -> None:
     parser.add_argument("--text-lr", type=float, default=5e-5, help="text-exits: learning rate with the exits")
     parser.add_argument("--text-distill", type=float, default=1.0, help="text-exits: self-distillation weight")
     parser.add_argument("--baseline-weights", type=Path, help="exits: start from these trained baseline weights "
-                                                              "(one seed's) instead of training the baseline")
+                                                              "for the first of --seeds (that seed's) instead of training its "
+                                                              "baseline")
     parser.add_argument("--run-dir", type=Path, help="exits, text-exits: keep the runs here (a second invocation "
                                                      "resumes them: train with --no-timing, then time alone)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
