@@ -10,7 +10,7 @@ from slimkit.measure.macs import count_macs
 from slimkit.techniques.dynamic.act import AdaptiveComputationTime, PonderCost, act_rnn
 from slimkit.train.objectives import Batch, TaskLoss, declared_loss_terms
 from slimkit.zoo import create_model
-from slimkit.zoo.recurrent import make_cell
+from slimkit.zoo.recurrent import TransformerCell, make_cell
 
 torch.set_num_threads(1)
 
@@ -171,3 +171,66 @@ def test_fixed_steps_control_has_the_same_parameters_but_the_halting_unit():
 def test_bad_settings_are_named(field, value):
     with pytest.raises(ValueError, match=field):
         AdaptiveComputationTime(nn.GRUCell(3, 4), **{field: value})
+
+
+class TokenCounter(nn.Module):
+    """A one-unit cell over token states adding each token's rate (input feature 0) at each step."""
+
+    hidden_size = 1
+
+    def initial_state(self, rows, like):
+        return like.new_zeros(rows, like.shape[1], 1)
+
+    def forward(self, x, state):
+        return state + x[..., :1]
+
+
+def test_token_states_halt_per_row_and_rows_leave_the_batch():
+    """Rows of 3 tokens whose mean rate is 1, 1/2 and 1/4 halt after 1, 2 and 4 steps; later calls
+    of the cell get only the rows still pondering, whole (every token of the row)."""
+    act = AdaptiveComputationTime(TokenCounter(), max_steps=8, tokens=True)
+    with torch.no_grad():
+        act.halt.weight.fill_(100.0)
+        act.halt.bias.fill_(-90.0)
+    shapes: list[tuple[int, ...]] = []
+    act.cell.register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    rates = torch.tensor([[1.5, 0.5, 1.0], [0.5, 0.5, 0.5], [0.25, 0.0, 0.5]]).unsqueeze(-1)
+    out = act(rates)
+    assert [s[:2] for s in shapes] == [(3, 3), (2, 3), (1, 3), (1, 3)]
+    assert act.last_steps.tolist() == [1, 2, 4]
+    assert out.shape == (3, 3, 1)
+    # the halting step's state (every earlier h ~ 0): each token's rate times the row's steps
+    torch.testing.assert_close(out, rates * torch.tensor([1.0, 2.0, 4.0]).view(3, 1, 1), rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="rows, tokens, features"):
+        act(torch.ones(2, 3))
+
+
+def test_act_on_a_transformer_block_halting_at_once_is_one_layer_pass():
+    torch.manual_seed(0)
+    cell = TransformerCell(5, 16, heads=2).eval()
+    act = AdaptiveComputationTime(cell, max_steps=6, halt_bias=30.0, tokens=True).eval()
+    x = torch.randn(3, 7, 4)
+    with torch.no_grad():
+        out = act(x)
+        first = cell(torch.cat([x, torch.ones(3, 7, 1)], -1), torch.zeros(3, 7, 16))
+    torch.testing.assert_close(out, first, rtol=0, atol=0)
+    assert act.last_steps.tolist() == [1, 1, 1]
+
+
+def test_act_transformer_macs_follow_each_rows_steps_and_the_control_matches_it():
+    torch.manual_seed(0)
+    model = create_model("act_transformer", hidden=32, heads=2, max_steps=6).eval()
+    x = torch.randint(-1, 2, (1, 8)).float()
+    macs = {}
+    for bias in (30.0, -30.0):  # halts at once / never halts
+        with torch.no_grad():
+            model.core.halt.bias.fill_(bias)
+            model.core.halt.weight.zero_()
+        macs[bias] = count_macs(model, (x,))
+        assert model.core.last_steps.tolist() == [1 if bias > 0 else 6]
+    control = {k: create_model("transformer_steps", hidden=32, heads=2, steps=k).eval() for k in (1, 6)}
+    for bias, k in ((30.0, 1), (-30.0, 6)):  # the same work as the control at that step count, +- the halting unit
+        assert abs(macs[bias] - count_macs(control[k], (x,))) <= k * 33
+    assert macs[-30.0] > 5 * macs[30.0]
+    n_act = sum(p.numel() for p in model.parameters())
+    assert n_act - sum(p.numel() for p in control[1].parameters()) == 33  # the halting unit: Linear(32, 1)

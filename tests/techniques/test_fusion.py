@@ -372,8 +372,8 @@ def small_kwargs(name: str) -> dict:
     return kwargs
 
 
-# recurrent cells hold their nonlinearity inside (nothing to fuse) and loop in Python
-RECURRENT = {"rnn_steps", "act_rnn", "rnn_tokens"}
+# recurrent cells (and the recurrent transformer layer) hold their nonlinearity inside and loop in Python
+RECURRENT = {"rnn_steps", "act_rnn", "rnn_tokens", "transformer_steps", "act_transformer"}
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n not in ("minilm_l6", "minilm_cls") and n not in RECURRENT])

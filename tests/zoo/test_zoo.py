@@ -93,10 +93,12 @@ DEFAULT_SHAPE = (3, 32, 32)
 NOT_CLASSIFIERS = {"minilm_l6": "text encoder that needs transformers; tested in tests/tasks/test_minilm.py",
                    "minilm_cls": "MiniLM classifier (token ids and a mask); tested in tests/techniques/test_early_exit.py "
                                  "and by the corpus-cls task"}
-INPUT_SHAPES.update({"rnn_steps": (8,), "act_rnn": (8,)})  # the parity task's vectors
+INPUT_SHAPES.update({"rnn_steps": (8,), "act_rnn": (8,), "transformer_steps": (8,),
+                     "act_transformer": (8,)})  # the parity task's vectors
 TOKEN_MODELS = {"rnn_tokens": 11}  # models of token ids, and their vocabulary
 # Classifiers whose forward takes decisions on the data: tested in their own files
 NOT_EXPORTABLE = {"act_rnn": "halting decided per row in Python (tests/techniques/test_act.py)",
+                  "act_transformer": "halting decided per row in Python (tests/techniques/test_act.py)",
                   "rnn_tokens": "packed sequences (tests/zoo/test_recurrent.py)"}
 NUM_CLASSES = 10
 

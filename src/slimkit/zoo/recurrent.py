@@ -58,8 +58,9 @@ def hidden_of(state: State) -> torch.Tensor:
 
 
 def with_step_flag(x: torch.Tensor, first: bool) -> torch.Tensor:
-    """``x`` with one more feature: 1 on an input's first step, 0 on the repeats (Graves 2016)."""
-    return torch.cat([x, x.new_full((x.shape[0], 1), 1.0 if first else 0.0)], dim=1)
+    """``x`` with one more feature (the last dimension): 1 on an input's first step, 0 on the
+    repeats (Graves 2016)."""
+    return torch.cat([x, x.new_full((*x.shape[:-1], 1), 1.0 if first else 0.0)], dim=-1)
 
 
 def input_steps(x: torch.Tensor) -> list[torch.Tensor]:
@@ -73,17 +74,18 @@ def input_steps(x: torch.Tensor) -> list[torch.Tensor]:
 
 class FixedSteps(nn.Module):
     """A cell run ``steps`` times on each input step (input plus the first-step flag): the
-    fixed-computation RNN that ACT is compared with. Returns the final state."""
+    fixed-computation RNN that ACT is compared with. Returns the final state. ``tokens=True``:
+    the cell works on token states and ``[rows, tokens, features]`` is one input step."""
 
-    def __init__(self, cell: nn.Module, steps: int, hidden_size: int | None = None) -> None:
+    def __init__(self, cell: nn.Module, steps: int, hidden_size: int | None = None, tokens: bool = False) -> None:
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        self.cell, self.steps = cell, steps
+        self.cell, self.steps, self.tokens = cell, steps, tokens
         self.hidden_size = hidden_size or cell_hidden_size(cell)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> State:
-        steps = input_steps(x)
+        steps = [x] if self.tokens else input_steps(x)
         if state is None:
             state = initial_state(self.cell, x.shape[0], self.hidden_size, x)
         for xt in steps:
@@ -112,6 +114,61 @@ class RecurrentClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(hidden_of(self.core(x)))
+
+
+class TransformerCell(nn.Module):
+    """A pre-norm transformer encoder layer as a recurrent cell over token states (the Universal
+    Transformer's shared layer, Dehghani et al. 2019): ``state' = layer(state + Linear(input))``,
+    ``input`` ``[rows, tokens, input_size]`` (the tokens and ACT's first-step flag), ``state``
+    ``[rows, tokens, hidden_size]``, zero at the start."""
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int = 4, ff: int | None = None) -> None:
+        super().__init__()
+        if hidden_size % heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of heads {heads}")
+        self.hidden_size = hidden_size
+        self.inp = nn.Linear(input_size, hidden_size)
+        self.layer = nn.TransformerEncoderLayer(hidden_size, heads, ff or 2 * hidden_size, dropout=0.0,
+                                                batch_first=True, norm_first=True)
+
+    def initial_state(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        return like.new_zeros(rows, like.shape[1], self.hidden_size)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.layer(state + self.inp(x))
+
+
+class TokenClassifier(nn.Module):
+    """A vector's entries as tokens (each entry's value and its one-hot position) through a core
+    over token states (``FixedSteps`` or ACT with a ``TransformerCell``), then the token mean and
+    a Linear. The core's ``input_dependent_cost`` and ``loss_terms()`` are the model's."""
+
+    def __init__(self, core: nn.Module, hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.core = core
+        self.head = nn.Linear(hidden, num_classes)
+
+    @property
+    def input_dependent_cost(self) -> bool:
+        return getattr(self.core, "input_dependent_cost", False) is True
+
+    def loss_terms(self) -> list:
+        own = getattr(self.core, "loss_terms", None)
+        return list(own()) if callable(own) else []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
+        tokens = torch.cat([x.unsqueeze(-1), positions], dim=-1)
+        return self.head(hidden_of(self.core(tokens)).mean(1))
+
+
+@MODELS.register("transformer_steps")
+def transformer_steps(num_classes: int = 2, in_features: int = 8, hidden: int = 64, heads: int = 4,
+                      steps: int = 1) -> nn.Module:
+    """A ``TransformerCell`` run a fixed number of ``steps`` over a vector's entries as tokens:
+    ``act_transformer``'s fixed-computation control (same parameters but the halting unit)."""
+    cell = TransformerCell(in_features + 2, hidden, heads)
+    return TokenClassifier(FixedSteps(cell, steps, tokens=True), hidden, num_classes)
 
 
 @MODELS.register("rnn_steps")

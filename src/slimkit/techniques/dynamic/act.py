@@ -17,6 +17,13 @@ row's MACs grow with its own steps (at batch 1, a row that halts at step 1 runs 
 After every forward pass ``last_steps`` (N per row, cell evaluations summed over input steps)
 and ``last_ponder`` (N + R per row) tell what each row did.
 
+With ``tokens=True`` the cell is a transformer block over token states ``[rows, tokens,
+features]`` (``TransformerCell``: the Universal Transformer's shared layer, Dehghani et al. 2019)
+and the input is one step of tokens; the halting unit reads the token mean, so a whole row halts
+at once. Departure from the Universal Transformer, which halts per position: on a CPU the time
+saved comes from rows leaving the batch, and a halted position still takes part in the others'
+attention, so per-position halting saves little there. ``act_transformer`` is that model.
+
 ``act_rnn`` is the zoo model built on it: ``rnn_steps``'s cell and classifier with the halting
 unit instead of a fixed step count (registered here, beside its implementation: the zoo sits below
 the techniques in the package layers and cannot import this module).
@@ -31,8 +38,8 @@ import torch.nn as nn
 
 from slimkit.core.registry import MODELS
 from slimkit.train.objectives import Batch
-from slimkit.zoo.recurrent import (CellKind, RecurrentClassifier, State, cell_hidden_size, hidden_of, initial_state,
-                                   input_steps, make_cell, with_step_flag)
+from slimkit.zoo.recurrent import (CellKind, RecurrentClassifier, State, TokenClassifier, TransformerCell,
+                                   cell_hidden_size, hidden_of, initial_state, input_steps, make_cell, with_step_flag)
 
 
 class AdaptiveComputationTime(nn.Module):
@@ -44,7 +51,8 @@ class AdaptiveComputationTime(nn.Module):
     input_dependent_cost = True  # a row's MACs are its own steps'
 
     def __init__(self, cell: nn.Module, hidden_size: int | None = None, *, max_steps: int = 10,
-                 epsilon: float = 0.01, halt_bias: float = 1.0, tau: float = 1e-3, step_flag: bool = True) -> None:
+                 epsilon: float = 0.01, halt_bias: float = 1.0, tau: float = 1e-3, step_flag: bool = True,
+                 tokens: bool = False) -> None:
         super().__init__()
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -55,6 +63,7 @@ class AdaptiveComputationTime(nn.Module):
         self.cell = cell
         self.hidden_size = hidden_size or cell_hidden_size(cell)
         self.max_steps, self.epsilon, self.tau, self.step_flag = max_steps, epsilon, tau, step_flag
+        self.tokens = tokens
         self.halt = nn.Linear(self.hidden_size, 1)
         nn.init.constant_(self.halt.bias, halt_bias)
         self.ponder_cost: torch.Tensor | None = None  # N + R per row of the last pass, with its gradient
@@ -70,7 +79,9 @@ class AdaptiveComputationTime(nn.Module):
             state = initial_state(self.cell, x.shape[0], self.hidden_size, x)
         ponder = x.new_zeros(x.shape[0])
         steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        for xt in input_steps(x):
+        if self.tokens and x.dim() != 3:
+            raise ValueError(f"a token-state ACT takes [rows, tokens, features], got shape {tuple(x.shape)}")
+        for xt in [x] if self.tokens else input_steps(x):
             state, n, remainder = self._ponder(xt, state)
             ponder = ponder + n + remainder
             steps = steps + n
@@ -90,11 +101,15 @@ class AdaptiveComputationTime(nn.Module):
         for n in range(1, self.max_steps + 1):
             inp = with_step_flag(x, n == 1) if self.step_flag else x
             state = self.cell(inp, state)
-            h = torch.sigmoid(self.halt(hidden_of(state))).squeeze(-1)
+            summary = hidden_of(state)
+            if self.tokens:  # the halting unit reads the token mean: one decision per row
+                summary = summary.mean(1)
+            h = torch.sigmoid(self.halt(summary)).squeeze(-1)
             halting = torch.ones_like(h, dtype=torch.bool) if n == self.max_steps \
                 else summed + h >= 1.0 - self.epsilon
             p = torch.where(halting, 1.0 - summed, h)
-            total = _map_state(lambda acc, s: acc.index_add(0, active, p[:, None] * s), total, state)
+            total = _map_state(lambda acc, s: acc.index_add(0, active, p.view(-1, *[1] * (s.dim() - 1)) * s),
+                               total, state)
             done = active[halting]
             steps[done] = n
             remainder = remainder.index_add(0, done, (1.0 - summed)[halting])
@@ -152,3 +167,16 @@ def act_rnn(num_classes: int = 2, in_features: int = 8, hidden: int = 128, cell:
     core = AdaptiveComputationTime(make_cell(cell, in_features + 1, hidden), max_steps=max_steps, epsilon=epsilon,
                                    halt_bias=halt_bias, tau=tau)
     return RecurrentClassifier(core, hidden, num_classes)
+
+
+@MODELS.register("act_transformer")
+def act_transformer(num_classes: int = 2, in_features: int = 8, hidden: int = 64, heads: int = 4,
+                    max_steps: int = 8, epsilon: float = 0.01, halt_bias: float = 1.0, tau: float = 3e-3) -> nn.Module:
+    """Adaptive Computation Time on a transformer block (a Universal Transformer whose rows halt
+    as a whole): each of the ``in_features`` entries of a vector is a token (its value and a
+    one-hot position), one shared ``TransformerCell`` runs as many steps as the row's halting
+    unit asks, then the token mean and a Linear classify. ``transformer_steps`` is its
+    fixed-step control."""
+    core = AdaptiveComputationTime(TransformerCell(in_features + 2, hidden, heads), max_steps=max_steps,
+                                   epsilon=epsilon, halt_bias=halt_bias, tau=tau, tokens=True)
+    return TokenClassifier(core, hidden, num_classes)
