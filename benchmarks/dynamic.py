@@ -554,7 +554,10 @@ def act_section(args, folder: Path, progress) -> dict[str, Any]:
     out, cfg = [], None
     for seed in args.seeds:
         row: dict[str, Any] = {"seed": seed, "models": {}}
-        variants = [("act", "act_rnn", {"tau": args.act_tau})] + [(f"fixed{k}", "rnn_steps", {"steps": k}) for k in args.act_fixed_steps]
+        act_model, fixed_model = (("act_transformer", "transformer_steps") if args.act_core == "transformer"
+                                  else ("act_rnn", "rnn_steps"))
+        variants = [("act", act_model, {"tau": args.act_tau})] + [(f"fixed{k}", fixed_model, {"steps": k})
+                                                                  for k in args.act_fixed_steps]
         for name, model, model_args in variants:
             task, net, summary, cfg = _train_parity(model, model_args, seed, args.act_epochs)
             figures = _parity_figures(task, net, args.rows)
@@ -564,7 +567,8 @@ def act_section(args, folder: Path, progress) -> dict[str, Any]:
             progress(f"seed {seed}: {name} accuracy {figures['accuracy']:.4f}, mean steps {figures['mean_steps']:.2f}"
                      + (f", r(steps, difficulty) {figures['steps_difficulty_r']:.3f}" if name == "act" else ""))
         out.append(row)
-    return {"task": "parity", "fixed_steps": args.act_fixed_steps, "tau": args.act_tau, "rows": out,
+    return {"task": "parity", "fixed_steps": args.act_fixed_steps, "tau": args.act_tau, "core": args.act_core,
+            "rows": out,
             "train": cfg.model_dump() if cfg is not None else None}
 
 
@@ -577,14 +581,24 @@ def render_act(res: dict[str, Any], command: str, stamp: str) -> str:
     names = list(rows[0]["models"])
     act = [r["models"]["act"] for r in rows]
     train = res["train"]
-    lines = ["# Adaptive Computation Time on parity against fixed-step RNNs of the same size", "",
+    lines = [f"# Adaptive Computation Time on parity against fixed-step "
+             f"{'transformers' if res.get('core') == 'transformer' else 'RNNs'} of the same size", "",
              f"`{command}`; {stamp}.", "",
              "Task `parity` (Graves 2016: 8 entries, 1..8 of them +-1, label = parity of the count of +1; "
-             "65,536 training rows, 4,096 test rows). `act`: `act_rnn`, a 128-unit tanh RNN cell with a halting "
-             f"unit (epsilon 0.01, at most 10 steps, bias 1), trained with the ponder cost (tau {res.get('tau', 0.001):g}). "
-             + ", ".join(f"`fixed{k}`: `rnn_steps` with the same cell and classifier run {k} step(s) per input"
-                         for k in res["fixed_steps"])
-             + f" (the halting unit's 129 parameters are the only difference). Every model: {train['epochs']} epochs, "
+             "65,536 training rows, 4,096 test rows). "
+             + (f"`act`: `act_rnn`, a 128-unit tanh RNN cell with a halting unit (epsilon 0.01, at most 10 steps, "
+                f"bias 1), trained with the ponder cost (tau {res.get('tau', 0.001):g}). "
+                + ", ".join(f"`fixed{k}`: `rnn_steps` with the same cell and classifier run {k} step(s) per input"
+                            for k in res["fixed_steps"])
+                + " (the halting unit's 129 parameters are the only difference). "
+                if res.get("core", "rnn") == "rnn" else
+                "`act`: `act_transformer`, the entries as 8 tokens through one shared 64-wide pre-norm transformer "
+                "layer (4 heads) run as many steps as the row's halting unit asks (epsilon 0.01, at most 8 steps, "
+                f"bias 1), trained with the ponder cost (tau {res.get('tau', 0.001):g}). "
+                + ", ".join(f"`fixed{k}`: `transformer_steps`, the same layer and classifier run {k} step(s)"
+                            for k in res["fixed_steps"])
+                + " (the halting unit's 65 parameters are the only difference). ")
+             + f"Every model: {train['epochs']} epochs, "
              f"batch {train['batch_size']}, Adam lr {train['lr']} cosine, gradient clipping {train['grad_clip']}, the "
              "weights of the best validation epoch. Steps: cell evaluations per row (ACT's N); ponder: N + R. "
              "MACs: mean per test row over test rows run one at a time. No latency is timed.", "",
@@ -657,7 +671,7 @@ SECTIONS = {
                       + (" --skip-deterministic" if a.skip_deterministic else "")
                       + (" --skip-per-block" if a.skip_per_block else "") + (f" --model {a.model}" if a.model else "") + (f" --model-args '{a.model_args}'" if a.model_args else "")
                       + (" --no-timing" if a.no_timing else ""),
-    "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-epochs {a.act_epochs} "
+    "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-core {a.act_core} --act-epochs {a.act_epochs} "
                      f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --act-tau {a.act_tau:g} --rows {a.rows}",
 }
 
@@ -696,6 +710,8 @@ def main() -> None:
     parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
     parser.add_argument("--act-fixed-steps", type=int, nargs="+", default=[1, 2, 3],
                         help="act: steps per input of the fixed-step controls")
+    parser.add_argument("--act-core", choices=["rnn", "transformer"], default="rnn",
+                        help="act: ACT on a recurrent cell (act_rnn) or on a transformer layer (act_transformer)")
     parser.add_argument("--act-tau", type=float, default=3e-3, help="act: ponder cost weight (act_rnn's tau)")
     parser.add_argument("--text-exits", type=int, default=5, help="text-exits: exits (5: after each of layers 1-5)")
     parser.add_argument("--text-budget", type=float, default=0.01, help="text-exits: validation accuracy budget")
