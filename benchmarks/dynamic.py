@@ -133,6 +133,10 @@ def _static_controls(task_cfg: dict[str, Any], names: list[str], target_macs: fl
     return out
 
 
+def _opt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
 def _slug(spec: str) -> str:
     return spec.replace("[", "").replace("]", "")
 
@@ -163,12 +167,13 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
         # trained from scratch for as many epochs as the exit model had in all (baseline + exit step)
         statics = {}
         static_train = {"train": {"epochs": base_train.epochs + args.epochs}}
-        for control in _static_controls(task_cfg, args.static_args, exits["metrics"]["macs"]):
+        with_statics = args.static_seeds is None or seed in args.static_seeds
+        for control in _static_controls(task_cfg, args.static_args if with_statics else [], exits["metrics"]["macs"]):
             key = f"{control['arg']}={control['value']}"
             statics[key] = _run({"version": 1, "task": control["task"], "seed": seed, "measure": measure,
                                  "baseline": static_train, "steps": []},
                                 folder / f"{seed}-static-{_slug(control['arg'])}")["steps"][0]
-        best = max(statics, key=lambda k: statics[k]["metrics"]["quality"])
+        best = max(statics, key=lambda k: statics[k]["metrics"]["quality"]) if statics else None
         # the fair control: the same baseline trained for the same extra epochs, without exits
         tuned = _run({**recipe, "baseline": {"weights": str(folder / f"{seed}-exits" / "steps" / "00-baseline"
                                                             / "model.safetensors")},
@@ -177,26 +182,28 @@ def exits_section(args, folder: Path, progress) -> dict[str, Any]:
                "statics": {k: {"accuracy": v["metrics"]["quality"], "macs": v["metrics"]["macs"]}
                            for k, v in statics.items()},
                "accuracy": {"baseline": base["metrics"]["quality"], "tuned": tuned["metrics"]["quality"],
-                            "exits": exits["metrics"]["quality"], "static": statics[best]["metrics"]["quality"]},
+                            "exits": exits["metrics"]["quality"],
+                            "static": statics[best]["metrics"]["quality"] if best else None},
                "macs": {"baseline": base["metrics"]["macs"], "exits": exits["metrics"]["macs"],
-                        "static": statics[best]["metrics"]["macs"]},
+                        "static": statics[best]["metrics"]["macs"] if best else None},
                "val_exit_shares": exits["info"]["val_exit_shares"], "threshold": exits["info"]["threshold"],
                "test_exit_shares": exits["info"].get("test_exit_shares"),
                "test_accuracy_per_exit": exits["info"]["test_accuracy_per_exit"],
                "exits_after": exits["info"]["exits_after"], "latency_ms": {}}
-        best_arg = _slug(best.split("=")[0])
+        best_arg = _slug(best.split("=")[0]) if best else None
         untimed = args.no_timing or (args.time_seeds is not None and seed not in args.time_seeds)
         timed = () if untimed else (("baseline", folder / f"{seed}-exits", 0),
                                            ("exits", folder / f"{seed}-exits", 1),
                                            ("static", folder / f"{seed}-static-{best_arg}", 0),
                                            ("tuned", folder / f"{seed}-tuned", 1))
+        timed = tuple(t for t in timed if t[0] != "static" or best)
         for name, run_dir, step in timed:
             for backend in ("eager", "onnxruntime"):
                 row["latency_ms"][f"{name}@{backend}"] = _time_rows(run_dir, step, backend, args.rows, args.repeats,
                                                                     args.threads)["mean_ms"]
         out.append(row)
         progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned backbone {row['accuracy']['tuned']:.4f}, "
-                 f"best static ({best}) {row['accuracy']['static']:.4f}), MACs {1 / ratio:.2f}x fewer")
+                 f"best static ({best}) {row['accuracy']['static']}), MACs {1 / ratio:.2f}x fewer")
     return {"task": task_cfg, "budget": args.budget, "criterion": args.criterion, "epochs": args.epochs,
             "distill": args.distill, "rows": out, "baseline_train": base_train.model_dump(),
             "static_epochs": base_train.epochs + args.epochs}
@@ -236,18 +243,19 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, m, t = r["accuracy"], r["macs"], r["latency_ms"] or _NOT_TIMED
-        lines.append(f"| {r['seed']} | {a['baseline']:.4f} | {a['tuned']:.4f} | {a['exits']:.4f} | {a['static']:.4f} | "
-                     f"{m['baseline']:,} | {m['exits']:,} | {m['static']:,} | "
+        lines.append(f"| {r['seed']} | {a['baseline']:.4f} | {a['tuned']:.4f} | {a['exits']:.4f} | "
+                     f"{_opt(a['static'], '.4f')} | {m['baseline']:,} | {m['exits']:,} | {_opt(m['static'], ',')} | "
                      f"{', '.join(f'{s:.2f}' for s in r['test_exit_shares'] or r['val_exit_shares'])} | "
-                     f"{t['tuned@eager']:.3f} / {t['exits@eager']:.3f} / {t['static@eager']:.3f} | "
+                     f"{t['tuned@eager']:.3f} / {t['exits@eager']:.3f} / {t.get('static@eager', math.nan):.3f} | "
                      f"{t['tuned@onnxruntime']:.3f} / {t['exits@onnxruntime']:.3f} / "
-                     f"{t['static@onnxruntime']:.3f} |")
+                     f"{t.get('static@onnxruntime', math.nan):.3f} |")
 
     def mean(f):
         return statistics.mean(f(r) for r in rows)
 
     early = mean(lambda r: 1 - (r["test_exit_shares"] or r["val_exit_shares"])[-1])
     timed = [r["latency_ms"] for r in rows if r["latency_ms"]]
+    static_gap = [r["accuracy"]["static"] - r["accuracy"]["tuned"] for r in rows if r["accuracy"]["static"]]
     lines += ["", "Static cuts (accuracy at MACs): " + "; ".join(
         f"seed {r['seed']}: " + ", ".join(f"{k} {v['accuracy']:.4f} at {v['macs']:,}" for k, v in r["statics"].items())
         for r in rows if r.get("statics")) + ".",
@@ -264,8 +272,12 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
                if timed else "- Latency: not timed in this run (`--no-timing`)."),
               f"- Accuracy against the tuned backbone: exits "
               f"{100 * mean(lambda r: r['accuracy']['exits'] - r['accuracy']['tuned']):+.2f} pt (bar: >= -0.5), static "
-              f"{100 * mean(lambda r: r['accuracy']['static'] - r['accuracy']['tuned']):+.2f} pt (must do worse than "
-              "exits).", ""]
+              + (f"{100 * statistics.mean(d for d in static_gap):+.2f} pt (must do worse than exits"
+                 + ("" if len(static_gap) == len(rows) else
+                    f"; trained for seed {', '.join(str(r['seed']) for r in rows if r['accuracy']['static'])} only")
+                 + f"; exits minus static on the same seeds: "
+                   f"{100 * statistics.mean(r['accuracy']['exits'] - r['accuracy']['static'] for r in rows if r['accuracy']['static']):+.2f} pt)."
+                 if static_gap else "not trained."), ""]
     return "\n".join(lines)
 
 
@@ -661,6 +673,7 @@ SECTIONS = {
                        f"--head {a.head} --exits {a.exits}" + (f" --after {' '.join(a.after)}" if a.after else "")
                        + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
                        + (f" --time-seeds {' '.join(map(str, a.time_seeds))}" if a.time_seeds is not None else "")
+                       + (f" --static-seeds {' '.join(map(str, a.static_seeds))}" if a.static_seeds is not None else "")
                        + (f" --model {a.model}" if a.model else "") + (f" --model-args '{a.model_args}'" if a.model_args else "")
                        + f" --static-args {' '.join(a.static_args)}" + (f" --distill {a.distill}" if a.distill else "")
                        + (" --no-timing" if a.no_timing else ""),
@@ -705,6 +718,8 @@ def main() -> None:
     parser.add_argument("--skip-deterministic", action="store_true", help="skip: gates without logistic noise in "
                                                                           "training (noise: false)")
     parser.add_argument("--skip-per-block", action="store_true", help="skip: ConvNet-AIG's per-gate target loss")
+    parser.add_argument("--static-seeds", type=int, nargs="*",
+                        help="exits: train the static controls for these seeds only (default: all)")
     parser.add_argument("--time-seeds", type=int, nargs="*", help="exits: time only these seeds' models (default: all)")
     parser.add_argument("--no-timing", action="store_true", help="skip: leave the latency phase out")
     parser.add_argument("--act-epochs", type=int, default=0, help="act: training epochs (0: the parity task's)")
