@@ -152,7 +152,11 @@ def run_section_loop(script: str, stem: str, args: Any, sections: dict[str, Any]
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-{stem}-{section}-") as tmp:
             res = namespace[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
-        text = namespace[f"render_{section}"](res, command, stamp)
+        try:
+            text = namespace[f"render_{section}"](res, command, stamp)
+        except Exception:  # the measurements outlive a rendering bug: write them, then fail
+            write_atomic(args.out, {f"{stem}_{section}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
+            raise
         publish_section(args.out, f"{stem}_{section}", res, text, command, started)
 
 

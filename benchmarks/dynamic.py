@@ -456,8 +456,8 @@ def render_skip(res: dict[str, Any], command: str, stamp: str) -> str:
 
     rows = res["rows"]
     m = res["task"]["model_args"]
-    model = (f"`cnn_shapes_dws` (width {m['width']}, depths {m['depths']}, MobileNetV2-style residual blocks)"
-             if res["task"]["model"] == "cnn_shapes_dws" else f"`{res['task']['model']}` ({m or 'defaults'})")
+    model = (f"`cnn_shapes_dws` (width {m.get('width', 32)}, depths {m['depths']}, MobileNetV2-style residual "
+             "blocks)" if res["task"]["model"] == "cnn_shapes_dws" else f"`{res['task']['model']}` ({m or 'defaults'})")
     lines = ["# Layer skipping against static removal of the same number of blocks", "",
              f"`{command}`; {stamp}; {cpu_capability()}.", "",
              f"Task `{res['task']['name']}` with {model}, baseline trained {res['baseline_epochs']} epochs. "
