@@ -133,6 +133,14 @@ def _static_controls(task_cfg: dict[str, Any], names: list[str], target_macs: fl
     return out
 
 
+def _task_name(task: str | dict[str, Any]) -> str:
+    """A task config as text: its name, and a model other than the task's own with its arguments."""
+    if isinstance(task, str):
+        return f"`{task}`"
+    model = f" with `{task['model']}` `{json.dumps(task.get('model_args', {}))}`" if task.get("model") else ""
+    return f"`{task['name']}`{model}"
+
+
 def _opt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -224,7 +232,7 @@ def render_exits(res: dict[str, Any], command: str, stamp: str) -> str:
     distill = f", self-distillation weight {res['distill']}" if res.get("distill") else ""
     lines = ["# Early exits against the baseline and a static model of the same mean MACs", "",
              f"`{command}`; {stamp}; {cpu_capability()}.", "",
-             f"Task `{res['task']}`. The `early_exit` step on the trained baseline: heads after "
+             f"Task {_task_name(res['task'])}. The `early_exit` step on the trained baseline: heads after "
              f"{rows[0]['exits_after']}, {res['epochs']} epochs joint training, one {res['criterion']} threshold "
              f"calibrated on the validation rows within {res['budget']} of the full network's accuracy"
              f"{distill}. "
