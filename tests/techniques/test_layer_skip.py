@@ -137,6 +137,18 @@ def test_a_model_that_is_not_a_chain_exports_as_one_graph_with_the_same_outputs(
         assert torch.allclose(exported(x), eager, atol=1e-5)
 
 
+def _train(net: SkipNetwork, term: SkipPenalty, x: torch.Tensor, y: torch.Tensor, steps: int = 100) -> None:
+    """``steps`` Adam steps on cross-entropy plus the weighted skip penalty (seeded)."""
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        out = net(x)
+        loss = nn.functional.cross_entropy(out, y) + term.weight * term(Batch(net, (x,), y, out))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_the_penalty_moves_the_executed_share_toward_the_target():
     def train(penalty: float) -> float:
         model = _backbone(4).train()
@@ -146,14 +158,7 @@ def test_the_penalty_moves_the_executed_share_toward_the_target():
         total, blocks, gates = block_macs(net, (x[:1],))
         term = SkipPenalty(0.6, float(total - sum(gates.values())), [float(blocks[n]) for n in net.names],
                            weight=penalty)
-        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-        torch.manual_seed(0)
-        for _ in range(100):
-            out = net(x)
-            loss = nn.functional.cross_entropy(out, y) + term.weight * term(Batch(net, (x,), y, out))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        _train(net, term, x, y)
         net.eval()
         with torch.no_grad():
             net(x)
@@ -179,14 +184,7 @@ def test_the_per_block_target_pulls_every_gate_to_one_rate():
     rates = [float(b.last_gate.mean()) for b in net.gated()]
     expected = sum((r - term.block_rate) ** 2 for r in rates) / len(rates)
     assert float(term(Batch(net, (x,), y, out))) == pytest.approx(expected, rel=1e-5)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for _ in range(100):
-        out = net(x)
-        loss = nn.functional.cross_entropy(out, y) + term.weight * term(Batch(net, (x,), y, out))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    _train(net, term, x, y)
     with torch.no_grad():  # training-mode rates over a few draws: every gate near the one rate, none shut
         draws = []
         for _ in range(10):

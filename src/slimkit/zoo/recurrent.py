@@ -138,23 +138,10 @@ class TransformerCell(nn.Module):
         return self.layer(state + self.inp(x))
 
 
-class TokenClassifier(nn.Module):
+class TokenClassifier(RecurrentClassifier):
     """A vector's entries as tokens (each entry's value and its one-hot position) through a core
     over token states (``FixedSteps`` or ACT with a ``TransformerCell``), then the token mean and
     a Linear. The core's ``input_dependent_cost`` and ``loss_terms()`` are the model's."""
-
-    def __init__(self, core: nn.Module, hidden: int, num_classes: int) -> None:
-        super().__init__()
-        self.core = core
-        self.head = nn.Linear(hidden, num_classes)
-
-    @property
-    def input_dependent_cost(self) -> bool:
-        return getattr(self.core, "input_dependent_cost", False) is True
-
-    def loss_terms(self) -> list:
-        own = getattr(self.core, "loss_terms", None)
-        return list(own()) if callable(own) else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
