@@ -95,3 +95,11 @@ def test_custom_task_example_standardises_with_training_rows_only():
         sys.path.remove(str(ROOT / "examples/custom_task"))
     x_train = load_data()["train"][0]
     assert abs(x_train.mean(0)).max() < 1e-5 and abs(x_train.std(0) - 1).max() < 1e-4
+
+
+def test_model_refusing_an_argument_value_is_a_config_error():
+    from slimkit.core.errors import ConfigError
+
+    task = build_task({"name": "digits-cnn", "model": "convmixer", "model_args": {"kernel": 4, "in_chans": 1}})
+    with pytest.raises(ConfigError, match="model 'convmixer' rejects its arguments.*odd kernel"):
+        task.build_model()

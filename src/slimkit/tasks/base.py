@@ -93,7 +93,7 @@ def classification_task(cfg: TaskConfig, *, default_model: str, num_classes: int
     def build() -> nn.Module:
         try:
             return factory(**kwargs)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:  # a factory's own argument checks name the bad value
             raise ConfigError(f"task {cfg.name!r}: model {model_name!r} rejects its arguments ({err})") from None
 
     info: dict[str, Any] = {"model": model_name, "model_args": kwargs}
