@@ -194,6 +194,48 @@ def test_the_per_block_target_pulls_every_gate_to_one_rate():
         assert abs(r - term.block_rate) < 0.15
 
 
+def test_stochastic_depth_skips_rows_at_the_rate_and_leaves_the_gates_idle():
+    torch.manual_seed(0)
+    inner = nn.Conv2d(4, 4, 3, padding=1)
+    block = GatedBlock(inner, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))).train()
+    block.drop_rate = 0.3
+    x = torch.randn(2000, 4, 6, 6)
+    out = block(x)
+    g = block.last_gate
+    assert set(g.unique().tolist()) == {0.0, 1.0} and abs(float(g.mean()) - 0.7) < 0.04
+    with torch.no_grad():
+        full = inner(x)
+    torch.testing.assert_close(out[g == 0], x[g == 0], rtol=0, atol=0)  # skipped rows: the input, untouched
+    torch.testing.assert_close(out[g == 1], full[g == 1])
+    out.sum().backward()
+    assert all(p.grad is None for p in block.gate.parameters())  # the gate takes no part
+    block.drop_rate = None  # the gate decides again, and learns
+    block(x).sum().backward()
+    assert block.gate[-1].bias.grad is not None
+
+
+def test_a_frozen_backbone_trains_only_the_gates():
+    model = _backbone(4).train()
+    x = torch.randn(64, 3, 32, 32)
+    y = torch.randint(0, 5, (64,))
+    net = attach_gates(model, (x[:1],)).freeze_backbone_()
+    net.train()
+    assert all(not m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    gate_keys = {k for k in net.state_dict() if ".gate." in k}
+    before = copy.deepcopy(net.state_dict())
+    total, blocks, gates = block_macs(net, (x[:1],))
+    term = SkipPenalty(0.6, float(total - sum(gates.values())), [float(blocks[n]) for n in net.names], weight=50.0)
+    _train(net, term, x, y, steps=10)
+    after = net.state_dict()
+    for k, v in before.items():  # weights and BatchNorm running statistics alike
+        if k not in gate_keys:
+            assert torch.equal(after[k], v), k
+    assert any(not torch.equal(after[k], before[k]) for k in gate_keys)
+    net.freeze_backbone_(False).train()
+    assert all(p.requires_grad for p in net.parameters())
+    assert all(m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def test_remove_least_used_removes_the_rarest_blocks():
     model = _backbone()
     chosen = remove_least_used_(model, {"1": 0.9, "2": 0.1, "5": 0.5, "8": 0.05}, 2)

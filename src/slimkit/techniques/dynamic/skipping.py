@@ -79,6 +79,7 @@ class GatedBlock(nn.Module):
         self.temperature = temperature
         self.noise = noise
         self.register_buffer("threshold", torch.zeros(()))
+        self.drop_rate: float | None = None  # training: rows skip the block at random at this rate, the gate idle
         self.last_gate: torch.Tensor | None = None  # training: the straight-through 0/1 value per row
         self.last_open: torch.Tensor | None = None  # evaluation: which rows ran the block
 
@@ -95,6 +96,10 @@ class GatedBlock(nn.Module):
         if math.isinf(t):  # forced shut or open: no gate, no gradient to it
             self.last_gate = x.new_full((x.shape[0],), float(t < 0))
             return self.block(x) if t < 0 else x
+        if self.drop_rate is not None:  # stochastic depth row by row (no rescaling: inference skips whole blocks)
+            g = (torch.rand(x.shape[0], device=x.device) >= self.drop_rate).to(x.dtype)
+            self.last_gate = g
+            return x + g.view(-1, *[1] * (x.dim() - 1)) * (self.block(x) - x)
         logit = self.logit(x) - t
         if self.noise:  # logistic noise: the Gumbel-sigmoid's sample
             u = torch.rand_like(logit).clamp(1e-6, 1 - 1e-6)
@@ -142,6 +147,32 @@ class SkipNetwork(nn.Module):
             if not isinstance(backbone.get_submodule(name), GatedBlock):
                 raise ValueError(f"{name!r} is not a gated block")
         self.last_executed: torch.Tensor | None = None  # [rows, blocks] bool: which blocks ran for each row
+        self.frozen = False
+
+    def train(self, mode: bool = True) -> "SkipNetwork":
+        super().train(mode)
+        if self.frozen:  # the backbone's normalisation statistics and dropout stay as they are
+            for m in self.backbone.modules():
+                if isinstance(m, (nn.modules.batchnorm._NormBase, nn.Dropout)):
+                    m.eval()
+        return self
+
+    def freeze_backbone_(self, frozen: bool = True) -> "SkipNetwork":
+        """Train only the gates (``frozen``): every other parameter stops taking gradients, and
+        normalisation layers keep their running statistics in training mode."""
+        gates = {id(p) for b in self.gated() for p in b.gate.parameters()}
+        for p in self.parameters():
+            p.requires_grad_(not frozen or id(p) in gates)
+        self.frozen = frozen
+        return self.train(self.training)
+
+    def set_drop_rate_(self, rate: float | None) -> "SkipNetwork":
+        """Stochastic depth (Huang et al. 2016, row by row; LayerDrop): in training every gated
+        block is skipped for a random share ``rate`` of the rows and the gates stay idle; ``None``
+        hands the decisions back to the gates."""
+        for b in self.gated():
+            b.drop_rate = rate
+        return self
 
     def gated(self) -> list[GatedBlock]:
         return [self.backbone.get_submodule(n) for n in self.names]
