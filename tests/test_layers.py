@@ -9,7 +9,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "slimkit"
 # lowest first; docs/ARCHITECTURE.md states the same order
-LAYERS = ["core", "encoding", "search", "data", "zoo", "measure", "train", "tasks", "techniques", "backends",
+LAYERS = ["core", "encoding", "search", "data", "zoo", "measure", "train", "tasks", "techniques", "backends", "nas",
           "recipes", "api", "cli", "__init__", "__main__"]
 
 

@@ -1,0 +1,152 @@
+"""Neural architecture search measured: strategies against random search at equal budget.
+
+    .venv/bin/python benchmarks/nas.py [--sections strategies] [--seeds 0 ... 19] [--trials 100]
+
+- strategies: the offline NAS-Bench-201 table of the `analog-nasbench` wheel (15,625 cells, CIFAR-10
+  accuracies of AnalogNAS-Bench's digital training; see `slimkit.nas.tabular` for the data set
+  caveat). Each strategy (random search, regularized evolution, TPE, REINFORCE) searches the 6
+  edges x 5 operations for `--trials` queries per seed, through `slimkit.nas.search` (an Optuna
+  study each). Reported: mean and standard deviation over seeds of the best accuracy found, its
+  regret to the table's best, the share of cells at least as good, wins against random search
+  seed by seed, and the mean best-so-far curve (plotted). Queries are table lookups: the time is
+  the strategies' own.
+
+Writes OUT/nas_SECTION.md and .json (and nas_strategies.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import run_section_loop  # noqa: E402
+
+STRATEGIES = ["random", "evolution", "tpe", "reinforce"]
+SECTIONS = {
+    "strategies": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --trials {a.trials} "
+                            f"--strategies {' '.join(a.strategies)}",
+}
+
+
+def strategies_section(args, folder: Path, progress) -> dict[str, Any]:
+    from slimkit.nas.search import finished, search
+    from slimkit.nas.strategies import best_so_far
+    from slimkit.nas.tabular import EDGES, load_nasbench201
+
+    table = load_nasbench201()
+    space = {edge: list(range(5)) for edge in EDGES}
+
+    def accuracy(params: dict[str, int]) -> float:
+        return table.accuracy([params[e] for e in EDGES])
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for strategy in args.strategies:
+        runs[strategy] = []
+        for seed in args.seeds:
+            started = time.perf_counter()
+            trials = finished(search(accuracy, space, strategy, args.trials, seed=seed))
+            values = [t.value for t in trials]
+            best = max(trials, key=lambda t: t.value)
+            runs[strategy].append({"seed": seed, "best": best.value, "cell": table.describe(
+                tuple(best.params[e] for e in EDGES)), "curve": best_so_far(values),
+                "distinct": len({tuple(t.params[e] for e in EDGES) for t in trials}),
+                "seconds": time.perf_counter() - started})
+        mean = statistics.mean(r["best"] for r in runs[strategy])
+        progress(f"{strategy}: mean best {mean:.3f} over {len(args.seeds)} seeds")
+    return {"trials": args.trials, "seeds": args.seeds, "table_best": table.best, "cells": len(table.records),
+            "ranks": {s: [table.rank(r["best"]) for r in rs] for s, rs in runs.items()}, "runs": runs}
+
+
+def render_strategies(res: dict[str, Any], command: str, stamp: str) -> str:
+    runs, best = res["runs"], res["table_best"]
+    lines = ["# Search strategies on NAS-Bench-201 (AnalogNAS-Bench's CIFAR-10 table)", "",
+             f"`{command}`; {stamp}.", "",
+             f"{res['cells']:,} cells, best {best:.2f}%. Each strategy queries {res['trials']} cells per seed "
+             f"(repeats count), {len(res['seeds'])} seeds. Best: the most accurate cell found; regret: the table's "
+             "best minus it; top share: cells at least as accurate as it; wins: seeds where the strategy's best "
+             "beats random search's with the same seed (ties half).", "",
+             "| strategy | mean best % | std | mean regret | median top share | distinct cells | wins vs random "
+             "| s per search |", "|---|---|---|---|---|---|---|---|"]
+    rnd = {r["seed"]: r["best"] for r in runs.get("random", [])}
+    for s, rs in runs.items():
+        bests = [r["best"] for r in rs]
+        wins = sum(1.0 if r["best"] > rnd[r["seed"]] else 0.5 if r["best"] == rnd[r["seed"]] else 0.0
+                   for r in rs) if rnd and s != "random" else None
+        lines.append(f"| {s} | {statistics.mean(bests):.3f} | {statistics.stdev(bests) if len(bests) > 1 else 0:.3f} | "
+                     f"{best - statistics.mean(bests):.3f} | {100 * statistics.median(res['ranks'][s]):.3f}% | "
+                     f"{statistics.mean(r['distinct'] for r in rs):.1f} | "
+                     f"{'—' if wins is None else f'{wins:g} of {len(rs)}'} | "
+                     f"{statistics.mean(r['seconds'] for r in rs):.2f} |")
+    curve_at = [k for k in (10, 25, 50, 100, 200, 500) if k <= res["trials"]]
+    lines += ["", "Mean best-so-far accuracy after N queries:", "",
+              "| strategy | " + " | ".join(f"N={k}" for k in curve_at) + " |",
+              "|---|" + "---|" * len(curve_at)]
+    for s, rs in runs.items():
+        lines.append(f"| {s} | " + " | ".join(f"{statistics.mean(r['curve'][k - 1] for r in rs):.3f}"
+                                              for k in curve_at) + " |")
+    if rnd:
+        base = statistics.mean(rnd.values())
+        lines += [""] + [f"- {s}: {statistics.mean(r['best'] for r in rs) - base:+.3f} pt over random search "
+                         "(bar: regularized evolution and TPE above random search)." for s, rs in runs.items()
+                         if s != "random"]
+    lines.append("- Plot: nas_strategies.png (mean best-so-far per strategy).")
+    return "\n".join(lines + [""])
+
+
+def plot_strategies(res: dict[str, Any], out: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s, rs in res["runs"].items():
+        n = len(rs[0]["curve"])
+        ax.plot(range(1, n + 1), [statistics.mean(r["curve"][i] for r in rs) for i in range(n)], label=s)
+    ax.axhline(res["table_best"], color="grey", ls=":", label="table best")
+    ax.set_xlabel("queries")
+    ax.set_ylabel("best accuracy found (%), mean over seeds")
+    ax.set_xscale("log")
+    ax.set_ylim(res["table_best"] - 3, res["table_best"] + 0.2)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".nas_strategies.png.tmp"
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(out / "nas_strategies.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(20)))
+    parser.add_argument("--trials", type=int, default=100, help="strategies: queries per search")
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, help="strategies: which ones")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    namespace = dict(globals())
+    render = namespace["render_strategies"]
+
+    def render_and_plot(res, command, stamp):
+        plot_strategies(res, args.out)
+        return render(res, command, stamp)
+
+    namespace["render_strategies"] = render_and_plot
+    run_section_loop("nas.py", "nas", args, SECTIONS, namespace)
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Neural architecture search: strategies as Optuna samplers, offline benchmarks, the ``nas`` step."""

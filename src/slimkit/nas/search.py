@@ -1,0 +1,68 @@
+"""One search loop for every strategy: an Optuna study over a categorical space, optionally kept
+in a storage that workers share and that a killed search resumes from.
+
+``search(objective, space, strategy, trials)`` asks the strategy's sampler for ``trials``
+candidates in total (the study's finished trials count, whichever worker or earlier run finished
+them), evaluates ``objective(params)`` on each and returns the study. With ``storage`` (an Optuna
+URL: ``sqlite:///nas.db`` on one machine, ``postgresql://...`` or ``mysql://...`` for workers on
+several) and a ``study_name``, several processes running the same call search together, and
+rerunning it after a kill adds only the trials still missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from slimkit.core.errors import ConfigError
+from slimkit.nas.strategies import make_sampler, quiet_optuna
+
+Objective = Callable[[dict[str, Any]], "float | Sequence[float]"]
+
+
+def _check_space(space: dict[str, Sequence[Any]]) -> None:
+    if not space:
+        raise ConfigError("the search space is empty")
+    for name, choices in space.items():
+        if len(choices) < 1 or len(set(map(repr, choices))) != len(choices):
+            raise ConfigError(f"search space {name!r}: choices must be non-empty and distinct, got {list(choices)}")
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete trials in trial-number order."""
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+
+
+def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str = "random", trials: int = 100, *,
+           seed: int | None = None, directions: Sequence[str] = ("maximize",), storage: str | None = None,
+           study_name: str | None = None, options: dict[str, Any] | None = None,
+           callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> optuna.Study:
+    """Search ``space`` ({dimension: choices}) with ``strategy`` until the study holds ``trials``
+    finished trials; see the module docstring. ``callback(study, trial)`` after each trial."""
+    _check_space(space)
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+    if storage is not None and not study_name:
+        raise ConfigError("a shared storage needs a study_name (workers find the study by it)")
+    quiet_optuna()
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=storage is not None,
+                                sampler=make_sampler(strategy, seed, **(options or {})),
+                                directions=list(directions))
+    if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+        raise ConfigError(f"study {study_name!r} in {storage} optimises {[d.name.lower() for d in study.directions]}, "
+                          f"not {list(directions)}")
+    names = list(space)
+
+    def run(trial: optuna.Trial) -> Any:
+        params = {n: trial.suggest_categorical(n, list(space[n])) for n in names}
+        value = objective(params)
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    left = trials - len(finished(study))
+    if left > 0:
+        stop = optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))
+        callbacks = [stop] + ([callback] if callback else [])
+        study.optimize(run, n_trials=left, callbacks=callbacks, catch=())
+    return study
