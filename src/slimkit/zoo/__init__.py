@@ -10,7 +10,7 @@ from slimkit.core.registry import MODELS
 
 # Importing the family modules registers them. Keep these imports light (torch only).
 from slimkit.zoo import (  # noqa: F401  (registration side effects)
-    efficientnet, isotropic, lenet, minilm, mobilenet, recurrent, resnet, shufflenet, small, squeezenet,
+    arch, efficientnet, isotropic, lenet, minilm, mobilenet, recurrent, resnet, shufflenet, small, squeezenet,
 )
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from slimkit.core.errors import ConfigError
 from slimkit.core.registry import MODELS
+from slimkit.zoo.arch import V2_SETTING
 from slimkit.zoo.blocks import DepthwiseSeparableConv, InvertedResidual, conv_bn_act, init_weights, make_divisible
 
 
@@ -107,9 +108,7 @@ def mobilenetv1_100(num_classes: int = 1000, in_chans: int = 3, width_mult: floa
 # MobileNetV2
 
 
-# (expansion t, output channels c, repeats n, first stride s) (Sandler et al. 2018, Table 2).
-_V2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_V2_SETTING = V2_SETTING  # (expansion t, output channels c, repeats n, first stride s): zoo/arch.py
 
 
 class MobileNetV2(nn.Module):
