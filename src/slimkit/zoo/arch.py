@@ -116,7 +116,7 @@ class ArchSpec(Config):
         return [s.to_string() for s in self.stages]
 
 
-def _block(s: StageSpec, in_ch: int, stride: int) -> nn.Module:
+def build_block(s: StageSpec, in_ch: int, stride: int) -> nn.Module:
     act = ACTS[s.act]
     if s.block == "ir":
         se_ch = max(1, int(in_ch * s.se)) if s.se else 0
@@ -148,7 +148,7 @@ class ArchNet(nn.Module):
         ch = spec.stem
         for s in spec.stages:
             for i in range(s.depth):
-                layers.append(_block(s, ch, s.stride if i == 0 else 1))
+                layers.append(build_block(s, ch, s.stride if i == 0 else 1))
                 ch = s.out
         if spec.head:
             layers.append(conv_bn_act(ch, spec.head, 1, act=ACTS[spec.act]))
