@@ -105,7 +105,8 @@ class LatencyTable:
         if missing:
             raise SlimkitError(f"the latency table has no entry for {len(missing)} piece(s) of this network, e.g. "
                                f"{missing[0]} (build the table over the space the network comes from)")
-        return sum(self.entries[k] for k, _, _ in pieces(spec, self.input_shape, self.num_classes))
+        call = self.entries.get(_null_key(self.input_shape), 0.0)  # one call's fixed cost (see build_table)
+        return call + sum(self.entries[k] for k, _, _ in pieces(spec, self.input_shape, self.num_classes))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """JSON, written through a temporary file (never half-written)."""
@@ -126,23 +127,54 @@ class LatencyTable:
             raise SlimkitError(f"{path}: not a latency table ({err})") from None
 
 
-def time_module(module: nn.Module, shape: Sequence[int], backend: str, threads: int, workdir: Path,
-                repeats: int = 30, max_seconds: float = 2.0) -> float:
-    """Median batch-1 milliseconds of ``module`` compiled on ``backend``."""
+def compile_module(module: nn.Module, shape: Sequence[int], backend: str, threads: int, workdir: Path
+                   ) -> Callable[[], Any]:
+    """``module`` compiled on ``backend`` for one batch-1 input of ``shape``: a call runs it once."""
     from slimkit.core.registry import BACKENDS
-    from slimkit.measure.latency import measure_latency
 
     torch.manual_seed(0)
     x = torch.randn(1, *shape)
-    module = module.eval()
-    compiled = BACKENDS.get(backend).compile(module, (x,), threads=threads, workdir=workdir)
-    return measure_latency(compiled, (x,), repeats=repeats, threads=threads, max_seconds=max_seconds).median_ms
+    compiled = BACKENDS.get(backend).compile(module.eval(), (x,), threads=threads, workdir=workdir)
+    return lambda: compiled(x)
+
+
+def time_rounds(runs: Sequence[Callable[[], Any]], threads: int, repeats: int = 20, rounds: int = 3,
+                progress: Callable[[], None] | None = None) -> list[float]:
+    """Batch-1 milliseconds of each of ``runs``: ``rounds`` passes over all of them in turn (so a
+    slow spell of a shared CPU falls on every run alike, not on one), each the median of
+    ``repeats`` calls; per run, the median over the passes."""
+    from slimkit.measure.latency import measure_latency
+
+    per_round: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            per_round[i].append(measure_latency(lambda _x: run(), (torch.zeros(1),), repeats=repeats, threads=threads,
+                                                warmup=3, min_warmup_seconds=0.02, max_seconds=1.0).median_ms)
+            if progress:
+                progress()
+    return [statistics.median(t) for t in per_round]
+
+
+def time_module(module: nn.Module, shape: Sequence[int], backend: str, threads: int, workdir: Path,
+                repeats: int = 20, rounds: int = 3) -> float:
+    """Median batch-1 milliseconds of ``module`` compiled on ``backend``."""
+    return time_rounds([compile_module(module, shape, backend, threads, workdir)], threads, repeats, rounds)[0]
+
+
+def _null_key(shape: Sequence[int]) -> str:
+    return _piece_key("null", shape="x".join(map(str, shape)))
 
 
 def build_table(space: SearchSpace, input_shape: Sequence[int], num_classes: int, backend: str = "eager",
-                threads: int = 1, repeats: int = 30, max_seconds: float | None = None,
+                threads: int = 1, repeats: int = 20, rounds: int = 3, max_seconds: float | None = None,
                 progress: bool = True) -> LatencyTable:
-    """Time every piece of ``space``'s candidates alone on ``backend``; see the module docstring."""
+    """Time every piece of ``space``'s candidates alone on ``backend``; see the module docstring.
+
+    A piece timed alone also pays a call's fixed cost (the runtime's dispatch, copying its input
+    in and its output out), which inside a network it does not. So a null piece (a ReLU on the
+    same input shape) is timed beside every piece and subtracted, and ``predict`` adds the null
+    piece of the network's input once: without it, ONNX Runtime's predictions were 2x the
+    measured networks' and ranked deep, cheap networks too slow."""
     from rich.progress import Progress
 
     from slimkit.core.hardware import cpu_model
@@ -151,18 +183,26 @@ def build_table(space: SearchSpace, input_shape: Sequence[int], num_classes: int
     for spec in candidate_specs(space):
         for key, make, shape in pieces(spec, input_shape, num_classes):
             todo.setdefault(key, (make, shape))
+    for shape in {shape for _, shape in todo.values()} | {tuple(input_shape)}:
+        todo[_null_key(shape)] = (nn.ReLU, shape)
     table = LatencyTable(backend, threads, tuple(input_shape), num_classes, cpu_model())
     started = time.perf_counter()
+    runs = []
     with tempfile.TemporaryDirectory(prefix="slimkit-lut-") as tmp, \
             Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"latency table on {backend}", total=len(todo))
-        for n, (key, (make, shape)) in enumerate(todo.items()):
+        task = bar.add_task(f"compiling pieces for {backend}", total=len(todo))
+        for n, (make, shape) in enumerate(todo.values()):
             if max_seconds is not None and time.perf_counter() - started > max_seconds:
                 raise SlimkitError(f"latency table: time budget of {max_seconds:g} s spent after {n} of {len(todo)} "
                                    f"pieces (narrow the space or raise the budget)")
-            workdir = Path(tmp) / str(n)
-            table.entries[key] = time_module(make(), shape, backend, threads, workdir, repeats)
+            runs.append(compile_module(make(), shape, backend, threads, Path(tmp) / str(n)))
             bar.advance(task)
+        bar.reset(task, total=len(todo) * rounds, description=f"timing pieces on {backend}")
+        times = dict(zip(todo, time_rounds(runs, threads, repeats, rounds, lambda: bar.advance(task))))
+    for key, (_, shape) in todo.items():
+        if not key.startswith("null("):
+            table.entries[key] = max(times[key] - times[_null_key(shape)], 0.0)
+    table.entries[_null_key(input_shape)] = times[_null_key(input_shape)]
     return table
 
 
@@ -173,17 +213,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def validate(table: LatencyTable, specs: Sequence[ArchSpec], repeats: int = 30) -> dict[str, Any]:
-    """Predicted and measured batch-1 latency of whole networks on the table's backend; their
-    Spearman correlation and the median ratio measured / predicted."""
+def validate(table: LatencyTable, specs: Sequence[ArchSpec], repeats: int = 20, rounds: int = 3) -> dict[str, Any]:
+    """Predicted and measured batch-1 latency of whole networks on the table's backend (timed in
+    interleaved rounds, as the pieces were); their Spearman correlation and the median ratio
+    measured / predicted."""
     from slimkit.zoo.arch import build_arch
 
-    predicted, measured = [], []
+    predicted = [table.predict(spec) for spec in specs]
     with tempfile.TemporaryDirectory(prefix="slimkit-lut-check-") as tmp:
-        for n, spec in enumerate(specs):
-            predicted.append(table.predict(spec))
-            net = build_arch(spec, table.num_classes, table.input_shape[0])
-            measured.append(time_module(net, table.input_shape, table.backend, table.threads, Path(tmp) / str(n),
-                                        repeats))
+        runs = [compile_module(build_arch(spec, table.num_classes, table.input_shape[0]), table.input_shape,
+                               table.backend, table.threads, Path(tmp) / str(n)) for n, spec in enumerate(specs)]
+        measured = time_rounds(runs, table.threads, repeats, rounds)
     return {"spearman": spearman(predicted, measured), "predicted_ms": predicted, "measured_ms": measured,
             "median_ratio": statistics.median(m / p for m, p in zip(measured, predicted))}

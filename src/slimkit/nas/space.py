@@ -114,3 +114,21 @@ class SearchSpace(Config):
                 raise ConfigError(f"stage {i}: a stride-1 shuffle stage keeps its width ({ch} -> {s.out})")
             ch = s.out
         return spec
+
+
+# Shipped spaces, by name (a ``nas`` step's ``space: mobile-32``).
+BUILTIN_SPACES: dict[str, dict[str, Any]] = {
+    # MobileNetV2's blocks for 32x32 inputs (its small-input layout: stride-1 stem, 8x downsampling):
+    # per stage after the first, depth, kernel, expansion and width are searched
+    "mobile-32": {"base": ["ir_r1_k3_s1_e1_c16", "ir_r2_k3_s2_e6_c24", "ir_r3_k3_s2_e6_c32",
+                           "ir_r3_k3_s2_e6_c64", "ir_r2_k3_s1_e6_c96"],
+                  "stem": 16, "stem_stride": 1,
+                  "stages": [{}] + [{"depth": [1, 2, 3], "kernel": [3, 5], "expand": [3, 6], "width": [0.5, 1.0]}] * 4},
+}
+
+
+def builtin_space(name: str) -> SearchSpace:
+    """A shipped search space by name."""
+    if name not in BUILTIN_SPACES:
+        raise ConfigError(f"unknown search space {name!r} (shipped: {', '.join(sorted(BUILTIN_SPACES))})")
+    return SearchSpace(**BUILTIN_SPACES[name])
