@@ -49,6 +49,8 @@ CASES = [
     ("train", {"epochs": 1, "lr": 0.001}),
     ("early_exit", {"budget": 0.02, "finetune": {"epochs": 1}}),
     ("layer_skip", {"blocks": ["0.2", "1.2"], "finetune": {"epochs": 1}}),  # cnn_digits: no residual blocks
+    ("nas", {"space": {"base": ["conv_r1_k3_s1_c8", "ir_r1_k3_s2_e2_c16"], "stem": 8,
+                       "stages": [{}, {"kernel": [3, 5]}]}, "trials": 2, "finetune": {"epochs": 1}}),
 ]
 
 

@@ -20,6 +20,8 @@ from slimkit.core.registry import STEPS, load_builtins
 from slimkit.recipes.runner import run_recipe
 from slimkit.tasks import build_task
 
+# a space of small networks for 8x8 digits (the nas step replaces the model with the one it chooses)
+NAS_SPACE = {"base": ["conv_r1_k3_s1_c8", "ir_r1_k3_s2_e2_c16"], "stem": 8, "stages": [{}, {"depth": [1, 2], "kernel": [3, 5]}]}
 # the smallest config of each step that changes a trained digits-cnn
 CASES: dict[str, dict] = {
     "train": {"epochs": 1, "lr": 1e-3},
@@ -42,6 +44,7 @@ CASES: dict[str, dict] = {
     "bayesian_compression": {"finetune": {"epochs": 3}},
     "early_exit": {"budget": 0.02, "finetune": {"epochs": 2}},
     "layer_skip": {"target_macs": 0.7, "penalty": 50.0, "finetune": {"epochs": 2}},
+    "nas": {"space": NAS_SPACE, "trials": 2, "strategy": "random", "finetune": {"epochs": 2}},
 }
 # steps that need another model than digits-cnn's on its data (layer_skip: residual blocks)
 TASKS: dict[str, dict] = {"layer_skip": {"name": "digits-cnn", "model": "cnn_shapes_dws",

@@ -28,7 +28,10 @@ TRAINING_STEPS = {
     "bayesian_compression": {"entropy_code": False},
     "early_exit": {},
     "layer_skip": {"blocks": ["2", "5"]},  # digits-mlp has no residual blocks: its ReLUs, named
+    "nas": {"trials": 1, "space": {"base": ["conv_r1_k3_s1_c8"], "stem": 8}},
 }
+# steps that need images: they train on digits-cnn's 8x8 rows instead of digits-mlp's vectors
+TASKS = {"nas": "digits-cnn"}
 # every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
 FINETUNE = {"epochs": 1, "batch_size": 32, "lr": 3e-4, "optimizer": "sgd", "momentum": 0.8, "weight_decay": 1e-3,
             "schedule": "constant", "grad_clip": 2.0, "keep_best": False,
@@ -48,7 +51,7 @@ def test_the_table_covers_every_step_with_a_finetune_field():
 def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name, tmp_path):
     from slimkit.core.io import save_state_dict
 
-    task = build_task("digits-mlp")
+    task = build_task(TASKS.get(name, "digits-mlp"))
     model = task.build_model()
     initial = str(save_state_dict(tmp_path / "initial.safetensors", model.state_dict()))  # lottery rewinds
     calls = []
@@ -58,7 +61,7 @@ def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name, tmp_p
         return fit(model, data, cfg, **kwargs)
 
     cfg = parse_config(STEPS.entry(name).config, {**TRAINING_STEPS[name], "finetune": FINETUNE}, name)
-    STEPS.get(name).fn(model, cfg, Context(task=task, train_fn=recording_fit, task_config={"name": "digits-mlp"},
+    STEPS.get(name).fn(model, cfg, Context(task=task, train_fn=recording_fit, task_config={"name": task.name},
                                            initial_weights=initial))
     assert calls, f"{name} did not train"
     assert all(c.model_dump() == TrainConfig(**FINETUNE).model_dump() for c in calls)

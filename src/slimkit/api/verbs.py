@@ -240,6 +240,14 @@ def layer_skip(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> 
     return apply("layer_skip", model, data, **kwargs)
 
 
+def nas(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
+    """Architecture search over ``space`` (a shipped space's name or base + per-stage choices),
+    candidates trained on labelled ``data`` and scored on its validation rows within the MACs,
+    parameter, byte or latency budgets: returns the chosen network (``model`` gives only the
+    input shape and the number of classes)."""
+    return apply("nas", model, data, **kwargs)
+
+
 def distill(student: nn.Module, teacher: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
     """Train ``student`` on ``data`` with ``teacher``'s outputs as loss terms (``losses``,
     ``temperature``, ``finetune``...); the teacher is not changed."""

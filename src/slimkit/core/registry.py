@@ -87,6 +87,7 @@ _BUILTIN_MODULES = (
     "slimkit.train.step",
     "slimkit.techniques",
     "slimkit.backends",
+    "slimkit.nas.step",
 )
 _loaded = False
 

@@ -23,8 +23,6 @@ Objective = Callable[[dict[str, Any]], "float | Sequence[float]"]
 
 
 def _check_space(space: dict[str, Sequence[Any]]) -> None:
-    if not space:
-        raise ConfigError("the search space is empty")
     for name, choices in space.items():
         if len(choices) < 1 or len(set(map(repr, choices))) != len(choices):
             raise ConfigError(f"search space {name!r}: choices must be non-empty and distinct, got {list(choices)}")
@@ -37,10 +35,13 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str = "random", trials: int = 100, *,
            seed: int | None = None, directions: Sequence[str] = ("maximize",), storage: str | None = None,
-           study_name: str | None = None, options: dict[str, Any] | None = None,
+           study_name: str | None = None, options: dict[str, Any] | None = None, timeout: float | None = None,
            callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> optuna.Study:
     """Search ``space`` ({dimension: choices}) with ``strategy`` until the study holds ``trials``
-    finished trials; see the module docstring. ``callback(study, trial)`` after each trial."""
+    finished trials, or ``timeout`` seconds have passed (the trial running then finishes); see the
+    module docstring. ``objective(params)`` returns the value (a sequence for several objectives),
+    or ``{"value": ..., "attrs": {...}}`` to store attributes with the trial (in the storage, for
+    every worker). ``callback(study, trial)`` after each trial."""
     _check_space(space)
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
@@ -58,11 +59,15 @@ def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str 
     def run(trial: optuna.Trial) -> Any:
         params = {n: trial.suggest_categorical(n, list(space[n])) for n in names}
         value = objective(params)
+        if isinstance(value, dict):
+            for key, attr in value.get("attrs", {}).items():
+                trial.set_user_attr(key, attr)
+            value = value["value"]
         return tuple(value) if isinstance(value, (list, tuple)) else value
 
     left = trials - len(finished(study))
     if left > 0:
         stop = optuna.study.MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))
         callbacks = [stop] + ([callback] if callback else [])
-        study.optimize(run, n_trials=left, callbacks=callbacks, catch=())
+        study.optimize(run, n_trials=left, timeout=timeout, callbacks=callbacks, catch=())
     return study

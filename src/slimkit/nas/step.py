@@ -1,0 +1,188 @@
+"""The ``nas`` recipe step: search a space of architecture specs for the most accurate network
+within a budget (MACs, parameters, bytes, latency on a backend's measured lookup table), train the
+candidates with the one training loop, and hand the chosen network to the later steps.
+
+Each candidate is built from its spec and checked against the constraints first (costs counted
+on the built network; latency predicted by a per-block table measured on ``latency_backend``):
+one over budget is not trained and scores minus its excess (below every feasible candidate,
+closer misses first, so a strategy still learns from it). Feasible candidates train with
+``finetune`` and score their validation quality. The best feasible candidate is the step's model,
+retrained from scratch with ``final`` if given; its spec is the step's structure, so restoring a
+run rebuilds it. ``storage`` + ``study_name`` put the study in an Optuna storage that other
+workers share and a rerun resumes (see ``nas/search.py``).
+
+The incoming model is replaced: it gives only the input shape and the number of classes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, model_validator
+
+from slimkit.core.config import Config
+from slimkit.core.errors import ConfigError
+from slimkit.core.step import StepResult, register_step
+from slimkit.nas.space import SearchSpace
+from slimkit.tasks.context import Context
+from slimkit.train.config import TrainConfig, TrainingStepConfig, finetune_config
+from slimkit.zoo.arch import ArchSpec
+
+CandidateTraining = finetune_config("CandidateTraining", epochs=Field(3, ge=1, description="epochs per candidate"),
+                                    lr=2e-3)
+
+
+class NasConfig(TrainingStepConfig):
+    space: str | SearchSpace = Field("mobile-32", description="a shipped space's name or a space (base, stages)")
+    strategy: Literal["random", "tpe", "evolution", "reinforce", "nsga2"] = Field(
+        "evolution", description="search strategy (an Optuna sampler)")
+    strategy_options: dict[str, Any] = Field(default_factory=dict, description="the strategy's own options "
+                                                                               "(evolution: population, sample)")
+    trials: int = Field(20, ge=1, description="candidates evaluated in all (finished trials of the study)")
+    max_macs: int | None = Field(None, gt=0, description="MACs per row at most")
+    max_params: int | None = Field(None, gt=0, description="parameters at most")
+    max_bytes: int | None = Field(None, gt=0, description="fp32 weight bytes at most")
+    max_latency_ms: float | None = Field(None, gt=0, description="batch-1 latency on latency_backend at most "
+                                                                 "(predicted by a measured per-block table)")
+    latency_backend: str = Field("eager", description="where latency is measured")
+    max_seconds: float | None = Field(None, gt=0, description="stop the search after this long (finished trials "
+                                                              "count; the best so far is chosen)")
+    storage: str | None = Field(None, description="Optuna storage URL (sqlite:///nas.db, postgresql://...)")
+    study_name: str | None = Field(None, description="the study's name in the storage")
+    finetune: CandidateTraining = Field(default_factory=CandidateTraining, description="training of each candidate")
+    final: TrainConfig | None = Field(None, description="retrain the chosen network from scratch with this (none: "
+                                                        "keep its candidate training)")
+
+    @model_validator(mode="after")
+    def _storage_with_name(self) -> "NasConfig":
+        if self.storage and not self.study_name:
+            raise ValueError("storage needs a study_name (workers find the study by it)")
+        if self.strategy == "nsga2":
+            raise ValueError("nsga2 needs several objectives; the nas step maximises quality under constraints "
+                             "(use evolution, tpe, reinforce or random)")
+        return self
+
+
+class NasStructure(Config):
+    spec: ArchSpec = Field(description="the chosen network")
+    num_classes: int = Field(ge=1)
+    in_chans: int = Field(ge=1)
+
+
+def restore_nas(model: nn.Module, structure: NasStructure) -> nn.Module:
+    """The chosen network, rebuilt from its spec (weights come from the checkpoint)."""
+    from slimkit.zoo.arch import build_arch
+
+    return build_arch(structure.spec, structure.num_classes, structure.in_chans)
+
+
+def _space(cfg: NasConfig) -> SearchSpace:
+    from slimkit.nas.space import builtin_space
+
+    return builtin_space(cfg.space) if isinstance(cfg.space, str) else cfg.space
+
+
+def costs(net: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """MACs per row, parameters and fp32 bytes of a built candidate."""
+    from slimkit.measure.macs import count_macs
+
+    params = sum(p.numel() for p in net.parameters())
+    return {"macs": float(count_macs(net.eval(), (example,))), "params": float(params), "bytes": 4.0 * params}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, quality) no other point beats on both (lower cost, higher
+    quality), in order of cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+@register_step("nas", config=NasConfig, restore=restore_nas, structure=NasStructure)
+def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
+    """Neural architecture search over a space of architecture specs: the most accurate candidate
+    within the MACs, parameter, byte and latency budgets, found by a strategy run on Optuna."""
+    from slimkit.nas.search import finished, search
+    from slimkit.zoo.arch import build_arch
+
+    example = ctx.data.train.inputs[0][:1].to(ctx.device)
+    if example.dim() != 4:
+        raise ConfigError(f"nas searches convolutional networks: the task's inputs must be images [C, H, W], got "
+                          f"rows of shape {tuple(example.shape[1:])}")
+    with torch.no_grad():
+        num_classes = int(model.eval()(example).shape[-1])
+    in_chans, input_shape = int(example.shape[1]), tuple(int(d) for d in example.shape[1:])
+    space = _space(cfg)
+    try:
+        space.spec({})
+    except ConfigError as err:
+        raise ConfigError(f"nas: the space's base network cannot be built: {err}") from None
+    table = None
+    if cfg.max_latency_ms is not None:
+        from slimkit.nas.latency import build_table
+
+        threads = ctx.measure.threads if ctx.measure is not None and ctx.measure.threads else 1
+        table = build_table(space, input_shape, num_classes, cfg.latency_backend, threads=threads,
+                            progress=ctx.progress)
+    limits = {"macs": cfg.max_macs, "params": cfg.max_params, "bytes": cfg.max_bytes, "latency_ms": cfg.max_latency_ms}
+    trained: dict[int, nn.Module] = {}  # the best feasible candidate's trained weights, kept
+    best_so_far = [float("-inf")]
+    started = time.perf_counter()
+
+    def objective(params: dict[str, Any]) -> dict[str, Any]:
+        spec = space.spec(params)
+        torch.manual_seed(ctx.seed)
+        net = build_arch(spec, num_classes, in_chans).to(ctx.device)
+        cost = costs(net, example)
+        if table is not None:
+            cost["latency_ms"] = table.predict(spec)
+        excess = max((cost[k] / v - 1 for k, v in limits.items() if v is not None), default=-1.0)
+        attrs = {**cost, "spec": spec.strings(), "feasible": excess <= 0}
+        if excess > 0:
+            return {"value": -excess, "attrs": attrs}
+        ctx.train(net, cfg.finetune, description=f"nas candidate ({len(trained)} kept)")
+        quality = ctx.validate(net)
+        if quality > best_so_far[0]:
+            best_so_far[0] = quality
+            trained.clear()
+            trained[0] = net
+        return {"value": quality, "attrs": attrs}
+
+    dims = space.dimensions()  # none: one candidate, the base network, trained once
+    study = search(objective, dims, cfg.strategy, cfg.trials if dims else 1, seed=ctx.seed, storage=cfg.storage,
+                   study_name=cfg.study_name, options=cfg.strategy_options, timeout=cfg.max_seconds)
+    trials = finished(study)
+    feasible = [t for t in trials if t.user_attrs.get("feasible")]
+    if not feasible:
+        raise ConfigError(f"nas: none of the {len(trials)} candidates met the budget "
+                          f"({', '.join(f'{k} <= {v:g}' for k, v in limits.items() if v is not None)}); the closest "
+                          f"missed by {100 * -max(t.value for t in trials):.0f}%")
+    best = max(feasible, key=lambda t: t.value)
+    spec = space.spec(best.params)
+    if cfg.final is not None or 0 not in trained or best.value != best_so_far[0]:
+        # retrain: asked for, or the best trial was finished by another worker / an earlier run
+        torch.manual_seed(ctx.seed)
+        chosen = build_arch(spec, num_classes, in_chans).to(ctx.device)
+        ctx.train(chosen, cfg.final or cfg.finetune, description="nas: the chosen network")
+    else:
+        chosen = trained[0]
+    cost_key = "latency_ms" if table is not None else "macs"
+    points = [(t.user_attrs[cost_key], t.value) for t in feasible]
+    info = {"trials": [{"number": t.number, "quality": t.value if t.user_attrs.get("feasible") else None,
+                        **{k: t.user_attrs.get(k) for k in ("macs", "params", "bytes", "latency_ms", "feasible",
+                                                            "spec")}} for t in trials],
+            "chosen": {"trial": best.number, "validation_quality": best.value, "spec": spec.strings(),
+                       **{k: best.user_attrs.get(k) for k in ("macs", "params", "latency_ms")}},
+            "pareto": {"cost": cost_key, "trials": [feasible[i].number for i in pareto_front(points)]},
+            "space_size": space.size(), "strategy": cfg.strategy, "search_seconds": time.perf_counter() - started,
+            "retrained": chosen is not trained.get(0)}
+    if table is not None:
+        info["latency_table"] = {"backend": table.backend, "pieces": len(table.entries), "threads": table.threads}
+    return StepResult(chosen, info=info, structure=NasStructure(spec=spec, num_classes=num_classes, in_chans=in_chans))
