@@ -5,6 +5,10 @@
 - latency: a per-block latency table of a shipped search space (`--space`) built by timing
   every piece on each backend, against `--samples` random candidates timed whole: Spearman.
 
+- workers: one search over small networks for digits-cnn (candidates trained `--worker-epochs`
+  epochs, one thread each) run by one worker process, then by two sharing a SQLite-backed Optuna
+  study: wall times; then a worker killed mid-study and a new one finishing it: no finished trial lost.
+
 - strategies: the offline NAS-Bench-201 table of the `analog-nasbench` wheel (15,625 cells, CIFAR-10
   accuracies of AnalogNAS-Bench's digital training; see `slimkit.nas.tabular` for the data set
   caveat). Each strategy (random search, regularized evolution, TPE, REINFORCE) searches the 6
@@ -33,6 +37,7 @@ STRATEGIES = ["random", "evolution", "tpe", "reinforce"]
 SECTIONS = {
     "strategies": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --trials {a.trials} "
                             f"--strategies {' '.join(a.strategies)}",
+    "workers": lambda a: f"--worker-trials {a.worker_trials} --worker-epochs {a.worker_epochs}",
     "latency": lambda a: f"--space {a.space} --backends {' '.join(a.backends)} --samples {a.samples} "
                          f"--repeats {a.repeats} --rounds {a.rounds}",
 }
@@ -144,6 +149,102 @@ def render_latency(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines + [""])
 
 
+DIGITS_SPACE = {"base": ["conv_r1_k3_s1_c16", "ir_r2_k3_s2_e4_c32", "ir_r2_k3_s1_e4_c48"], "stem": 16,
+                "stages": [{}, {"depth": [1, 2, 3], "kernel": [3, 5], "width": [0.5, 1.0]},
+                           {"depth": [1, 2], "kernel": [3, 5], "width": [0.5, 1.0]}]}
+
+
+def _worker(spec: dict[str, Any]) -> None:
+    """One search worker: candidates of DIGITS_SPACE trained on digits-cnn, one thread."""
+    import torch
+
+    from slimkit.nas.search import search
+    from slimkit.nas.space import SearchSpace
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+    from slimkit.train.config import TrainConfig
+    from slimkit.zoo.arch import build_arch
+
+    torch.set_num_threads(1)
+    space = SearchSpace(**DIGITS_SPACE)
+    task = build_task("digits-cnn")
+    ctx = Context(task=task, seed=0)
+    cfg = TrainConfig(epochs=spec["epochs"], lr=2e-3, batch_size=64)
+
+    def objective(params):
+        torch.manual_seed(0)
+        net = build_arch(space.spec(params), 10, 1)
+        ctx.train(net, cfg, description="candidate")
+        return ctx.validate(net)
+
+    search(objective, space.dimensions(), "evolution", spec["trials"], seed=spec["seed"], storage=spec["storage"],
+           study_name="workers", options={"population": 4, "sample": 2})
+
+
+def workers_section(args, folder: Path, progress) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    import optuna
+
+    from slimkit.nas.search import finished
+
+    def start(url: str, seed: int) -> subprocess.Popen:
+        spec = {"storage": url, "trials": args.worker_trials, "epochs": args.worker_epochs, "seed": seed}
+        return subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    def done(url: str) -> list:
+        try:
+            return finished(optuna.load_study(study_name="workers", storage=url))
+        except KeyError:
+            return []
+
+    walls = {}
+    for n in (1, 2):
+        url = f"sqlite:///{folder / f'{n}.db'}"
+        started = time.perf_counter()
+        procs = [start(url, seed) for seed in range(n)]
+        if any(p.wait() != 0 for p in procs):
+            raise RuntimeError(f"a worker failed ({n} workers)")
+        walls[str(n)] = {"seconds": time.perf_counter() - started, "trials": len(done(url))}
+        progress(f"{n} worker(s): {walls[str(n)]['trials']} trials in {walls[str(n)]['seconds']:.1f} s")
+    # a worker killed mid-study: the finished trials stay, a new worker finishes the study
+    url = f"sqlite:///{folder / 'kill.db'}"
+    procs = [start(url, seed) for seed in (10, 11)]
+    while len(done(url)) < args.worker_trials // 3:
+        time.sleep(0.2)
+    procs[0].kill()
+    procs[0].wait()
+    before = {t.number: (t.params, t.value) for t in done(url)}
+    late = start(url, 12)
+    if procs[1].wait() != 0 or late.wait() != 0:
+        raise RuntimeError("a worker failed after the kill")
+    after = done(url)
+    kept = all(t.number not in before or (t.params, t.value) == before[t.number] for t in after) and \
+        set(before) <= {t.number for t in after}
+    return {"trials": args.worker_trials, "epochs": args.worker_epochs, "walls": walls,
+            "kill": {"finished_at_kill": len(before), "finished_after": len(after), "all_kept": kept}}
+
+
+def render_workers(res: dict[str, Any], command: str, stamp: str) -> str:
+    w = res["walls"]
+    return "\n".join([
+        "# Two search workers on one SQLite-backed Optuna study", "", f"`{command}`; {stamp}.", "",
+        f"A study of {res['trials']} candidates (aging evolution over small convolutional networks for digits-cnn, "
+        f"each trained {res['epochs']} epochs with one thread, then validated) run by one worker process, then "
+        "by two worker processes sharing the study through `sqlite:///...` (each runs until the study holds "
+        "the trials; the evolution sampler rebuilds its population from the stored trials).", "",
+        "| workers | finished trials | wall s |", "|---|---|---|",
+        f"| 1 | {w['1']['trials']} | {w['1']['seconds']:.1f} |",
+        f"| 2 | {w['2']['trials']} | {w['2']['seconds']:.1f} |", "",
+        f"- Two workers: {w['1']['seconds'] / w['2']['seconds']:.2f}x faster "
+        "(bar: about half the wall time).",
+        f"- A worker killed (SIGKILL) after {res['kill']['finished_at_kill']} finished trials; a new worker joined "
+        f"and the study ended with {res['kill']['finished_after']} finished trials; every trial finished before "
+        f"the kill kept its parameters and value: {res['kill']['all_kept']}.", ""])
+
+
 def plot_strategies(res: dict[str, Any], out: Path) -> None:
     import io
 
@@ -184,9 +285,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=30, help="latency: candidates timed whole")
     parser.add_argument("--repeats", type=int, default=20, help="latency: timed calls per piece or network and round")
     parser.add_argument("--rounds", type=int, default=5, help="latency: interleaved passes over the pieces (networks)")
+    parser.add_argument("--worker-trials", type=int, default=24, help="workers: candidates in the study")
+    parser.add_argument("--worker-epochs", type=int, default=2, help="workers: training epochs per candidate")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.worker:
+        import json
+
+        _worker(json.loads(args.worker))
+        return
     namespace = dict(globals())
     render = namespace["render_strategies"]
 

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from slimkit.core.config import Config
 from slimkit.core.errors import ConfigError
-from slimkit.zoo.arch import ActName, ArchSpec, BlockType, StageSpec, parse_stage
+from slimkit.zoo.arch import ActName, ArchSpec, BlockType, StageSpec, parse_stages
 from slimkit.zoo.blocks import make_divisible
 
 
@@ -64,12 +64,7 @@ class SearchSpace(Config):
     stages: list[StageChoices] = Field(default_factory=list, description="per base stage, the values each field may "
                                                                          "take")
 
-    @field_validator("base", mode="before")
-    @classmethod
-    def _strings(cls, value: object) -> object:
-        if isinstance(value, (list, tuple)):
-            return [parse_stage(v) if isinstance(v, str) else v for v in value]
-        return value
+    _strings = field_validator("base", mode="before")(classmethod(lambda cls, value: parse_stages(value)))
 
     @model_validator(mode="after")
     def _one_choice_set_per_stage(self) -> "SearchSpace":

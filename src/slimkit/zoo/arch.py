@@ -95,6 +95,13 @@ def parse_stage(text: str) -> StageSpec:
         raise ConfigError(f"stage {text!r}: {err}") from None
 
 
+def parse_stages(value: object) -> object:
+    """A list of stages with each string entry parsed (``parse_stage``); fields and specs pass."""
+    if isinstance(value, (list, tuple)):
+        return [parse_stage(v) if isinstance(v, str) else v for v in value]
+    return value
+
+
 class ArchSpec(Config):
     stages: list[StageSpec] = Field(min_length=1, description="the stages, in order (strings in timm's notation "
                                                               "or fields)")
@@ -105,12 +112,7 @@ class ArchSpec(Config):
     act: ActName = Field("relu6", description="stem and head activation")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier")
 
-    @field_validator("stages", mode="before")
-    @classmethod
-    def _strings(cls, value: object) -> object:
-        if isinstance(value, (list, tuple)):
-            return [parse_stage(v) if isinstance(v, str) else v for v in value]
-        return value
+    _strings = field_validator("stages", mode="before")(classmethod(lambda cls, value: parse_stages(value)))
 
     def strings(self) -> list[str]:
         return [s.to_string() for s in self.stages]
