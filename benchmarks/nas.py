@@ -191,8 +191,13 @@ def workers_section(args, folder: Path, progress) -> dict[str, Any]:
 
     def start(url: str, seed: int) -> subprocess.Popen:
         spec = {"storage": url, "trials": args.worker_trials, "epochs": args.worker_epochs, "seed": seed}
+        log = open(folder / f"worker-{seed}.log", "w")
         return subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=log)
+
+    def failed(what: str, seeds) -> RuntimeError:
+        tails = [f"worker {s}: " + (folder / f"worker-{s}.log").read_text()[-1500:] for s in seeds]
+        return RuntimeError(f"a worker failed ({what})\n" + "\n".join(tails))
 
     def done(url: str) -> list:
         try:
@@ -205,8 +210,8 @@ def workers_section(args, folder: Path, progress) -> dict[str, Any]:
         url = f"sqlite:///{folder / f'{n}.db'}"
         started = time.perf_counter()
         procs = [start(url, seed) for seed in range(n)]
-        if any(p.wait() != 0 for p in procs):
-            raise RuntimeError(f"a worker failed ({n} workers)")
+        if any([p.wait() != 0 for p in procs]):
+            raise failed(f"{n} workers", range(n))
         walls[str(n)] = {"seconds": time.perf_counter() - started, "trials": len(done(url))}
         progress(f"{n} worker(s): {walls[str(n)]['trials']} trials in {walls[str(n)]['seconds']:.1f} s")
     # a worker killed mid-study: the finished trials stay, a new worker finishes the study
@@ -219,7 +224,7 @@ def workers_section(args, folder: Path, progress) -> dict[str, Any]:
     before = {t.number: (t.params, t.value) for t in done(url)}
     late = start(url, 12)
     if procs[1].wait() != 0 or late.wait() != 0:
-        raise RuntimeError("a worker failed after the kill")
+        raise failed("after the kill", (11, 12))
     after = done(url)
     kept = all(t.number not in before or (t.params, t.value) == before[t.number] for t in after) and \
         set(before) <= {t.number for t in after}

@@ -102,6 +102,25 @@ def test_search_resumes_from_its_storage_and_checks_what_it_is_given(tmp_path):
         make_sampler("reinforce", lr=-1)
 
 
+def test_a_worker_that_loses_the_race_to_create_the_storage_loads_it(tmp_path, monkeypatch):
+    import sqlalchemy.exc
+
+    real, calls = optuna.create_study, []
+
+    def racing(**kwargs):  # the first call meets the tables another worker is creating
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE alembic_version", {}, Exception("already exists"))
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", racing)
+    study = search(_onemax("aaaaaaaa"), SPACE, "random", 3, storage=f"sqlite:///{tmp_path / 'r.db'}", study_name="r")
+    assert len(calls) == 2 and len(finished(study)) == 3
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: (_ for _ in ()).throw(ValueError("not a race")))
+    with pytest.raises(ValueError, match="not a race"):  # anything else is not retried
+        search(_onemax("aaaaaaaa"), SPACE, "random", 3, storage=f"sqlite:///{tmp_path / 'r.db'}", study_name="r")
+
+
 def test_best_so_far():
     assert best_so_far([1, 3, 2, 5]) == [1, 3, 3, 5]
     assert best_so_far([4, 5, 1], maximize=False) == [4, 4, 1]

@@ -11,6 +11,8 @@ rerunning it after a kill adds only the trials still missing.
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -26,6 +28,24 @@ def _check_space(space: dict[str, Sequence[Any]]) -> None:
     for name, choices in space.items():
         if len(choices) < 1 or len(set(map(repr, choices))) != len(choices):
             raise ConfigError(f"search space {name!r}: choices must be non-empty and distinct, got {list(choices)}")
+
+
+def _open_study(storage: str | None, study_name: str | None, sampler: optuna.samplers.BaseSampler,
+                directions: Sequence[str], attempts: int = 20) -> optuna.Study:
+    """Create the study, or load it if a worker already did. Workers started together on a fresh
+    storage race to create its tables (SQLite: "table alembic_version already exists"): the
+    loser waits a moment and loads what the winner made."""
+    rng = random.Random()
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(storage=storage, study_name=study_name, load_if_exists=storage is not None,
+                                       sampler=sampler, directions=list(directions))
+        except Exception as err:
+            racing = storage is not None and type(err).__module__.startswith(("sqlalchemy", "optuna"))
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 + rng.random() * 0.4)
+    raise AssertionError("unreachable")
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -48,9 +68,7 @@ def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str 
     if storage is not None and not study_name:
         raise ConfigError("a shared storage needs a study_name (workers find the study by it)")
     quiet_optuna()
-    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=storage is not None,
-                                sampler=make_sampler(strategy, seed, **(options or {})),
-                                directions=list(directions))
+    study = _open_study(storage, study_name, make_sampler(strategy, seed, **(options or {})), directions)
     if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
         raise ConfigError(f"study {study_name!r} in {storage} optimises {[d.name.lower() for d in study.directions]}, "
                           f"not {list(directions)}")
