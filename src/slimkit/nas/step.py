@@ -116,8 +116,10 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
     if example.dim() != 4:
         raise ConfigError(f"nas searches convolutional networks: the task's inputs must be images [C, H, W], got "
                           f"rows of shape {tuple(example.shape[1:])}")
+    from slimkit.core.outputs import primary_output
+
     with torch.no_grad():
-        num_classes = int(model.eval()(example).shape[-1])
+        num_classes = int(primary_output(model.eval()(example)).shape[-1])
     in_chans, input_shape = int(example.shape[1]), tuple(int(d) for d in example.shape[1:])
     space = _space(cfg)
     try:
@@ -132,8 +134,7 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
         table = build_table(space, input_shape, num_classes, cfg.latency_backend, threads=threads,
                             progress=ctx.progress)
     limits = {"macs": cfg.max_macs, "params": cfg.max_params, "bytes": cfg.max_bytes, "latency_ms": cfg.max_latency_ms}
-    trained: dict[int, nn.Module] = {}  # the best feasible candidate's trained weights, kept
-    best_so_far = [float("-inf")]
+    kept: dict[str, Any] = {"quality": float("-inf")}  # this process's best feasible candidate: spec, trained net
     started = time.perf_counter()
 
     def objective(params: dict[str, Any]) -> dict[str, Any]:
@@ -147,12 +148,10 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
         attrs = {**cost, "spec": spec.strings(), "feasible": excess <= 0}
         if excess > 0:
             return {"value": -excess, "attrs": attrs}
-        ctx.train(net, cfg.finetune, description=f"nas candidate ({len(trained)} kept)")
+        ctx.train(net, cfg.finetune, description="nas candidate")
         quality = ctx.validate(net)
-        if quality > best_so_far[0]:
-            best_so_far[0] = quality
-            trained.clear()
-            trained[0] = net
+        if quality > kept["quality"]:
+            kept.update(quality=quality, spec=spec.strings(), net=net)
         return {"value": quality, "attrs": attrs}
 
     dims = space.dimensions()  # none: one candidate, the base network, trained once
@@ -166,13 +165,13 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
                           f"missed by {100 * -max(t.value for t in trials):.0f}%")
     best = max(feasible, key=lambda t: t.value)
     spec = space.spec(best.params)
-    if cfg.final is not None or 0 not in trained or best.value != best_so_far[0]:
-        # retrain: asked for, or the best trial was finished by another worker / an earlier run
+    retrain = cfg.final is not None or kept.get("spec") != spec.strings()
+    if retrain:  # asked for, or the chosen trial was trained by another worker or an earlier run
         torch.manual_seed(ctx.seed)
         chosen = build_arch(spec, num_classes, in_chans).to(ctx.device)
         ctx.train(chosen, cfg.final or cfg.finetune, description="nas: the chosen network")
-    else:
-        chosen = trained[0]
+    else:  # trained here (same spec, seed and settings: the same weights as that trial's)
+        chosen = kept["net"]
     cost_key = "latency_ms" if table is not None else "macs"
     points = [(t.user_attrs[cost_key], t.value) for t in feasible]
     info = {"trials": [{"number": t.number, "quality": t.value if t.user_attrs.get("feasible") else None,
@@ -182,7 +181,7 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
                        **{k: best.user_attrs.get(k) for k in ("macs", "params", "latency_ms")}},
             "pareto": {"cost": cost_key, "trials": [feasible[i].number for i in pareto_front(points)]},
             "space_size": space.size(), "strategy": cfg.strategy, "search_seconds": time.perf_counter() - started,
-            "retrained": chosen is not trained.get(0)}
+            "retrained": retrain}
     if table is not None:
         info["latency_table"] = {"backend": table.backend, "pieces": len(table.entries), "threads": table.threads}
     return StepResult(chosen, info=info, structure=NasStructure(spec=spec, num_classes=num_classes, in_chans=in_chans))
