@@ -92,5 +92,11 @@ def test_a_rerun_on_the_same_storage_resumes_and_retrains_the_chosen_network(tmp
         assert second.info["retrained"]
 
 
+def test_the_time_budget_ends_the_search_with_the_best_so_far():
+    _, result, calls = _run({"space": SPACE, "trials": 6, "max_seconds": 0.01, "finetune": {"epochs": 1}})
+    assert len(result.info["trials"]) == 1 and len(calls) == 1  # the trial running at the deadline finishes
+    assert result.info["chosen"]["trial"] == 0
+
+
 def test_pareto_front():
     assert pareto_front([(1, 0.5), (2, 0.4), (3, 0.9), (0.5, 0.1), (3, 0.8)]) == [3, 0, 2]

@@ -94,6 +94,10 @@ def test_search_resumes_from_its_storage_and_checks_what_it_is_given(tmp_path):
         search(f, SPACE, "random", 21, storage=url, study_name="s", directions=["minimize"])
     with pytest.raises(ConfigError, match="study_name"):
         search(f, SPACE, "random", 5, storage=url)
+    with pytest.raises(ConfigError, match="storage 'foo://x'"):  # a bad URL: named at once, not retried
+        search(f, SPACE, "random", 5, storage="foo://x", study_name="s")
+    with pytest.raises(ConfigError, match="unable to open database file"):
+        search(f, SPACE, "random", 5, storage=f"sqlite:///{tmp_path}/no/such/dir/x.db", study_name="s")
     with pytest.raises(ConfigError, match="distinct"):
         search(f, {"x": [1, 1]}, "random", 5)
     with pytest.raises(UnknownNameError, match="evolution"):

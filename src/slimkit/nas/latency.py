@@ -155,12 +155,6 @@ def time_rounds(runs: Sequence[Callable[[], Any]], threads: int, repeats: int = 
     return [statistics.median(t) for t in per_round]
 
 
-def time_module(module: nn.Module, shape: Sequence[int], backend: str, threads: int, workdir: Path,
-                repeats: int = 20, rounds: int = 3) -> float:
-    """Median batch-1 milliseconds of ``module`` compiled on ``backend``."""
-    return time_rounds([compile_module(module, shape, backend, threads, workdir)], threads, repeats, rounds)[0]
-
-
 def _null_key(shape: Sequence[int]) -> str:
     return _piece_key("null", shape="x".join(map(str, shape)))
 
@@ -173,8 +167,8 @@ def build_table(space: SearchSpace, input_shape: Sequence[int], num_classes: int
     A piece timed alone also pays a call's fixed cost (the runtime's dispatch, copying its input
     in and its output out), which inside a network it does not. So a null piece (a ReLU on the
     same input shape) is timed beside every piece and subtracted, and ``predict`` adds the null
-    piece of the network's input once: without it, ONNX Runtime's predictions were 2x the
-    measured networks' and ranked deep, cheap networks too slow."""
+    piece of the network's input once: without it, the sum charges one call cost per piece and
+    ranks deep, cheap networks too slow (on ONNX Runtime it came to about twice the measured time)."""
     from rich.progress import Progress
 
     from slimkit.core.hardware import cpu_model

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from slimkit.core.errors import ConfigError
-from slimkit.nas.strategies import make_sampler, quiet_optuna
+from slimkit.nas.strategies import finished, make_sampler, quiet_optuna
 
 Objective = Callable[[dict[str, Any]], "float | Sequence[float]"]
 
@@ -41,16 +41,16 @@ def _open_study(storage: str | None, study_name: str | None, sampler: optuna.sam
             return optuna.create_study(storage=storage, study_name=study_name, load_if_exists=storage is not None,
                                        sampler=sampler, directions=list(directions))
         except Exception as err:
-            racing = storage is not None and type(err).__module__.startswith(("sqlalchemy", "optuna"))
-            if not racing or attempt == attempts - 1:
+            if storage is None or not type(err).__module__.startswith(("sqlalchemy", "optuna")):
+                raise
+            text = str(err).lower()
+            racing = any(m in text for m in ("already exists", "locked", "unique constraint"))
+            if not racing:
+                raise ConfigError(f"storage {storage!r}: {str(err).splitlines()[0]}") from None
+            if attempt == attempts - 1:
                 raise
             time.sleep(0.1 + rng.random() * 0.4)
     raise AssertionError("unreachable")
-
-
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The study's complete trials in trial-number order."""
-    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
 
 
 def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str = "random", trials: int = 100, *,

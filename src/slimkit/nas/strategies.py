@@ -37,7 +37,7 @@ from slimkit.core.errors import ConfigError
 from slimkit.core.registry import Registry
 
 
-def _finished(study: Study) -> list[FrozenTrial]:
+def finished(study: Study) -> list[FrozenTrial]:
     """Complete trials in trial-number order (the order they were asked in)."""
     return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
 
@@ -67,7 +67,7 @@ class _OwnSampler(BaseSampler):
         self._random.reseed_rng()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return _categorical(optuna.search_space.intersection_search_space(_finished(study)))
+        return _categorical(optuna.search_space.intersection_search_space(finished(study)))
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -89,7 +89,7 @@ class RegularizedEvolutionSampler(_OwnSampler):
                         ) -> dict[str, Any]:
         sign = _single_objective(study, "evolution")
         space = _categorical(search_space)
-        done = [t for t in _finished(study) if all(k in t.params for k in space)]
+        done = [t for t in finished(study) if all(k in t.params for k in space)]
         if not space or len(done) < self.population:
             return {}
         alive = done[-self.population:]  # aging: the newest trials are the population
@@ -119,7 +119,7 @@ class ReinforceSampler(_OwnSampler):
         space = _categorical(space if space is not None else self.infer_relative_search_space(study, None))
         logits = {k: np.zeros(len(d.choices)) for k, d in space.items()}
         baseline: float | None = None
-        for t in _finished(study):
+        for t in finished(study):
             if not all(k in t.params for k in space):
                 continue
             reward = sign * float(t.value)
