@@ -43,6 +43,9 @@ SECTIONS = {
                             f"--strategies {' '.join(a.strategies)}",
     "workers": lambda a: f"--worker-trials {a.worker_trials} --worker-epochs {a.worker_epochs}",
     "proxies": lambda a: f"--proxy-candidates {a.proxy_candidates} --worker-epochs {a.worker_epochs}",
+    "supernet": lambda a: f"--supernet-task {a.supernet_task} --space {a.space} --supernet-epochs {a.supernet_epochs} "
+                          f"--supernet-random {a.supernet_random} --supernet-candidates {a.supernet_candidates} "
+                          f"--supernet-max-macs {a.supernet_max_macs} --calibration-rows {a.calibration_rows}",
     "latency": lambda a: f"--space {a.space} --backends {' '.join(a.backends)} --samples {a.samples} "
                          f"--repeats {a.repeats} --rounds {a.rounds}",
 }
@@ -301,6 +304,134 @@ def render_proxies(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines + [""])
 
 
+def _test_quality(task, net) -> float:
+    from slimkit.measure.quality import predict
+
+    return task.evaluate(predict(net.eval(), task.data.test, 256), task.data.test.targets)["quality"]
+
+
+def _scratch_worker(spec: dict[str, Any]) -> None:
+    """Train architectures (spec strings) from scratch on a task with its baseline recipe (or
+    spec["train"]), one thread; write their validation and test quality to spec["out"]."""
+    import torch
+
+    from slimkit.core.io import atomic_write_json
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+    from slimkit.train.config import TrainConfig
+    from slimkit.zoo.arch import build_arch
+
+    torch.set_num_threads(1)
+    task = build_task(spec["task"])
+    ctx = Context(task=task, seed=spec.get("seed", 0))
+    cfg = TrainConfig(**spec["train"]) if spec.get("train") else task.baseline_train
+    rows = []
+    for arch in spec["archs"]:
+        torch.manual_seed(spec.get("seed", 0))
+        net = build_arch(arch, spec["num_classes"], spec["in_chans"])
+        started = time.perf_counter()
+        fit = ctx.train(net, cfg, description="from scratch")
+        rows.append({"spec": arch["stages"], "val": ctx.validate(net), "test": _test_quality(task, net),
+                     "seconds": time.perf_counter() - started, "epochs": cfg.epochs, "best_epoch": fit.best_epoch})
+        atomic_write_json(spec["out"], rows)
+
+
+def supernet_section(args, folder: Path, progress) -> dict[str, Any]:
+    import json
+    import random
+    import subprocess
+
+    import torch
+
+    from slimkit.measure.macs import count_macs
+    from slimkit.nas.space import builtin_space
+    from slimkit.nas.supernet import Supernet, evaluate_candidate, train_supernet
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+    from slimkit.train.config import TrainConfig
+
+    torch.set_num_threads(1)
+    task = build_task(args.supernet_task)
+    ctx = Context(task=task, seed=0)
+    example = task.data.train.inputs[0][:1]
+    in_chans, num_classes = int(example.shape[1]), int(task.build_model().eval()(example).shape[-1])
+    space = builtin_space(args.space)
+    torch.manual_seed(0)
+    supernet = Supernet(space, num_classes, in_chans)
+    # the candidates compared: the smallest and random ones under the MACs cap (the cap bounds the
+    # controls' from-scratch training time), drawn with seed 0
+    rng = random.Random(0)
+    chosen = [supernet.smallest]
+    while len(chosen) < 1 + args.supernet_candidates:
+        params = supernet.sample(rng)
+        macs = count_macs(supernet.extract(params).eval(), (example,))
+        if macs <= args.supernet_max_macs and params not in chosen:
+            chosen.append(params)
+    specs = [space.spec(p) for p in chosen]
+    scratch_out = folder / "scratch.json"
+    job = {"task": args.supernet_task, "archs": [s.model_dump() for s in specs], "num_classes": num_classes,
+           "in_chans": in_chans, "out": str(scratch_out)}
+    log = open(folder / "scratch.log", "w")
+    worker = subprocess.Popen([sys.executable, __file__, "--scratch-worker", json.dumps(job)],
+                              stdout=subprocess.DEVNULL, stderr=log)
+    progress(f"{len(specs)} candidates training from scratch in a second process (one thread)")
+    cfg = TrainConfig(epochs=args.supernet_epochs, batch_size=task.baseline_train.batch_size,
+                      lr=task.baseline_train.lr)
+    started = time.perf_counter()
+    fit = train_supernet(supernet, ctx, cfg, random_subnets=args.supernet_random)
+    train_seconds = time.perf_counter() - started
+    progress(f"supernet trained: {args.supernet_epochs} epochs in {train_seconds:.0f} s")
+    if args.run_dir is not None:
+        from slimkit.core.io import save_state_dict
+
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        save_state_dict(args.run_dir / "supernet.safetensors", supernet.state_dict())
+    rows = []
+    for params, spec in zip(chosen, specs):
+        t = time.perf_counter()
+        net, val = evaluate_candidate(supernet, params, ctx, args.calibration_rows)
+        rows.append({"spec": spec.strings(), "macs": count_macs(net, (example,)),
+                     "params": sum(p.numel() for p in net.parameters()), "supernet_val": val,
+                     "supernet_test": _test_quality(task, net), "eval_seconds": time.perf_counter() - t})
+    if worker.wait() != 0:
+        raise RuntimeError("the from-scratch worker failed:\n" + (folder / "scratch.log").read_text()[-2000:])
+    scratch = json.loads(scratch_out.read_text())
+    for row, s in zip(rows, scratch):
+        row.update(scratch_val=s["val"], scratch_test=s["test"], scratch_seconds=s["seconds"],
+                   scratch_epochs=s["epochs"])
+    return {"task": args.supernet_task, "space": args.space, "space_size": space.size(),
+            "epochs": args.supernet_epochs, "random_subnets": args.supernet_random, "max_macs": args.supernet_max_macs,
+            "calibration_rows": args.calibration_rows, "train_seconds": train_seconds, "history": fit.history,
+            "scratch_train": task.baseline_train.model_dump(), "rows": rows}
+
+
+def render_supernet(res: dict[str, Any], command: str, stamp: str) -> str:
+    st = res["scratch_train"]
+    lines = ["# One-shot supernet: candidates as slices against the same networks trained from scratch", "",
+             f"`{command}`; {stamp}.", "",
+             f"A weight-sharing supernet over `{res['space']}` ({res['space_size']:,} candidates) trained once on "
+             f"{res['task']}: {res['epochs']} epochs, sandwich rule (largest on the labels; smallest and "
+             f"{res['random_subnets']} random candidate(s) per batch on the largest's predictions), "
+             f"{res['train_seconds'] / 60:.1f} min on one thread. Each candidate is then sliced out, its BatchNorm "
+             f"statistics re-estimated on {res['calibration_rows']} training rows, and evaluated: no training. "
+             f"The controls are the same architectures trained from scratch with the task's baseline recipe "
+             f"({st['epochs']} epochs, batch {st['batch_size']}, lr {st['lr']:g}, best validation epoch kept), in "
+             f"a second process. Candidates: the smallest, and random ones of at most "
+             f"{res['max_macs'] / 1e6:g} MMACs (seed 0; the cap bounds the controls' training time).", "",
+             "| candidate | MMACs | params | supernet val | scratch val | supernet test | scratch test | "
+             "test diff pt | scratch min |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| `{' '.join(r['spec'][1:])}` | {r['macs'] / 1e6:.2f} | {r['params']:,} | "
+                     f"{r['supernet_val']:.4f} | {r['scratch_val']:.4f} | {r['supernet_test']:.4f} | "
+                     f"{r['scratch_test']:.4f} | {100 * (r['supernet_test'] - r['scratch_test']):+.2f} | "
+                     f"{r['scratch_seconds'] / 60:.1f} |")
+    worst = min(100 * (r["supernet_test"] - r["scratch_test"]) for r in res["rows"])
+    lines += ["", f"- Worst test difference (supernet slice minus scratch): {worst:+.2f} pt "
+              f"(bar: within 2 pt: {'met' if worst >= -2 else 'not met'}).",
+              f"- The first stage (`{res['rows'][0]['spec'][0]}`) is fixed and left out of the candidate column.", ""]
+    return "\n".join(lines)
+
+
 def plot_strategies(res: dict[str, Any], out: Path) -> None:
     import io
 
@@ -332,7 +463,8 @@ def plot_strategies(res: dict[str, Any], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", default=[s for s in SECTIONS if s != "supernet"],
+                        choices=list(SECTIONS), help="supernet runs only when named (about an hour on 2 cores)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(20)))
     parser.add_argument("--trials", type=int, default=100, help="strategies: queries per search")
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, help="strategies: which ones")
@@ -344,14 +476,22 @@ def main() -> None:
     parser.add_argument("--worker-trials", type=int, default=24, help="workers: candidates in the study")
     parser.add_argument("--worker-epochs", type=int, default=2, help="workers: training epochs per candidate")
     parser.add_argument("--proxy-candidates", type=int, default=30, help="proxies: candidates trained")
+    parser.add_argument("--supernet-task", default="shapes-cnn", help="supernet: the task")
+    parser.add_argument("--supernet-epochs", type=int, default=10, help="supernet: training epochs")
+    parser.add_argument("--supernet-random", type=int, default=1, help="supernet: random candidates per batch")
+    parser.add_argument("--supernet-candidates", type=int, default=3, help="supernet: random candidates compared")
+    parser.add_argument("--supernet-max-macs", type=int, default=5_000_000, help="supernet: MACs cap of those")
+    parser.add_argument("--calibration-rows", type=int, default=2000, help="supernet: BatchNorm calibration rows")
+    parser.add_argument("--run-dir", type=Path, help="supernet: keep the trained supernet's weights here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch-worker", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    if args.worker:
+    if args.worker or args.scratch_worker:
         import json
 
-        _worker(json.loads(args.worker))
+        (_worker if args.worker else _scratch_worker)(json.loads(args.worker or args.scratch_worker))
         return
     namespace = dict(globals())
     render = namespace["render_strategies"]

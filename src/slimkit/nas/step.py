@@ -11,6 +11,11 @@ retrained from scratch with ``final`` if given; its spec is the step's structure
 run rebuilds it. ``storage`` + ``study_name`` put the study in an Optuna storage that other
 workers share and a rerun resumes (see ``nas/search.py``).
 
+With ``supernet``, the search is one-shot (``nas/supernet.py``): a weight-sharing supernet over
+the space trains once, and each feasible candidate is scored as its slice (BatchNorm statistics
+re-estimated) without training; the chosen candidate keeps its supernet weights unless ``final``
+retrains it from scratch.
+
 The incoming model is replaced: it gives only the input shape and the number of classes.
 """
 
@@ -33,6 +38,18 @@ from slimkit.zoo.arch import ArchSpec
 
 CandidateTraining = finetune_config("CandidateTraining", epochs=Field(3, ge=1, description="epochs per candidate"),
                                     lr=2e-3)
+SupernetTraining = finetune_config("SupernetTraining", epochs=Field(10, ge=1, description="epochs of the supernet"),
+                                   lr=2e-3, batch_size=128)
+
+
+class OneShotConfig(Config):
+    train: SupernetTraining = Field(default_factory=SupernetTraining, description="training of the supernet "
+                                                                                  "(keep_best does not apply)")
+    random_subnets: int = Field(2, ge=0, description="sampled candidates per batch besides the largest and "
+                                                     "smallest (the sandwich rule)")
+    distill: bool = Field(True, description="in-place distillation: candidates learn the largest's predictions")
+    calibration_rows: int = Field(2000, ge=1, description="training rows that re-estimate each candidate's "
+                                                          "BatchNorm statistics")
 
 
 class NasConfig(TrainingStepConfig):
@@ -54,12 +71,18 @@ class NasConfig(TrainingStepConfig):
     study_name: str | None = Field(None, description="the study's name in the storage")
     finetune: CandidateTraining = Field(default_factory=CandidateTraining, description="training of each candidate")
     final: TrainConfig | None = Field(None, description="retrain the chosen network from scratch with this (none: "
-                                                        "keep its candidate training)")
+                                                        "keep its candidate training, or its supernet weights)")
+    supernet: OneShotConfig | None = Field(None, description="one-shot search: train a weight-sharing supernet over "
+                                                             "the space once, evaluate candidates as its slices "
+                                                             "(finetune is then unused)")
 
     @model_validator(mode="after")
     def _storage_with_name(self) -> "NasConfig":
         if self.storage and not self.study_name:
             raise ValueError("storage needs a study_name (workers find the study by it)")
+        if self.supernet is not None and self.storage:
+            raise ValueError("supernet: a one-shot search evaluates candidates in one process (each worker would "
+                             "train a supernet of its own); leave storage out")
         if self.strategy == "nsga2":
             raise ValueError("nsga2 needs several objectives; the nas step maximises quality under constraints "
                              "(use evolution, tpe, reinforce or random)")
@@ -136,11 +159,22 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
     limits = {"macs": cfg.max_macs, "params": cfg.max_params, "bytes": cfg.max_bytes, "latency_ms": cfg.max_latency_ms}
     kept: dict[str, Any] = {"quality": float("-inf")}  # this process's best feasible candidate: spec, trained net
     started = time.perf_counter()
+    supernet, one_shot = None, None
+    if cfg.supernet is not None:
+        from slimkit.nas.supernet import Supernet, train_supernet
+
+        torch.manual_seed(ctx.seed)
+        supernet = Supernet(space, num_classes, in_chans).to(ctx.device)
+        fit = train_supernet(supernet, ctx, cfg.supernet.train, random_subnets=cfg.supernet.random_subnets,
+                             distill=cfg.supernet.distill)
+        one_shot = {"epochs": cfg.supernet.train.epochs, "random_subnets": cfg.supernet.random_subnets,
+                    "distill": cfg.supernet.distill, "seconds": time.perf_counter() - started,
+                    "history": fit.history}
 
     def objective(params: dict[str, Any]) -> dict[str, Any]:
         spec = space.spec(params)
         torch.manual_seed(ctx.seed)
-        net = build_arch(spec, num_classes, in_chans).to(ctx.device)
+        net = build_arch(spec, num_classes, in_chans).to(ctx.device)  # (a supernet's slice replaces it)
         cost = costs(net, example)
         if table is not None:
             cost["latency_ms"] = table.predict(spec)
@@ -148,8 +182,13 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
         attrs = {**cost, "spec": spec.strings(), "feasible": excess <= 0}
         if excess > 0:
             return {"value": -excess, "attrs": attrs}
-        ctx.train(net, cfg.finetune, description="nas candidate")
-        quality = ctx.validate(net)
+        if supernet is not None:
+            from slimkit.nas.supernet import evaluate_candidate
+
+            net, quality = evaluate_candidate(supernet, params, ctx, cfg.supernet.calibration_rows)
+        else:
+            ctx.train(net, cfg.finetune, description="nas candidate")
+            quality = ctx.validate(net)
         if quality > kept["quality"]:
             kept.update(quality=quality, spec=spec.strings(), net=net)
         return {"value": quality, "attrs": attrs}
@@ -165,13 +204,18 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
                           f"missed by {100 * -max(t.value for t in trials):.0f}%")
     best = max(feasible, key=lambda t: t.value)
     spec = space.spec(best.params)
-    retrain = cfg.final is not None or kept.get("spec") != spec.strings()
+    trained_here = kept.get("spec") == spec.strings()
+    retrain = cfg.final is not None or (supernet is None and not trained_here)
     if retrain:  # asked for, or the chosen trial was trained by another worker or an earlier run
         torch.manual_seed(ctx.seed)
         chosen = build_arch(spec, num_classes, in_chans).to(ctx.device)
         ctx.train(chosen, cfg.final or cfg.finetune, description="nas: the chosen network")
-    else:  # trained here (same spec, seed and settings: the same weights as that trial's)
+    elif trained_here:  # this process's candidate (trained, or sliced from the supernet)
         chosen = kept["net"]
+    else:  # one-shot: slice it from the supernet
+        from slimkit.nas.supernet import evaluate_candidate
+
+        chosen = evaluate_candidate(supernet, best.params, ctx, cfg.supernet.calibration_rows)[0]
     cost_key = "latency_ms" if table is not None else "macs"
     points = [(t.user_attrs[cost_key], t.value) for t in feasible]
     info = {"trials": [{"number": t.number, "quality": t.value if t.user_attrs.get("feasible") else None,
@@ -182,6 +226,8 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
             "pareto": {"cost": cost_key, "trials": [feasible[i].number for i in pareto_front(points)]},
             "space_size": space.size(), "strategy": cfg.strategy, "search_seconds": time.perf_counter() - started,
             "retrained": retrain}
+    if one_shot is not None:
+        info["supernet"] = one_shot
     if table is not None:
         info["latency_table"] = {"backend": table.backend, "pieces": len(table.entries), "threads": table.threads}
     return StepResult(chosen, info=info, structure=NasStructure(spec=spec, num_classes=num_classes, in_chans=in_chans))
