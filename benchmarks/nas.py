@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import run_section_loop  # noqa: E402
 
 STRATEGIES = ["random", "evolution", "tpe", "reinforce"]
+ONE_SHOT = ("supernet", "controls", "front")
 SECTIONS = {
     "strategies": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --trials {a.trials} "
                             f"--strategies {' '.join(a.strategies)}",
@@ -45,7 +46,14 @@ SECTIONS = {
     "proxies": lambda a: f"--proxy-candidates {a.proxy_candidates} --worker-epochs {a.worker_epochs}",
     "supernet": lambda a: f"--supernet-task {a.supernet_task} --space {a.space} --supernet-epochs {a.supernet_epochs} "
                           f"--supernet-random {a.supernet_random} --supernet-candidates {a.supernet_candidates} "
-                          f"--supernet-max-macs {a.supernet_max_macs} --calibration-rows {a.calibration_rows}",
+                          f"--supernet-max-macs {a.supernet_max_macs} --calibration-rows {a.calibration_rows}"
+                          + (f" --scratch-epochs {a.scratch_epochs}" if a.scratch_epochs else ""),
+    "controls": lambda a: f"--supernet-task {a.supernet_task} --v2-widths {' '.join(map(str, a.v2_widths))} "
+                          f"--v2-small-widths {' '.join(map(str, a.v2_small_widths))} --run-dir RUN_DIR"
+                          + (f" --scratch-epochs {a.scratch_epochs}" if a.scratch_epochs else ""),
+    "front": lambda a: f"--supernet-task {a.supernet_task} --space {a.space} --front-backend {a.front_backend} "
+                       f"--front-trials {a.front_trials} --front-picks {a.front_picks} --repeats {a.repeats} "
+                       f"--rounds {a.rounds} --calibration-rows {a.calibration_rows} --run-dir RUN_DIR",
     "latency": lambda a: f"--space {a.space} --backends {' '.join(a.backends)} --samples {a.samples} "
                          f"--repeats {a.repeats} --rounds {a.rounds}",
 }
@@ -310,21 +318,28 @@ def _test_quality(task, net) -> float:
     return task.evaluate(predict(net.eval(), task.data.test, 256), task.data.test.targets)["quality"]
 
 
+def _task_io(task) -> tuple[tuple[int, ...], int]:
+    """The task's input shape (one row) and number of classes."""
+    example = task.data.train.inputs[0][:1]
+    return tuple(int(d) for d in example.shape[1:]), int(task.build_model().eval()(example).shape[-1])
+
+
 def _scratch_worker(spec: dict[str, Any]) -> None:
-    """Train architectures (spec strings) from scratch on a task with its baseline recipe (or
-    spec["train"]), one thread; write their validation and test quality to spec["out"]."""
+    """Train architectures (spec dicts) from scratch on a task with its baseline recipe (its epochs
+    replaced by spec["epochs"] if given), one thread; write their validation and test quality to spec["out"]."""
     import torch
 
     from slimkit.core.io import atomic_write_json
     from slimkit.tasks import build_task
     from slimkit.tasks.context import Context
-    from slimkit.train.config import TrainConfig
     from slimkit.zoo.arch import build_arch
 
     torch.set_num_threads(1)
     task = build_task(spec["task"])
     ctx = Context(task=task, seed=spec.get("seed", 0))
-    cfg = TrainConfig(**spec["train"]) if spec.get("train") else task.baseline_train
+    cfg = task.baseline_train
+    if spec.get("epochs"):
+        cfg = cfg.model_copy(update={"epochs": spec["epochs"]})
     rows = []
     for arch in spec["archs"]:
         torch.manual_seed(spec.get("seed", 0))
@@ -354,7 +369,8 @@ def supernet_section(args, folder: Path, progress) -> dict[str, Any]:
     task = build_task(args.supernet_task)
     ctx = Context(task=task, seed=0)
     example = task.data.train.inputs[0][:1]
-    in_chans, num_classes = int(example.shape[1]), int(task.build_model().eval()(example).shape[-1])
+    shape, num_classes = _task_io(task)
+    in_chans = shape[0]
     space = builtin_space(args.space)
     torch.manual_seed(0)
     supernet = Supernet(space, num_classes, in_chans)
@@ -370,7 +386,7 @@ def supernet_section(args, folder: Path, progress) -> dict[str, Any]:
     specs = [space.spec(p) for p in chosen]
     scratch_out = folder / "scratch.json"
     job = {"task": args.supernet_task, "archs": [s.model_dump() for s in specs], "num_classes": num_classes,
-           "in_chans": in_chans, "out": str(scratch_out)}
+           "in_chans": in_chans, "out": str(scratch_out), "epochs": args.scratch_epochs}
     log = open(folder / "scratch.log", "w")
     worker = subprocess.Popen([sys.executable, __file__, "--scratch-worker", json.dumps(job)],
                               stdout=subprocess.DEVNULL, stderr=log)
@@ -402,7 +418,8 @@ def supernet_section(args, folder: Path, progress) -> dict[str, Any]:
     return {"task": args.supernet_task, "space": args.space, "space_size": space.size(),
             "epochs": args.supernet_epochs, "random_subnets": args.supernet_random, "max_macs": args.supernet_max_macs,
             "calibration_rows": args.calibration_rows, "train_seconds": train_seconds, "history": fit.history,
-            "scratch_train": task.baseline_train.model_dump(), "rows": rows}
+            "scratch_train": {**task.baseline_train.model_dump(), **({"epochs": args.scratch_epochs}
+                                                                     if args.scratch_epochs else {})}, "rows": rows}
 
 
 def render_supernet(res: dict[str, Any], command: str, stamp: str) -> str:
@@ -430,6 +447,202 @@ def render_supernet(res: dict[str, Any], command: str, stamp: str) -> str:
               f"(bar: within 2 pt: {'met' if worst >= -2 else 'not met'}).",
               f"- The first stage (`{res['rows'][0]['spec'][0]}`) is fixed and left out of the candidate column.", ""]
     return "\n".join(lines)
+
+
+def _v2_controls(args) -> list[tuple[str, Any]]:
+    from slimkit.zoo.arch import mobilenetv2_spec
+
+    out = [(f"MobileNetV2 x{w:g} (small input)", mobilenetv2_spec(w, small_input=True, dropout=0.0))
+           for w in args.v2_small_widths]
+    out += [(f"MobileNetV2 x{w:g}", mobilenetv2_spec(w, small_input=False, dropout=0.0)) for w in args.v2_widths]
+    return out
+
+
+def controls_section(args, folder: Path, progress) -> dict[str, Any]:
+    """MobileNetV2's width family trained from scratch (the task's baseline recipe, one thread)."""
+    from slimkit.core.io import read_json
+
+    from slimkit.measure.macs import count_macs
+    from slimkit.zoo.arch import build_arch
+
+    import torch
+
+    if args.run_dir is None:
+        raise SystemExit("controls: give --run-dir (the front section reads the controls from it)")
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    from slimkit.tasks import build_task
+
+    controls = _v2_controls(args)
+    out = args.run_dir / "controls.json"
+    shape, num_classes = _task_io(build_task(args.supernet_task))
+    _scratch_worker({"task": args.supernet_task, "archs": [spec.model_dump() for _, spec in controls],
+                     "num_classes": num_classes, "in_chans": shape[0], "out": str(out), "epochs": args.scratch_epochs})
+    rows = read_json(out)
+    x = torch.zeros(1, *shape)
+    for (name, spec), row in zip(controls, rows):
+        net = build_arch(spec, num_classes, shape[0]).eval()
+        row.update(name=name, arch=spec.model_dump(), macs=count_macs(net, (x,)),
+                   params=sum(p.numel() for p in net.parameters()))
+        progress(f"{name}: test {row['test']:.4f}")
+    from slimkit.core.io import atomic_write_json
+
+    atomic_write_json(out, rows)
+    return {"task": args.supernet_task, "rows": rows}
+
+
+def render_controls(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# MobileNetV2 width multipliers trained from scratch (the NAS front's control)", "",
+             f"`{command}`; {stamp}.", "",
+             f"Each trained on {res['task']} with the task's baseline recipe, one thread, seed 0; best validation "
+             "epoch kept. `small input`: the stem and the first stride-2 stage at stride 1 (CIFAR-style, 8x "
+             "downsampling); otherwise torchvision's layout (32x downsampling: 1x1 at the end for 32x32 inputs).", "",
+             "| network | MMACs | params | val | test | train min |", "|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['name']} | {r['macs'] / 1e6:.2f} | {r['params']:,} | {r['val']:.4f} | {r['test']:.4f} | "
+                     f"{r['seconds'] / 60:.1f} |")
+    return "\n".join(lines + [""])
+
+
+def front_section(args, folder: Path, progress) -> dict[str, Any]:
+    """One-shot search on the trained supernet (NSGA-II over validation accuracy and the latency
+    table's prediction), then the searched front and MobileNetV2's width family timed end to end
+    on the backend together, and scored on the test split."""
+
+    import torch
+
+    from slimkit.core.io import load_into_, load_state_dict, read_json
+    from slimkit.measure.macs import count_macs
+    from slimkit.nas.latency import build_table, compile_module, time_rounds
+    from slimkit.nas.search import finished, search
+    from slimkit.nas.space import builtin_space
+    from slimkit.measure.pareto import pareto_front
+    from slimkit.nas.supernet import Supernet, evaluate_candidate
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+    from slimkit.zoo.arch import ArchSpec, build_arch
+
+    torch.set_num_threads(args.threads)
+    if args.run_dir is None or not (args.run_dir / "supernet.safetensors").exists() or \
+            not (args.run_dir / "controls.json").exists():
+        raise SystemExit("front: needs --run-dir holding supernet.safetensors (--sections supernet) and "
+                         "controls.json (--sections controls)")
+    task = build_task(args.supernet_task)
+    ctx = Context(task=task, seed=0)
+    space = builtin_space(args.space)
+    shape, num_classes = _task_io(task)
+    supernet = Supernet(space, num_classes, shape[0])
+    load_into_(supernet, load_state_dict(args.run_dir / "supernet.safetensors"), "supernet")
+    supernet.eval()
+    started = time.perf_counter()
+    table = build_table(space, shape, num_classes, args.front_backend, threads=args.threads, repeats=args.repeats,
+                        rounds=args.rounds)
+    table_seconds = time.perf_counter() - started
+    progress(f"latency table on {args.front_backend}: {len(table.entries)} pieces in {table_seconds:.0f} s")
+    started = time.perf_counter()
+
+    def objective(params):
+        net, val = evaluate_candidate(supernet, params, ctx, args.calibration_rows)
+        return {"value": [val, table.predict(space.spec(params))], "attrs": {}}
+
+    study = search(objective, space.dimensions(), "nsga2", args.front_trials, seed=0,
+                   directions=("maximize", "minimize"), options={"population_size": 20})
+    search_seconds = time.perf_counter() - started
+    trials = finished(study)
+    progress(f"{len(trials)} candidates evaluated from the supernet in {search_seconds:.0f} s")
+    points = [(t.values[1], t.values[0]) for t in trials]
+    front = [trials[i] for i in pareto_front(points)]
+    if len(front) > args.front_picks:  # spread evenly along the front
+        step = (len(front) - 1) / (args.front_picks - 1)
+        front = [front[round(i * step)] for i in range(args.front_picks)]
+    searched = []
+    for t in front:
+        net, val = evaluate_candidate(supernet, t.params, ctx, args.calibration_rows)
+        searched.append({"name": "searched", "spec": space.spec(t.params), "net": net, "val": val,
+                         "predicted_ms": t.values[1]})
+    controls = read_json(args.run_dir / "controls.json")
+    entries = searched + [{"name": c["name"], "spec": ArchSpec(**c["arch"]), "val": c["val"], "test": c["test"]}
+                          for c in controls]
+    x = torch.zeros(1, *shape)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-front-") as tmp:
+        runs = [compile_module(e.get("net") or build_arch(e["spec"], num_classes, shape[0]), shape, args.front_backend,
+                               args.threads, Path(tmp) / str(i)) for i, e in enumerate(entries)]
+        measured = time_rounds(runs, args.threads, args.repeats, args.rounds)
+    rows = []
+    for e, ms in zip(entries, measured):
+        net = e.get("net") or build_arch(e["spec"], num_classes, shape[0])
+        rows.append({"name": e["name"], "spec": e["spec"].strings(), "ms": ms, "val": e["val"],
+                     "test": _test_quality(task, e["net"]) if "net" in e else e["test"],
+                     "predicted_ms": e.get("predicted_ms"), "macs": count_macs(net.eval(), (x,)),
+                     "params": sum(p.numel() for p in net.parameters())})
+    supernet_json = args.out / "nas_supernet.json"
+    supernet_seconds = read_json(supernet_json)["train_seconds"] if supernet_json.exists() else None
+    return {"task": args.supernet_task, "space": args.space, "backend": args.front_backend, "rows": rows,
+            "trials": len(trials), "table_seconds": table_seconds, "search_seconds": search_seconds,
+            "supernet_seconds": supernet_seconds, "front_size": len(pareto_front(points)),
+            "all": [{"val": t.values[0], "predicted_ms": t.values[1]} for t in trials]}
+
+
+def _dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["ms"] <= b["ms"] and a["test"] >= b["test"] and (a["ms"] < b["ms"] or a["test"] > b["test"])
+
+
+def render_front(res: dict[str, Any], command: str, stamp: str) -> str:
+    ours = [r for r in res["rows"] if r["name"] == "searched"]
+    theirs = [r for r in res["rows"] if r["name"] != "searched"]
+    budget = [("supernet training", res["supernet_seconds"]), ("latency table", res["table_seconds"]),
+              ("search", res["search_seconds"])]
+    total = sum(v for _, v in budget if v is not None)
+    lines = ["# One-shot NAS against MobileNetV2's width multipliers on the accuracy/latency front", "",
+             f"`{command}`; {stamp}.", "",
+             f"The supernet of `{res['space']}` (trained by `--sections supernet`) searched with NSGA-II over "
+             f"validation accuracy and the latency table's batch-1 prediction on {res['backend']}: "
+             f"{res['trials']} candidates, each sliced out and BatchNorm-recalibrated, no training; "
+             f"{res['front_size']} on the Pareto front, {len(ours)} of them (spread along it) kept with their "
+             "supernet weights. Those and MobileNetV2 at several widths (trained from scratch, "
+             "`--sections controls`) are then compiled on the backend and timed end to end together in "
+             "interleaved rounds (batch 1, median), and scored on the test split.", "",
+             "Search budget: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in budget if v is not None)
+             + f"; {total / 60:.1f} min in all, one thread.", "",
+             "| network | MMACs | params | measured ms | val | test | dominated by |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(res["rows"], key=lambda r: r["ms"]):
+        others = theirs if r["name"] == "searched" else ours
+        by = [o for o in others if _dominates(o, r)]
+        label = f"searched `{' '.join(r['spec'][1:])}`" if r["name"] == "searched" else r["name"]
+        lines.append(f"| {label} | {r['macs'] / 1e6:.2f} | {r['params']:,} | {r['ms']:.3f} | {r['val']:.4f} | "
+                     f"{r['test']:.4f} | {len(by) or ''} |")
+    beaten = [t for t in theirs if any(o["ms"] < t["ms"] and o["test"] > t["test"] for o in ours)]
+    lost = [o for o in ours if any(_dominates(t, o) for t in theirs)]
+    lines += ["", f"- MobileNetV2 points strictly dominated (faster and more accurate) by a searched network: "
+              f"{len(beaten)} of {len(theirs)}; searched networks dominated by a MobileNetV2 point: {len(lost)} of "
+              f"{len(ours)} (bar: at least one and none: {'met' if beaten and not lost else 'not met'}).", ""]
+    return "\n".join(lines)
+
+
+def plot_front(res: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    groups = {"searched (supernet weights)": [r for r in res["rows"] if r["name"] == "searched"],
+              "MobileNetV2 (small input)": [r for r in res["rows"] if "small input" in r["name"]],
+              "MobileNetV2": [r for r in res["rows"] if r["name"].startswith("MobileNetV2") and
+                              "small input" not in r["name"]]}
+    for (label, rows), marker in zip(groups.items(), "osD"):
+        rows = sorted(rows, key=lambda r: r["ms"])
+        if rows:
+            ax.plot([r["ms"] for r in rows], [100 * r["test"] for r in rows], marker=marker, label=label)
+    ax.set_xlabel(f"batch-1 latency on {res['backend']}, ms (measured)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "nas_front.png", dpi=120)
+    plt.close(fig)
 
 
 def plot_strategies(res: dict[str, Any], out: Path) -> None:
@@ -463,8 +676,9 @@ def plot_strategies(res: dict[str, Any], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=[s for s in SECTIONS if s != "supernet"],
-                        choices=list(SECTIONS), help="supernet runs only when named (about an hour on 2 cores)")
+    parser.add_argument("--sections", nargs="+", default=[s for s in SECTIONS if s not in ONE_SHOT],
+                        choices=list(SECTIONS), help="supernet, controls and front run only when named (about an "
+                                                     "hour each on 2 cores), in that order, with one --run-dir")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(20)))
     parser.add_argument("--trials", type=int, default=100, help="strategies: queries per search")
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, help="strategies: which ones")
@@ -483,6 +697,15 @@ def main() -> None:
     parser.add_argument("--supernet-max-macs", type=int, default=5_000_000, help="supernet: MACs cap of those")
     parser.add_argument("--calibration-rows", type=int, default=2000, help="supernet: BatchNorm calibration rows")
     parser.add_argument("--run-dir", type=Path, help="supernet: keep the trained supernet's weights here")
+    parser.add_argument("--v2-widths", nargs="*", type=float, default=[0.35, 0.5, 0.75, 1.0],
+                        help="controls: MobileNetV2 width multipliers (torchvision layout)")
+    parser.add_argument("--v2-small-widths", nargs="*", type=float, default=[0.25, 0.35],
+                        help="controls: MobileNetV2 width multipliers (small-input layout)")
+    parser.add_argument("--scratch-epochs", type=int, help="supernet, controls: epochs of from-scratch training "
+                                                             "(default: the task's baseline recipe)")
+    parser.add_argument("--front-backend", default="onnxruntime", help="front: where latency is measured")
+    parser.add_argument("--front-trials", type=int, default=150, help="front: candidates evaluated from the supernet")
+    parser.add_argument("--front-picks", type=int, default=6, help="front: searched networks timed and tested")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--scratch-worker", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1)
@@ -501,6 +724,13 @@ def main() -> None:
         return render(res, command, stamp)
 
     namespace["render_strategies"] = render_and_plot
+    render_front_table = namespace["render_front"]
+
+    def render_and_plot_front(res, command, stamp):
+        plot_front(res, args.out)
+        return render_front_table(res, command, stamp)
+
+    namespace["render_front"] = render_and_plot_front
     run_section_loop("nas.py", "nas", args, SECTIONS, namespace)
 
 

@@ -10,7 +10,8 @@ from slimkit.core.config import parse_config
 from slimkit.core.errors import ConfigError
 from slimkit.core.registry import STEPS
 from slimkit.nas import latency
-from slimkit.nas.step import pareto_front, restore_nas
+from slimkit.measure.pareto import pareto_front
+from slimkit.nas.step import restore_nas
 from slimkit.tasks import build_task
 from slimkit.tasks.context import Context
 from slimkit.train.loop import fit

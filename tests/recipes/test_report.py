@@ -212,3 +212,28 @@ def test_report_html_renders_in_a_browser(tmp_path):
     page = html_tables((tmp_path / "report.html").read_text())
     assert page.tables == markdown_tables((tmp_path / "report.md").read_text())
     assert page.images and page.images[0]["src"].startswith("data:image/png;base64,")
+
+
+def _nas_step():
+    trials = [{"number": n, "quality": q, "macs": m, "params": 1, "bytes": 4, "latency_ms": None, "feasible": f,
+               "spec": [f"ir_r{n}_k3_s1_e3_c16_relu6"]}
+              for n, q, m, f in [(0, 0.90, 100, True), (1, 0.80, 200, True), (2, 0.95, 300, True),
+                                 (3, None, 900, False), (4, 0.85, 50, True)]]
+    info = {"trials": trials, "chosen": {"trial": 2, "validation_quality": 0.95, "spec": trials[2]["spec"]},
+            "pareto": {"cost": "macs", "trials": [4, 0, 2]}, "space_size": 1234, "strategy": "evolution"}
+    return _step("nas", "nas", 0.94, 40_000, 300, 0.05, 0.5, info=info)
+
+
+def test_a_search_shows_its_front_and_chosen_candidate_in_both_renderings_and_a_figure(tmp_path):
+    res = results(busy_step=None)
+    res["steps"].insert(1, _nas_step())
+    md = render_markdown(res)
+    search = markdown_tables(md)[-1]
+    assert search[0][:4] == ["trial", "architecture", "macs", "val quality"]
+    # the front in order of cost (trial 1 is dominated, trial 3 over budget), the chosen one marked
+    assert [(r[0], r[-1]) for r in search[1:]] == [("4", "front"), ("0", "front"), ("2", "front chosen")]
+    assert "5 candidates of 1,234 (evolution), 4 within the budget" in md and "![Search of nas](search-nas.png)" in md
+    page = html_tables(render_html(res, None, {"search-nas.png": b"png"}))
+    assert page.tables[-1] == search and [img["alt"] for img in page.images] == ["Search of nas"]
+    write_report(res, tmp_path)
+    assert (tmp_path / "search-nas.png").read_bytes()[:4] == b"\x89PNG"

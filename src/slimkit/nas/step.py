@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from slimkit.core.config import Config
 from slimkit.core.errors import ConfigError
 from slimkit.core.step import StepResult, register_step
+from slimkit.measure.pareto import pareto_front
 from slimkit.nas.space import SearchSpace
 from slimkit.tasks.context import Context
 from slimkit.train.config import TrainConfig, TrainingStepConfig, finetune_config
@@ -114,18 +115,6 @@ def costs(net: nn.Module, example: torch.Tensor) -> dict[str, float]:
 
     params = sum(p.numel() for p in net.parameters())
     return {"macs": float(count_macs(net.eval(), (example,))), "params": float(params), "bytes": 4.0 * params}
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points (cost, quality) no other point beats on both (lower cost, higher
-    quality), in order of cost."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], float("-inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 @register_step("nas", config=NasConfig, restore=restore_nas, structure=NasStructure)

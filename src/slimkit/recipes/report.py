@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slimkit.core.io import atomic_write_bytes, atomic_write_text
+from slimkit.measure.pareto import pareto_front
 
 COLUMNS = ("step", "technique", "quality", "Δ quality", "size", "× smaller", "params (nonzero)",
            "MACs", "× fewer MACs", "latency b1 ms", "× faster b1", "latency bN ms", "× faster bN", "backend")
@@ -50,6 +52,7 @@ class Section:
     columns: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     items: list[tuple[str, str]] = field(default_factory=list)
+    image: str | None = None  # a figure written beside the report, shown after the section
 
 
 def step_warning(step: dict[str, Any], tag: str) -> str | None:
@@ -100,7 +103,72 @@ def sections(results: dict[str, Any]) -> tuple[list[Section], Notes]:
            _other_metrics(results), _details(results)]
     out += [_candidates(s, notes) for s in results["steps"][1:]
             if s["technique"] == "deploy" and (s.get("info") or {}).get("candidates")]
+    out += [_search(s) for s in search_steps(results)]
     return out, notes
+
+
+def search_steps(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps that searched architectures (a ``nas`` step's info holds its trials)."""
+    return [s for s in results["steps"][1:] if s["technique"] == "nas" and (s.get("info") or {}).get("trials")]
+
+
+def _search_points(info: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    cost = info["pareto"]["cost"]
+    return cost, [t for t in info["trials"] if t.get("feasible") and t.get("quality") is not None]
+
+
+def _search(step: dict[str, Any]) -> Section:
+    """A nas step's search: its Pareto front of validation quality against cost, the chosen one."""
+    info = step["info"]
+    cost, feasible = _search_points(info)
+    front = set(info["pareto"]["trials"])
+    chosen = info["chosen"]["trial"]
+    unit = "ms (predicted)" if cost == "latency_ms" else cost
+    note = (f"{len(info['trials'])} candidates of {info['space_size']:,} ({info['strategy']}), {len(feasible)} within "
+            f"the budget; the Pareto front of validation quality against {unit}, and the chosen candidate "
+            f"(the most accurate within the budget)")
+    if info.get("supernet"):
+        note += f"; one-shot: each scored as a slice of a supernet trained {info['supernet']['epochs']} epochs"
+    rows = []
+    for t in sorted((t for t in feasible if t["number"] in front or t["number"] == chosen), key=lambda t: t[cost]):
+        marks = " ".join(m for m, on in (("front", t["number"] in front), ("chosen", t["number"] == chosen)) if on)
+        rows.append([str(t["number"]), " ".join(t["spec"]), _fmt(t[cost]), f"{t['quality']:.4f}", marks])
+    return Section(f"Search of {step['name']}", note, ["trial", "architecture", unit, "val quality", ""], rows,
+                   image=_search_file(step))
+
+
+def search_png(step: dict[str, Any]) -> bytes:
+    """A nas step's trials: validation quality against cost, the front dashed, the chosen starred."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    info = step["info"]
+    cost, feasible = _search_points(info)
+    front = [t for t in sorted(feasible, key=lambda t: t[cost]) if t["number"] in set(info["pareto"]["trials"])]
+    chosen = [t for t in feasible if t["number"] == info["chosen"]["trial"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
+    ax.scatter([t[cost] for t in feasible], [t["quality"] for t in feasible], s=18, alpha=0.5, label="candidates")
+    ax.plot([t[cost] for t in front], [t["quality"] for t in front], "--o", color="black", markersize=4,
+            linewidth=1, label="Pareto front")
+    ax.scatter([t[cost] for t in chosen], [t["quality"] for t in chosen], marker="*", s=220, color="crimson",
+               zorder=3, label="chosen")
+    ax.set_xlabel("latency at batch 1, ms (predicted)" if cost == "latency_ms" else cost)
+    ax.set_ylabel("validation quality")
+    ax.set_title(f"{step['name']}: {len(feasible)} candidates within the budget", fontsize=10)
+    _x_scale(ax, [t[cost] for t in feasible])
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _search_file(step: dict[str, Any]) -> str:
+    return "search-" + re.sub(r"[^\w.-]", "_", step["name"]) + ".png"
 
 
 def _other_metrics(results: dict[str, Any]) -> Section:
@@ -171,6 +239,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append("")
         if i == 0:
             lines += _footnotes_markdown(notes) + ["![quality vs latency](pareto.png)", ""]
+        if sec.image:
+            lines += [f"![{sec.title}]({sec.image})", ""]
     return "\n".join(lines)
 
 
@@ -181,8 +251,9 @@ def _footnotes_markdown(notes: Notes) -> list[str]:
             "may be wrong:", ""] + [f"- {line}" for line in notes.lines()] + [""]
 
 
-def render_html(results: dict[str, Any], plot_png: bytes | None) -> str:
+def render_html(results: dict[str, Any], plot_png: bytes | None, images: dict[str, bytes] | None = None) -> str:
     parts, notes = sections(results)
+    images = images or {}
     body = []
     for i, sec in enumerate(parts):
         if sec.title:
@@ -201,6 +272,9 @@ def render_html(results: dict[str, Any], plot_png: bytes | None) -> str:
             if plot_png:
                 body.append(f'<img alt="quality vs latency" '
                             f'src="data:image/png;base64,{base64.b64encode(plot_png).decode()}">')
+        if sec.image and sec.image in images:
+            body.append(f'<img alt="{html.escape(sec.title or "")}" '
+                        f'src="data:image/png;base64,{base64.b64encode(images[sec.image]).decode()}">')
     title = html.escape(f"slimkit report: {results['task']}")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -252,7 +326,7 @@ def pareto_figure(results: dict[str, Any]):
     key = _key_lines(steps, warned)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6 + 0.19 * len(key)), dpi=110)
     _scatter(left, lat, qual, size)
-    front = _pareto_front(lat, qual)
+    front = pareto_front(list(zip(lat, qual)))
     if len(front) > 1:
         left.plot([lat[i] for i in front], [qual[i] for i in front], "--", color="gray", linewidth=1,
                   label="Pareto front")
@@ -358,8 +432,11 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     png = pareto_png(results) if results["steps"] else None
     if png is not None:
         atomic_write_bytes(out / "pareto.png", png)
+    images = {_search_file(s): search_png(s) for s in search_steps(results)}
+    for name, data in images.items():
+        atomic_write_bytes(out / name, data)
     atomic_write_text(out / "report.md", render_markdown(results))
-    atomic_write_text(out / "report.html", render_html(results, png))
+    atomic_write_text(out / "report.html", render_html(results, png, images))
 
 
 def rich_table(results: dict[str, Any]):
@@ -387,17 +464,6 @@ def _median_of(cell: str) -> str:
 
 def _batch_n(results: dict[str, Any]) -> Any:
     return results["steps"][0]["metrics"]["batch_N"] if results["steps"] else "N"
-
-
-def _pareto_front(lat: list[float], qual: list[float]) -> list[int]:
-    """Indices not dominated (lower latency and higher quality), sorted by latency."""
-    order = sorted(range(len(lat)), key=lambda i: (lat[i], -qual[i]))
-    front, best = [], float("-inf")
-    for i in order:
-        if qual[i] > best:
-            front.append(i)
-            best = qual[i]
-    return front
 
 
 def _spread(stats: dict[str, Any]) -> str:
