@@ -101,3 +101,16 @@ def test_the_time_budget_ends_the_search_with_the_best_so_far():
 
 def test_pareto_front():
     assert pareto_front([(1, 0.5), (2, 0.4), (3, 0.9), (0.5, 0.1), (3, 0.8)]) == [3, 0, 2]
+
+
+def test_nsga2_searches_quality_and_cost_with_the_budget_as_its_constraint():
+    task, result, calls = _run({"space": SPACE, "trials": 8, "strategy": "nsga2", "max_macs": 65_000,
+                                "strategy_options": {"population_size": 4}, "finetune": {"epochs": 1}})
+    info = result.info
+    feasible = [t for t in info["trials"] if t["feasible"]]
+    assert 0 < len(feasible) < len(info["trials"]) and len(calls) == len(feasible)
+    assert info["chosen"]["validation_quality"] == max(t["quality"] for t in feasible)
+    front = info["pareto"]["trials"]
+    points = {t["number"]: (t["macs"], t["quality"]) for t in feasible}
+    assert front and all(not (points[o][0] <= points[f][0] and points[o][1] > points[f][1])
+                         for f in front for o in points)  # nothing beats a front point on both

@@ -60,8 +60,9 @@ def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str 
     """Search ``space`` ({dimension: choices}) with ``strategy`` until the study holds ``trials``
     finished trials, or ``timeout`` seconds have passed (the trial running then finishes); see the
     module docstring. ``objective(params)`` returns the value (a sequence for several objectives),
-    or ``{"value": ..., "attrs": {...}}`` to store attributes with the trial (in the storage, for
-    every worker). ``callback(study, trial)`` after each trial."""
+    or ``{"value": ..., "attrs": {...}, "constraints": {name: v}}`` to store attributes with the
+    trial (in the storage, for every worker) and constraints (feasible when every ``v <= 0``; the
+    samplers that honour constraints, NSGA-II and TPE, rank by them). ``callback(study, trial)`` after each trial."""
     _check_space(space)
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
@@ -80,6 +81,8 @@ def search(objective: Objective, space: dict[str, Sequence[Any]], strategy: str 
         if isinstance(value, dict):
             for key, attr in value.get("attrs", {}).items():
                 trial.set_user_attr(key, attr)
+            for key, bound in value.get("constraints", {}).items():  # feasible at <= 0 (NSGA-II ranks by them)
+                trial.set_constraint(key, bound)
             value = value["value"]
         return tuple(value) if isinstance(value, (list, tuple)) else value
 

@@ -84,9 +84,6 @@ class NasConfig(TrainingStepConfig):
         if self.supernet is not None and self.storage:
             raise ValueError("supernet: a one-shot search evaluates candidates in one process (each worker would "
                              "train a supernet of its own); leave storage out")
-        if self.strategy == "nsga2":
-            raise ValueError("nsga2 needs several objectives; the nas step maximises quality under constraints "
-                             "(use evolution, tpe, reinforce or random)")
         return self
 
 
@@ -115,6 +112,11 @@ def costs(net: nn.Module, example: torch.Tensor) -> dict[str, float]:
 
     params = sum(p.numel() for p in net.parameters())
     return {"macs": float(count_macs(net.eval(), (example,))), "params": float(params), "bytes": 4.0 * params}
+
+
+def _score(trial: Any) -> float:
+    """A trial's validation quality (minus its budget excess when over budget)."""
+    return trial.user_attrs.get("score", trial.values[0])
 
 
 @register_step("nas", config=NasConfig, restore=restore_nas, structure=NasStructure)
@@ -160,6 +162,14 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
                     "distill": cfg.supernet.distill, "seconds": time.perf_counter() - started,
                     "history": fit.history}
 
+    cost_key = "latency_ms" if table is not None else "macs"
+    several = cfg.strategy == "nsga2"  # NSGA-II: quality up and cost down, the budget as its constraint
+
+    def result(score: float, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs["score"] = score
+        return {"value": [score, attrs[cost_key]] if several else score, "attrs": attrs,
+                "constraints": {"budget": attrs["excess"]}}
+
     def objective(params: dict[str, Any]) -> dict[str, Any]:
         spec = space.spec(params)
         torch.manual_seed(ctx.seed)
@@ -168,9 +178,9 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
         if table is not None:
             cost["latency_ms"] = table.predict(spec)
         excess = max((cost[k] / v - 1 for k, v in limits.items() if v is not None), default=-1.0)
-        attrs = {**cost, "spec": spec.strings(), "feasible": excess <= 0}
+        attrs = {**cost, "spec": spec.strings(), "feasible": excess <= 0, "excess": max(excess, 0.0)}
         if excess > 0:
-            return {"value": -excess, "attrs": attrs}
+            return result(-excess, attrs)
         if supernet is not None:
             from slimkit.nas.supernet import evaluate_candidate
 
@@ -180,18 +190,19 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
             quality = ctx.validate(net)
         if quality > kept["quality"]:
             kept.update(quality=quality, spec=spec.strings(), net=net)
-        return {"value": quality, "attrs": attrs}
+        return result(quality, attrs)
 
     dims = space.dimensions()  # none: one candidate, the base network, trained once
     study = search(objective, dims, cfg.strategy, cfg.trials if dims else 1, seed=ctx.seed, storage=cfg.storage,
-                   study_name=cfg.study_name, options=cfg.strategy_options, timeout=cfg.max_seconds)
+                   study_name=cfg.study_name, options=cfg.strategy_options, timeout=cfg.max_seconds,
+                   directions=("maximize", "minimize") if several else ("maximize",))
     trials = finished(study)
     feasible = [t for t in trials if t.user_attrs.get("feasible")]
     if not feasible:
         raise ConfigError(f"nas: none of the {len(trials)} candidates met the budget "
                           f"({', '.join(f'{k} <= {v:g}' for k, v in limits.items() if v is not None)}); the closest "
-                          f"missed by {100 * -max(t.value for t in trials):.0f}%")
-    best = max(feasible, key=lambda t: t.value)
+                          f"missed by {100 * -max(_score(t) for t in trials):.0f}%")
+    best = max(feasible, key=_score)
     spec = space.spec(best.params)
     trained_here = kept.get("spec") == spec.strings()
     retrain = cfg.final is not None or (supernet is None and not trained_here)
@@ -205,12 +216,11 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
         from slimkit.nas.supernet import evaluate_candidate
 
         chosen = evaluate_candidate(supernet, best.params, ctx, cfg.supernet.calibration_rows)[0]
-    cost_key = "latency_ms" if table is not None else "macs"
-    points = [(t.user_attrs[cost_key], t.value) for t in feasible]
-    info = {"trials": [{"number": t.number, "quality": t.value if t.user_attrs.get("feasible") else None,
+    points = [(t.user_attrs[cost_key], _score(t)) for t in feasible]
+    info = {"trials": [{"number": t.number, "quality": _score(t) if t.user_attrs.get("feasible") else None,
                         **{k: t.user_attrs.get(k) for k in ("macs", "params", "bytes", "latency_ms", "feasible",
                                                             "spec")}} for t in trials],
-            "chosen": {"trial": best.number, "validation_quality": best.value, "spec": spec.strings(),
+            "chosen": {"trial": best.number, "validation_quality": _score(best), "spec": spec.strings(),
                        **{k: best.user_attrs.get(k) for k in ("macs", "params", "latency_ms")}},
             "pareto": {"cost": cost_key, "trials": [feasible[i].number for i in pareto_front(points)]},
             "space_size": space.size(), "strategy": cfg.strategy, "search_seconds": time.perf_counter() - started,
