@@ -32,7 +32,6 @@ expansion conv, as the zoo's block does.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from typing import Any, Callable, Iterator, Sequence
 
@@ -144,14 +143,6 @@ class Supernet(nn.Module):
         """Make ``params`` (a candidate of the space) the network ``forward`` runs; its spec."""
         self.active = self.space.spec(params)
         return self.active
-
-    @contextlib.contextmanager
-    def activated(self, params: dict[str, Any]) -> Iterator[ArchSpec]:
-        previous = self.active
-        try:
-            yield self.set_active(params)
-        finally:
-            self.active = previous
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """A candidate drawn uniformly, dimension by dimension."""
