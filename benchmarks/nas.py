@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import run_section_loop  # noqa: E402
 
 STRATEGIES = ["random", "evolution", "tpe", "reinforce"]
-ONE_SHOT = ("supernet", "controls", "front")
+ONE_SHOT = ("supernet", "slices", "controls", "front")
 SECTIONS = {
     "strategies": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --trials {a.trials} "
                             f"--strategies {' '.join(a.strategies)}",
@@ -48,6 +48,7 @@ SECTIONS = {
                           f"--supernet-random {a.supernet_random} --supernet-candidates {a.supernet_candidates} "
                           f"--supernet-max-macs {a.supernet_max_macs} --calibration-rows {a.calibration_rows}"
                           + (f" --scratch-epochs {a.scratch_epochs}" if a.scratch_epochs else ""),
+    "slices": lambda a: f"--finetune-epochs {a.finetune_epochs} --finetune-lr {a.finetune_lr} --run-dir RUN_DIR",
     "controls": lambda a: f"--supernet-task {a.supernet_task} --v2-widths {' '.join(map(str, a.v2_widths))} "
                           f"--v2-small-widths {' '.join(map(str, a.v2_small_widths))} --run-dir RUN_DIR"
                           + (f" --scratch-epochs {a.scratch_epochs}" if a.scratch_epochs else ""),
@@ -449,6 +450,91 @@ def render_supernet(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines)
 
 
+def _params_of(space, strings: list[str]) -> dict[str, Any]:
+    """The candidate of ``space`` whose spec strings are ``strings``."""
+    from slimkit.zoo.arch import parse_stage
+
+    params: dict[str, Any] = {}
+    dims = space.dimensions()
+    for i, stage in enumerate(parse_stage(s) for s in strings):
+        for key in ("depth", "kernel", "expand", "se", "block"):
+            if f"s{i}.{key}" in dims:
+                params[f"s{i}.{key}"] = getattr(stage, key)
+        if f"s{i}.width" in dims:
+            params[f"s{i}.width"] = next(w for w in dims[f"s{i}.width"]
+                                         if space.spec({f"s{i}.width": w}).stages[i].out == stage.out)
+    if space.spec(params).strings() != list(strings):
+        raise ValueError(f"not a candidate of the space: {strings}")
+    return params
+
+
+def slices_section(args, folder: Path, progress) -> dict[str, Any]:
+    """The supernet of --run-dir (from --sections supernet): its largest candidate and the compared
+    ones sliced out, their accuracy on the training rows too (fit or underfit?), then each
+    fine-tuned --finetune-epochs from its slice."""
+    import torch
+
+    from slimkit.core.io import load_into_, load_state_dict, read_json
+    from slimkit.measure.quality import predict
+    from slimkit.nas.space import builtin_space
+    from slimkit.nas.supernet import Supernet, evaluate_candidate
+    from slimkit.tasks import build_task
+    from slimkit.tasks.context import Context
+    from slimkit.train.config import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    if args.run_dir is None or not (args.run_dir / "supernet.safetensors").exists():
+        raise SystemExit("slices: needs --run-dir holding supernet.safetensors (--sections supernet)")
+    previous = read_json(args.out / "nas_supernet.json")
+    task = build_task(previous["task"])
+    ctx = Context(task=task, seed=0)
+    space = builtin_space(previous["space"])
+    shape, num_classes = _task_io(task)
+    supernet = Supernet(space, num_classes, shape[0])
+    load_into_(supernet, load_state_dict(args.run_dir / "supernet.safetensors"), "supernet")
+
+    def train_quality(net) -> float:
+        return task.evaluate(predict(net.eval(), task.data.train, 256), task.data.train.targets)["quality"]
+
+    rows = []
+    candidates = [("largest", supernet.largest, None)] + [
+        ("compared", _params_of(space, r["spec"]), r) for r in previous["rows"]]
+    base = task.baseline_train
+    for kind, params, before in candidates:
+        net, val = evaluate_candidate(supernet, params, ctx, previous["calibration_rows"])
+        row = {"kind": kind, "spec": space.spec(params).strings(), "slice_train": train_quality(net),
+               "slice_val": val, "slice_test": _test_quality(task, net)}
+        if before is not None:
+            row.update(scratch_test=before["scratch_test"], scratch_epochs=before["scratch_epochs"])
+            started = time.perf_counter()
+            ctx.train(net, TrainConfig(epochs=args.finetune_epochs, batch_size=base.batch_size, lr=args.finetune_lr),
+                      description="fine-tune")
+            row.update(tuned_val=ctx.validate(net), tuned_test=_test_quality(task, net),
+                       tuned_seconds=time.perf_counter() - started)
+        rows.append(row)
+        progress(f"{kind} {row['slice_test']:.4f}" + (f" tuned {row['tuned_test']:.4f}" if before else ""))
+    return {"task": previous["task"], "space": previous["space"], "supernet_epochs": previous["epochs"],
+            "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr, "rows": rows}
+
+
+def render_slices(res: dict[str, Any], command: str, stamp: str) -> str:
+    lines = ["# Supernet slices: fit on the training rows, and after a short fine-tune", "", f"`{command}`; {stamp}.",
+             "", f"The supernet of `{res['space']}` trained {res['supernet_epochs']} epochs on {res['task']} "
+             "(`--sections supernet`, same run directory). Each candidate sliced out and its BatchNorm "
+             "statistics re-estimated; accuracy on the training split (all rows), validation and test; then "
+             f"fine-tuned {res['finetune_epochs']} epochs from its slice (lr {res['finetune_lr']:g}, batch as the "
+             "task's recipe) against the same network trained from scratch (from `nas_supernet.md`).", "",
+             "| candidate | slice train | slice val | slice test | tuned test | from scratch test | tuned - scratch pt "
+             "| tune min |", "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        name = "largest" if r["kind"] == "largest" else f"`{' '.join(r['spec'][1:])}`"
+        tuned = r.get("tuned_test")
+        lines.append(f"| {name} | {r['slice_train']:.4f} | {r['slice_val']:.4f} | {r['slice_test']:.4f} | "
+                     + (f"{tuned:.4f} | {r['scratch_test']:.4f} | {100 * (tuned - r['scratch_test']):+.2f} | "
+                        f"{r['tuned_seconds'] / 60:.1f} |" if tuned is not None else "— | — | — | — |"))
+    return "\n".join(lines + [""])
+
+
 def _v2_controls(args) -> list[tuple[str, Any]]:
     from slimkit.zoo.arch import mobilenetv2_spec
 
@@ -703,6 +789,8 @@ def main() -> None:
                         help="controls: MobileNetV2 width multipliers (small-input layout)")
     parser.add_argument("--scratch-epochs", type=int, help="supernet, controls: epochs of from-scratch training "
                                                              "(default: the task's baseline recipe)")
+    parser.add_argument("--finetune-epochs", type=int, default=2, help="slices: fine-tuning epochs of each slice")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3, help="slices: fine-tuning learning rate")
     parser.add_argument("--front-backend", default="onnxruntime", help="front: where latency is measured")
     parser.add_argument("--front-trials", type=int, default=150, help="front: candidates evaluated from the supernet")
     parser.add_argument("--front-picks", type=int, default=6, help="front: searched networks timed and tested")

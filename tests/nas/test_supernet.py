@@ -193,3 +193,22 @@ def test_one_shot_with_a_shared_storage_is_refused():
     with pytest.raises(ConfigError, match="one process"):
         parse_config(STEPS.entry("nas").config, {"supernet": {}, "storage": "sqlite:///x.db", "study_name": "s"},
                      "nas")
+
+
+def test_the_chosen_slice_is_fine_tuned_when_asked():
+    task, _ = _digits_ctx()
+    from slimkit.train.loop import fit
+
+    calls = []
+
+    def counting_fit(model, data, cfg, **kwargs):
+        calls.append((type(model).__name__, cfg.epochs))
+        return fit(model, data, cfg, **kwargs)
+
+    options = {"space": DIGITS, "trials": 3, "strategy": "random",
+               "supernet": {"train": {"epochs": 1, "batch_size": 64}, "random_subnets": 0, "calibration_rows": 256,
+                            "tune": {"epochs": 2, "lr": 1e-3}}}
+    cfg = parse_config(STEPS.entry("nas").config, options, "nas")
+    result = STEPS.get("nas").fn(task.build_model(), cfg, Context(task=task, train_fn=counting_fit))
+    assert calls == [("Supernet", 1), ("ArchNet", 2)] and result.info["tuned_epochs"] == 2
+    assert not result.info["retrained"]

@@ -51,6 +51,8 @@ class OneShotConfig(Config):
     distill: bool = Field(True, description="in-place distillation: candidates learn the largest's predictions")
     calibration_rows: int = Field(2000, ge=1, description="training rows that re-estimate each candidate's "
                                                           "BatchNorm statistics")
+    tune: TrainConfig | None = Field(None, description="fine-tune the chosen candidate from its supernet weights "
+                                                       "with this (none: keep the slice as it is)")
 
 
 class NasConfig(TrainingStepConfig):
@@ -216,6 +218,8 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
         from slimkit.nas.supernet import evaluate_candidate
 
         chosen = evaluate_candidate(supernet, best.params, ctx, cfg.supernet.calibration_rows)[0]
+    if supernet is not None and not retrain and cfg.supernet.tune is not None:
+        ctx.train(chosen, cfg.supernet.tune, description="nas: fine-tuning the chosen slice")
     points = [(t.user_attrs[cost_key], _score(t)) for t in feasible]
     info = {"trials": [{"number": t.number, "quality": _score(t) if t.user_attrs.get("feasible") else None,
                         **{k: t.user_attrs.get(k) for k in ("macs", "params", "bytes", "latency_ms", "feasible",
@@ -224,7 +228,9 @@ def nas(model: nn.Module, cfg: NasConfig, ctx: Context) -> StepResult:
                        **{k: best.user_attrs.get(k) for k in ("macs", "params", "latency_ms")}},
             "pareto": {"cost": cost_key, "trials": [feasible[i].number for i in pareto_front(points)]},
             "space_size": space.size(), "strategy": cfg.strategy, "search_seconds": time.perf_counter() - started,
-            "retrained": retrain}
+            "retrained": retrain,
+            "tuned_epochs": cfg.supernet.tune.epochs if supernet is not None and not retrain and cfg.supernet.tune
+            else 0}
     if one_shot is not None:
         info["supernet"] = one_shot
     if table is not None:
