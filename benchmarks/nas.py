@@ -612,6 +612,11 @@ def front_section(args, folder: Path, progress) -> dict[str, Any]:
             not (args.run_dir / "controls.json").exists():
         raise SystemExit("front: needs --run-dir holding supernet.safetensors (--sections supernet) and "
                          "controls.json (--sections controls)")
+    controls = read_json(args.run_dir / "controls.json")
+    wanted = [spec.strings() for _, spec in _v2_controls(args)]
+    if [ArchSpec(**c["arch"]).strings() if "arch" in c else None for c in controls] != wanted:
+        raise SystemExit(f"front: {args.run_dir / 'controls.json'} holds {len(controls)} networks, not the "
+                         f"{len(wanted)} of --v2-widths/--v2-small-widths (run --sections controls to the end)")
     task = build_task(args.supernet_task)
     ctx = Context(task=task, seed=0)
     space = builtin_space(args.space)
@@ -645,7 +650,6 @@ def front_section(args, folder: Path, progress) -> dict[str, Any]:
         net, val = evaluate_candidate(supernet, t.params, ctx, args.calibration_rows)
         searched.append({"name": "searched", "spec": space.spec(t.params), "net": net, "val": val,
                          "predicted_ms": t.values[1]})
-    controls = read_json(args.run_dir / "controls.json")
     entries = searched + [{"name": c["name"], "spec": ArchSpec(**c["arch"]), "val": c["val"], "test": c["test"]}
                           for c in controls]
     x = torch.zeros(1, *shape)
