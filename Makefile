@@ -7,7 +7,7 @@ STAMP := $(VENV)/.slimkit-installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the default suite plus the long end-to-end tests (marked slow); pytest -m thirdparty is the whole
+# third-party matrix on top
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not thirdparty"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .cache

@@ -140,7 +140,8 @@ def run_section_loop(script: str, stem: str, args: Any, sections: dict[str, Any]
     """For each of ``args.sections``: run ``namespace[SECTION_section](args, tmp folder, progress)``
     in a temporary folder, render it with ``namespace[render_SECTION]`` and publish it as
     OUT/STEM_SECTION.md/.json with the command that reproduces it (``sections[SECTION](args)``
-    gives that section's arguments)."""
+    gives that section's arguments). A section named with hyphens finds its functions under
+    underscores (``text-exits``: ``text_exits_section``)."""
     import tempfile
 
     from rich.console import Console
@@ -150,10 +151,11 @@ def run_section_loop(script: str, stem: str, args: Any, sections: dict[str, Any]
     for section in args.sections:
         command = f"python benchmarks/{script} --sections {section} {sections[section](args)} --threads {args.threads}"
         started = time.perf_counter()
+        name = section.replace("-", "_")
         with tempfile.TemporaryDirectory(prefix=f"slimkit-bench-{stem}-{section}-") as tmp:
-            res = namespace[f"{section}_section"](args, Path(tmp), lambda msg: console.log(msg))
+            res = namespace[f"{name}_section"](args, Path(tmp), lambda msg: console.log(msg))
         try:
-            text = namespace[f"render_{section}"](res, command, stamp)
+            text = namespace[f"render_{name}"](res, command, stamp)
         except Exception:  # the measurements outlive a rendering bug: write them, then fail
             write_atomic(args.out, {f"{stem}_{section}.json": json.dumps({**res, "command": command}, indent=2) + "\n"})
             raise

@@ -296,14 +296,24 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
     out = []
     for seed in args.seeds:
         recipe = {"version": 1, "task": "corpus-cls", "seed": seed, "measure": measure,
+                  **({"baseline": {"weights": str(args.baseline_weights)}}
+                     if args.baseline_weights and seed == args.seeds[0] else {}),
                   "steps": [{"early_exit": {"exits": args.text_exits, "budget": args.text_budget,
-                                            "distill": args.text_distill,
+                                            "distill": args.text_distill, "train": args.text_train,
+                                            "thresholds": args.text_thresholds,
                                             "finetune": {"epochs": args.text_epochs, "lr": args.text_lr}}}]}
-        res = _run(recipe, folder / f"{seed}-text-exits")
+        name = f"{seed}-text-exits" + ("" if args.text_train == "joint" else f"-{args.text_train}")
+        res = _run(recipe, folder / name)
         base, exits = res["steps"][0], res["steps"][1]
-        tuned = _run({**recipe, "steps": [{"train": {"epochs": args.text_epochs, "lr": args.text_lr,
-                                                     "optimizer": "adamw", "weight_decay": 0.01}}]},
-                     folder / f"{seed}-text-tuned")["steps"][1]
+        if args.text_train == "heads":  # the backbone is frozen: the final exit is the baseline, the control
+            tuned, tuned_run = base, (folder / name, 0)
+        else:  # the fair control: the same baseline trained for the same extra epochs, without exits
+            weights = folder / name / "steps" / "00-baseline" / "model.safetensors"
+            tuned = _run({**recipe, "baseline": {"weights": str(weights)},
+                          "steps": [{"train": {"epochs": args.text_epochs, "lr": args.text_lr,
+                                               "optimizer": "adamw", "weight_decay": 0.01}}]},
+                         folder / f"{seed}-text-tuned")["steps"][1]
+            tuned_run = (folder / f"{seed}-text-tuned", 1)
         info = exits["info"]
         layers = [int(n.rsplit(".", 1)[1]) + 1 for n in info["exits_after"]] + [6]  # layers run per exit
         shares = info["test_exit_shares"]
@@ -315,17 +325,16 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
                         "exits": exits["metrics"]["macs"]},
                "test_exit_shares": shares, "val_exit_shares": info["val_exit_shares"],
                "test_accuracy_per_exit": info["test_accuracy_per_exit"], "threshold": info["threshold"],
-               "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
+               "thresholds": info.get("thresholds"), "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
         if not args.no_timing:
-            for name, run_dir, step in (("tuned", folder / f"{seed}-text-tuned", 1),
-                                        ("exits", folder / f"{seed}-text-exits", 1)):
-                row["latency_ms"][f"{name}@eager"] = _time_rows(run_dir, step, "eager", args.rows, args.repeats,
+            for label, run_dir, step in (("tuned", *tuned_run), ("exits", folder / name, 1)):
+                row["latency_ms"][f"{label}@eager"] = _time_rows(run_dir, step, "eager", args.rows, args.repeats,
                                                                 args.threads)["mean_ms"]
         out.append(row)
         progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned {row['accuracy']['tuned']:.4f}), "
                  f"{100 * row['layers_saved']:.0f}% of layers saved")
     return {"task": "corpus-cls", "budget": args.text_budget, "epochs": args.text_epochs, "lr": args.text_lr,
-            "distill": args.text_distill, "rows": out}
+            "distill": args.text_distill, "train": args.text_train, "thresholds": args.text_thresholds, "rows": out}
 
 
 def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
@@ -336,11 +345,16 @@ def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
              f"`{command}`; {stamp}; {cpu_capability()}.", "",
              "Task `corpus-cls` (corpus sentences intact, two words swapped, a word replaced or a span shuffled; "
              "all-MiniLM-L6-v2 fine-tuned with a Linear head). The `early_exit` step hooks a DeeBERT-style head "
-             f"(masked token mean, dense-tanh, Linear) after layers {rows[0]['exits_after']}, trains them jointly "
-             f"with the encoder for {res['epochs']} epochs (lr {res['lr']}, self-distillation weight "
-             f"{res['distill']}), and calibrates one confidence threshold on the validation rows within "
-             f"{res['budget']} of the full network's accuracy. Tuned: the baseline trained for the same extra epochs "
-             "without exits (the fair control). Layers: transformer layers run per test row (a row leaving after "
+             f"(masked token mean, dense-tanh, Linear) after layers {rows[0]['exits_after']}, trains them "
+             + ("jointly with the encoder" if res.get("train", "joint") == "joint" else "on the frozen baseline encoder")
+             + f" for {res['epochs']} epochs (lr {res['lr']}, self-distillation weight {res['distill']}), and "
+             + ("calibrates one confidence threshold" if res.get("thresholds", "shared") == "shared"
+                else "calibrates one confidence threshold per exit")
+             + f" on the validation rows within {res['budget']} of the full network's accuracy. "
+             + ("Tuned: the baseline trained for the same extra epochs without exits (the fair control). "
+                if res.get("train", "joint") == "joint" else
+                "Tuned: the baseline itself (the encoder is frozen, so the final exit is the baseline). ")
+             + "Layers: transformer layers run per test row (a row leaving after "
              "layer k runs k of 6); MACs: mean per row over the runner's per-row rows; latency: batch 1, mean over "
              "those rows, each model in its own process.", "",
              "| seed | baseline acc. | tuned acc. | exits acc. | test rows leaving per exit | accuracy per exit (test) "
@@ -674,7 +688,9 @@ def render_act(res: dict[str, Any], command: str, stamp: str) -> str:
 SECTIONS = {
     "text-exits": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --text-exits {a.text_exits} "
                             f"--text-budget {a.text_budget} --text-epochs {a.text_epochs} --text-lr {a.text_lr} "
-                            f"--text-distill {a.text_distill} --rows {a.rows} --repeats {a.repeats}"
+                            f"--text-distill {a.text_distill} --text-train {a.text_train} "
+                            f"--text-thresholds {a.text_thresholds} --rows {a.rows} --repeats {a.repeats}"
+                            + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
                             + (" --no-timing" if a.no_timing else ""),
     "exits": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --budget {a.budget} "
                        f"--criterion {a.criterion} --epochs {a.epochs} --rows {a.rows} --repeats {a.repeats} "
@@ -741,7 +757,12 @@ def main() -> None:
     parser.add_argument("--text-epochs", type=int, default=3, help="text-exits: epochs with the exits")
     parser.add_argument("--text-lr", type=float, default=5e-5, help="text-exits: learning rate with the exits")
     parser.add_argument("--text-distill", type=float, default=1.0, help="text-exits: self-distillation weight")
-    parser.add_argument("--baseline-weights", type=Path, help="exits: start from these trained baseline weights "
+    parser.add_argument("--text-train", choices=["joint", "heads"], default="joint",
+                        help="text-exits: heads and encoder together, or the heads on the frozen baseline (DeeBERT's "
+                             "second stage; the baseline is then the control)")
+    parser.add_argument("--text-thresholds", choices=["shared", "per_exit"], default="shared",
+                        help="text-exits: one confidence threshold, or one per exit")
+    parser.add_argument("--baseline-weights", type=Path, help="exits, text-exits: start from these trained baseline weights "
                                                               "for the first of --seeds (that seed's) instead of training its "
                                                               "baseline")
     parser.add_argument("--run-dir", type=Path, help="exits, text-exits: keep the runs here (a second invocation "

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from slimkit.cli import app
@@ -130,6 +131,7 @@ def _run_until(cmd, env, ready, what):
             proc.kill()
 
 
+@pytest.mark.slow  # two minutes; test_killed_process_resumes_from_third_step stays in the default suite
 def test_killed_at_every_stage_resumes_to_the_same_results(tmp_path):
     """SIGKILL a real `slimkit run` during the baseline, during a step and while a deploy worker
     runs; each rerun continues, and the end is what an uninterrupted run gives."""

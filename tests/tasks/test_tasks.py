@@ -40,7 +40,8 @@ def test_lenet_parameter_counts_match_the_papers():
     assert count_params(create_model("lenet5")) == 431_080
 
 
-@pytest.mark.parametrize("name, floor", [("digits-mlp", 0.97), ("digits-cnn", 0.97), ("mnist-lenet5", 0.965)])
+@pytest.mark.parametrize("name, floor", [("digits-mlp", 0.97), ("digits-cnn", 0.97),
+                                         pytest.param("mnist-lenet5", 0.965, marks=pytest.mark.slow)])
 def test_baseline_reaches_its_accuracy_floor(name, floor):
     """The issue's floors: >= 97% on digits, >= 96.5% for LeNet-5 on the 4,000 MNIST training images."""
     task = build_task(name)

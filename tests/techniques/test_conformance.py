@@ -87,6 +87,11 @@ def runs(tmp_path_factory):
 
     return get
 
+# deploy's case compiles and times on ONNX Runtime in a worker process at every run (about a minute
+# each); tests/backends/test_deploy.py covers it in the default suite, these run with `make test-all`
+SLOW = {"deploy"}
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(CASES)]
+
 
 def test_every_registered_step_has_a_case():
     load_builtins()
@@ -101,7 +106,7 @@ def test_the_case_validates_and_an_unknown_field_is_named(name):
         parse_config(cls, {**CASES[name], "no_such_field": 1}, name)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", NAMES)
 def test_the_step_is_not_a_no_op(name, runs, rebuild_run_step):
     """It changes the stored tensors and what the model computes (``fuse``: the tensors only;
     ``deploy``: neither, but where every later measurement runs)."""
@@ -121,7 +126,7 @@ def test_the_step_is_not_a_no_op(name, runs, rebuild_run_step):
         assert not torch.equal(*outputs), f"{name}: the model computes what it computed before"
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", NAMES)
 def test_kill_after_the_step_then_resume_gives_the_same_weights(name, runs, tmp_path):
     out, results = runs(name)
 
@@ -143,7 +148,7 @@ def test_kill_after_the_step_then_resume_gives_the_same_weights(name, runs, tmp_
     assert qualities(resumed.results) == qualities(results)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", NAMES)
 def test_the_checkpoint_reloads_to_the_recorded_quality(name, runs, rebuild_run_step):
     out, results = runs(name)
     step = results["steps"][1]
@@ -152,7 +157,7 @@ def test_the_checkpoint_reloads_to_the_recorded_quality(name, runs, rebuild_run_
     assert quality == pytest.approx(recorded, abs=1e-9)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", NAMES)
 def test_the_model_exports_to_onnx_runtime_and_matches_eager(name, runs, rebuild_run_step, tmp_path):
     pytest.importorskip("onnxruntime")
     from slimkit.backends.step import default_tolerance

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from slimkit.measure.macs import count_macs
-from slimkit.techniques.dynamic.exits import EarlyExitNetwork, ExitLoss, attach_exits, calibrate, confidence
+from slimkit.techniques.dynamic.exits import (EarlyExitNetwork, ExitLoss, attach_exits, calibrate, confidence,
+                                              exit_scores, exits_taken)
 from slimkit.train.objectives import Batch
 
 
@@ -169,6 +170,62 @@ def test_calibration_keeps_accuracy_within_the_budget_and_exits_more_with_a_larg
     assert 0.95 <= loose.quality < 1.0 and loose.exit_shares[0] > tight.exit_shares[0]
     assert sum(loose.exit_shares) == pytest.approx(1.0)
     assert math.isfinite(loose.threshold)
+
+
+def test_exit_costs_count_each_exit_with_the_heads_before_it_and_restore_the_thresholds():
+    from slimkit.techniques.dynamic.exits import exit_costs
+
+    net = EarlyExitNetwork([nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)],
+                           {0: nn.Linear(16, 4), 1: nn.Linear(16, 4)}).eval()
+    net.thresholds.copy_(torch.tensor([0.7, 0.6]))
+    # exit 0: segment 0 and head 0; exit 1: that, segment 1 and head 1; final: every layer
+    assert exit_costs(net, (torch.randn(1, 8),)) == [128 + 64, 128 + 64 + 256 + 64, 128 + 64 + 256 + 64 + 64]
+    assert net.thresholds.tolist() == pytest.approx([0.7, 0.6]) and not net.training
+
+
+def test_per_exit_thresholds_save_more_than_a_shared_one_within_the_same_budget():
+    torch.manual_seed(0)
+    n = 1000
+    targets = torch.randint(0, 4, (n,))
+    onehot = nn.functional.one_hot(targets, 4).float()
+    final = onehot * 5
+    # exit 0: cheap, and confidently wrong on a fifth of the rows; exit 1: nearly final, softer but right
+    wrong = nn.functional.one_hot((targets + 1) % 4, 4).float()
+    liar = torch.rand(n) < 0.2
+    early = torch.where(liar[:, None], wrong, onehot) * 6 + torch.randn(n, 4) * 0.5
+    late = onehot * 1.5 + torch.randn(n, 4) * 0.3
+    net = EarlyExitNetwork([nn.Identity()] * 3, {0: nn.Identity(), 1: nn.Identity()})
+    logits, costs = [early, late, final], [1.0, 3.0, 4.0]
+    shared = calibrate(net, logits, targets, budget=0.02, costs=None)
+    assert shared.cost is None and shared.thresholds == [shared.threshold] * 2
+    per_exit = calibrate(net, logits, targets, budget=0.02, costs=costs)  # writes the per-exit thresholds
+    assert net.thresholds.tolist() == pytest.approx(per_exit.thresholds)
+    taken = exits_taken(exit_scores(logits[:-1], "confidence"), per_exit.thresholds)
+    weights = torch.tensor(costs) / 4
+    assert per_exit.cost == pytest.approx(float(weights[taken].mean()))
+    assert per_exit.quality >= per_exit.full_quality - 0.02
+    accuracy = float((torch.stack(logits).argmax(-1)[taken, torch.arange(n)] == targets).float().mean())
+    assert per_exit.quality == pytest.approx(accuracy)
+    # the shared threshold is held back by exit 0's confident mistakes; exit 1 alone could take most rows
+    shared_taken = exits_taken(exit_scores(logits[:-1], "confidence"), [shared.threshold] * 2)
+    assert per_exit.cost < float(weights[shared_taken].mean()) - 0.1
+    assert per_exit.thresholds[0] > per_exit.thresholds[1]
+    # a zero budget on rows every exit gets right lets everyone out at exit 0
+    assert calibrate(net, [final, final, final], targets, 0.0, costs=costs).exit_shares[0] == 1.0
+
+
+def test_heads_only_training_keeps_its_last_epoch():
+    """Validation scores the final exit, which a frozen backbone never changes: keep_best would
+    restore the first epoch's heads, so heads-only training keeps the last and refuses keep_best."""
+    from slimkit.core.config import parse_config
+    from slimkit.core.errors import ConfigError
+    from slimkit.techniques.dynamic.exit_step import EarlyExitConfig
+
+    assert parse_config(EarlyExitConfig, {"train": "heads"}, "early_exit").finetune.keep_best is False
+    assert parse_config(EarlyExitConfig, {"train": "heads", "finetune": {"epochs": 2}}, "early_exit").finetune.epochs == 2
+    assert parse_config(EarlyExitConfig, {}, "early_exit").finetune.keep_best is True  # joint: the final exit moves
+    with pytest.raises(ConfigError, match="keep_best with train: heads"):
+        parse_config(EarlyExitConfig, {"train": "heads", "finetune": {"keep_best": True}}, "early_exit")
 
 
 MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False, "per_row": 16}

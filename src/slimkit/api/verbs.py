@@ -227,9 +227,10 @@ def bayesian_compression(model: nn.Module, data: Iterable[Any] | Split, **kwargs
 
 
 def early_exit(model: nn.Module, data: Iterable[Any] | Split, **kwargs: Any) -> nn.Module:
-    """Exit heads after chosen children of an ``nn.Sequential`` trained on labelled ``data``, one
-    confidence threshold calibrated on its validation rows (``budget``): returns the
-    ``EarlyExitNetwork``, whose rows stop at the first confident exit."""
+    """Exit heads after chosen children of an ``nn.Sequential`` (or hooked onto a model's layer
+    list) trained on labelled ``data``, confidence thresholds calibrated on its validation rows
+    within ``budget`` (one shared, or ``thresholds="per_exit"``): returns the exit network, whose
+    rows stop at the first confident exit."""
     return apply("early_exit", model, data, **kwargs)
 
 

@@ -1,6 +1,6 @@
 """The ``early_exit`` recipe step: exit heads attached to a chain-of-children backbone
 (``exits.py``), trained jointly with it or on the frozen backbone, and one confidence threshold
-calibrated on the validation rows to keep quality within a budget."""
+calibrated on the validation rows to keep quality within a budget (shared by the exits, or one per exit)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimkit.core.config import Config
 from slimkit.core.errors import ConfigError
@@ -36,12 +36,37 @@ class EarlyExitConfig(TrainingStepConfig):
                                   "normalised entropy) reaches the threshold; patience (PABEE): once that many "
                                   "exits in a row before it agreed with its prediction")
     budget: float = Field(0.005, ge=0, le=1, description="quality the exits may lose on the validation rows")
+    thresholds: Literal["shared", "per_exit"] = Field(
+        "shared", description="shared: one threshold for every exit (the lowest within the budget); per_exit: "
+                              "from it, each exit's own, moved greedily where it saves the most MACs per unit of "
+                              "accuracy spent (each exit's cost counted on a validation row)")
     train: Literal["joint", "heads"] = Field("joint", description="joint: backbone and heads train together; heads: "
                                                                   "the backbone is frozen (its outputs unchanged)")
     exit_weight: float = Field(1.0, gt=0, description="weight of each exit's cross-entropy")
     distill: float = Field(0.0, ge=0, description="weight of each exit's distillation from the final exit")
     temperature: float = Field(2.0, gt=0, description="softmax temperature of that distillation")
-    finetune: ExitFinetune = Field(default_factory=ExitFinetune, description="training with the exits")
+    finetune: ExitFinetune = Field(default_factory=ExitFinetune, description="training with the exits "
+                                                                           "(train: heads keeps the last epoch)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _heads_keep_the_last_epoch(cls, data: Any) -> Any:
+        """Validation scores the final exit; with the backbone frozen it never changes, so keep_best
+        would restore the heads of the first epoch: heads-only training keeps its last epoch."""
+        if isinstance(data, dict) and data.get("train") == "heads":
+            finetune = data.get("finetune") or {}
+            if isinstance(finetune, dict) and "keep_best" not in finetune:
+                data = {**data, "finetune": {**finetune, "keep_best": False}}
+            elif isinstance(finetune, ExitFinetune) and "keep_best" not in finetune.model_fields_set:
+                data = {**data, "finetune": finetune.model_copy(update={"keep_best": False})}
+        return data
+
+    @model_validator(mode="after")
+    def _heads_without_keep_best(self) -> "EarlyExitConfig":
+        if self.train == "heads" and self.finetune.keep_best:
+            raise ValueError("finetune.keep_best with train: heads would restore the first epoch's heads (validation "
+                             "scores the frozen final exit, which never changes): leave it out")
+        return self
 
 
 class HeadRecord(Config):
@@ -139,8 +164,9 @@ class FrozenBackbone(Callback):
 
 @register_step("early_exit", config=EarlyExitConfig, restore=restore_early_exit, structure=EarlyExitStructure)
 def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResult:
-    """Early exits (BranchyNet-style heads after chosen children of an ``nn.Sequential``), trained
-    jointly or on the frozen backbone, one confidence threshold calibrated on validation rows."""
+    """Early exits (BranchyNet-style heads after chosen children of an ``nn.Sequential``, or hooked
+    onto a layer list), trained jointly or on the frozen backbone, thresholds calibrated on
+    validation rows (one shared, or one per exit)."""
     from slimkit.techniques.dynamic import exits as ex
 
     inputs = tuple(t[:2].to(ctx.device) for t in ctx.data.train.inputs)
@@ -167,13 +193,17 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
     fit = ctx.train(net, cfg.finetune, loss_terms=[term], callbacks=callbacks,
                     task_loss_weight=0.0 if cfg.train == "heads" else 1.0, description="early exits")
     val = ctx.data.val
-    result = ex.calibrate(net, _exit_logits(net, val, ctx.device), val.targets.to(ctx.device), cfg.budget)
+    costs = ex.exit_costs(net, tuple(t[:1].to(ctx.device) for t in val.inputs)) if cfg.thresholds == "per_exit" \
+        else None
+    result = ex.calibrate(net, _exit_logits(net, val, ctx.device), val.targets.to(ctx.device), cfg.budget,
+                          costs=costs)
     test_logits = _exit_logits(net, ctx.data.test, ctx.device)
     per_exit = [float((o.argmax(-1).cpu() == ctx.data.test.targets).float().mean()) for o in test_logits]
     info: dict[str, Any] = {
         "exits_after": list(net.points) if hooked else [list(dict(model.named_children()))[i] for i in net.points],
         "placement": "hooks (eager only)" if hooked else "segments", "criterion": cfg.criterion,
-        "threshold": result.threshold, "val_quality": result.quality, "val_full_quality": result.full_quality,
+        "threshold": result.threshold, "thresholds": result.thresholds, "exit_macs": costs,
+        "val_cost": result.cost, "val_quality": result.quality, "val_full_quality": result.full_quality,
         "val_exit_shares": result.exit_shares, "test_exit_shares": ex.exit_shares(net, test_logits),
         "test_accuracy_per_exit": per_exit, "train": fit.summary()}
     if hooked:

@@ -16,7 +16,10 @@ backbone's own classifier, the final exit.
   ``last_exits`` records which exit each row of the last call took.
 
 ``calibrate`` picks one threshold shared by the exits: the lowest (most rows leave early) whose
-validation quality stays within a budget of the full network's.
+validation quality stays within a budget of the full network's; with ``costs`` (each exit's MACs,
+``exit_costs``) it then moves each exit's own threshold, greedily, to the move that saves the most
+cost per unit of quality spent while the budget holds (per-exit thresholds: a weak early head
+gets a strict threshold, a nearly-final one a loose one).
 
 Written here: BranchyNet's and MSDNet's code is research code for their own architectures, and
 Distiller's early exit only computed statistics (its docs: it does not actually take the exits).
@@ -25,7 +28,7 @@ Distiller's early exit only computed statistics (its docs: it does not actually 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -644,10 +647,12 @@ class ExitLoss:
 
 @dataclass
 class Calibration:
-    threshold: float
+    threshold: float  # the shared threshold (the per-exit search starts from it)
     quality: float  # on the calibration rows, with exits
     full_quality: float  # without
     exit_shares: list[float]  # rows per exit (the final last)
+    thresholds: list[float] = field(default_factory=list)  # per exit, as written into the network
+    cost: float | None = None  # mean cost per row relative to the final exit's (with ``costs``)
 
 
 def exits_taken(scores: Sequence[torch.Tensor], thresholds: Sequence[float]) -> torch.Tensor:
@@ -666,24 +671,92 @@ def exit_shares(net: nn.Module, logits: list[torch.Tensor]) -> list[float]:
     return [float((taken == k).float().mean()) for k in range(len(logits))]
 
 
+_NEVER = 1e9  # a finite threshold no score reaches: the head runs, nobody leaves there
+
+
+@torch.no_grad()
+def exit_costs(net: nn.Module, example_inputs: Sequence[torch.Tensor]) -> list[int]:
+    """MACs of a row of ``example_inputs``'s shape (one row) leaving at each exit (the final last),
+    every head before it running: counted by forcing that exit, thresholds restored after."""
+    from slimkit.measure.macs import count_macs
+
+    saved, was = net.thresholds.clone(), net.training
+    n = len(saved)
+    costs = []
+    try:
+        net.eval()
+        for k in range(n + 1):
+            forced = [_NEVER] * k + ([-math.inf] if k < n else []) + [math.inf] * (n - k - 1)
+            net.thresholds.copy_(torch.tensor(forced, dtype=saved.dtype))
+            costs.append(count_macs(net, example_inputs))
+    finally:
+        net.thresholds.copy_(saved)
+        net.train(was)
+    return costs
+
+
 @torch.no_grad()
 def calibrate(net: EarlyExitNetwork, logits: list[torch.Tensor], targets: torch.Tensor, budget: float,
-              candidates: int = 200) -> Calibration:
-    """The lowest shared threshold whose accuracy on these rows (``logits``: every exit's, from
-    ``exit_logits``) stays within ``budget`` of the final exit's; written into ``net.thresholds``."""
+              candidates: int = 200, costs: Sequence[float] | None = None) -> Calibration:
+    """Thresholds whose accuracy on these rows (``logits``: every exit's, from ``exit_logits``)
+    stays within ``budget`` of the final exit's, written into ``net.thresholds``.
+
+    First the lowest shared threshold (most rows leave early). With ``costs`` (a row's cost at
+    each exit, the final last: ``exit_costs``), then per-exit thresholds: from the shared ones,
+    each round tries every exit at every candidate value (its scores' quantiles, and infinity)
+    and takes the move that lowers the mean cost most per unit of accuracy it loses (moves that
+    lose none first), while the budget holds; it stops when no move lowers the cost. Greedy, on
+    the calibration rows: a budget spent exactly there may be overspent on other rows."""
     scores = exit_scores(logits[:-1], net.criterion)
-    correct = [o.argmax(-1) == targets for o in logits]
-    full = float(correct[-1].float().mean())
+    correct = torch.stack([o.argmax(-1) == targets for o in logits]).float()
+    rows = torch.arange(len(targets), device=targets.device)
+    full = float(correct[-1].mean())
     values = torch.cat(scores).float()
     grid = torch.quantile(values, torch.linspace(0, 1, candidates)).unique().tolist() + [math.inf]
-    best = Calibration(math.inf, full, full, [0.0] * len(scores) + [1.0])
+    n = len(scores)
+    weights = None if costs is None else torch.tensor([c / costs[-1] for c in costs], device=targets.device)
+
+    def evaluate(thresholds: Sequence[float]) -> tuple[float, float | None, torch.Tensor]:
+        taken = exits_taken(scores, thresholds)
+        quality = float(correct[taken, rows].mean())
+        return quality, None if weights is None else float(weights[taken].mean()), taken
+
+    def result(threshold: float, thresholds: list[float]) -> Calibration:
+        quality, cost, taken = evaluate(thresholds)
+        return Calibration(threshold, quality, full, [float((taken == k).float().mean()) for k in range(n + 1)],
+                           list(thresholds), cost)
+
+    best = result(math.inf, [math.inf] * n)
     for threshold in sorted(grid, reverse=True):  # from never exiting towards exiting most
-        taken = exits_taken(scores, [threshold] * len(scores))
-        right = torch.stack(correct)[taken, torch.arange(len(targets))]
-        quality = float(right.float().mean())
-        if quality < full - budget:
+        if evaluate([threshold] * n)[0] < full - budget:
             break  # lower thresholds only let more uncertain rows out
-        shares = [float((taken == k).float().mean()) for k in range(len(scores) + 1)]
-        best = Calibration(threshold, quality, full, shares)
-    net.thresholds.fill_(best.threshold)
+        best = result(threshold, [threshold] * n)
+    if weights is not None:
+        best = _per_exit(best, scores, evaluate, result, full - budget, candidates)
+    net.thresholds.copy_(torch.tensor(best.thresholds, dtype=net.thresholds.dtype))
     return best
+
+
+def _per_exit(start: Calibration, scores: list[torch.Tensor], evaluate, result, floor: float,
+              candidates: int) -> Calibration:
+    """``calibrate``'s greedy per-exit search from the shared thresholds of ``start``."""
+    grids = [torch.quantile(s.float(), torch.linspace(0, 1, candidates)).unique().tolist() + [math.inf]
+             for s in scores]
+    thresholds, quality, cost = list(start.thresholds), start.quality, start.cost
+    while True:
+        move = None
+        for k, grid in enumerate(grids):
+            for value in grid:
+                if value == thresholds[k]:
+                    continue
+                trial = thresholds[:k] + [value] + thresholds[k + 1:]
+                q, c, _ = evaluate(trial)
+                if q < floor or c >= cost - 1e-12:
+                    continue
+                rate = (cost - c) / max(quality - q, 1e-9)  # cost saved per accuracy lost
+                if move is None or rate > move[0]:
+                    move = (rate, trial, q, c)
+        if move is None:
+            break
+        _, thresholds, quality, cost = move
+    return result(start.threshold, thresholds)
