@@ -97,6 +97,40 @@ def _worker(spec: dict[str, Any]) -> None:
                       "rows": len(per_row)}))
 
 
+def _calibrations(run_dir: Path, step: int, budgets: list[float]) -> dict[str, Any]:
+    """The step's trained exits calibrated both ways on the validation rows (one shared threshold,
+    then per-exit thresholds) at each budget, each scored on the test rows: test accuracy, the
+    share of the full network's MACs per row and the thresholds."""
+    import torch
+
+    from slimkit.core.io import read_json
+    from slimkit.core.step import rebuild_model
+    from slimkit.tasks.base import build_task
+    from slimkit.techniques.dynamic import exits as ex
+    from slimkit.techniques.dynamic.exit_step import _exit_logits
+
+    records = read_json(run_dir / "run-state.json")["steps"][:step + 1]
+    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
+    net = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
+                        str(run_dir / records[-1]["artifact"])).eval()
+    val, test = task.data.val, task.data.test
+    val_logits, test_logits = _exit_logits(net, val, torch.device("cpu")), _exit_logits(net, test, torch.device("cpu"))
+    costs = ex.exit_costs(net, tuple(t[:1] for t in val.inputs))
+    share = torch.tensor(costs, dtype=torch.float64) / costs[-1]
+    correct = torch.stack([o.argmax(-1) == test.targets for o in test_logits]).double()
+    out: dict[str, Any] = {"exit_macs": costs, "test_full_accuracy": float(correct[-1].mean()), "by_budget": []}
+    for budget in budgets:
+        for mode in ("shared", "per_exit"):
+            cal = ex.calibrate(net, val_logits, val.targets, budget, costs=costs if mode == "per_exit" else None)
+            taken = ex.exits_taken(ex.exit_scores(test_logits[:-1], net.criterion), cal.thresholds)
+            rows = torch.arange(len(taken))
+            out["by_budget"].append({"budget": budget, "mode": mode, "thresholds": cal.thresholds,
+                                     "val_accuracy": cal.quality, "val_full_accuracy": cal.full_quality,
+                                     "test_accuracy": float(correct[taken, rows].mean()),
+                                     "test_macs_share": float(share[taken].mean())})
+    return out
+
+
 def _static_controls(task_cfg: dict[str, Any], names: list[str], target_macs: float) -> list[dict[str, Any]]:
     """For each model argument in ``names``, the task config whose model has that argument cut (every
     value from 1 to the model's own tried, MACs counted) to the MACs closest to ``target_macs``."""
@@ -325,7 +359,8 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
                         "exits": exits["metrics"]["macs"]},
                "test_exit_shares": shares, "val_exit_shares": info["val_exit_shares"],
                "test_accuracy_per_exit": info["test_accuracy_per_exit"], "threshold": info["threshold"],
-               "thresholds": info.get("thresholds"), "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
+               "thresholds": info.get("thresholds"), "calibrations": _calibrations(folder / name, 1, args.text_calibrations or [args.text_budget]),
+               "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
         if not args.no_timing:
             for label, run_dir, step in (("tuned", *tuned_run), ("exits", folder / name, 1)):
                 row["latency_ms"][f"{label}@eager"] = _time_rows(run_dir, step, "eager", args.rows, args.repeats,
@@ -379,6 +414,18 @@ def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
     if all(r["latency_ms"] for r in rows):
         lines.append(f"- Eager batch-1 latency, mean over rows: "
                      f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x faster.")
+    if all(r.get("calibrations") for r in rows):
+        lines += ["", "The same trained exits calibrated both ways on the validation rows (within the budget there), "
+                      "scored on the test rows (MACs: the share of the full network's, from each exit's counted cost):",
+                  "", "| seed | budget | calibration | thresholds | val acc. (full) | test acc. (full) | test MACs share |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            c = r["calibrations"]
+            for m in c["by_budget"]:
+                lines.append(f"| {r['seed']} | {m['budget']:g} | {m['mode']} | "
+                             f"{', '.join(f'{t:.3f}' for t in m['thresholds'])} | "
+                             f"{m['val_accuracy']:.4f} ({m['val_full_accuracy']:.4f}) | {m['test_accuracy']:.4f} "
+                             f"({c['test_full_accuracy']:.4f}) | {m['test_macs_share']:.3f} |")
     return "\n".join(lines + [""])
 
 
@@ -690,6 +737,8 @@ SECTIONS = {
                             f"--text-budget {a.text_budget} --text-epochs {a.text_epochs} --text-lr {a.text_lr} "
                             f"--text-distill {a.text_distill} --text-train {a.text_train} "
                             f"--text-thresholds {a.text_thresholds} --rows {a.rows} --repeats {a.repeats}"
+                            + (f" --text-calibrations {' '.join(map(str, a.text_calibrations))}"
+                               if a.text_calibrations else "")
                             + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
                             + (" --no-timing" if a.no_timing else ""),
     "exits": lambda a: f"--task {a.task} --seeds {' '.join(map(str, a.seeds))} --budget {a.budget} "
@@ -762,6 +811,9 @@ def main() -> None:
                              "second stage; the baseline is then the control)")
     parser.add_argument("--text-thresholds", choices=["shared", "per_exit"], default="shared",
                         help="text-exits: one confidence threshold, or one per exit")
+    parser.add_argument("--text-calibrations", type=float, nargs="+",
+                        help="text-exits: budgets at which the trained exits are also calibrated both ways and "
+                             "scored on the test rows (default: --text-budget)")
     parser.add_argument("--baseline-weights", type=Path, help="exits, text-exits: start from these trained baseline weights "
                                                               "for the first of --seeds (that seed's) instead of training its "
                                                               "baseline")
