@@ -50,6 +50,18 @@ def finetune_config(name: str, **defaults: Any) -> type[TrainConfig]:
     return create_model(name, __base__=TrainConfig, __module__=__name__, **fields)
 
 
+def keep_last_epoch(data: Any, field: str = "finetune") -> Any:
+    """For a ``mode="before"`` validator of a step whose training must keep its last epoch in some
+    mode (a moving mask, a frozen validated output): ``data[field]`` with ``keep_best: False``
+    unless the user wrote ``keep_best`` (a dict, or a config built in Python)."""
+    finetune = data.get(field) or {}
+    if isinstance(finetune, dict) and "keep_best" not in finetune:
+        return {**data, field: {**finetune, "keep_best": False}}
+    if isinstance(finetune, TrainConfig) and "keep_best" not in finetune.model_fields_set:
+        return {**data, field: finetune.model_copy(update={"keep_best": False})}
+    return data
+
+
 class TrainingStepConfig(Config):
     """Base of the configs of steps that train: training settings live under ``finetune``, and a
     recipe that writes them at the step's top level (``prune: {epochs: 3}``) is told where they went."""

@@ -15,7 +15,7 @@ from slimkit.core.errors import ConfigError
 from slimkit.core.step import StepResult, register_step
 from slimkit.tasks.context import Context
 from slimkit.train.callbacks import Callback, FitState
-from slimkit.train.config import TrainingStepConfig, finetune_config
+from slimkit.train.config import TrainingStepConfig, finetune_config, keep_last_epoch
 
 ExitFinetune = finetune_config("ExitFinetune", epochs=Field(10, ge=1, description="training epochs with the exits"),
                                lr=1e-3)
@@ -53,13 +53,7 @@ class EarlyExitConfig(TrainingStepConfig):
     def _heads_keep_the_last_epoch(cls, data: Any) -> Any:
         """Validation scores the final exit; with the backbone frozen it never changes, so keep_best
         would restore the heads of the first epoch: heads-only training keeps its last epoch."""
-        if isinstance(data, dict) and data.get("train") == "heads":
-            finetune = data.get("finetune") or {}
-            if isinstance(finetune, dict) and "keep_best" not in finetune:
-                data = {**data, "finetune": {**finetune, "keep_best": False}}
-            elif isinstance(finetune, ExitFinetune) and "keep_best" not in finetune.model_fields_set:
-                data = {**data, "finetune": finetune.model_copy(update={"keep_best": False})}
-        return data
+        return keep_last_epoch(data) if isinstance(data, dict) and data.get("train") == "heads" else data
 
     @model_validator(mode="after")
     def _heads_without_keep_best(self) -> "EarlyExitConfig":

@@ -15,7 +15,7 @@ from slimkit.core.errors import ConfigError
 from slimkit.core.config import Config
 from slimkit.core.step import StepResult, register_step, restoring
 from slimkit.encoding.twins import plain_type
-from slimkit.train.config import TrainingStepConfig, finetune_config
+from slimkit.train.config import TrainingStepConfig, finetune_config, keep_last_epoch
 
 _KINDS = {"linear": nn.Linear, "conv": nn.Conv2d}
 
@@ -63,13 +63,7 @@ class PruneConfig(TrainingStepConfig):
     @classmethod
     def _cubic_keeps_last(cls, data: Any) -> Any:
         """Under the cubic schedule fine-tuning keeps its last epoch unless told otherwise."""
-        if isinstance(data, dict) and data.get("schedule") == "cubic":
-            finetune = data.get("finetune") or {}
-            if isinstance(finetune, dict) and "keep_best" not in finetune:
-                data = {**data, "finetune": {**finetune, "keep_best": False}}
-            elif isinstance(finetune, PruneFinetune) and "keep_best" not in finetune.model_fields_set:
-                data = {**data, "finetune": finetune.model_copy(update={"keep_best": False})}
-        return data
+        return keep_last_epoch(data) if isinstance(data, dict) and data.get("schedule") == "cubic" else data
 
     @model_validator(mode="after")
     def _consistent(self) -> "PruneConfig":

@@ -33,7 +33,7 @@ from slimkit.core.step import StepResult, register_step
 from slimkit.tasks.context import Context
 from slimkit.techniques.pruning.step import PruneStructure, prunable_weights, restore_prune, store_sparse
 from slimkit.train.callbacks import Callback, FitState
-from slimkit.train.config import TrainingStepConfig, finetune_config
+from slimkit.train.config import TrainingStepConfig, finetune_config, keep_last_epoch
 
 SparseFinetune = finetune_config("SparseFinetune", epochs=Field(10, ge=1, description="training epochs under the mask"))
 
@@ -68,11 +68,7 @@ class SparseTrainConfig(_SparseCommon):
     @classmethod
     def _rigl_keeps_last(cls, data: Any) -> Any:
         """RigL moves its mask: unless told otherwise, the last epoch is kept."""
-        if isinstance(data, dict) and data.get("method") == "rigl":
-            finetune = data.get("finetune") or {}
-            if isinstance(finetune, dict) and "keep_best" not in finetune:
-                data = {**data, "finetune": {**finetune, "keep_best": False}}
-        return data
+        return keep_last_epoch(data) if isinstance(data, dict) and data.get("method") == "rigl" else data
 
     @model_validator(mode="after")
     def _rigl_without_keep_best(self) -> "SparseTrainConfig":
