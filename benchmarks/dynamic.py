@@ -16,6 +16,13 @@
   for the same extra epochs: accuracy, the test rows' exit histogram and accuracy per exit, mean
   transformer layers run per row, mean MACs per row, eager batch-1 latency (`--no-timing` skips it).
 
+- ort-paths: where an exits network's batch-1 time goes on ONNX Runtime, for a trained run of the
+  `exits` section (`--run-dir`, seed `--seeds[0]`): the backbone alone (every threshold infinite),
+  the one graph with `If` nodes and the stage-by-stage sessions, compiled by the backend, timed per
+  test row in interleaved rounds and averaged by the exit each row takes; and ONNX Runtime's
+  profile of the one graph for a row that takes the final exit against the backbone's (kernel time
+  per operator type: which kernels run inside the `If` branches). One process, one thread.
+
 - act: `parity`. Adaptive Computation Time (`act_rnn`, ponder cost `--act-tau`) against the same
   tanh RNN cell run a fixed number of steps per input (`rnn_steps`, `--act-fixed-steps`), each trained with the task's
   baseline settings per seed: test accuracy, ACT's steps per row by difficulty (count of nonzero
@@ -583,6 +590,122 @@ def render_skip(res: dict[str, Any], command: str, stamp: str) -> str:
     return "\n".join(lines + [""])
 
 
+def ort_paths_section(args, folder: Path, progress) -> dict[str, Any]:
+    """Batch-1 time of a trained exits network on ONNX Runtime per path and per exit taken."""
+    import math
+    import time
+
+    import onnxruntime as ort
+    import torch
+
+    import slimkit.backends  # noqa: F401  (registers the runtimes)
+    from slimkit.backends.onnxruntime import export_onnx
+    from slimkit.core.io import read_json
+    from slimkit.core.registry import BACKENDS
+    from slimkit.core.step import rebuild_model
+    from slimkit.measure.per_row import spread_rows
+    from slimkit.tasks.base import build_task
+
+    if args.run_dir is None:
+        raise SystemExit("ort-paths: --run-dir must hold a run of the exits section ({seed}-exits)")
+    run_dir = args.run_dir / f"{args.seeds[0]}-exits"
+    torch.set_num_threads(args.threads)
+    records = read_json(run_dir / "run-state.json")["steps"][:2]
+    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
+    net = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
+                        str(run_dir / records[-1]["artifact"])).eval()
+    rows = spread_rows(task.data.test, args.rows, "cpu")
+    with torch.no_grad():
+        taken = []
+        for r in rows:
+            net(*r)
+            taken.append(int(net.last_exits[0]))
+    backend, thresholds = BACKENDS.get("onnxruntime"), net.thresholds.clone()
+    opts = dict(threads=args.threads, spin_wait=False)
+    runs = {"graph": backend.compile(net, rows[0], workdir=folder / "graph", **opts)}
+    backend.control_flow = False  # batch 1 then runs stage by stage, as larger batches do
+    try:
+        runs["stages"] = backend.compile(net, rows[0], workdir=folder / "stages", **opts)
+    finally:
+        backend.control_flow = True
+    net.thresholds.fill_(math.inf)  # no head runs: the backbone's own graph
+    runs = {"backbone": backend.compile(net, rows[0], workdir=folder / "backbone", **opts), **runs}
+    export_onnx(net.export_graph().eval(), rows[0], folder / "backbone.onnx")
+    net.thresholds.copy_(thresholds)
+    export_onnx(net.export_graph().eval(), rows[0], folder / "graph.onnx")
+    per_round: dict[str, list[list[float]]] = {n: [] for n in runs}
+    with torch.inference_mode():
+        for _ in range(args.ort_rounds):
+            for name, run in runs.items():
+                times = []
+                for r in rows:
+                    for _ in range(3):
+                        run(*r)
+                    t = []
+                    for _ in range(args.repeats):
+                        start = time.perf_counter()
+                        run(*r)
+                        t.append(time.perf_counter() - start)
+                    times.append(statistics.median(t) * 1e3)
+                per_round[name].append(times)
+    exits = sorted(set(taken))
+    paths = {}
+    for name, rounds in per_round.items():
+        per_row = [statistics.median(c) for c in zip(*rounds)]
+        paths[name] = {"mean_ms": statistics.mean(per_row),
+                       "by_exit_ms": {str(k): statistics.mean(v for v, e in zip(per_row, taken) if e == k)
+                                      for k in exits}}
+    final_row = rows[taken.index(max(taken))]
+    profiles = {}
+    for name in ("backbone", "graph"):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = args.threads
+        options.enable_profiling, options.profile_file_prefix = True, str(folder / f"profile-{name}")
+        session = ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: final_row[0].numpy()}
+        for _ in range(args.repeats * 10):
+            session.run(None, feed)
+        kernels: dict[str, list[float]] = {}
+        for event in json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                op = event["args"].get("op_name", "?")
+                kernels.setdefault(op, []).append(event["dur"])
+        calls = args.repeats * 10
+        profiles[name] = {op: {"nodes": len(d) // calls, "us_per_run": sum(d) / calls}
+                          for op, d in sorted(kernels.items(), key=lambda kv: -sum(kv[1]))}
+    progress(f"backbone {paths['backbone']['mean_ms']:.3f} ms, graph {paths['graph']['mean_ms']:.3f} ms, "
+             f"stages {paths['stages']['mean_ms']:.3f} ms")
+    return {"run": str(run_dir), "rows": len(rows), "exit_counts": {str(k): taken.count(k) for k in exits},
+            "paths": paths, "profiles": profiles}
+
+
+def render_ort_paths(res: dict[str, Any], command: str, stamp: str) -> str:
+    from slimkit.core.hardware import cpu_capability
+
+    exits = list(res["exit_counts"])
+    lines = ["# Early exits on ONNX Runtime at batch 1: where the time goes", "",
+             f"`{command}`; {stamp}; {cpu_capability()}.", "",
+             f"The trained exits network of `{res['run']}` on {res['rows']} test rows; each path compiled by slimkit's "
+             "ONNX Runtime backend and timed per row (median of the repeats, median over interleaved rounds), "
+             "averaged over all rows and over the rows taking each exit (rows per exit: "
+             + ", ".join(f"{k}: {v}" for k, v in res["exit_counts"].items()) + ").", "",
+             "| path | mean ms | " + " | ".join(f"rows taking exit {k}" for k in exits) + " |",
+             "|---|---|" + "---|" * len(exits)]
+    for name, p in res["paths"].items():
+        lines.append(f"| {name} | {p['mean_ms']:.3f} | " + " | ".join(f"{p['by_exit_ms'][k]:.3f}" for k in exits) + " |")
+    lines += ["", "ONNX Runtime's profile for one row taking the final exit (kernel time per run by operator type; "
+                  "`If` includes the kernels of its branches):", "",
+              "| operator | backbone: nodes | backbone: us | one graph: nodes | one graph: us |", "|---|---|---|---|---|"]
+    ops = list(dict.fromkeys([*res["profiles"]["graph"], *res["profiles"]["backbone"]]))
+    for op in ops[:12]:
+        cells = []
+        for side in ("backbone", "graph"):
+            found = res["profiles"][side].get(op)
+            cells += [str(found["nodes"]), f"{found['us_per_run']:.1f}"] if found else ["-", "-"]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
 def _train_parity(model: str, model_args: dict[str, Any], seed: int, epochs: int):
     """One model trained on the parity task with the one loop (the task's baseline settings, and
     the ponder cost an ACT model declares), as the runner trains a baseline; no timing."""
@@ -757,6 +880,8 @@ SECTIONS = {
                       + (" --skip-deterministic" if a.skip_deterministic else "")
                       + (" --skip-per-block" if a.skip_per_block else "") + (f" --model {a.model}" if a.model else "") + (f" --model-args '{a.model_args}'" if a.model_args else "")
                       + (" --no-timing" if a.no_timing else ""),
+    "ort-paths": lambda a: f"--seeds {a.seeds[0]} --run-dir {a.run_dir} --rows {a.rows} --repeats {a.repeats} "
+                           f"--ort-rounds {a.ort_rounds}",
     "act": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --act-core {a.act_core} --act-epochs {a.act_epochs} "
                      f"--act-fixed-steps {' '.join(map(str, a.act_fixed_steps))} --act-tau {a.act_tau:g} --rows {a.rows}",
 }
@@ -764,7 +889,7 @@ SECTIONS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", default=[s for s in SECTIONS if s != "ort-paths"], choices=list(SECTIONS))
     parser.add_argument("--task", default="shapes-cnn")
     parser.add_argument("--model", help="exits: a zoo model instead of the task's default (e.g. convmixer)")
     parser.add_argument("--model-args", help="exits: the model's arguments as JSON")
@@ -782,6 +907,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="test rows timed and counted one at a time")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per row")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ort-rounds", type=int, default=5, help="ort-paths: interleaved timing rounds")
     parser.add_argument("--skip-width", type=int, default=16, help="skip: cnn_shapes_dws width")
     parser.add_argument("--skip-depths", type=int, nargs=3, default=[3, 3, 3], help="skip: blocks per stage")
     parser.add_argument("--skip-target", type=float, default=0.6, help="skip: target share of the MACs")
