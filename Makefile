@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.slimkit-installed
 # The CPU build of torch, installed before anything else so no dependency pulls a CUDA build.
 TORCH_PIN := torch==2.13.0
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist worksteal
 
 .PHONY: install demo test test-all bench clean
 

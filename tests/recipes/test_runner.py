@@ -79,9 +79,16 @@ def test_killed_run_resumes_from_next_step_with_same_results(tmp_path):
 def test_finished_run_is_not_recomputed(tmp_path):
     recipe = {**RECIPE, "steps": RECIPE["steps"][:1]}
     run_recipe(recipe, tmp_path / "r")
+    # a run killed inside an atomic write leaves its temporary file; the next run removes such
+    # leftovers of its own files (it holds the folder's lock) and leaves the user's alone
+    stale = [tmp_path / "r" / ".results.json.k1ll3d.tmp", tmp_path / "r" / "steps" / ".model.safetensors.x9.tmp"]
+    for path in stale:
+        path.write_text("half")
+    (tmp_path / "r" / "steps" / "notes.tmp").write_text("mine")
     calls: list[str] = []
     again = run_recipe(recipe, tmp_path / "r", train_fn=_counting_fit(calls))
     assert calls == [] and again.resumed_steps == 2
+    assert not any(p.exists() for p in stale) and (tmp_path / "r" / "steps" / "notes.tmp").read_text() == "mine"
 
 
 def test_other_recipe_in_out_dir_is_refused_unless_overwrite(tmp_path):

@@ -170,12 +170,24 @@ def _prepare_out_dir(out: Path, recipe: Recipe, overwrite: bool) -> dict[str, An
         if state.get("fingerprint") != recipe.fingerprint():
             raise CheckpointError(f"{out} holds a run of a different recipe; pass --overwrite to replace it "
                                   "or choose another --out")
+        _remove_stale_temporaries(out)
         return state
     _remove_run_files(out)
     state = {"version": STATE_VERSION, "fingerprint": recipe.fingerprint(), "steps": []}
     atomic_write_text(out / "recipe.yaml", dump_yaml(recipe))
     atomic_write_json(state_path, state)
     return state
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files of atomic writes a killed run left (``.NAME.RANDOM.tmp``): this
+    process holds the folder's lock, so no writer is behind them. Only slimkit's own entries: the
+    run files' temporaries at the top, any under ``steps/``."""
+    stale = [p for p in out.iterdir() if _OWN_TMP.fullmatch(p.name) and p.is_file()]
+    if (out / "steps").is_dir():
+        stale += [p for p in (out / "steps").rglob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def _remove_run_files(out: Path) -> None:
