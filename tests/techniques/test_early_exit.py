@@ -210,6 +210,8 @@ def test_per_exit_thresholds_save_more_than_a_shared_one_within_the_same_budget(
     shared_taken = exits_taken(exit_scores(logits[:-1], "confidence"), [shared.threshold] * 2)
     assert per_exit.cost < float(weights[shared_taken].mean()) - 0.1
     assert per_exit.thresholds[0] > per_exit.thresholds[1]
+    with pytest.raises(ValueError, match="one positive cost per exit"):
+        calibrate(net, logits, targets, 0.02, costs=[1.0, 3.0])
     # a zero budget on rows every exit gets right lets everyone out at exit 0
     assert calibrate(net, [final, final, final], targets, 0.0, costs=costs).exit_shares[0] == 1.0
 
@@ -249,10 +251,16 @@ def test_step_calibrates_exits_within_budget_rebuilds_and_heads_mode_keeps_the_b
     net, quality = rebuild_run_step(tmp_path / "joint", "digits-cnn", 1, joint)
     assert isinstance(net, EarlyExitNetwork) and net.thresholds.tolist() == [info["threshold"]] * 2
     assert quality == pytest.approx(joint["metrics"]["quality"], abs=1e-9)
-    # heads only: the backbone (and so the final exit) is exactly the incoming model
-    heads_base, heads = run({"train": "heads", "budget": 0.0, "finetune": {"epochs": 2}}, "heads")
+    # heads only: the backbone (and so the final exit) is exactly the incoming model; per-exit
+    # thresholds from each exit's counted MACs, recorded and restored as written
+    heads_base, heads = run({"train": "heads", "thresholds": "per_exit", "budget": 0.0, "finetune": {"epochs": 2}},
+                            "heads")
+    hinfo = heads["info"]
+    assert len(hinfo["exit_macs"]) == 3 and hinfo["exit_macs"][0] < hinfo["exit_macs"][1] < hinfo["exit_macs"][2]
+    assert hinfo["val_quality"] >= hinfo["val_full_quality"] and 0 < hinfo["val_cost"] <= 1
     before, _ = rebuild_run_step(tmp_path / "heads", "digits-cnn", 0, heads_base)
     after, _ = rebuild_run_step(tmp_path / "heads", "digits-cnn", 1, heads)
+    assert after.thresholds.tolist() == pytest.approx(hinfo["thresholds"])
     after.thresholds.fill_(math.inf)
     from slimkit.tasks.base import build_task
 

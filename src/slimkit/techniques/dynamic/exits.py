@@ -714,6 +714,9 @@ def calibrate(net: EarlyExitNetwork, logits: list[torch.Tensor], targets: torch.
     values = torch.cat(scores).float()
     grid = torch.quantile(values, torch.linspace(0, 1, candidates)).unique().tolist() + [math.inf]
     n = len(scores)
+    if costs is not None and (len(costs) != n + 1 or costs[-1] <= 0):
+        raise ValueError(f"calibrate: costs needs one positive cost per exit, the final last ({n + 1}), got "
+                         f"{list(costs)}")
     weights = None if costs is None else torch.tensor([c / costs[-1] for c in costs], device=targets.device)
 
     def evaluate(thresholds: Sequence[float]) -> tuple[float, float | None, torch.Tensor]:
