@@ -1,0 +1,447 @@
+"""The integer graph a microcontroller runs, lowered from slimkit's int8 (QDQ) model.
+
+slimkit's static int8 model (``quantize``) holds int8 per-channel weights and per-tensor
+activation scales, and runs them in eager PyTorch as fake quantization. ``lower`` turns it into an
+``IntGraph``: every tensor int8 with one (scale, zero point), every op integer arithmetic only:
+
+- conv / linear: int8 x int8 products summed in int32 with an int32 bias
+  (``round(b / (s_in s_w))``), requantized per output channel by a fixed-point multiplier and
+  shift (``fixedpoint``), the fused ReLU/ReLU6 as the clamp bounds;
+- max-pool (picks values: same scale), global or unpadded average pooling, residual add (TFLite's
+  20-bit scheme), ReLU, a requantize where a consumer's input scale differs from its producer's;
+- flatten, reshape, dropout and identity are aliases (tensors are CHW, batch 1, as PyTorch lays
+  them out, so flattening moves nothing).
+
+Scales come from the model's own quantizers: a layer's output quantizer, or, for a tensor that
+has none (an add, a pooling), the input quantizer of the layers that consume it. The classifier
+whose output the model keeps float (``keep_model_outputs_float``) writes int32 at one scale for
+all classes, so argmax needs no float and loses nothing to int8 ties. Activations are int8
+(uint8 codes of slimkit's asymmetric quantizers shift by 128, the same real values). A model
+with anything else (a Hardswish, a concatenation, float layers left by the mixed-precision
+search) is refused with the op and where it is.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit.backends.tinyml.fixedpoint import quantize_multiplier, quantize_multipliers
+from slimkit.core.errors import UnsupportedModelError
+
+
+@dataclass
+class QTensor:
+    """A batch-1 tensor in the arena: ``shape`` without the batch, int8 (or int32: a float
+    output of the model) with real value ``scale * (q - zero_point)``."""
+
+    name: str
+    shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    dtype: str = "int8"
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * (4 if self.dtype == "int32" else 1)
+
+
+@dataclass
+class Op:
+    """One integer kernel call: ``kind`` names the kernel, ``attrs`` its constants."""
+
+    kind: str  # conv, linear, maxpool, avgpool, add, relu, requantize
+    inputs: list[str]
+    output: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the model's module or function this came from
+
+    def macs(self, tensors: dict[str, QTensor]) -> int:
+        if self.kind == "conv":
+            w = self.attrs["weight"]
+            return int(tensors[self.output].numel * int(np.prod(w.shape[1:])))
+        if self.kind == "linear":
+            return int(self.attrs["weight"].size)
+        return 0
+
+    def const_bytes(self) -> int:
+        """Bytes of the op's constant arrays (flash): int8 weights, int32 bias, multipliers, shifts."""
+        return sum(int(v.nbytes) for v in self.attrs.values() if isinstance(v, np.ndarray))
+
+
+@dataclass
+class IntGraph:
+    tensors: dict[str, QTensor]
+    ops: list[Op]
+    input: str
+    output: str
+
+    def macs(self) -> int:
+        return sum(op.macs(self.tensors) for op in self.ops)
+
+    def const_bytes(self) -> int:
+        return sum(op.const_bytes() for op in self.ops)
+
+    @property
+    def input_tensor(self) -> QTensor:
+        return self.tensors[self.input]
+
+    @property
+    def output_tensor(self) -> QTensor:
+        return self.tensors[self.output]
+
+
+# --- lowering ----------------------------------------------------------------------------------
+
+_ALIAS_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+_ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, F.dropout}
+_ALIAS_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_ADD = {operator.add, torch.add, operator.iadd}
+_RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6}
+
+
+def _int8_params(quant: nn.Module) -> tuple[float, int]:
+    """(scale, zero point) of a frozen ``ActQuant`` in the int8 domain."""
+    if quant.calibrating:
+        raise UnsupportedModelError("tinyml: the model has an activation quantizer that was never calibrated")
+    spec = quant.spec
+    if spec.bits != 8:
+        raise UnsupportedModelError(f"tinyml: {spec.bits}-bit activations; the kernels are int8")
+    offset = -128 if spec.qmin == 0 else 0
+    return float(quant.scale), int(quant.zero_point) + offset
+
+
+def _clamp_for(activation: nn.Module | None, scale: float, zero_point: int, where: str) -> tuple[int, int]:
+    """The int8 clamp bounds a fused activation becomes (real 0 is ``zero_point``)."""
+    if activation is None:
+        return -128, 127
+    if isinstance(activation, nn.ReLU):
+        return max(-128, zero_point), 127
+    if isinstance(activation, nn.ReLU6):
+        six = int(torch.round(torch.tensor(6.0, dtype=torch.float32) * (1.0 / torch.tensor(scale)))) + zero_point
+        return max(-128, zero_point), min(127, six)
+    raise UnsupportedModelError(f"tinyml: {where} fuses {type(activation).__name__}, which has no integer kernel "
+                                f"here (ReLU, ReLU6 or none)")
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class _Lowering:
+    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        from slimkit.techniques.quantization.ptq import _QuantTracer
+
+        try:
+            graph = _QuantTracer().trace(model)
+        except Exception as err:  # noqa: BLE001 - say why, with the tracer's words
+            raise UnsupportedModelError(f"tinyml: torch.fx cannot trace the model ({type(err).__name__}: "
+                                        f"{str(err).splitlines()[0][:200]}); the C generator needs its graph") from err
+        self.gm = fx.GraphModule(model, graph)
+        ShapeProp(self.gm).propagate(example[:1])
+        self.modules = dict(model.named_modules())
+        self.tensors: dict[str, QTensor] = {}
+        self.ops: list[Op] = []
+        self.env: dict[fx.Node, str] = {}  # node -> tensor name
+        self.output_nodes = self._output_nodes()
+
+    # which nodes' values the model returns (through aliases)
+    def _output_nodes(self) -> set[fx.Node]:
+        outs = [n for n in self.gm.graph.nodes if n.op == "output"]
+        value = outs[0].args[0]
+        if isinstance(value, (tuple, list)):
+            if len(value) != 1:
+                raise UnsupportedModelError(f"tinyml: the model returns {len(value)} values; one is supported")
+            value = value[0]
+        found = set()
+        while isinstance(value, fx.Node):
+            found.add(value)
+            value = value.args[0] if self._is_alias(value) else None
+        return found
+
+    def _quant_layer(self, node: fx.Node):
+        from slimkit.techniques.quantization.modules import _QuantLayer
+
+        m = self.modules.get(node.target) if node.op == "call_module" else None
+        return m if isinstance(m, _QuantLayer) else None
+
+    def _is_alias(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules.get(node.target), _ALIAS_MODULES)
+        if node.op == "call_function":
+            return node.target in _ALIAS_FUNCTIONS
+        return node.op == "call_method" and node.target in _ALIAS_METHODS
+
+    def _keeps_values(self, node: fx.Node) -> bool:
+        """Ops whose output has its input's scale: aliases, max-pools, ReLUs."""
+        return self._is_alias(node) or self._maxpool(node) is not None or self._relu(node) is not None
+
+    def _consumer_params(self, node: fx.Node) -> tuple[float, int] | None:
+        """The input (scale, zero point) of the quantized layers reading ``node``'s value, directly
+        or through value-keeping ops (the first one found)."""
+        stack, seen = list(node.users), set()
+        while stack:
+            user = stack.pop(0)
+            if user in seen:
+                continue
+            seen.add(user)
+            layer = self._quant_layer(user)
+            if layer is not None:
+                return _int8_params(layer.input_quant)
+            if self._keeps_values(user):
+                stack.extend(user.users)
+        return None
+
+    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise UnsupportedModelError(f"tinyml: {node.format_node()} does not produce one tensor")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def _new(self, node: fx.Node, scale: float, zero_point: int, dtype: str = "int8",
+             shape: tuple[int, ...] | None = None) -> str:
+        name = f"t{len(self.tensors)}"
+        self.tensors[name] = QTensor(name, shape or self._shape(node), float(scale), int(zero_point), dtype)
+        return name
+
+    def _where(self, node: fx.Node) -> str:
+        return f"{node.target}" if node.op == "call_module" else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+
+    def _params_for(self, node: fx.Node, what: str) -> tuple[float, int]:
+        params = self._consumer_params(node)
+        if params is None:
+            raise UnsupportedModelError(f"tinyml: the output of {what} ({self._where(node)}) has no scale: no "
+                                        f"quantized layer reads it, and integer kernels need one")
+        return params
+
+    def _input_as(self, node: fx.Node, arg: fx.Node, params: tuple[float, int]) -> str:
+        """The tensor of ``arg`` with ``params``: requantized where the producer's scale differs."""
+        name = self.env[arg]
+        t = self.tensors[name]
+        if (np.float32(t.scale), t.zero_point) == (np.float32(params[0]), params[1]):
+            return name
+        if t.dtype != "int8":
+            raise UnsupportedModelError(f"tinyml: {self._where(node)} reads a float output of the model")
+        out = self._new(arg, *params, shape=t.shape)
+        m0, shift = quantize_multiplier(t.scale / params[0])
+        self.ops.append(Op("requantize", [name], out, {"multiplier": m0, "shift": shift, "act_min": -128,
+                                                       "act_max": 127}, source=self._where(node)))
+        return out
+
+    def _maxpool(self, node: fx.Node) -> dict[str, Any] | None:
+        if node.op == "call_module" and isinstance(self.modules.get(node.target), nn.MaxPool2d):
+            m = self.modules[node.target]
+            k, s, p, d, ceil = m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
+        elif node.op == "call_function" and node.target is F.max_pool2d:
+            kw = {**dict(zip(["kernel_size", "stride", "padding", "dilation", "ceil_mode"], node.args[1:])),
+                  **node.kwargs}
+            k = kw["kernel_size"]
+            s, p, d, ceil = kw.get("stride") or k, kw.get("padding", 0), kw.get("dilation", 1), kw.get("ceil_mode", False)
+        else:
+            return None
+        if _pair(d) != (1, 1) or ceil:
+            raise UnsupportedModelError(f"tinyml: {self._where(node)}: max-pool with dilation or ceil_mode")
+        return {"kernel": _pair(k), "stride": _pair(s if s is not None else k), "padding": _pair(p)}
+
+    def _relu(self, node: fx.Node) -> tuple[float, float] | None:
+        """(low, high) real bounds of a standalone ReLU or ReLU6."""
+        if node.op == "call_module":
+            m = self.modules.get(node.target)
+            if isinstance(m, nn.ReLU6):
+                return (0.0, 6.0)
+            if isinstance(m, nn.ReLU):
+                return (0.0, float("inf"))
+        if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
+            return (0.0, 6.0) if node.target is F.relu6 else (0.0, float("inf"))
+        return None
+
+    def _avgpool(self, node: fx.Node) -> dict[str, Any] | None:
+        """Window of a global or unpadded average pooling (``None``: not one)."""
+        shape_in = self._shape(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+        if node.op == "call_module":
+            m = self.modules.get(node.target)
+            if isinstance(m, nn.AdaptiveAvgPool2d):
+                if _pair(m.output_size) != (1, 1):
+                    raise UnsupportedModelError(f"tinyml: {node.target}: adaptive average pooling to "
+                                                f"{m.output_size}; only to 1x1")
+                return {"kernel": shape_in[1:], "stride": shape_in[1:]}
+            if isinstance(m, nn.AvgPool2d):
+                if _pair(m.padding) != (0, 0) or m.ceil_mode or m.divisor_override:
+                    raise UnsupportedModelError(f"tinyml: {node.target}: average pooling with padding, "
+                                                f"ceil_mode or a divisor override")
+                return {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size)}
+            return None
+        if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+            if _pair(node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]) != (1, 1):
+                raise UnsupportedModelError(f"tinyml: {self._where(node)}: adaptive average pooling beyond 1x1")
+            return {"kernel": shape_in[1:], "stride": shape_in[1:]}
+        is_mean = (node.op == "call_method" and node.target == "mean") or \
+                  (node.op == "call_function" and node.target is torch.mean)
+        if is_mean:
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            dims = tuple(sorted(d % (len(shape_in) + 1) for d in ((dims,) if isinstance(dims, int) else dims)))
+            if dims != (2, 3) or len(shape_in) != 3:
+                raise UnsupportedModelError(f"tinyml: {self._where(node)}: a mean over {dims}; only over H and W")
+            return {"kernel": shape_in[1:], "stride": shape_in[1:]}
+        return None
+
+    def run(self) -> IntGraph:
+        graph_input = None
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                if graph_input is not None:
+                    raise UnsupportedModelError("tinyml: the model takes more than one input")
+                params = self._params_for(node, "the model's input")
+                self.env[node] = graph_input = self._new(node, *params)
+            elif node.op == "output":
+                continue
+            else:
+                self._lower(node)
+        out_node = [n for n in self.gm.graph.nodes if n.op == "output"][0].args[0]
+        out_node = out_node[0] if isinstance(out_node, (tuple, list)) else out_node
+        return IntGraph(self.tensors, self.ops, graph_input, self.env[out_node])
+
+    def _lower(self, node: fx.Node) -> None:
+        layer = self._quant_layer(node)
+        if layer is not None:
+            return self._lower_layer(node, layer)
+        if self._is_alias(node):
+            src = self.tensors[self.env[node.args[0]]]
+            shape = self._shape(node)
+            if int(np.prod(shape)) != src.numel:
+                raise UnsupportedModelError(f"tinyml: {self._where(node)} changes the element count")
+            self.env[node] = src.name  # CHW memory order: the same bytes
+            return
+        pool = self._maxpool(node)
+        if pool is not None:
+            src = self.tensors[self.env[node.args[0]]]
+            self.env[node] = out = self._new(node, src.scale, src.zero_point)
+            self.ops.append(Op("maxpool", [src.name], out, {**pool, "in_shape": self._shape(node.args[0])},
+                               source=self._where(node)))
+            return
+        bounds = self._relu(node)
+        if bounds is not None:
+            src = self.tensors[self.env[node.args[0]]]
+            lo = src.zero_point
+            hi = 127 if bounds[1] == float("inf") else min(127, int(round(6.0 / src.scale)) + src.zero_point)
+            self.env[node] = out = self._new(node, src.scale, src.zero_point)
+            self.ops.append(Op("relu", [src.name], out, {"act_min": max(-128, lo), "act_max": hi},
+                               source=self._where(node)))
+            return
+        pool = self._avgpool(node)
+        if pool is not None:
+            src = self.tensors[self.env[node.args[0]]]
+            scale, zp = self._params_for(node, "an average pooling")
+            count = pool["kernel"][0] * pool["kernel"][1]
+            m0, shift = quantize_multiplier(src.scale / (scale * count))
+            self.env[node] = out = self._new(node, scale, zp)
+            self.ops.append(Op("avgpool", [src.name], out, {**pool, "multiplier": m0, "shift": shift,
+                                                            "in_shape": self._shape(node.args[0])},
+                               source=self._where(node)))
+            return
+        is_add = (node.op == "call_function" and node.target in _ADD) or \
+                 (node.op == "call_method" and node.target == "add")
+        if is_add:
+            return self._lower_add(node)
+        raise UnsupportedModelError(f"tinyml: no integer kernel for {node.format_node()} "
+                                    f"({self._where(node)}); supported: quantized conv/linear, max and average "
+                                    f"pooling, add, ReLU/ReLU6, flatten/reshape/dropout")
+
+    def _lower_add(self, node: fx.Node) -> None:
+        a, b = node.args[:2]
+        if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)) or node.kwargs.get("alpha", 1) != 1:
+            raise UnsupportedModelError(f"tinyml: {self._where(node)}: only the sum of two tensors is supported")
+        ta, tb = self.tensors[self.env[a]], self.tensors[self.env[b]]
+        if ta.shape != tb.shape:
+            raise UnsupportedModelError(f"tinyml: {self._where(node)}: an add that broadcasts {ta.shape} and {tb.shape}")
+        scale, zp = self._params_for(node, "an add")
+        twice_max = 2.0 * max(ta.scale, tb.scale)
+        m1, s1 = quantize_multiplier(ta.scale / twice_max)
+        m2, s2 = quantize_multiplier(tb.scale / twice_max)
+        mo, so = quantize_multiplier(twice_max / ((1 << 20) * scale))
+        self.env[node] = out = self._new(node, scale, zp)
+        self.ops.append(Op("add", [ta.name, tb.name], out,
+                           {"multiplier_a": m1, "shift_a": s1, "multiplier_b": m2, "shift_b": s2,
+                            "multiplier": mo, "shift": so, "act_min": -128, "act_max": 127},
+                           source=self._where(node)))
+
+    def _lower_layer(self, node: fx.Node, layer) -> None:
+        from slimkit.techniques.quantization.modules import QuantConv2d, QuantLinear
+
+        where = str(node.target)
+        if layer.bypass or layer.input_smoothing is not None:
+            raise UnsupportedModelError(f"tinyml: {where} computes in float or rescales its input (SmoothQuant)")
+        in_params = _int8_params(layer.input_quant)
+        x = self._input_as(node, node.args[0], in_params)
+        s_in = in_params[0]
+        w_scale = layer.weight_scale.detach().double().numpy()
+        weight = layer.weight_int8.detach().numpy().astype(np.int8)
+        bias = np.zeros(weight.shape[0]) if layer.bias is None else layer.bias.detach().double().numpy()
+        acc_scale = s_in * w_scale
+        bias_int = np.clip(np.floor(np.abs(bias / acc_scale) + 0.5) * np.sign(bias), -(2 ** 31), 2 ** 31 - 1)
+        attrs: dict[str, Any] = {"weight": weight, "bias": bias_int.astype(np.int32)}
+        if layer.output_quant is not None:
+            scale, zp = _int8_params(layer.output_quant)
+            dtype = "int8"
+        elif node in self.output_nodes:
+            # the model's float output: int32 at the largest channel's accumulator scale (exact
+            # ordering of the logits up to that step, no int8 clipping, no ties)
+            scale, zp, dtype = float(acc_scale.max()), 0, "int32"
+        else:
+            scale, zp = self._params_for(node, f"{where} (its output quantizer is off)")
+            dtype = "int8"
+        m0, shift = quantize_multipliers(acc_scale / scale)
+        attrs.update(multiplier=m0, shift=shift)
+        if dtype == "int8":
+            attrs["act_min"], attrs["act_max"] = _clamp_for(layer.activation, scale, zp, where)
+        elif layer.activation is not None:
+            attrs["act_min"], attrs["act_max"] = (0, 2 ** 31 - 1) if isinstance(layer.activation, nn.ReLU) else \
+                _fail(f"tinyml: {where}: a float output with {type(layer.activation).__name__}")
+        else:
+            attrs["act_min"], attrs["act_max"] = -(2 ** 31), 2 ** 31 - 1
+        self.env[node] = out = self._new(node, scale, zp, dtype)
+        src = self.tensors[x]
+        if isinstance(layer, QuantConv2d):
+            if isinstance(layer.padding, str):
+                raise UnsupportedModelError(f"tinyml: {where}: padding {layer.padding!r}; give it in pixels")
+            in_shape = self._shape(node.args[0])
+            attrs.update(stride=_pair(layer.stride), padding=_pair(layer.padding), dilation=_pair(layer.dilation),
+                         groups=int(layer.groups), in_shape=in_shape)
+            if len(in_shape) != 3:
+                raise UnsupportedModelError(f"tinyml: {where}: a conv on a tensor of shape {in_shape}")
+            self.ops.append(Op("conv", [x], out, attrs, source=where))
+        elif isinstance(layer, QuantLinear):
+            if src.numel != weight.shape[1]:
+                raise UnsupportedModelError(f"tinyml: {where}: a linear applied per position ({src.shape}); "
+                                            f"flatten before it")
+            self.ops.append(Op("linear", [x], out, attrs, source=where))
+        else:
+            raise UnsupportedModelError(f"tinyml: {where}: {type(layer).__name__} has no integer kernel")
+
+
+def _fail(message: str):
+    raise UnsupportedModelError(message)
+
+
+def lower(model: nn.Module, example: torch.Tensor) -> IntGraph:
+    """The integer graph of slimkit's static int8 ``model`` for inputs shaped like ``example``
+    (batch dimension first; the graph runs one row). Raises ``UnsupportedModelError`` naming
+    the op and module that has no integer kernel here."""
+    from slimkit.techniques.quantization.ptq import quantized_layers
+
+    if not quantized_layers(model):
+        raise UnsupportedModelError("tinyml: the model has no int8 layers; run a static `quantize` step first")
+    return _Lowering(model.eval(), example).run()
