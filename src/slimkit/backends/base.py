@@ -89,6 +89,8 @@ class Backend:
     # flow (early exits: ``export_graph()``) then runs batch 1 as one graph, without a call and a
     # Python decision per stage; larger batches still run stage by stage, rows leaving as they exit
     control_flow: bool = False
+    # runs only slimkit's static int8 models (generated integer code): never an ``auto`` candidate
+    int8_only: bool = False
 
     @classmethod
     def available(cls) -> Availability:

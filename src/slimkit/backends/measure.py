@@ -356,7 +356,7 @@ def all_candidates(precisions: Sequence[str] = ("fp32",), backends: Sequence[str
     with each asked precision it supports here; unavailable backends are kept (reported)."""
     from slimkit.core.registry import BACKENDS
 
-    names = list(backends) if backends is not None else BACKENDS.names()
+    names = list(backends) if backends is not None else [e.name for e in BACKENDS if not e.obj.int8_only]
     if "eager" in names:
         names.remove("eager")
     names.insert(0, "eager")

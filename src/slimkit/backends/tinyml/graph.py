@@ -140,7 +140,7 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 class _Lowering:
-    def __init__(self, model: nn.Module, example: torch.Tensor) -> None:
+    def __init__(self, model: nn.Module, example: torch.Tensor, calibration: torch.Tensor | None) -> None:
         from torch.fx.passes.shape_prop import ShapeProp
 
         from slimkit.techniques.quantization.ptq import _QuantTracer
@@ -157,6 +157,21 @@ class _Lowering:
         self.ops: list[Op] = []
         self.env: dict[fx.Node, str] = {}  # node -> tensor name
         self.output_nodes = self._output_nodes()
+        self.calibration = calibration
+        self._ranges: dict[fx.Node, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _observed(self, node: fx.Node) -> tuple[float, int] | None:
+        """(scale, zero point) from the range ``node``'s value takes on the calibration rows
+        (slimkit's min-max rule, asymmetric), or None without calibration rows."""
+        if self.calibration is None:
+            return None
+        if self._ranges is None:
+            self._ranges = _node_ranges(self.gm, self.calibration)
+        from slimkit.techniques.quantization.qscheme import QuantSpec, qparams_from_range
+
+        lo, hi = self._ranges[node]
+        scale, zero_point = qparams_from_range(lo, hi, QuantSpec(bits=8, symmetric=False))
+        return float(scale), int(zero_point) - 128
 
     # which nodes' values the model returns (through aliases)
     def _output_nodes(self) -> set[fx.Node]:
@@ -221,10 +236,11 @@ class _Lowering:
         return f"{node.target}" if node.op == "call_module" else f"{node.op} {getattr(node.target, '__name__', node.target)}"
 
     def _params_for(self, node: fx.Node, what: str) -> tuple[float, int]:
-        params = self._consumer_params(node)
+        params = self._consumer_params(node) or self._observed(node)
         if params is None:
             raise UnsupportedModelError(f"tinyml: the output of {what} ({self._where(node)}) has no scale: no "
-                                        f"quantized layer reads it, and integer kernels need one")
+                                        f"quantized layer reads it; give calibration rows to observe its range (the "
+                                        f"`tinyml` step does)")
         return params
 
     def _input_as(self, node: fx.Node, arg: fx.Node, params: tuple[float, int]) -> str:
@@ -432,16 +448,38 @@ class _Lowering:
             raise UnsupportedModelError(f"tinyml: {where}: {type(layer).__name__} has no integer kernel")
 
 
+@torch.no_grad()
+def _node_ranges(gm: fx.GraphModule, rows: torch.Tensor, batch: int = 64) -> dict[fx.Node, tuple[torch.Tensor, torch.Tensor]]:
+    """(min, max) of every node's value over ``rows``, running the int8 model's own graph (its
+    fake quantization included, so ranges are those the integer graph sees)."""
+    ranges: dict[fx.Node, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            value = super().run_node(n)
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                lo, hi = value.min(), value.max()
+                old = ranges.get(n)
+                ranges[n] = (lo, hi) if old is None else (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
+            return value
+
+    for i in range(0, len(rows), batch):
+        Recorder(gm).run(rows[i:i + batch])
+    return ranges
+
+
 def _fail(message: str):
     raise UnsupportedModelError(message)
 
 
-def lower(model: nn.Module, example: torch.Tensor) -> IntGraph:
+def lower(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor | None = None) -> IntGraph:
     """The integer graph of slimkit's static int8 ``model`` for inputs shaped like ``example``
-    (batch dimension first; the graph runs one row). Raises ``UnsupportedModelError`` naming
-    the op and module that has no integer kernel here."""
+    (batch dimension first; the graph runs one row). ``calibration``: rows on which to observe
+    the range of tensors the model computes in float with no quantizer to take a scale from
+    (the input of a first pooling, a residual sum read only by a global pooling). Raises
+    ``UnsupportedModelError`` naming the op and module that has no integer kernel here."""
     from slimkit.techniques.quantization.ptq import quantized_layers
 
     if not quantized_layers(model):
         raise UnsupportedModelError("tinyml: the model has no int8 layers; run a static `quantize` step first")
-    return _Lowering(model.eval(), example).run()
+    return _Lowering(model.eval(), example, calibration).run()
