@@ -234,3 +234,19 @@ def test_sparse_verbs_rewind_to_the_initial_weights_given_in_code():
     assert sk.history(gated)[-1]["info"]["sparsity"] > 0
     coded = sk.bayesian_compression(trained, loader, finetune={"epochs": 3}, entropy_code=False)
     assert all(b <= 8 for b in sk.history(coded)[-1]["info"]["bits_per_layer"].values())
+
+
+def test_tinyml_writes_c_checked_on_the_users_rows(trained, tmp_path):
+    from slimkit.backends.tinyml.build import host_compiler
+
+    if host_compiler() is None:
+        pytest.skip("no C compiler on PATH")
+    task, model = trained
+    loader = _loader(task.data.val)
+    q = sk.quantize(model, loader, calibration_samples=128, weight_range="int8")
+    report = sk.tinyml(q, loader, tmp_path, name="digits")
+    assert report["bit_exact_rows"] == report["test_rows"] == len(task.data.val)
+    assert report["c_quality"] == pytest.approx(report["int8_eager_quality"], abs=1 / len(task.data.val) + 1e-9)
+    assert (tmp_path / "c" / "digits.c").is_file() and (tmp_path / "c" / "digits.h").is_file()
+    with pytest.raises(ConfigError, match="C identifier"):
+        sk.tinyml(q, loader, tmp_path, name="not valid")

@@ -51,6 +51,8 @@ def _tokens(batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _compile_or_skip(name: str, model: nn.Module, example, tmp_path, precision: str = "fp32") -> Compiled:
     backend = BACKENDS.get(name)
+    if backend.int8_only:
+        pytest.skip(f"{name} runs static int8 models only (tests/backends/test_tinyml.py)")
     avail = backend.available()
     if not avail:
         with pytest.raises(BackendUnavailableError):

@@ -18,11 +18,11 @@ from slimkit.api.data import as_split
 from slimkit.api.hooks import DistillLoss, LoopHooks, convert_qat, distill_loss, prepare_qat, prune_hooks
 from slimkit.api.verbs import (apply, bayesian_compression, cluster, deploy, distill, early_exit, export, factorize,
                                fuse, hash, history, l0, layer_skip, load, lora, lottery, measure, nas, prune,
-                               prune_structured, qat, quantize, quantize_weights, save, sparse_train, train,
-                               user_context, variational_dropout)
+                               prune_structured, qat, quantize, quantize_weights, save, sparse_train, tinyml,
+                               train, user_context, variational_dropout)
 
 __all__ = ["DistillLoss", "LoopHooks", "apply", "as_split", "bayesian_compression", "cluster", "convert_qat", "deploy",
            "distill", "early_exit", "distill_loss", "export", "factorize", "fuse", "hash", "history", "integrations",
            "l0", "layer_skip", "load", "lora", "lottery", "measure", "nas", "prepare_qat", "prune", "prune_hooks",
-           "prune_structured", "qat", "quantize", "quantize_weights", "save", "sparse_train", "train", "user_context",
-           "variational_dropout"]
+           "prune_structured", "qat", "quantize", "quantize_weights", "save", "sparse_train", "tinyml", "train",
+           "user_context", "variational_dropout"]

@@ -411,6 +411,18 @@ def export(model: nn.Module, example_inputs: Any, path: str | os.PathLike[str], 
                       ".safetensors name, or format='onnx' | 'openvino' | 'safetensors'")
 
 
+def tinyml(model: nn.Module, data: Iterable[Any] | Split, out_dir: str | os.PathLike[str], *,
+           transform_fn: TransformFn | None = None, metric: Metric | None = None, max_samples: int | None = None,
+           **kwargs: Any) -> dict[str, Any]:
+    """``model`` (a static int8 model: ``quantize`` it first) as C99 for microcontrollers in
+    ``out_dir/c``: ``data``'s rows calibrate the tensors without a quantizer and are run through
+    the compiled C, which must match slimkit's integer reference bit for bit. Returns the
+    ``tinyml`` step's report (footprint, fit per target, the C's quality by ``metric``)."""
+    context = user_context(model, data, transform_fn=transform_fn, metric=metric, max_samples=max_samples)
+    context.out_dir = Path(out_dir)
+    return history(apply("tinyml", model, context=context, **kwargs))[-1]["info"]
+
+
 def deploy(model: nn.Module, example_inputs: Any, *, backend: str = "auto", precision: str = "fp32",
            candidates: list[str] | None = None, threads: int | None = None, tolerance: float | None = None,
            workdir: str | os.PathLike[str] | None = None):

@@ -104,7 +104,24 @@ def sections(results: dict[str, Any]) -> tuple[list[Section], Notes]:
     out += [_candidates(s, notes) for s in results["steps"][1:]
             if s["technique"] == "deploy" and (s.get("info") or {}).get("candidates")]
     out += [_search(s) for s in search_steps(results)]
+    out += [_microcontroller(s) for s in results["steps"][1:]
+            if s["technique"] == "tinyml" and (s.get("info") or {}).get("fit")]
     return out, notes
+
+
+def _microcontroller(step: dict[str, Any]) -> Section:
+    """A tinyml step's footprint against microcontroller classes."""
+    info = step["info"]
+    flash = ("the ARM object's text + data (arm-none-eabi-gcc, Cortex-M4, -Os): code and constants"
+             if info["flash_measured"] else "the constant arrays only (no ARM cross compiler here: code not counted)")
+    note = (f"generated C ({', '.join(info['files'])}): bit-exact against the Python integer reference on "
+            f"{info['bit_exact_rows']} of {info['test_rows']} test rows; quality {info['c_quality']:.4f} (int8 eager "
+            f"{info['int8_eager_quality']:.4f}); {info['macs']:,} MACs; arena {info['arena_bytes']:,} B (one region per "
+            f"tensor: {info['naive_arena_bytes']:,} B; bytes a run touched: {info['arena_high_water']:,} B); "
+            f"SRAM = arena + input and output buffers; flash = {flash}")
+    rows = [[f["target"], f"{info['sram_bytes']:,}", f"{info['flash_bytes']:,}", "yes" if f["fits"] else f["why"]]
+            for f in info["fit"]]
+    return Section(f"Microcontroller fit of {step['name']}", note, ["target", "SRAM B", "flash B", "fits"], rows)
 
 
 def search_steps(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -73,3 +73,6 @@ def build_c_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
             "ops": len(graph.ops), "arm": arm if isinstance(arm, str) else
             {"text": arm.text, "data": arm.data, "bss": arm.bss, "compiler": arm.compiler}}
     return Built(run, build.source_files(workdir, name), info)
+
+
+from slimkit.backends.tinyml import step  # noqa: E402,F401 - registers the ``tinyml`` recipe step

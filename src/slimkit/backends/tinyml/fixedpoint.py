@@ -2,7 +2,8 @@
 
 A real multiplier ``M`` (input scale x weight scale / output scale) becomes an int32 ``M0`` in
 [2^30, 2^31) and a power-of-two ``shift`` with ``M = M0 * 2^(shift - 31)``; an int32 accumulator is
-scaled by ``SaturatingRoundingDoublingHighMul`` followed by a rounding right shift. The functions
+scaled by ``SaturatingRoundingDoublingHighMul`` (ties up) followed by a right shift rounding
+ties away from zero. The functions
 here are the Python side of the generated C (``kernels.c`` holds the same arithmetic): numpy
 int64 arrays, integer operations only, so that the reference and the C agree bit for bit.
 """
@@ -47,7 +48,8 @@ def saturate_int32(x: np.ndarray) -> np.ndarray:
 
 def rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """gemmlowp's ``SaturatingRoundingDoublingHighMul`` on int32 values held in int64: the high
-    32 bits of ``2ab``, rounded half away from zero (C's truncating division by 2^31 after a nudge)."""
+    32 bits of ``2ab``, rounded to nearest with ties up (a nudge of 2^30, or 1 - 2^30 below zero,
+    then C's truncating division by 2^31)."""
     a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     ab = a * b
     nudged = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))

@@ -3,7 +3,7 @@
  * Tensors are batch 1 in CHW order (PyTorch's layout). Activations are int8 with a per-tensor
  * zero point; weights int8 per output channel (symmetric); biases and accumulators int32.
  * Requantization is TensorFlow Lite's / CMSIS-NN's fixed point: an int32 multiplier M0 in
- * [2^30, 2^31) and a shift, rounding half away from zero (slimkit's fixedpoint.py is the same
+ * [2^30, 2^31) and a shift, gemmlowp's roundings (slimkit's fixedpoint.py is the same
  * arithmetic in Python, and the generated model is tested bit for bit against it).
  * Right shifts of negative values are arithmetic, as on every compiler for ARM and x86.
  * The generated model defines SK_WITH_<KERNEL> for the kernels it calls before including this.

@@ -1,0 +1,111 @@
+"""The ``tinyml`` step: the run's int8 model as C for microcontrollers, proven on the test rows.
+
+It writes the C package (``<name>.h``, ``<name>.c``, ``slimkit_kernels.h``) into the step's
+folder, compiles the host harness, runs every test row through it and through the Python integer
+reference (bit-exactness is a hard check: a mismatch fails the step), scores the C's outputs
+with the task's metric beside the int8 model's eager quality, measures the arena bytes a run
+touches, checks that the model compiles without floating point, cross-compiles for a Cortex-M4
+where ``arm-none-eabi-gcc`` is installed, and reports the footprint against microcontroller
+classes. The model itself passes on unchanged (later steps still see the int8 model).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from pydantic import Field, field_validator
+
+from slimkit.core.config import Config
+from slimkit.core.errors import SlimkitError
+from slimkit.core.step import StepResult, register_step
+from slimkit.tasks.context import Context
+
+
+class TinyMLConfig(Config):
+    name: str = Field("slimkit_model", description="C identifier prefix of the generated files and functions")
+    calibration_samples: int = Field(512, ge=1, description="training rows on which to observe the range of "
+                                                            "tensors that have no quantizer (e.g. a residual sum "
+                                                            "read only by a global pooling)")
+    in_place: bool = Field(True, description="let ReLU, requantize, add and depthwise conv write over their input "
+                                             "(smaller arena)")
+    require_fit: str | None = Field(None, description="a target the model must fit (e.g. cortex-m4-256k); the "
+                                                      "step fails with what overflows otherwise")
+    check_rows: int | None = Field(None, ge=1, description="test rows run through the C (default: all)")
+    sanitize: bool = Field(False, description="also run the test rows through a harness built with "
+                                              "AddressSanitizer and UndefinedBehaviorSanitizer")
+
+    @field_validator("name")
+    @classmethod
+    def _c_identifier(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"name must be a C identifier (letters, digits, _; not starting with a digit), got {value!r}")
+        return value
+
+    @field_validator("require_fit")
+    @classmethod
+    def _known_target(cls, value: str | None) -> str | None:
+        from slimkit.backends.tinyml.report import TARGETS
+
+        if value is not None and value not in TARGETS:
+            raise ValueError(f"unknown target {value!r} (known: {', '.join(TARGETS)})")
+        return value
+
+
+@register_step("tinyml", config=TinyMLConfig)
+def tinyml(model: nn.Module, cfg: TinyMLConfig, ctx: Context) -> StepResult:
+    """Generate the int8 model as C99 for microcontrollers, check it bit for bit and report its footprint."""
+    import numpy as np
+
+    from slimkit.backends.tinyml import build
+    from slimkit.backends.tinyml.codegen import write_sources
+    from slimkit.backends.tinyml.graph import lower
+    from slimkit.backends.tinyml.planner import plan_memory
+    from slimkit.backends.tinyml.reference import dequantize_output, quantize_input, run_reference
+    from slimkit.backends.tinyml.report import TARGETS, footprint
+    from slimkit.data.batches import calibration_batches
+
+    if ctx.out_dir is None:
+        raise SlimkitError("tinyml: runs inside a recipe run (it writes the C files to the step's folder)")
+    model = model.cpu().eval()
+    rows = torch.cat([b[0] for b in calibration_batches(ctx.data.train, cfg.calibration_samples, 256, ctx.seed)])
+    graph = lower(model, rows[:1], calibration=rows)
+    plan = plan_memory(graph, in_place=cfg.in_place)
+    folder = ctx.out_dir / "c"
+    write_sources(graph, plan, folder, cfg.name)
+    test = ctx.data.test
+    n = len(test) if cfg.check_rows is None else min(cfg.check_rows, len(test))
+    x, targets = test.inputs[0][:n].cpu(), test.targets[:n]
+    codes = quantize_input(graph, x)
+    reference = run_reference(graph, codes)
+    ran = build.run_harness(build.compile_harness(folder, cfg.name), graph, codes, high_water=True)
+    mismatched = int((ran.outputs.reshape(n, -1) != reference.reshape(n, -1)).any(axis=1).sum())
+    if mismatched:
+        raise SlimkitError(f"tinyml: the generated C differs from the Python integer reference on {mismatched} of "
+                           f"{n} test rows (a defect in slimkit's C generator; please report it with the recipe)")
+    if cfg.sanitize:
+        sanitized = build.run_harness(build.compile_harness(folder, cfg.name, sanitize=True), graph, codes)
+        if not np.array_equal(sanitized.outputs, reference):
+            raise SlimkitError("tinyml: the sanitized harness's outputs differ from the reference")
+    no_float = build.check_no_float(folder, cfg.name)
+    arm = build.arm_cross_compile(folder, cfg.name)
+    fp = footprint(graph, plan, arm)
+    with torch.no_grad():
+        eager = torch.cat([model(x[i:i + 256]) for i in range(0, n, 256)])
+    c_quality = ctx.task.evaluate(dequantize_output(graph, ran.outputs), targets)["quality"]
+    eager_quality = ctx.task.evaluate(eager, targets)["quality"]
+    fits = {t: fp.fit(TARGETS[t]) for t in TARGETS}
+    if cfg.require_fit and not fits[cfg.require_fit]["fits"]:
+        raise SlimkitError(f"tinyml: the model does not fit {cfg.require_fit}: {fits[cfg.require_fit]['why']}")
+    info = {
+        "files": [str(p.relative_to(ctx.out_dir)) for p in build.source_files(folder, cfg.name)],
+        "test_rows": n, "bit_exact_rows": n, "c_quality": c_quality, "int8_eager_quality": eager_quality,
+        **fp.to_dict(), "arena_high_water": ran.high_water, "naive_arena_bytes": plan.naive,
+        "in_place_ops": len(plan.in_place), "ops": len(graph.ops),
+        "no_float_check": no_float or "passed (compiled with -mgeneral-regs-only)",
+        "arm": arm if isinstance(arm, str) else {"text": arm.text, "data": arm.data, "bss": arm.bss,
+                                                 "float_calls": arm.float_calls, "compiler": arm.compiler},
+        "sanitized": cfg.sanitize,
+    }
+    return StepResult(model, info)
