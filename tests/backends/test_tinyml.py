@@ -12,6 +12,7 @@ from slimkit.backends.tinyml.codegen import write_sources
 from slimkit.backends.tinyml.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
 from slimkit.backends.tinyml.fuzz import quantized_random_cnn
 from slimkit.backends.tinyml.graph import lower
+from slimkit.backends.tinyml.patch import choose_patching, patch_graph, stage_error
 from slimkit.backends.tinyml.planner import plan_memory
 from slimkit.backends.tinyml.reference import dequantize_output, quantize_input, run_reference
 from slimkit.core.errors import UnsupportedModelError
@@ -87,17 +88,26 @@ def test_digits_cnn_in_c_is_bit_exact_on_the_whole_test_set_and_as_accurate(digi
     assert (c_logits - fake_quant).abs().max() <= 0.02 * fake_quant.abs().max()
 
 
-def test_fuzzed_random_cnns_are_bit_exact_under_sanitizers(tmp_path):
-    kinds = set()
-    for seed in range(14):
+def test_fuzzed_random_cnns_are_bit_exact_under_sanitizers_whole_and_by_patches(tmp_path):
+    kinds, patched = set(), 0
+    for seed in range(10):
         q, x = quantized_random_cnn(seed)
         graph = lower(q, x[:1], calibration=x)
         kinds |= {op.kind + ("-dw" if op.kind == "conv" and op.attrs["groups"] > 1 else "") for op in graph.ops}
         codes = quantize_input(graph, x)
+        reference = run_reference(graph, codes)
         ran, plan = _c_outputs(graph, codes, tmp_path / str(seed))
-        assert np.array_equal(ran.outputs, run_reference(graph, codes)), f"seed {seed}"
+        assert np.array_equal(ran.outputs, reference), f"seed {seed}"
         assert ran.high_water <= plan.peak, f"seed {seed}: a run wrote beyond the planned arena"
+        stages = [n for n in range(1, len(graph.ops)) if not stage_error(graph, n)]
+        if stages:  # the longest stage by patches, on an uneven grid: the same outputs bit for bit
+            by_patches = patch_graph(graph, stages[-1], 3)
+            ran, plan = _c_outputs(by_patches, codes, tmp_path / f"{seed}-patched")
+            assert np.array_equal(ran.outputs, reference), f"seed {seed}, first {stages[-1]} ops by patches"
+            assert ran.high_water <= plan.peak
+            patched += 1
     assert kinds >= {"conv", "conv-dw", "linear", "maxpool", "avgpool", "add", "relu"}, kinds
+    assert patched >= 6
 
 
 def test_a_consumer_with_its_own_input_scale_gets_a_requantize(tmp_path):
@@ -116,7 +126,7 @@ def test_a_consumer_with_its_own_input_scale_gets_a_requantize(tmp_path):
     assert np.array_equal(ran.outputs, run_reference(graph, codes))
 
 
-def test_planner_runs_mobilenetv2_in_less_than_its_two_largest_tensors(tmp_path):
+def test_planner_runs_mobilenetv2_in_less_than_its_two_largest_tensors_and_patches_halve_it(tmp_path):
     from slimkit.core.registry import MODELS, load_builtins
 
     load_builtins()
@@ -129,9 +139,16 @@ def test_planner_runs_mobilenetv2_in_less_than_its_two_largest_tensors(tmp_path)
     two_largest = sum(sorted((t.nbytes for t in graph.tensors.values()), reverse=True)[:2])
     assert plan.peak < two_largest < plan.naive and plan.peak < flat.peak
     codes = quantize_input(graph, x[:4])
-    ran, _ = _c_outputs(graph, codes, tmp_path, sanitize=False)
-    assert np.array_equal(ran.outputs, run_reference(graph, codes))
+    reference = run_reference(graph, codes)
+    ran, _ = _c_outputs(graph, codes, tmp_path / "whole", sanitize=False)
+    assert np.array_equal(ran.outputs, reference)
     assert ran.high_water == plan.peak
+    # the first layers patch by patch (MCUNetV2) need half the arena, for recomputed halos
+    choice = choose_patching(graph)
+    assert choice.peak <= plan.peak // 2 and graph.macs() < choice.executed_macs < 1.5 * graph.macs()
+    ran, patched_plan = _c_outputs(choice.graph, codes, tmp_path / "patched", sanitize=False)
+    assert np.array_equal(ran.outputs, reference)
+    assert ran.high_water == patched_plan.peak == choice.peak
 
 
 def test_models_without_integer_kernels_are_refused_with_the_op_and_where():

@@ -119,6 +119,11 @@ def _microcontroller(step: dict[str, Any]) -> Section:
             f"{info['int8_eager_quality']:.4f}); {info['macs']:,} MACs; arena {info['arena_bytes']:,} B (one region per "
             f"tensor: {info['naive_arena_bytes']:,} B; bytes a run touched: {info['arena_high_water']:,} B); "
             f"SRAM = arena + input and output buffers; flash = {flash}")
+    patch = info.get("patch") or {}
+    if patch.get("ops"):
+        note += (f"; the first {patch['ops']} ops run patch by patch ({patch['grid']}x{patch['grid']} tiles): arena "
+                 f"{info['arena_bytes']:,} B instead of {info['whole_map_arena_bytes']:,} B on whole maps, "
+                 f"{patch['executed_macs']:,} MACs executed (halos recomputed)")
     rows = [[f["target"], f"{info['sram_bytes']:,}", f"{info['flash_bytes']:,}", "yes" if f["fits"] else f["why"]]
             for f in info["fit"]]
     return Section(f"Microcontroller fit of {step['name']}", note, ["target", "SRAM B", "flash B", "fits"], rows)

@@ -42,65 +42,132 @@ def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 24) -> str
     return f"static const {ctype} {name}[{len(flat)}] = {{\n    {body}\n}};\n"
 
 
-def _constants(k: int, op: Op) -> tuple[str, dict[str, str]]:
+def _constants(prefix: str, op: Op) -> tuple[str, dict[str, str]]:
     """The op's constant arrays as C definitions and their names."""
     out, names = [], {}
     for key, ctype in (("weight", "int8_t"), ("bias", "int32_t"), ("multiplier", "int32_t"), ("shift", "int32_t")):
         value = op.attrs.get(key)
         if isinstance(value, np.ndarray):
-            names[key] = f"op{k}_{key}"
+            names[key] = f"{prefix}_{key}"
             out.append(_array(ctype, names[key], value))
     return "".join(out), names
 
 
-def _call(k: int, op: Op, graph: IntGraph, plan: MemoryPlan, names: dict[str, str]) -> str:
+def _window(shape: tuple[int, ...]) -> str:
+    """The whole map of a CHW (or flat: 1 x 1) tensor as an ``sk_window`` literal."""
+    h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
+    return f"(sk_window){{0, 0, {h}, {w}}}"
+
+
+def _params(prefix: str, op: Op, graph: IntGraph) -> str:
+    """The op's parameter struct (``static const``), named ``<prefix>_p``."""
     ts, a = graph.tensors, op.attrs
     t_in, t_out = ts[op.inputs[0]], ts[op.output]
-    src, dst = f"A + {plan.offsets[op.inputs[0]]}", f"A + {plan.offsets[op.output]}"
-    clamp = f"{_int(a.get('act_min', -128))}, {_int(a.get('act_max', 127))}"
-    if op.kind == "conv":
+    if op.kind in ("conv", "linear"):
+        if op.kind == "conv":
+            c, h, w = a["in_shape"]
+            _, kh, kw = a["weight"].shape[1:]
+            ho, wo = t_out.shape[1], t_out.shape[2]
+            geometry = (a["groups"], kh, kw, *a["stride"], *a["padding"], *a["dilation"], h, w, ho, wo)
+        else:
+            c = a["weight"].shape[1]
+            geometry = (1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1)
+        fields = [c, a["weight"].shape[0], *geometry, t_in.zero_point, t_out.zero_point, a["act_min"], a["act_max"]]
+        return (f"static const sk_conv_params {prefix}_p = {{{', '.join(_int(v) for v in fields)}, {prefix}_weight, "
+                f"{prefix}_bias, {prefix}_multiplier, {prefix}_shift}};\n")
+    if op.kind in ("maxpool", "avgpool"):
         c, h, w = a["in_shape"]
-        _, ho, wo = t_out.shape
-        geometry = (f"{a['weight'].shape[2]}, {a['weight'].shape[3]}, {a['stride'][0]}, {a['stride'][1]}, "
-                    f"{a['padding'][0]}, {a['padding'][1]}, {a['dilation'][0]}, {a['dilation'][1]}")
-        consts = f"{names['weight']}, {names['bias']}, {names['multiplier']}, {names['shift']}"
-        if k in plan.temporaries:
-            return (f"sk_depthwise_in_place({src}, {c}, {h}, {w}, {t_in.zero_point}, {consts}, "
-                    f"A + {plan.offsets[plan.temporaries[k]]}, {ho}, {wo}, {geometry}, {t_out.zero_point}, {clamp});")
-        return (f"sk_conv2d({src}, {c}, {h}, {w}, {t_in.zero_point}, {consts}, {dst}, {int(t_out.dtype == 'int32')}, "
-                f"{t_out.shape[0]}, {ho}, {wo}, {geometry}, {a['groups']}, {t_out.zero_point}, {clamp});")
-    if op.kind == "linear":
-        n_out, n_in = a["weight"].shape
-        consts = f"{names['weight']}, {names['bias']}, {names['multiplier']}, {names['shift']}"
-        return (f"sk_conv2d({src}, {n_in}, 1, 1, {t_in.zero_point}, {consts}, {dst}, {int(t_out.dtype == 'int32')}, "
-                f"{n_out}, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, {t_out.zero_point}, {clamp});")
-    if op.kind == "maxpool":
-        c, h, w = a["in_shape"]
-        return (f"sk_maxpool2d({src}, {c}, {h}, {w}, {dst}, {t_out.shape[1]}, {t_out.shape[2]}, {a['kernel'][0]}, "
-                f"{a['kernel'][1]}, {a['stride'][0]}, {a['stride'][1]}, {a['padding'][0]}, {a['padding'][1]});")
-    if op.kind == "avgpool":
-        c, h, w = a["in_shape"]
-        ho, wo = (t_out.shape[1], t_out.shape[2]) if len(t_out.shape) == 3 else (1, 1)
-        return (f"sk_avgpool2d({src}, {c}, {h}, {w}, {t_in.zero_point}, {dst}, {ho}, {wo}, {a['kernel'][0]}, "
-                f"{a['kernel'][1]}, {a['stride'][0]}, {a['stride'][1]}, {a['multiplier']}, {a['shift']}, "
-                f"{t_out.zero_point});")
+        padding = a.get("padding", (0, 0))
+        fields = [c, *a["kernel"], *a["stride"], *padding, h, w, t_in.zero_point, a.get("multiplier", 0),
+                  a.get("shift", 0), t_out.zero_point]
+        return f"static const sk_pool_params {prefix}_p = {{{', '.join(_int(v) for v in fields)}}};\n"
     if op.kind == "add":
         t_b = ts[op.inputs[1]]
-        return (f"sk_add({src}, {t_in.zero_point}, {a['multiplier_a']}, {a['shift_a']}, A + {plan.offsets[op.inputs[1]]}, "
-                f"{t_b.zero_point}, {a['multiplier_b']}, {a['shift_b']}, {dst}, {t_out.numel}, {a['multiplier']}, "
-                f"{a['shift']}, {t_out.zero_point}, {clamp});")
-    if op.kind == "requantize":
-        return (f"sk_requantize_tensor({src}, {t_in.zero_point}, {dst}, {t_out.numel}, {a['multiplier']}, "
-                f"{a['shift']}, {t_out.zero_point}, {clamp});")
-    if op.kind == "relu":
-        return f"sk_clamp_tensor({src}, {dst}, {t_out.numel}, {clamp});"
+        fields = [t_in.zero_point, a["multiplier_a"], a["shift_a"], t_b.zero_point, a["multiplier_b"], a["shift_b"],
+                  a["multiplier"], a["shift"], t_out.zero_point, a["act_min"], a["act_max"]]
+        return f"static const sk_add_params {prefix}_p = {{{', '.join(_int(v) for v in fields)}}};\n"
+    if op.kind in ("relu", "requantize"):
+        fields = [t_in.zero_point, a.get("multiplier", 0), a.get("shift", 0), t_out.zero_point, a["act_min"],
+                  a["act_max"]]
+        return f"static const sk_map_params {prefix}_p = {{{', '.join(_int(v) for v in fields)}}};\n"
     raise ValueError(f"no C kernel for op kind {op.kind!r}")
 
 
+def _whole_call(k: int, op: Op, graph: IntGraph, plan: MemoryPlan) -> str:
+    """The kernel call of a top-level op on whole maps."""
+    t_out = graph.tensors[op.output]
+    src, dst, p = f"A + {plan.offsets[op.inputs[0]]}", f"A + {plan.offsets[op.output]}", f"&op{k}_p"
+    if op.kind in ("conv", "linear"):
+        if k in plan.temporaries:
+            return f"sk_depthwise_in_place({p}, {src}, A + {plan.offsets[plan.temporaries[k]]});"
+        # a linear layer is a 1x1 convolution of its input read as a cin x 1 x 1 map
+        in_win, out = (_window(op.attrs["in_shape"]), _window(t_out.shape)) if op.kind == "conv" else (_window(()),) * 2
+        return f"sk_conv2d({p}, {src}, {in_win}, {dst}, {int(t_out.dtype == 'int32')}, {out}, {out});"
+    if op.kind in ("maxpool", "avgpool"):
+        out = _window(t_out.shape)
+        return f"sk_{op.kind}2d({p}, {src}, {_window(op.attrs['in_shape'])}, {dst}, {out}, {out});"
+    if op.kind == "add":
+        return f"sk_add({p}, {src}, A + {plan.offsets[op.inputs[1]]}, {dst}, {t_out.numel});"
+    if op.kind in ("relu", "requantize"):
+        return f"sk_map({p}, {src}, {dst}, {t_out.numel});"
+    raise ValueError(f"no C kernel for op kind {op.kind!r}")
+
+
+def _stage_code(k: int, op: Op, graph: IntGraph, plan: MemoryPlan) -> tuple[str, str]:
+    """A patch stage: its sub-ops' constants and parameters, the per-tile window table, and the
+    loop that runs every sub-op tile by tile (intermediates in the stage's scratch, the stage's
+    output written window by window into its whole map)."""
+    a, ts = op.attrs, graph.tensors
+    columns = a["columns"]  # tensor -> column of the window table
+    tiles = a["windows"]  # (tiles, columns, 4)
+    scratch = plan.offsets[plan.temporaries[k]]
+    defs = [f"static const sk_window op{k}_windows[{tiles.shape[0]}][{tiles.shape[1]}] = {{\n"
+            + ",\n".join("    {" + ", ".join("{" + ", ".join(map(str, win)) + "}" for win in tile) + "}"
+                         for tile in tiles.tolist()) + "\n};\n"]
+
+    def buffer(name: str) -> tuple[str, str]:
+        if name == op.inputs[0]:
+            return f"A + {plan.offsets[name]}", _window(ts[name].shape)
+        if name == op.output:
+            return f"A + {plan.offsets[name]}", _window(ts[name].shape)
+        return f"A + {scratch + a['scratch_offsets'][name]}", f"w[{columns[name]}]"
+
+    body = []
+    for j, sub in enumerate(a["ops"]):
+        prefix = f"op{k}_{j}"
+        consts, _ = _constants(prefix, sub)
+        defs.append(f"/* op {k}.{j}: {sub.kind} ({sub.source}) */\n{consts}{_params(prefix, sub, graph)}")
+        (src, src_w), (dst, dst_w) = buffer(sub.inputs[0]), buffer(sub.output)
+        win = f"w[{columns[sub.output]}]"
+        channels = ts[sub.output].shape[0]
+        if sub.kind == "conv":
+            call = f"sk_conv2d(&{prefix}_p, {src}, {src_w}, {dst}, 0, {dst_w}, {win});"
+        elif sub.kind in ("maxpool", "avgpool"):
+            call = f"sk_{sub.kind}2d(&{prefix}_p, {src}, {src_w}, {dst}, {dst_w}, {win});"
+        elif sub.kind == "add":
+            other, other_w = buffer(sub.inputs[1])
+            call = f"sk_add_window(&{prefix}_p, {channels}, {src}, {src_w}, {other}, {other_w}, {dst}, {dst_w}, {win});"
+        else:
+            call = f"sk_map_window(&{prefix}_p, {channels}, {src}, {src_w}, {dst}, {dst_w}, {win});"
+        body.append(f"        {call} /* {sub.kind} {sub.source} */")
+    loop = (f"    for (int t = 0; t < {tiles.shape[0]}; ++t) {{\n        const sk_window *w = op{k}_windows[t];\n"
+            + "\n".join(body) + "\n    }")
+    return "".join(defs), loop
+
+
+_KERNELS = {"conv": "CONV", "linear": "CONV", "maxpool": "MAXPOOL", "avgpool": "AVGPOOL", "add": "ADD",
+            "requantize": "MAP", "relu": "MAP"}
+
+
 def _kernels_used(graph: IntGraph, plan: MemoryPlan) -> set[str]:
-    kinds = {"conv": "CONV", "linear": "CONV", "maxpool": "MAXPOOL", "avgpool": "AVGPOOL", "add": "ADD",
-             "requantize": "REQUANTIZE", "relu": "CLAMP"}
-    return {"DEPTHWISE_IN_PLACE" if k in plan.temporaries else kinds[op.kind] for k, op in enumerate(graph.ops)}
+    used = set()
+    for k, op in enumerate(graph.ops):
+        if op.kind == "patch_stage":
+            used |= {_KERNELS[s.kind] + ("_WINDOW" if s.kind in ("add", "relu", "requantize") else "")
+                     for s in op.attrs["ops"]}
+        else:
+            used.add("DEPTHWISE_IN_PLACE" if k in plan.temporaries else _KERNELS[op.kind])
+    return used
 
 
 def output_ctype(graph: IntGraph) -> str:
@@ -142,9 +209,15 @@ def model_source(graph: IntGraph, plan: MemoryPlan, name: str) -> str:
              f'#include "{KERNELS}"\n#include "{name}.h"\n\n']
     calls = []
     for k, op in enumerate(graph.ops):
-        consts, names = _constants(k, op)
-        parts.append(f"/* op {k}: {op.kind} ({op.source}) */\n{consts}")
-        calls.append(f"    /* {k}: {op.kind} {op.source} */\n    {_call(k, op, graph, plan, names)}")
+        if op.kind == "patch_stage":
+            defs, loop = _stage_code(k, op, graph, plan)
+            parts.append(defs)
+            calls.append(f"    /* {k}: the first {len(op.attrs['ops'])} ops, patch by patch ({op.attrs['grid']}x"
+                         f"{op.attrs['grid']} tiles) */\n{loop}")
+            continue
+        consts, _ = _constants(f"op{k}", op)
+        parts.append(f"/* op {k}: {op.kind} ({op.source}) */\n{consts}{_params(f'op{k}', op, graph)}")
+        calls.append(f"    /* {k}: {op.kind} {op.source} */\n    {_whole_call(k, op, graph, plan)}")
     t_in, t_out = graph.input_tensor, graph.output_tensor
     parts.append(f"""
 #ifndef SLIMKIT_ARENA_EXTRA

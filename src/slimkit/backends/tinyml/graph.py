@@ -68,6 +68,8 @@ class Op:
     source: str = ""  # the model's module or function this came from
 
     def macs(self, tensors: dict[str, QTensor]) -> int:
+        if self.kind == "patch_stage":  # the stage's own MACs (``executed_macs``: with halos recomputed)
+            return sum(op.macs(tensors) for op in self.attrs["ops"])
         if self.kind == "conv":
             w = self.attrs["weight"]
             return int(tensors[self.output].numel * int(np.prod(w.shape[1:])))
@@ -77,6 +79,8 @@ class Op:
 
     def const_bytes(self) -> int:
         """Bytes of the op's constant arrays (flash): int8 weights, int32 bias, multipliers, shifts."""
+        if self.kind == "patch_stage":  # its sub-ops' constants and its window table
+            return sum(op.const_bytes() for op in self.attrs["ops"]) + int(self.attrs["windows"].nbytes)
         return sum(int(v.nbytes) for v in self.attrs.values() if isinstance(v, np.ndarray))
 
 
@@ -253,6 +257,9 @@ class _Lowering:
             raise UnsupportedModelError(f"tinyml: {self._where(node)} reads a float output of the model")
         out = self._new(arg, *params, shape=t.shape)
         m0, shift = quantize_multiplier(t.scale / params[0])
+        if m0 == 0:
+            raise UnsupportedModelError(f"tinyml: {self._where(node)}: its input scale is over 2^31 times its "
+                                        f"producer's; the requantization would be a constant")
         self.ops.append(Op("requantize", [name], out, {"multiplier": m0, "shift": shift, "act_min": -128,
                                                        "act_max": 127}, source=self._where(node)))
         return out

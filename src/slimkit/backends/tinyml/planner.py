@@ -91,9 +91,9 @@ def plan_memory(graph: IntGraph, in_place: bool = True) -> MemoryPlan:
                 reuse = dies_here[0]
             elif depthwise_in_place_ok(graph, op) and dies_here:
                 reuse = dies_here[0]
-                tmp = f"tmp{i}"
-                new_buffer(tmp, out.shape[1] * out.shape[2], i)
-                temporaries[i] = tmp
+                temporaries[i] = new_buffer(f"tmp{i}", out.shape[1] * out.shape[2], i).name
+        if op.kind == "patch_stage":  # the stage's per-tile intermediates
+            temporaries[i] = new_buffer(f"tmp{i}", op.attrs["scratch_bytes"], i).name
         if reuse is not None:
             b = buffer_of[reuse]
             b.tensors.append(op.output)
@@ -105,6 +105,16 @@ def plan_memory(graph: IntGraph, in_place: bool = True) -> MemoryPlan:
             buffer_of[name].last = max(buffer_of[name].last, i)
     buffer_of[graph.output].last = len(graph.ops)
 
+    place(buffers)
+    offsets = {t: b.offset for b in buffers for t in b.tensors}
+    peak = max((b.offset + b.size for b in buffers), default=0)
+    naive = sum(_aligned(t.nbytes) for t in graph.tensors.values() if t.name in offsets)
+    return MemoryPlan(buffers, offsets, peak, naive, in_place_ops, temporaries)
+
+
+def place(buffers: list[Buffer]) -> int:
+    """Give each buffer an offset: largest first, at the lowest aligned address that no buffer
+    live at the same time occupies (TFLite Micro's greedy planner); the bytes spanned."""
     placed: list[Buffer] = []
     for b in sorted(buffers, key=lambda b: (-b.size, b.first)):
         busy = sorted((p.offset, p.offset + p.size) for p in placed if p.first <= b.last and b.first <= p.last)
@@ -115,10 +125,7 @@ def plan_memory(graph: IntGraph, in_place: bool = True) -> MemoryPlan:
             offset = max(offset, _aligned(hi))
         b.offset = offset
         placed.append(b)
-    offsets = {t: b.offset for b in buffers for t in b.tensors}
-    peak = max((b.offset + b.size for b in buffers), default=0)
-    naive = sum(_aligned(t.nbytes) for t in graph.tensors.values() if t.name in offsets)
-    return MemoryPlan(buffers, offsets, peak, naive, in_place_ops, temporaries)
+    return max((b.offset + b.size for b in buffers), default=0)
 
 
 def peak_live_bytes(graph: IntGraph) -> int:

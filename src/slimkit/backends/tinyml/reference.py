@@ -73,12 +73,17 @@ def _run_op(graph: IntGraph, op: Op, values: dict[str, np.ndarray]) -> np.ndarra
         sb = mbqm((y.astype(np.int64) - ts[op.inputs[1]].zero_point) << 20, a["multiplier_b"], a["shift_b"])
         out = mbqm(sa + sb, a["multiplier"], a["shift"]) + t_out.zero_point
         return np.clip(out, a["act_min"], a["act_max"])
-    if op.kind == "relu":
-        return np.clip(x.astype(np.int64), op.attrs["act_min"], op.attrs["act_max"])
-    if op.kind == "requantize":
+    if op.kind in ("relu", "requantize"):  # C's sk_map: requantize when there is a multiplier, then clamp
         a = op.attrs
-        out = mbqm(x.astype(np.int64) - t_in.zero_point, a["multiplier"], a["shift"]) + t_out.zero_point
+        out = x.astype(np.int64)
+        if a.get("multiplier", 0):
+            out = mbqm(out - t_in.zero_point, a["multiplier"], a["shift"]) + t_out.zero_point
         return np.clip(out, a["act_min"], a["act_max"])
+    if op.kind == "patch_stage":  # the same ops on whole maps: patching changes the order, not the values
+        inner = {op.inputs[0]: x}
+        for sub in op.attrs["ops"]:
+            inner[sub.output] = _run_op(graph, sub, inner)
+        return inner[op.output]
     raise ValueError(f"unknown op kind {op.kind!r}")
 
 

@@ -52,110 +52,130 @@ static inline int32_t sk_clamp(int32_t v, int32_t lo, int32_t hi)
     return v < lo ? lo : (v > hi ? hi : v);
 }
 
-#if defined(SK_WITH_CONV) || defined(SK_WITH_DEPTHWISE_IN_PLACE)
-/* One output channel of a (grouped) convolution: out plane of ho x wo, int8 or int32 (out_i32).
- * Taps outside the input are the zero point (real 0) and add nothing, so they are skipped. */
-static void sk_conv_plane(const int8_t *in, int cin_g, int h, int w, int32_t in_zp,
-                          const int8_t *wk, int32_t bias, int32_t m0, int32_t shift,
-                          void *out, int out_i32, int ho, int wo,
-                          int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw,
-                          int32_t out_zp, int32_t act_min, int32_t act_max)
+/* A window of a feature map: rows y0 .. y0+h-1 and columns x0 .. x0+w-1 (a whole map: 0, 0, H, W).
+ * A buffer holding a window stores each channel's h x w values contiguously (CHW). Patch-based
+ * execution runs the first layers window by window; every other op runs on whole maps. */
+typedef struct {
+    int16_t y0, x0, h, w;
+} sk_window;
+
+static inline size_t sk_at(sk_window buf, int c, int y, int x)
 {
-    for (int oy = 0; oy < ho; ++oy) {
-        for (int ox = 0; ox < wo; ++ox) {
-            int32_t acc = bias;
+    return ((size_t)c * buf.h + (size_t)(y - buf.y0)) * buf.w + (size_t)(x - buf.x0);
+}
+
+typedef struct {
+    int16_t cin, cout, groups, kh, kw, sh, sw, ph, pw, dh, dw;
+    int16_t in_h, in_w, out_h, out_w; /* the whole maps: taps outside the input are padding */
+    int32_t in_zp, out_zp, act_min, act_max;
+    const int8_t *weight;
+    const int32_t *bias, *m0, *shift;
+} sk_conv_params;
+
+#if defined(SK_WITH_CONV) || defined(SK_WITH_DEPTHWISE_IN_PLACE)
+/* Output channel oc over the window ow of a (grouped) convolution, int8 or int32 (out_i32); in
+ * points at the channel group's first channel in a buffer holding window iw, out at channel oc's
+ * plane in a buffer holding window ob. Taps outside the input map are the zero point (real 0) and
+ * add nothing, so they are skipped. */
+static void sk_conv_plane(const sk_conv_params *p, int oc, const int8_t *in, sk_window iw, int cin_g,
+                          void *out, int out_i32, sk_window ob, sk_window ow)
+{
+    const int8_t *wk = p->weight + (size_t)oc * cin_g * p->kh * p->kw;
+    for (int oy = ow.y0; oy < ow.y0 + ow.h; ++oy) {
+        for (int ox = ow.x0; ox < ow.x0 + ow.w; ++ox) {
+            int32_t acc = p->bias[oc];
             for (int ic = 0; ic < cin_g; ++ic) {
-                const int8_t *plane = in + (size_t)ic * h * w;
-                const int8_t *wc = wk + (size_t)ic * kh * kw;
-                for (int ky = 0; ky < kh; ++ky) {
-                    const int iy = oy * sh - ph + ky * dh;
-                    if (iy < 0 || iy >= h) {
+                const int8_t *wc = wk + (size_t)ic * p->kh * p->kw;
+                for (int ky = 0; ky < p->kh; ++ky) {
+                    const int iy = oy * p->sh - p->ph + ky * p->dh;
+                    if (iy < 0 || iy >= p->in_h) {
                         continue;
                     }
-                    for (int kx = 0; kx < kw; ++kx) {
-                        const int ix = ox * sw - pw + kx * dw;
-                        if (ix < 0 || ix >= w) {
+                    for (int kx = 0; kx < p->kw; ++kx) {
+                        const int ix = ox * p->sw - p->pw + kx * p->dw;
+                        if (ix < 0 || ix >= p->in_w) {
                             continue;
                         }
-                        acc += ((int32_t)plane[iy * w + ix] - in_zp) * (int32_t)wc[ky * kw + kx];
+                        acc += ((int32_t)in[sk_at(iw, ic, iy, ix)] - p->in_zp) * (int32_t)wc[ky * p->kw + kx];
                     }
                 }
             }
-            const int32_t v = sk_clamp(sk_requantize(acc, m0, shift) + out_zp, act_min, act_max);
+            const int32_t v = sk_clamp(sk_requantize(acc, p->m0[oc], p->shift[oc]) + p->out_zp, p->act_min, p->act_max);
             if (out_i32) {
-                ((int32_t *)out)[oy * wo + ox] = v;
+                ((int32_t *)out)[sk_at(ob, 0, oy, ox)] = v;
             } else {
-                ((int8_t *)out)[oy * wo + ox] = (int8_t)v;
+                ((int8_t *)out)[sk_at(ob, 0, oy, ox)] = (int8_t)v;
             }
         }
     }
 }
-
 #endif
 
 #ifdef SK_WITH_CONV
-/* Convolution (and Linear: a 1x1 convolution of a cin x 1 x 1 input) with per-channel requantization. */
-static void sk_conv2d(const int8_t *in, int cin, int h, int w, int32_t in_zp,
-                      const int8_t *wt, const int32_t *bias, const int32_t *m0, const int32_t *shift,
-                      void *out, int out_i32, int cout, int ho, int wo,
-                      int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int groups,
-                      int32_t out_zp, int32_t act_min, int32_t act_max)
+/* Convolution (and Linear: a 1x1 convolution of a cin x 1 x 1 map) over the output window ow,
+ * with per-channel requantization; in holds window iw of the input, out window ob of the output. */
+static void sk_conv2d(const sk_conv_params *p, const int8_t *in, sk_window iw, void *out, int out_i32,
+                      sk_window ob, sk_window ow)
 {
-    const int cin_g = cin / groups;
-    const int cout_g = cout / groups;
-    const size_t plane_out = (size_t)ho * wo;
-    for (int oc = 0; oc < cout; ++oc) {
+    const int cin_g = p->cin / p->groups;
+    const int cout_g = p->cout / p->groups;
+    const size_t in_plane = (size_t)iw.h * iw.w;
+    const size_t out_plane = (size_t)ob.h * ob.w;
+    for (int oc = 0; oc < p->cout; ++oc) {
         const int g = oc / cout_g;
-        void *dst = out_i32 ? (void *)((int32_t *)out + oc * plane_out) : (void *)((int8_t *)out + oc * plane_out);
-        sk_conv_plane(in + (size_t)g * cin_g * h * w, cin_g, h, w, in_zp, wt + (size_t)oc * cin_g * kh * kw,
-                      bias[oc], m0[oc], shift[oc], dst, out_i32, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw,
-                      out_zp, act_min, act_max);
+        void *dst = out_i32 ? (void *)((int32_t *)out + oc * out_plane) : (void *)((int8_t *)out + oc * out_plane);
+        sk_conv_plane(p, oc, in + (size_t)g * cin_g * in_plane, iw, cin_g, dst, out_i32, ob, ow);
     }
 }
 #endif
 
 #ifdef SK_WITH_DEPTHWISE_IN_PLACE
-/* Depthwise convolution over its own input: channel c is computed into tmp (ho x wo bytes) and
- * copied to where output channel c belongs; with ho*wo <= h*w that only overwrites input
- * channels <= c, which no later channel reads (TinyEngine's in-place depthwise). */
-static void sk_depthwise_in_place(int8_t *buf, int c, int h, int w, int32_t in_zp,
-                                  const int8_t *wt, const int32_t *bias, const int32_t *m0, const int32_t *shift,
-                                  int8_t *tmp, int ho, int wo, int kh, int kw, int sh, int sw, int ph, int pw,
-                                  int dh, int dw, int32_t out_zp, int32_t act_min, int32_t act_max)
+/* Depthwise convolution of whole maps over its own input: channel c is computed into tmp (one
+ * output plane) and copied to where output channel c belongs; with an output plane no larger than
+ * an input plane that only overwrites input channels <= c, which no later channel reads
+ * (TinyEngine's in-place depthwise). */
+static void sk_depthwise_in_place(const sk_conv_params *p, int8_t *buf, int8_t *tmp)
 {
-    const size_t plane_out = (size_t)ho * wo;
-    for (int ch = 0; ch < c; ++ch) {
-        sk_conv_plane(buf + (size_t)ch * h * w, 1, h, w, in_zp, wt + (size_t)ch * kh * kw, bias[ch], m0[ch],
-                      shift[ch], tmp, 0, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, out_zp, act_min, act_max);
-        memmove(buf + ch * plane_out, tmp, plane_out);
+    const sk_window iw = {0, 0, p->in_h, p->in_w};
+    const sk_window ow = {0, 0, p->out_h, p->out_w};
+    const size_t in_plane = (size_t)p->in_h * p->in_w;
+    const size_t out_plane = (size_t)p->out_h * p->out_w;
+    for (int ch = 0; ch < p->cout; ++ch) {
+        sk_conv_plane(p, ch, buf + ch * in_plane, iw, 1, tmp, 0, ow, ow);
+        memmove(buf + ch * out_plane, tmp, out_plane);
     }
 }
 #endif
 
+typedef struct {
+    int16_t c, kh, kw, sh, sw, ph, pw, in_h, in_w;
+    int32_t in_zp, m0, shift, out_zp; /* average pooling: the window sum's scale to the output */
+} sk_pool_params;
+
 #ifdef SK_WITH_MAXPOOL
-static void sk_maxpool2d(const int8_t *in, int c, int h, int w, int8_t *out, int ho, int wo,
-                         int kh, int kw, int sh, int sw, int ph, int pw)
+static void sk_maxpool2d(const sk_pool_params *p, const int8_t *in, sk_window iw, int8_t *out, sk_window ob,
+                         sk_window ow)
 {
-    for (int ch = 0; ch < c; ++ch) {
-        const int8_t *plane = in + (size_t)ch * h * w;
-        for (int oy = 0; oy < ho; ++oy) {
-            for (int ox = 0; ox < wo; ++ox) {
+    for (int ch = 0; ch < p->c; ++ch) {
+        for (int oy = ow.y0; oy < ow.y0 + ow.h; ++oy) {
+            for (int ox = ow.x0; ox < ow.x0 + ow.w; ++ox) {
                 int32_t best = -128;
                 int any = 0;
-                for (int ky = 0; ky < kh; ++ky) {
-                    const int iy = oy * sh - ph + ky;
-                    for (int kx = 0; kx < kw; ++kx) {
-                        const int ix = ox * sw - pw + kx;
-                        if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
+                for (int ky = 0; ky < p->kh; ++ky) {
+                    const int iy = oy * p->sh - p->ph + ky;
+                    for (int kx = 0; kx < p->kw; ++kx) {
+                        const int ix = ox * p->sw - p->pw + kx;
+                        if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
                             continue;
                         }
-                        if (!any || plane[iy * w + ix] > best) {
-                            best = plane[iy * w + ix];
+                        const int8_t v = in[sk_at(iw, ch, iy, ix)];
+                        if (!any || v > best) {
+                            best = v;
                             any = 1;
                         }
                     }
                 }
-                out[((size_t)ch * ho + oy) * wo + ox] = (int8_t)best;
+                out[sk_at(ob, ch, oy, ox)] = (int8_t)best;
             }
         }
     }
@@ -164,60 +184,94 @@ static void sk_maxpool2d(const int8_t *in, int c, int h, int w, int8_t *out, int
 
 #ifdef SK_WITH_AVGPOOL
 /* Average pooling without padding: the window's sum of (x - zp) scaled by s_in / (s_out * count). */
-static void sk_avgpool2d(const int8_t *in, int c, int h, int w, int32_t in_zp, int8_t *out, int ho, int wo,
-                         int kh, int kw, int sh, int sw, int32_t m0, int32_t shift, int32_t out_zp)
+static void sk_avgpool2d(const sk_pool_params *p, const int8_t *in, sk_window iw, int8_t *out, sk_window ob,
+                         sk_window ow)
 {
-    for (int ch = 0; ch < c; ++ch) {
-        const int8_t *plane = in + (size_t)ch * h * w;
-        for (int oy = 0; oy < ho; ++oy) {
-            for (int ox = 0; ox < wo; ++ox) {
+    for (int ch = 0; ch < p->c; ++ch) {
+        for (int oy = ow.y0; oy < ow.y0 + ow.h; ++oy) {
+            for (int ox = ow.x0; ox < ow.x0 + ow.w; ++ox) {
                 int32_t sum = 0;
-                for (int ky = 0; ky < kh; ++ky) {
-                    for (int kx = 0; kx < kw; ++kx) {
-                        sum += (int32_t)plane[(oy * sh + ky) * w + ox * sw + kx] - in_zp;
+                for (int ky = 0; ky < p->kh; ++ky) {
+                    for (int kx = 0; kx < p->kw; ++kx) {
+                        sum += (int32_t)in[sk_at(iw, ch, oy * p->sh + ky, ox * p->sw + kx)] - p->in_zp;
                     }
                 }
-                out[((size_t)ch * ho + oy) * wo + ox] =
-                    (int8_t)sk_clamp(sk_requantize(sum, m0, shift) + out_zp, -128, 127);
+                out[sk_at(ob, ch, oy, ox)] = (int8_t)sk_clamp(sk_requantize(sum, p->m0, p->shift) + p->out_zp, -128, 127);
             }
         }
     }
 }
 #endif
 
+typedef struct {
+    int32_t a_zp, a_m0, a_shift, b_zp, b_m0, b_shift, m0, shift, out_zp, act_min, act_max;
+} sk_add_params;
+
+/* a + b with their own scales (TFLite's scheme: both inputs shifted left 20 bits, scaled to twice
+ * the larger input scale, summed, then scaled to the output) */
+static inline int8_t sk_add_one(const sk_add_params *p, int8_t a, int8_t b)
+{
+    const int32_t sa = sk_requantize(((int32_t)a - p->a_zp) * (1 << 20), p->a_m0, p->a_shift);
+    const int32_t sb = sk_requantize(((int32_t)b - p->b_zp) * (1 << 20), p->b_m0, p->b_shift);
+    return (int8_t)sk_clamp(sk_requantize(sa + sb, p->m0, p->shift) + p->out_zp, p->act_min, p->act_max);
+}
+
+typedef struct {
+    int32_t in_zp, m0, shift, out_zp, act_min, act_max; /* a clamp alone (ReLU): m0 = 0 */
+} sk_map_params;
+
+/* A new scale and zero point for the same real values, then the clamp; or the clamp alone. */
+static inline int8_t sk_map_one(const sk_map_params *p, int8_t x)
+{
+    const int32_t v = p->m0 ? sk_requantize((int32_t)x - p->in_zp, p->m0, p->shift) + p->out_zp : x;
+    return (int8_t)sk_clamp(v, p->act_min, p->act_max);
+}
+
 #ifdef SK_WITH_ADD
-/* a + b with their own scales (TFLite's scheme: both inputs shifted left 20 bits, scaled to
- * twice the larger input scale, summed, then scaled to the output). Element by element, so
- * out may be a or b. */
-static void sk_add(const int8_t *a, int32_t a_zp, int32_t a_m0, int32_t a_shift,
-                   const int8_t *b, int32_t b_zp, int32_t b_m0, int32_t b_shift,
-                   int8_t *out, size_t n, int32_t m0, int32_t shift, int32_t out_zp, int32_t act_min, int32_t act_max)
+/* Whole maps, element by element: out may be a or b. */
+static void sk_add(const sk_add_params *p, const int8_t *a, const int8_t *b, int8_t *out, size_t n)
 {
     for (size_t i = 0; i < n; ++i) {
-        const int32_t sa = sk_requantize(((int32_t)a[i] - a_zp) * (1 << 20), a_m0, a_shift);
-        const int32_t sb = sk_requantize(((int32_t)b[i] - b_zp) * (1 << 20), b_m0, b_shift);
-        out[i] = (int8_t)sk_clamp(sk_requantize(sa + sb, m0, shift) + out_zp, act_min, act_max);
+        out[i] = sk_add_one(p, a[i], b[i]);
     }
 }
 #endif
 
-#ifdef SK_WITH_REQUANTIZE
-/* A new scale and zero point for the same real values (element by element; out may be in). */
-static void sk_requantize_tensor(const int8_t *in, int32_t in_zp, int8_t *out, size_t n,
-                                 int32_t m0, int32_t shift, int32_t out_zp, int32_t act_min, int32_t act_max)
+#ifdef SK_WITH_ADD_WINDOW
+/* Over window ow of c channels, each buffer indexed by its own window. */
+static void sk_add_window(const sk_add_params *p, int c, const int8_t *a, sk_window aw, const int8_t *b,
+                          sk_window bw, int8_t *out, sk_window ob, sk_window ow)
 {
-    for (size_t i = 0; i < n; ++i) {
-        out[i] = (int8_t)sk_clamp(sk_requantize((int32_t)in[i] - in_zp, m0, shift) + out_zp, act_min, act_max);
+    for (int ch = 0; ch < c; ++ch) {
+        for (int y = ow.y0; y < ow.y0 + ow.h; ++y) {
+            for (int x = ow.x0; x < ow.x0 + ow.w; ++x) {
+                out[sk_at(ob, ch, y, x)] = sk_add_one(p, a[sk_at(aw, ch, y, x)], b[sk_at(bw, ch, y, x)]);
+            }
+        }
     }
 }
 #endif
 
-#ifdef SK_WITH_CLAMP
-/* ReLU / ReLU6 as a clamp of the codes (out may be in). */
-static void sk_clamp_tensor(const int8_t *in, int8_t *out, size_t n, int32_t lo, int32_t hi)
+#ifdef SK_WITH_MAP
+/* Whole maps, element by element: out may be in. */
+static void sk_map(const sk_map_params *p, const int8_t *in, int8_t *out, size_t n)
 {
     for (size_t i = 0; i < n; ++i) {
-        out[i] = (int8_t)sk_clamp(in[i], lo, hi);
+        out[i] = sk_map_one(p, in[i]);
+    }
+}
+#endif
+
+#ifdef SK_WITH_MAP_WINDOW
+static void sk_map_window(const sk_map_params *p, int c, const int8_t *in, sk_window iw, int8_t *out, sk_window ob,
+                          sk_window ow)
+{
+    for (int ch = 0; ch < c; ++ch) {
+        for (int y = ow.y0; y < ow.y0 + ow.h; ++y) {
+            for (int x = ow.x0; x < ow.x0 + ow.w; ++x) {
+                out[sk_at(ob, ch, y, x)] = sk_map_one(p, in[sk_at(iw, ch, y, x)]);
+            }
+        }
     }
 }
 #endif

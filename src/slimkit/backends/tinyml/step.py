@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from slimkit.core.config import Config
 from slimkit.core.errors import SlimkitError
 from slimkit.core.step import StepResult, register_step
 from slimkit.tasks.context import Context
+
+
+class PatchConfig(Config):
+    ops: int = Field(ge=1, description="how many of the first ops run patch by patch")
+    grid: int = Field(ge=1, le=32, description="tiles per side of the stage's output map")
 
 
 class TinyMLConfig(Config):
@@ -28,6 +35,9 @@ class TinyMLConfig(Config):
                                                             "read only by a global pooling)")
     in_place: bool = Field(True, description="let ReLU, requantize, add and depthwise conv write over their input "
                                              "(smaller arena)")
+    patch: Literal["off", "auto"] | PatchConfig = Field(
+        "off", description="run the first layers patch by patch (MCUNetV2): 'auto' takes the stage and grid with "
+                           "the smallest arena, {ops, grid} a given one; smaller SRAM for recomputed halos (MACs)")
     require_fit: str | None = Field(None, description="a target the model must fit (e.g. cortex-m4-256k); the "
                                                       "step fails with what overflows otherwise")
     check_rows: int | None = Field(None, ge=1, description="test rows run through the C (default: all)")
@@ -61,6 +71,7 @@ def tinyml(model: nn.Module, cfg: TinyMLConfig, ctx: Context) -> StepResult:
     from slimkit.backends.tinyml import build
     from slimkit.backends.tinyml.codegen import write_sources
     from slimkit.backends.tinyml.graph import lower
+    from slimkit.backends.tinyml.patch import choose_patching, patch_graph
     from slimkit.backends.tinyml.planner import plan_memory
     from slimkit.backends.tinyml.reference import dequantize_output, quantize_input, run_reference
     from slimkit.backends.tinyml.report import TARGETS, footprint
@@ -71,6 +82,20 @@ def tinyml(model: nn.Module, cfg: TinyMLConfig, ctx: Context) -> StepResult:
     model = model.cpu().eval()
     rows = torch.cat([b[0] for b in calibration_batches(ctx.data.train, cfg.calibration_samples, 256, ctx.seed)])
     graph = lower(model, rows[:1], calibration=rows)
+    whole_arena = plan_memory(graph, in_place=cfg.in_place).peak
+    patching: dict = {"mode": "off"}
+    if cfg.patch == "auto":
+        choice = choose_patching(graph, in_place=cfg.in_place)
+        patching = {"mode": "auto", "candidates": len(choice.tried) if choice else 0}
+        if choice is not None:
+            graph = choice.graph
+    elif isinstance(cfg.patch, PatchConfig):
+        graph = patch_graph(graph, cfg.patch.ops, cfg.patch.grid)
+        patching = {"mode": "given"}
+    if graph.ops[0].kind == "patch_stage":
+        stage = graph.ops[0].attrs
+        patching.update(ops=len(stage["ops"]), grid=stage["grid"], scratch_bytes=stage["scratch_bytes"],
+                        executed_macs=stage["executed_macs"] + sum(op.macs(graph.tensors) for op in graph.ops[1:]))
     plan = plan_memory(graph, in_place=cfg.in_place)
     folder = ctx.out_dir / "c"
     write_sources(graph, plan, folder, cfg.name)
@@ -102,6 +127,7 @@ def tinyml(model: nn.Module, cfg: TinyMLConfig, ctx: Context) -> StepResult:
         "files": [str(p.relative_to(ctx.out_dir)) for p in build.source_files(folder, cfg.name)],
         "test_rows": n, "bit_exact_rows": n, "c_quality": c_quality, "int8_eager_quality": eager_quality,
         **fp.to_dict(), "arena_high_water": ran.high_water, "naive_arena_bytes": plan.naive,
+        "whole_map_arena_bytes": whole_arena, "patch": patching,
         "in_place_ops": len(plan.in_place), "ops": len(graph.ops),
         "no_float_check": no_float or "passed (compiled with -mgeneral-regs-only)",
         "arm": arm if isinstance(arm, str) else {"text": arm.text, "data": arm.data, "bss": arm.bss,
