@@ -245,3 +245,88 @@ def test_fit_report_names_what_overflows():
     assert not verdict["fits"] and verdict["sram_over"] == 70_000 - 65_536 and verdict["flash_over"] == 300_000 - 262_144
     assert "SRAM over by 4,464 B" in verdict["why"] and "flash over by 37,856 B" in verdict["why"]
     assert fp.fit(TARGETS["cortex-m7-320k"])["fits"]
+
+
+def test_training_memory_counts_what_each_mode_keeps():
+    from slimkit.backends.tinyml.ondevice import training_memory
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    x = torch.randn(64, 20)
+    q, _ = quantize_static(net.eval(), [(x,)])
+    graph = lower(q, x[:1])
+    last = training_memory(graph, q, "last", "sgd")
+    # the last layer's weights and bias as float32 masters and gradients; its int8 input kept; the
+    # output gradient (int32 logits -> 5 floats) is all that is live going back
+    assert last.trained_params == 30 * 5 + 5 and last.param_bytes == 4 * 155 * 2
+    assert last.saved_bytes == 30 and last.gradient_bytes == 4 * 5
+    bias = training_memory(graph, q, "bias", "sgd-momentum")
+    # both biases, with momentum; nothing kept but the ReLU's mask (30 bits); gradients of the
+    # output and of the hidden layer live together when going back through the last layer
+    assert bias.trained_params == 35 and bias.param_bytes == 4 * 35 * 3
+    assert bias.saved_bytes == 4 and bias.gradient_bytes == 4 * (5 + 30)
+    full = training_memory(graph, q, "full", "adam")
+    assert full.saved_bytes == 20 + 30 + 4 and full.param_bytes == 4 * (20 * 30 + 30 + 155) * 4
+    for m in (last, bias, full):
+        assert m.total_bytes == m.param_bytes + max(m.arena_bytes + m.saved_bytes, m.saved_bytes + m.gradient_bytes)
+    assert max(last.total_bytes, bias.total_bytes) < full.total_bytes
+    with pytest.raises(ValueError, match="unknown on-device training mode"):
+        training_memory(graph, q, "weights", "sgd")
+
+
+def test_on_device_training_adapts_to_a_shifted_domain_changing_only_its_parameters(digits_int8):
+    import copy
+
+    from slimkit.api.verbs import user_context
+    from slimkit.backends.tinyml.ondevice import train_on_device
+    from slimkit.data.mnist import load_mnist_as_digits
+    from slimkit.techniques.quantization.ptq import quantized_layers
+    from slimkit.train.config import TrainConfig
+
+    q, _ = digits_int8
+    mnist = load_mnist_as_digits()  # other writers, resized to digits' 8x8: a domain shift
+    few = torch.cat([torch.nonzero(mnist.train.targets == c).flatten()[:10] for c in range(10)])
+    data = [(mnist.train.inputs[0][few], mnist.train.targets[few])]
+
+    def accuracy(model):
+        with torch.no_grad():
+            return float((model(mnist.test.inputs[0]).argmax(1) == mnist.test.targets).float().mean())
+
+    before = accuracy(q)
+    cfg = TrainConfig(epochs=30, batch_size=8, lr=0.01, optimizer="sgd", keep_best=False)
+    results = {}
+    for mode in ("bias", "bias+last"):
+        tuned = copy.deepcopy(q)
+        train_on_device(tuned, user_context(tuned, data), mode, cfg)
+        results[mode] = accuracy(tuned)
+        old, new = quantized_layers(q), quantized_layers(tuned)
+        names = list(old)
+        for name in names:
+            same_codes = torch.equal(old[name].weight_int8, new[name].weight_int8)
+            assert same_codes == (mode == "bias" or name != names[-1]), (mode, name)  # only the last layer's weights
+            assert not torch.equal(old[name].bias, new[name].bias)  # every bias trained
+        assert not any(p.requires_grad for p in tuned.parameters())
+        graph = lower(tuned, mnist.test.inputs[0][:1])  # still an int8 model the C generator takes
+        codes = quantize_input(graph, mnist.test.inputs[0][:50])
+        assert run_reference(graph, codes).shape == (50, 10)
+    assert results["bias"] > before + 0.03 and results["bias+last"] > before + 0.15, (before, results)
+
+
+def test_on_device_train_step_chooses_within_the_budget(tmp_path):
+    from slimkit.backends.tinyml.step import OnDeviceTrainConfig
+    from slimkit.core.errors import SlimkitError
+    from slimkit.recipes.runner import run_recipe
+
+    with pytest.raises(ValueError, match="give budget_bytes"):
+        OnDeviceTrainConfig(mode="auto")
+    recipe = {"task": "digits-cnn", "seed": 0, "baseline": {"train": {"epochs": 2}},
+              "measure": {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False},
+              "steps": [{"quantize": {"weight_range": "int8", "calibration_samples": 128}},
+                        {"on_device_train": {"budget_bytes": 30_000, "finetune": {"epochs": 1}}}]}
+    info = run_recipe(recipe, tmp_path / "run").results["steps"][-1]["info"]
+    fitting = [m for m, v in info["memory"].items() if v["total_bytes"] <= 30_000]
+    assert info["mode"] in fitting and info["sram_bytes"] <= 30_000
+    assert info["memory"][info["mode"]]["trained_params"] == max(info["memory"][m]["trained_params"] for m in fitting)
+    recipe["steps"][1] = {"on_device_train": {"budget_bytes": 1_000, "finetune": {"epochs": 1}}}
+    with pytest.raises(SlimkitError, match="no mode fits budget_bytes=1,000"):
+        run_recipe(recipe, tmp_path / "small")

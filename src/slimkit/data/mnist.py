@@ -22,3 +22,20 @@ def load_mnist_splits(image: bool) -> DataSplits:
     x = ((x / 255.0 - MEAN) / STD).astype(np.float32)
     x = x.reshape(-1, 1, 28, 28) if image else x.reshape(len(x), -1)
     return stratified_split(x, y.astype(np.int64), val=0.1, test=0.1, seed=DATA_SEED)
+
+
+def load_mnist_as_digits() -> DataSplits:
+    """The same MNIST rows resized (area averaging) to scikit-learn digits' 8x8 in [0, 1]: the
+    ``digits-cnn`` input format with other writers, scanners and stroke widths, a domain shift for
+    transfer experiments (on-device learning). Splits as ``load_mnist_splits``."""
+    import torch.nn.functional as F
+
+    from slimkit.data.base import Split
+
+    splits = load_mnist_splits(image=True)
+
+    def shrink(s: Split) -> Split:
+        x = F.interpolate(s.inputs[0] * STD + MEAN, size=(8, 8), mode="area").clamp(0, 1)
+        return Split((x.contiguous(),), s.targets)
+
+    return DataSplits(*(shrink(s) for s in (splits.train, splits.val, splits.test)))

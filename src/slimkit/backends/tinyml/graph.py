@@ -427,7 +427,8 @@ class _Lowering:
             scale, zp = self._params_for(node, f"{where} (its output quantizer is off)")
             dtype = "int8"
         m0, shift = quantize_multipliers(acc_scale / scale)
-        attrs.update(multiplier=m0, shift=shift)
+        attrs.update(multiplier=m0, shift=shift,
+                     activation=None if layer.activation is None else type(layer.activation).__name__)
         if dtype == "int8":
             attrs["act_min"], attrs["act_max"] = _clamp_for(layer.activation, scale, zp, where)
         elif layer.activation is not None:

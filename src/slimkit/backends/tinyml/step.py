@@ -15,12 +15,13 @@ import torch
 import torch.nn as nn
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from slimkit.core.config import Config
 from slimkit.core.errors import SlimkitError
 from slimkit.core.step import StepResult, register_step
 from slimkit.tasks.context import Context
+from slimkit.train.config import TrainConfig, TrainingStepConfig
 
 
 class PatchConfig(Config):
@@ -135,3 +136,52 @@ def tinyml(model: nn.Module, cfg: TinyMLConfig, ctx: Context) -> StepResult:
         "sanitized": cfg.sanitize,
     }
     return StepResult(model, info)
+
+
+class OnDeviceTrainConfig(TrainingStepConfig):
+    mode: Literal["auto", "bias", "last", "bias+last", "full"] = Field(
+        "auto", description="what trains on the device (TinyTL): biases, the last layer, both, or every weight; "
+                            "auto: the mode with the most trained parameters whose SRAM fits budget_bytes")
+    budget_bytes: int | None = Field(None, ge=1, description="SRAM one training step may use (arena, what the "
+                                                             "backward pass needs, trained parameters' state)")
+    finetune: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, batch_size=8, lr=0.01,
+                                                                      optimizer="sgd", keep_best=False),
+                                  description="training settings (SGD with momentum by default, as on a device)")
+
+    @model_validator(mode="after")
+    def _auto_needs_budget(self) -> "OnDeviceTrainConfig":
+        if self.mode == "auto" and self.budget_bytes is None:
+            raise ValueError("mode 'auto' chooses within budget_bytes: give budget_bytes or a mode")
+        return self
+
+
+def _optimizer_name(cfg: TrainConfig) -> str:
+    return "sgd-momentum" if cfg.optimizer == "sgd" and cfg.momentum > 0 else cfg.optimizer
+
+
+@register_step("on_device_train", config=OnDeviceTrainConfig)
+def on_device_train(model: nn.Module, cfg: OnDeviceTrainConfig, ctx: Context) -> StepResult:
+    """Fine-tune an int8 model as a microcontroller could (TinyTL): only biases and/or the last layer, within an SRAM budget."""
+    from slimkit.backends.tinyml.graph import lower
+    from slimkit.backends.tinyml.ondevice import MODES, train_on_device, training_memory
+
+    model = model.cpu()
+    rows = ctx.data.train.inputs[0][:1].cpu()
+    graph = lower(model.eval(), rows, calibration=ctx.data.train.inputs[0][:256].cpu())
+    optimizer = _optimizer_name(cfg.finetune)
+    memory = {m: training_memory(graph, model, m, optimizer) for m in MODES}
+    if cfg.mode == "auto":
+        fitting = [m for m in MODES if memory[m].total_bytes <= cfg.budget_bytes]
+        if not fitting:
+            need = min(memory.values(), key=lambda m: m.total_bytes)
+            raise SlimkitError(f"on_device_train: no mode fits budget_bytes={cfg.budget_bytes:,}; the smallest, "
+                               f"{need.mode!r}, needs {need.total_bytes:,} B")
+        mode = max(fitting, key=lambda m: memory[m].trained_params)
+    else:
+        mode = cfg.mode
+        if cfg.budget_bytes is not None and memory[mode].total_bytes > cfg.budget_bytes:
+            raise SlimkitError(f"on_device_train: mode {mode!r} needs {memory[mode].total_bytes:,} B of SRAM, over "
+                               f"budget_bytes={cfg.budget_bytes:,}")
+    model, fit = train_on_device(model, ctx, mode, cfg.finetune)
+    return StepResult(model, {"mode": mode, "sram_bytes": memory[mode].total_bytes, **fit,
+                              "memory": {m: v.to_dict() for m, v in memory.items()}})
