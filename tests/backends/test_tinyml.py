@@ -21,7 +21,9 @@ from slimkit.techniques.quantization.ptq import quantize_static
 pytestmark = pytest.mark.skipif(build.host_compiler() is None, reason="no C compiler on PATH")
 
 
-def _c_outputs(graph, codes, folder, *, sanitize=True, in_place=True):
+def _c_outputs(graph, codes, folder, *, sanitize=None, in_place=True):
+    """The compiled C's outputs (under ASan/UBSan where the host compiler has them) and the plan."""
+    sanitize = build.sanitizers_available() if sanitize is None else sanitize
     plan = plan_memory(graph, in_place=in_place)
     write_sources(graph, plan, folder, "m")
     return build.run_harness(build.compile_harness(folder, "m", sanitize=sanitize), graph, codes, high_water=True), plan

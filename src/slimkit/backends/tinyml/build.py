@@ -8,6 +8,7 @@ reason a check did not run, never as a pass.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -45,11 +46,27 @@ def _cc() -> str:
     return cc
 
 
+@functools.cache
+def sanitizers_available() -> bool:
+    """Whether the host compiler links programs with AddressSanitizer and UBSan (libasan, libubsan)."""
+    import tempfile
+
+    if host_compiler() is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "t.c").write_text("int main(void) { return 0; }\n")
+        proc = subprocess.run([_cc(), "-fsanitize=address,undefined", "-o", "t", "t.c"], cwd=tmp, capture_output=True)
+        return proc.returncode == 0 and subprocess.run([str(Path(tmp) / "t")], capture_output=True).returncode == 0
+
+
 def compile_harness(folder: Path, name: str, *, sanitize: bool = False, guard_bytes: int = 4096) -> Path:
     """The host harness executable (``harness.c`` + the model), with ``guard_bytes`` of arena
     beyond the plan so that the high-water measurement sees a plan overrun; ``sanitize``:
     AddressSanitizer and UndefinedBehaviorSanitizer (signed overflow, misaligned or
     out-of-bounds accesses abort the run)."""
+    if sanitize and not sanitizers_available():
+        raise BackendUnavailableError("tinyml: the host compiler cannot build with -fsanitize=address,undefined "
+                                      "(Debian: the gcc package's libasan and libubsan)")
     exe = folder / ("harness-san" if sanitize else "harness")
     flags = C_FLAGS + [f"-DSLIMKIT_ARENA_EXTRA={guard_bytes}"]
     if sanitize:

@@ -127,7 +127,7 @@ def tinyml(model: nn.Module, cfg: TinyMLConfig, ctx: Context) -> StepResult:
     info = {
         "files": [str(p.relative_to(ctx.out_dir)) for p in build.source_files(folder, cfg.name)],
         "test_rows": n, "bit_exact_rows": n, "c_quality": c_quality, "int8_eager_quality": eager_quality,
-        **fp.to_dict(), "arena_high_water": ran.high_water, "naive_arena_bytes": plan.naive,
+        **fp.to_dict(), "constant_bytes": graph.const_bytes(), "arena_high_water": ran.high_water, "naive_arena_bytes": plan.naive,
         "whole_map_arena_bytes": whole_arena, "patch": patching,
         "in_place_ops": len(plan.in_place), "ops": len(graph.ops),
         "no_float_check": no_float or "passed (compiled with -mgeneral-regs-only)",
