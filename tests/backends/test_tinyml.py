@@ -332,3 +332,29 @@ def test_on_device_train_step_chooses_within_the_budget(tmp_path):
     recipe["steps"][1] = {"on_device_train": {"budget_bytes": 1_000, "finetune": {"epochs": 1}}}
     with pytest.raises(SlimkitError, match="no mode fits budget_bytes=1,000"):
         run_recipe(recipe, tmp_path / "small")
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet_v2"])
+def test_transformers_cnns_that_fx_cannot_trace_go_through_torch_export(name, tmp_path):
+    pytest.importorskip("transformers")
+    from slimkit.zoo.thirdparty import FAMILIES
+
+    family = FAMILIES[name]
+    net, x = family.build(10), family.example(16)
+    q, _ = quantize_static(net, [(x,)], weight_max=127)
+    graph = lower(q, x[:1], calibration=x)  # HF code branches on shapes: traced by torch.export
+    kinds = {op.kind for op in graph.ops}
+    assert {"conv", "add"} <= kinds and "linear" in kinds
+    codes = quantize_input(graph, x)
+    reference = run_reference(graph, codes)
+    with torch.no_grad():
+        fake_quant = q(x)
+    assert (dequantize_output(graph, reference) - fake_quant).abs().max() <= 0.1 * fake_quant.abs().max()
+    ran, _ = _c_outputs(graph, codes, tmp_path / "whole", sanitize=False)
+    assert np.array_equal(ran.outputs, reference)
+    if name == "mobilenet_v2":  # TF-style asymmetric padding folded into the convs, standalone ReLU6 clamps
+        assert any(op.attrs.get("padding_end", op.attrs.get("padding")) != op.attrs.get("padding")
+                   for op in graph.ops if op.kind == "conv") and "relu" in kinds
+        choice = choose_patching(graph)
+        ran, plan = _c_outputs(choice.graph, codes, tmp_path / "patched", sanitize=False)
+        assert np.array_equal(ran.outputs, reference) and plan.peak < plan_memory(graph).peak

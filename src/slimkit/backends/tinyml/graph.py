@@ -108,7 +108,59 @@ class IntGraph:
 
 # --- lowering ----------------------------------------------------------------------------------
 
+def _aten(name: str, overload: str = "default"):
+    return getattr(getattr(torch.ops.aten, name), overload)
+
+
 _ALIAS_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+# ATen ops of an exported graph that keep the bytes in CHW order (batch 1)
+_ATEN_ALIASES = {_aten("view"), _aten("reshape"), _aten("_unsafe_view"), _aten("flatten", "using_ints"),
+                 _aten("clone"), _aten("contiguous"), _aten("alias"), _aten("detach"), _aten("dropout"),
+                 _aten("dropout_")}
+_ATEN_ADDS = {_aten("add", "Tensor"), _aten("add_", "Tensor")}
+
+# torch.export inlines modules; for a model fx cannot trace, each quantized layer is exported as one
+# call of this op (its index into _EXPORTED), so the graph keeps the layers whole
+_EXPORTED: dict[int, nn.Module] = {}
+
+
+@torch.library.custom_op("slimkit_tinyml::layer", mutates_args=())
+def _layer_op(x: torch.Tensor, index: int) -> torch.Tensor:
+    layer = _EXPORTED[index]
+    return type(layer).forward(layer, x).clone()
+
+
+@_layer_op.register_fake
+def _(x: torch.Tensor, index: int) -> torch.Tensor:
+    layer = _EXPORTED[index]
+    return type(layer).forward(layer, x)
+
+
+_LAYER_OP = torch.ops.slimkit_tinyml.layer.default
+
+
+def _exported(model: nn.Module, example: torch.Tensor, fx_error: Exception) -> fx.GraphModule:
+    """``model``'s graph from torch.export (batch dimension dynamic), each quantized layer one
+    ``slimkit_tinyml::layer`` call; the reason in one line when that fails too."""
+    from slimkit.techniques.quantization.ptq import quantized_layers
+
+    layers = list(quantized_layers(model).values())
+    start = max(_EXPORTED, default=-1) + 1
+    for i, layer in enumerate(layers):
+        _EXPORTED[start + i] = layer
+        layer.forward = (lambda index: (lambda x: _LAYER_OP(x, index)))(start + i)
+    try:
+        x = example[:1].repeat(2, *([1] * (example.dim() - 1)))
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    except Exception as err:  # noqa: BLE001 - both tracers failed: say why, in their words
+        raise UnsupportedModelError(
+            f"tinyml: neither torch.fx ({type(fx_error).__name__}: {str(fx_error).splitlines()[0][:120]}) nor "
+            f"torch.export ({type(err).__name__}: {str(err).strip().splitlines()[0][:120]}) can trace the model; the "
+            f"C generator needs its graph") from err
+    finally:
+        for layer in layers:
+            del layer.forward
+    return program.module()
 _ALIAS_FUNCTIONS = {torch.flatten, torch.reshape, F.dropout}
 _ALIAS_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _ADD = {operator.add, torch.add, operator.iadd}
@@ -149,12 +201,13 @@ class _Lowering:
 
         from slimkit.techniques.quantization.ptq import _QuantTracer
 
+        from slimkit.techniques.quantization.ptq import quantized_layers
+
+        self.layer_names = {id(m): n for n, m in quantized_layers(model).items()}
         try:
-            graph = _QuantTracer().trace(model)
-        except Exception as err:  # noqa: BLE001 - say why, with the tracer's words
-            raise UnsupportedModelError(f"tinyml: torch.fx cannot trace the model ({type(err).__name__}: "
-                                        f"{str(err).splitlines()[0][:200]}); the C generator needs its graph") from err
-        self.gm = fx.GraphModule(model, graph)
+            self.gm = fx.GraphModule(model, _QuantTracer().trace(model))
+        except Exception as err:  # noqa: BLE001 - third-party code fx cannot trace: torch.export traces it
+            self.gm = _exported(model, example, err)
         ShapeProp(self.gm).propagate(example[:1])
         self.modules = dict(model.named_modules())
         self.tensors: dict[str, QTensor] = {}
@@ -162,6 +215,7 @@ class _Lowering:
         self.env: dict[fx.Node, str] = {}  # node -> tensor name
         self.output_nodes = self._output_nodes()
         self.calibration = calibration
+        self.pads: dict[fx.Node, tuple[int, int, int, int]] = {}  # zero paddings, folded into the conv reading them
         self._ranges: dict[fx.Node, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _observed(self, node: fx.Node) -> tuple[float, int] | None:
@@ -181,6 +235,9 @@ class _Lowering:
     def _output_nodes(self) -> set[fx.Node]:
         outs = [n for n in self.gm.graph.nodes if n.op == "output"]
         value = outs[0].args[0]
+        if isinstance(value, dict):
+            raise UnsupportedModelError(f"tinyml: the model returns a dict ({', '.join(map(str, value))}); one tensor "
+                                        f"is supported")
         if isinstance(value, (tuple, list)):
             if len(value) != 1:
                 raise UnsupportedModelError(f"tinyml: the model returns {len(value)} values; one is supported")
@@ -194,6 +251,8 @@ class _Lowering:
     def _quant_layer(self, node: fx.Node):
         from slimkit.techniques.quantization.modules import _QuantLayer
 
+        if node.op == "call_function" and node.target is _LAYER_OP:
+            return _EXPORTED[node.args[1]]
         m = self.modules.get(node.target) if node.op == "call_module" else None
         return m if isinstance(m, _QuantLayer) else None
 
@@ -201,7 +260,7 @@ class _Lowering:
         if node.op == "call_module":
             return isinstance(self.modules.get(node.target), _ALIAS_MODULES)
         if node.op == "call_function":
-            return node.target in _ALIAS_FUNCTIONS
+            return node.target in _ALIAS_FUNCTIONS or node.target in _ATEN_ALIASES
         return node.op == "call_method" and node.target in _ALIAS_METHODS
 
     def _keeps_values(self, node: fx.Node) -> bool:
@@ -237,7 +296,12 @@ class _Lowering:
         return name
 
     def _where(self, node: fx.Node) -> str:
-        return f"{node.target}" if node.op == "call_module" else f"{node.op} {getattr(node.target, '__name__', node.target)}"
+        layer = self._quant_layer(node)
+        if layer is not None:
+            return self.layer_names.get(id(layer), node.name)
+        if node.op == "call_module":
+            return f"{node.target}"
+        return f"{node.op} {getattr(node.target, '__name__', node.target)} ({node.name})"
 
     def _params_for(self, node: fx.Node, what: str) -> tuple[float, int]:
         params = self._consumer_params(node) or self._observed(node)
@@ -268,7 +332,7 @@ class _Lowering:
         if node.op == "call_module" and isinstance(self.modules.get(node.target), nn.MaxPool2d):
             m = self.modules[node.target]
             k, s, p, d, ceil = m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode
-        elif node.op == "call_function" and node.target is F.max_pool2d:
+        elif node.op == "call_function" and node.target in (F.max_pool2d, _aten("max_pool2d")):
             kw = {**dict(zip(["kernel_size", "stride", "padding", "dilation", "ceil_mode"], node.args[1:])),
                   **node.kwargs}
             k = kw["kernel_size"]
@@ -280,15 +344,25 @@ class _Lowering:
         return {"kernel": _pair(k), "stride": _pair(s if s is not None else k), "padding": _pair(p)}
 
     def _relu(self, node: fx.Node) -> tuple[float, float] | None:
-        """(low, high) real bounds of a standalone ReLU or ReLU6."""
+        """(low, high) real bounds of a standalone ReLU, ReLU6 or hardtanh (a clamp of the codes)."""
         if node.op == "call_module":
             m = self.modules.get(node.target)
             if isinstance(m, nn.ReLU6):
                 return (0.0, 6.0)
+            if isinstance(m, nn.Hardtanh):
+                return (float(m.min_val), float(m.max_val))
             if isinstance(m, nn.ReLU):
                 return (0.0, float("inf"))
         if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
             return (0.0, 6.0) if node.target is F.relu6 else (0.0, float("inf"))
+        if node.op == "call_function" and node.target in (_aten("relu"), _aten("relu_")):
+            return (0.0, float("inf"))
+        if node.op == "call_function" and node.target in (F.hardtanh, _aten("hardtanh"), _aten("hardtanh_")):
+            lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+            hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+            return (float(lo), float(hi))
+        if node.op == "call_method" and node.target in ("relu", "relu_"):
+            return (0.0, float("inf"))
         return None
 
     def _avgpool(self, node: fx.Node) -> dict[str, Any] | None:
@@ -307,12 +381,19 @@ class _Lowering:
                                                 f"ceil_mode or a divisor override")
                 return {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size)}
             return None
-        if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
+        if node.op == "call_function" and node.target is _aten("avg_pool2d"):
+            a = list(node.args) + [None] * 7
+            kernel, stride, padding = a[1], a[2] or a[1], a[3] or 0
+            if _pair(padding) != (0, 0) or a[4] or a[6]:
+                raise UnsupportedModelError(f"tinyml: {self._where(node)}: average pooling with padding, "
+                                            f"ceil_mode or a divisor override")
+            return {"kernel": _pair(kernel), "stride": _pair(stride)}
+        if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, _aten("adaptive_avg_pool2d")):
             if _pair(node.args[1] if len(node.args) > 1 else node.kwargs["output_size"]) != (1, 1):
                 raise UnsupportedModelError(f"tinyml: {self._where(node)}: adaptive average pooling beyond 1x1")
             return {"kernel": shape_in[1:], "stride": shape_in[1:]}
         is_mean = (node.op == "call_method" and node.target == "mean") or \
-                  (node.op == "call_function" and node.target is torch.mean)
+                  (node.op == "call_function" and node.target in (torch.mean, _aten("mean", "dim")))
         if is_mean:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             dims = tuple(sorted(d % (len(shape_in) + 1) for d in ((dims,) if isinstance(dims, int) else dims)))
@@ -329,18 +410,47 @@ class _Lowering:
                     raise UnsupportedModelError("tinyml: the model takes more than one input")
                 params = self._params_for(node, "the model's input")
                 self.env[node] = graph_input = self._new(node, *params)
-            elif node.op == "output":
+            elif node.op == "output" or (node.op == "get_attr" and not node.users) or \
+                    (node.op == "call_module" and node.target == "_guards_fn"):  # torch.export's input checks
                 continue
+            elif node.op == "get_attr":
+                raise UnsupportedModelError(f"tinyml: the model reads its tensor {node.target!r} outside any layer "
+                                            f"(a functional op, a learned token or embedding table); no integer "
+                                            f"kernel takes it")
             else:
                 self._lower(node)
         out_node = [n for n in self.gm.graph.nodes if n.op == "output"][0].args[0]
         out_node = out_node[0] if isinstance(out_node, (tuple, list)) else out_node
         return IntGraph(self.tensors, self.ops, graph_input, self.env[out_node])
 
+    def _pad(self, node: fx.Node) -> tuple[int, int, int, int] | None:
+        """(left, right, top, bottom) of a zero padding of the last two dimensions."""
+        if node.op == "call_module" and isinstance(self.modules.get(node.target), nn.ZeroPad2d):
+            return tuple(int(v) for v in self.modules[node.target].padding)
+        if node.op != "call_function" or node.target not in (F.pad, _aten("pad"), _aten("constant_pad_nd")):
+            return None
+        pad = list(node.args[1]) if len(node.args) > 1 else list(node.kwargs["pad"])
+        mode = node.args[2] if len(node.args) > 2 and isinstance(node.args[2], str) else node.kwargs.get("mode", "constant")
+        value = node.kwargs.get("value", node.args[-1] if len(node.args) > 2 and not isinstance(node.args[-1], str)
+                                else 0.0)
+        if mode != "constant" or (value or 0.0) != 0.0 or len(pad) != 4 or min(pad) < 0:
+            raise UnsupportedModelError(f"tinyml: {self._where(node)}: only a zero padding of height and width "
+                                        f"(folded into the convolution that follows) is supported")
+        return tuple(int(v) for v in pad)
+
     def _lower(self, node: fx.Node) -> None:
         layer = self._quant_layer(node)
+        for arg in node.all_input_nodes:
+            if arg in self.pads and (layer is None or not hasattr(layer, "groups")):
+                raise UnsupportedModelError(f"tinyml: {self._where(arg)} pads a tensor that {self._where(node)} reads; "
+                                            f"only a padding read by a convolution is supported (folded into it)")
         if layer is not None:
             return self._lower_layer(node, layer)
+        pad = self._pad(node)
+        if pad is not None:
+            self.pads[node] = pad
+            self.env[node] = self.env[node.args[0]]
+            return
         if self._is_alias(node):
             src = self.tensors[self.env[node.args[0]]]
             shape = self._shape(node)
@@ -358,11 +468,10 @@ class _Lowering:
         bounds = self._relu(node)
         if bounds is not None:
             src = self.tensors[self.env[node.args[0]]]
-            lo = src.zero_point
-            hi = 127 if bounds[1] == float("inf") else min(127, int(round(6.0 / src.scale)) + src.zero_point)
+            lo, hi = (max(-128, min(127, int(round(b / src.scale)) + src.zero_point)) if abs(b) != float("inf")
+                      else (-128 if b < 0 else 127) for b in bounds)
             self.env[node] = out = self._new(node, src.scale, src.zero_point)
-            self.ops.append(Op("relu", [src.name], out, {"act_min": max(-128, lo), "act_max": hi},
-                               source=self._where(node)))
+            self.ops.append(Op("relu", [src.name], out, {"act_min": lo, "act_max": hi}, source=self._where(node)))
             return
         pool = self._avgpool(node)
         if pool is not None:
@@ -375,8 +484,8 @@ class _Lowering:
                                                             "in_shape": self._shape(node.args[0])},
                                source=self._where(node)))
             return
-        is_add = (node.op == "call_function" and node.target in _ADD) or \
-                 (node.op == "call_method" and node.target == "add")
+        is_add = (node.op == "call_function" and (node.target in _ADD or node.target in _ATEN_ADDS)) or \
+                 (node.op == "call_method" and node.target in ("add", "add_"))
         if is_add:
             return self._lower_add(node)
         raise UnsupportedModelError(f"tinyml: no integer kernel for {node.format_node()} "
@@ -441,9 +550,11 @@ class _Lowering:
         if isinstance(layer, QuantConv2d):
             if isinstance(layer.padding, str):
                 raise UnsupportedModelError(f"tinyml: {where}: padding {layer.padding!r}; give it in pixels")
-            in_shape = self._shape(node.args[0])
-            attrs.update(stride=_pair(layer.stride), padding=_pair(layer.padding), dilation=_pair(layer.dilation),
-                         groups=int(layer.groups), in_shape=in_shape)
+            arg, (ph, pw) = node.args[0], _pair(layer.padding)
+            left, right, top, bottom = self.pads.get(arg, (0, 0, 0, 0))
+            in_shape = self._shape(arg.args[0] if arg in self.pads else arg)
+            attrs.update(stride=_pair(layer.stride), padding=(ph + top, pw + left), padding_end=(ph + bottom, pw + right),
+                         dilation=_pair(layer.dilation), groups=int(layer.groups), in_shape=in_shape)
             if len(in_shape) != 3:
                 raise UnsupportedModelError(f"tinyml: {where}: a conv on a tensor of shape {in_shape}")
             self.ops.append(Op("conv", [x], out, attrs, source=where))

@@ -49,8 +49,9 @@ def _run_op(graph: IntGraph, op: Op, values: dict[str, np.ndarray]) -> np.ndarra
         w = torch.from_numpy(op.attrs["weight"].astype(np.float64))
         if op.kind == "conv":
             a = op.attrs
-            acc = F.conv2d(centred.reshape(n, *a["in_shape"]), w, None, a["stride"], a["padding"], a["dilation"],
-                           a["groups"])
+            (top, left), (bottom, right) = a["padding"], a.get("padding_end", a["padding"])
+            padded = F.pad(centred.reshape(n, *a["in_shape"]), (left, right, top, bottom))  # zero point: real 0
+            acc = F.conv2d(padded, w, None, a["stride"], 0, a["dilation"], a["groups"])
         else:
             acc = centred.reshape(n, -1) @ w.T
         acc = acc.numpy().round().astype(np.int64) + _per_channel(op.attrs["bias"], acc.dim())
