@@ -64,18 +64,23 @@ def _toolchain() -> str:
     return f"host: {version(host_compiler())}; ARM: {version(ARM_CC)}"
 
 
+def _run_shipped(name: str, seed: int, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A shipped recipe run with ``seed`` into ``folder``: its results and its steps by technique."""
+    from slimkit.recipes.runner import run_recipe
+
+    recipe = shipped(f"{name}.yaml")
+    recipe["seed"] = seed
+    results = run_recipe(recipe, folder).results
+    return results, {s["technique"]: s for s in results["steps"]}
+
+
 # --- models -------------------------------------------------------------------------------------
 
 def models_section(args, tmp: Path, progress) -> dict[str, Any]:
-    from slimkit.recipes.runner import run_recipe
-
     rows = {}
     for name in args.recipes:
         progress(f"{name}: running the shipped recipe")
-        recipe = shipped(f"{name}.yaml")
-        recipe["seed"] = args.seed
-        results = run_recipe(recipe, tmp / name).results
-        steps = {s["technique"]: s for s in results["steps"]}
+        results, steps = _run_shipped(name, args.seed, tmp / name)
         info = steps["tinyml"]["info"]
         rows[name] = {"task": results["task"], "float_quality": steps["baseline"]["metrics"]["quality"],
                       "int8_quality": steps["quantize"]["metrics"]["quality"], **info}
@@ -362,7 +367,6 @@ def tflm_section(args, tmp: Path, progress) -> dict[str, Any]:
 
     from slimkit.core.io import load_state_dict
     from slimkit.data.batches import calibration_batches
-    from slimkit.recipes.runner import run_recipe
     from slimkit.tasks import build_task
     from slimkit.techniques.fusion.fuse import fuse_model
 
@@ -371,15 +375,13 @@ def tflm_section(args, tmp: Path, progress) -> dict[str, Any]:
     rows = {}
     for name in args.recipes:
         progress(f"{name}: slimkit's recipe")
-        recipe = shipped(f"{name}.yaml")
-        recipe["seed"] = args.seed
-        results = run_recipe(recipe, tmp / name).results
-        info = {s["technique"]: s for s in results["steps"]}["tinyml"]["info"]
+        results, steps = _run_shipped(name, args.seed, tmp / name)
+        info = steps["tinyml"]["info"]
         task = build_task(results["task"])
         model = task.build_model()
         model.load_state_dict(load_state_dict(tmp / name / "steps" / "00-baseline" / "model.safetensors"))
         fused = fuse_model(model.eval())[0]
-        q_cfg = recipe["steps"][0]["quantize"]
+        q_cfg = shipped(f"{name}.yaml")["steps"][0]["quantize"]  # the calibration rows slimkit's quantize drew
         calibration = torch.cat([b[0] for b in calibration_batches(task.data.train, q_cfg.get("calibration_samples", 512),
                                                                    64, args.seed)])
         test = task.data.test.inputs[0]
@@ -395,7 +397,7 @@ def tflm_section(args, tmp: Path, progress) -> dict[str, Any]:
             raise RuntimeError(f"tflm_peer.py failed:\n{proc.stderr[-3000:]}")
         rows[name] = {"slimkit": {k: info[k] for k in ("c_quality", "int8_eager_quality", "arena_bytes", "constant_bytes",
                                                        "flash_bytes", "bit_exact_rows", "test_rows")},
-                      "float_quality": {s["technique"]: s for s in results["steps"]}["baseline"]["metrics"]["quality"],
+                      "float_quality": steps["baseline"]["metrics"]["quality"],
                       "tflm": json.loads((tmp / f"{name}.out.json").read_text())}
     return {"rows": rows, "seed": args.seed, "toolchain": _toolchain()}
 
