@@ -194,11 +194,14 @@ def fuzz_section(args, tmp: Path, progress) -> dict[str, Any]:
 
     from slimkit.backends.tinyml import build
     from slimkit.backends.tinyml.codegen import write_sources
-    from slimkit.backends.tinyml.fuzz import quantized_random_cnn
+    import torch
+
+    from slimkit.backends.tinyml.fuzz import random_cnn
     from slimkit.backends.tinyml.graph import lower
     from slimkit.backends.tinyml.patch import patch_graph, stage_error
     from slimkit.backends.tinyml.planner import plan_memory
     from slimkit.backends.tinyml.reference import quantize_input, run_reference
+    from slimkit.techniques.quantization.ptq import quantize_static
 
     counts = {"models": 0, "exact": 0, "patched": 0, "patched_exact": 0, "overruns": 0}
     kinds: dict[str, int] = {}
@@ -206,7 +209,9 @@ def fuzz_section(args, tmp: Path, progress) -> dict[str, Any]:
     for seed in range(args.fuzz_models):
         if seed % 20 == 0:
             progress(f"fuzz: model {seed} of {args.fuzz_models}")
-        q, x = quantized_random_cnn(seed)
+        net, shape = random_cnn(seed)
+        x = torch.randn(64, *shape, generator=torch.Generator().manual_seed(seed))
+        q = quantize_static(net, [(x[i:i + 16],) for i in range(0, 64, 16)])[0].eval()
         graph = lower(q, x[:1], calibration=x)
         for op in graph.ops:
             k = op.kind + ("-depthwise" if op.kind == "conv" and op.attrs["groups"] == op.attrs["in_shape"][0] > 1 else "")

@@ -10,7 +10,7 @@ import torch.nn as nn
 from slimkit.backends.tinyml import build
 from slimkit.backends.tinyml.codegen import write_sources
 from slimkit.backends.tinyml.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier
-from slimkit.backends.tinyml.fuzz import quantized_random_cnn
+from slimkit.backends.tinyml.fuzz import random_cnn
 from slimkit.backends.tinyml.graph import lower
 from slimkit.backends.tinyml.patch import choose_patching, patch_graph, stage_error
 from slimkit.backends.tinyml.planner import plan_memory
@@ -19,6 +19,13 @@ from slimkit.core.errors import UnsupportedModelError
 from slimkit.techniques.quantization.ptq import quantize_static
 
 pytestmark = pytest.mark.skipif(build.host_compiler() is None, reason="no C compiler on PATH")
+
+
+def quantized_random_cnn(seed: int, rows: int = 64):
+    """``random_cnn(seed)`` with static int8 on ``rows`` random inputs; the model and those inputs."""
+    net, shape = random_cnn(seed)
+    x = torch.randn(rows, *shape, generator=torch.Generator().manual_seed(seed))
+    return quantize_static(net, [(x[i:i + 16],) for i in range(0, rows, 16)])[0].eval(), x
 
 
 def _c_outputs(graph, codes, folder, *, sanitize=None, in_place=True):

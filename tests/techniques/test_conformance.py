@@ -45,7 +45,12 @@ CASES: dict[str, dict] = {
     "early_exit": {"budget": 0.02, "finetune": {"epochs": 2}},
     "layer_skip": {"target_macs": 0.7, "penalty": 50.0, "finetune": {"epochs": 2}},
     "nas": {"space": NAS_SPACE, "trials": 2, "strategy": "random", "finetune": {"epochs": 2}},
+    "tinyml": {"check_rows": 64},
+    "on_device_train": {"mode": "bias", "finetune": {"epochs": 1}},
 }
+# steps that need an earlier one (an int8 model: tinyml writes it as C, on_device_train tunes it)
+INT8 = {"quantize": {"calibration_samples": 128}}  # 7-bit weights on CPUs whose ONNX Runtime kernels saturate
+BEFORE: dict[str, list[dict]] = {"tinyml": [INT8], "on_device_train": [INT8]}
 # steps that need another model than digits-cnn's on its data (layer_skip: residual blocks)
 TASKS: dict[str, dict] = {"layer_skip": {"name": "digits-cnn", "model": "cnn_shapes_dws",
                                          "model_args": {"width": 8, "residual": True}}}
@@ -61,13 +66,21 @@ EXACT = {"fuse", "deploy"}
 # checkpoint restores every tensor and flag); models whose weights are integer codes cannot train,
 # and are measured again on ONNX Runtime instead (eager's figures there come from the reloaded model)
 AFTER: dict[str, dict] = {"quantize": {"deploy": {"backend": "onnxruntime"}},
-                          "qat": {"deploy": {"backend": "onnxruntime"}}}
+                          "qat": {"deploy": {"backend": "onnxruntime"}},
+                          # an int8 model trains only as on a device (which trains the reloaded model)
+                          "tinyml": {"on_device_train": {"mode": "bias", "finetune": {"epochs": 1}}},
+                          "on_device_train": {"tinyml": {"check_rows": 32}}}
 MEASURE = {"batch_n": 8, "repeats": 3, "warmup": 1, "threads": 1, "memory": False}
 
 
 def _recipe(name: str) -> dict:
     return {"task": _task(name), "seed": 0, "baseline": {"train": {"epochs": 3}}, "measure": MEASURE,
-            "steps": [{name: CASES[name]}, AFTER.get(name, {"train": {"epochs": 1, "lr": 1e-4}})]}
+            "steps": [*BEFORE.get(name, []), {name: CASES[name]}, AFTER.get(name, {"train": {"epochs": 1, "lr": 1e-4}})]}
+
+
+def _at(name: str) -> int:
+    """The step's index among the run's steps (0: the baseline)."""
+    return 1 + len(BEFORE.get(name, []))
 
 
 class _Killed(Exception):
@@ -111,18 +124,24 @@ def test_the_step_is_not_a_no_op(name, runs, rebuild_run_step):
     """It changes the stored tensors and what the model computes (``fuse``: the tensors only;
     ``deploy``: neither, but where every later measurement runs)."""
     out, results = runs(name)
-    base, step = results["steps"][0], results["steps"][1]
+    base, step = results["steps"][_at(name) - 1], results["steps"][_at(name)]
     before, after = load_state_dict(out / base["artifact"]), load_state_dict(out / step["artifact"])
     same_tensors = before.keys() == after.keys() and all(
         before[k].shape == after[k].shape and torch.equal(before[k], after[k]) for k in before)
     if name == "deploy":
         assert same_tensors and step["metrics"]["backend"] == "onnxruntime" != base["metrics"]["backend"]
         return
+    if name == "tinyml":  # the model passes on unchanged; what the step made is checked C
+        info = step["info"]
+        assert same_tensors and info["bit_exact_rows"] == info["test_rows"] == 64
+        assert all((out / "steps" / f"{_at(name):02d}-tinyml" / f).is_file() for f in info["files"])
+        return
     assert not same_tensors, f"{name} left every tensor as it was"
     if name not in EXACT:
         x = build_task(_task(name)).data.test.inputs[0]
         with torch.no_grad():
-            outputs = [rebuild_run_step(out, _task(name), i, results["steps"][i])[0](x) for i in (0, 1)]
+            outputs = [rebuild_run_step(out, _task(name), i, results["steps"][i])[0](x)
+                       for i in (_at(name) - 1, _at(name))]
         assert not torch.equal(*outputs), f"{name}: the model computes what it computed before"
 
 
@@ -130,14 +149,16 @@ def test_the_step_is_not_a_no_op(name, runs, rebuild_run_step):
 def test_kill_after_the_step_then_resume_gives_the_same_weights(name, runs, tmp_path):
     out, results = runs(name)
 
+    last = len(_recipe(name)["steps"])
+
     def kill_before_the_next_step(line: str) -> None:
-        if line.startswith("step 2/2"):
+        if line.startswith(f"step {last}/{last}"):
             raise _Killed()
 
     with pytest.raises(_Killed):
         run_recipe(_recipe(name), tmp_path / "run", report=kill_before_the_next_step)
     resumed = run_recipe(_recipe(name), tmp_path / "run")
-    assert resumed.resumed_steps == 2
+    assert resumed.resumed_steps == last
     last = results["steps"][-1]["artifact"]
     straight, again = load_state_dict(out / last), load_state_dict(tmp_path / "run" / last)
     assert straight.keys() == again.keys()
@@ -151,8 +172,8 @@ def test_kill_after_the_step_then_resume_gives_the_same_weights(name, runs, tmp_
 @pytest.mark.parametrize("name", NAMES)
 def test_the_checkpoint_reloads_to_the_recorded_quality(name, runs, rebuild_run_step):
     out, results = runs(name)
-    step = results["steps"][1]
-    _, quality = rebuild_run_step(out, _task(name), 1, step)
+    step = results["steps"][_at(name)]
+    _, quality = rebuild_run_step(out, _task(name), _at(name), step)
     recorded = step["metrics"]["eager"]["quality"] if "eager" in step["metrics"] else step["metrics"]["quality"]
     assert quality == pytest.approx(recorded, abs=1e-9)
 
@@ -164,7 +185,7 @@ def test_the_model_exports_to_onnx_runtime_and_matches_eager(name, runs, rebuild
     from slimkit.core.registry import BACKENDS
 
     out, results = runs(name)
-    model, _ = rebuild_run_step(out, _task(name), 1, results["steps"][1])
+    model, _ = rebuild_run_step(out, _task(name), _at(name), results["steps"][_at(name)])
     test = build_task(_task(name)).data.test
     x = test.inputs[0][:64]
     compiled = BACKENDS.get("onnxruntime").compile(model, (x[:1],), precision="fp32", threads=1,

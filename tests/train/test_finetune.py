@@ -29,7 +29,18 @@ TRAINING_STEPS = {
     "early_exit": {},
     "layer_skip": {"blocks": ["2", "5"]},  # digits-mlp has no residual blocks: its ReLUs, named
     "nas": {"trials": 1, "space": {"base": ["conv_r1_k3_s1_c8"], "stem": 8}},
+    "on_device_train": {"mode": "bias+last"},
 }
+
+
+def _int8(model, task):
+    from slimkit.techniques.quantization.ptq import quantize_static
+
+    return quantize_static(model.eval(), [(task.data.train.inputs[0][:64],)], weight_max=127)[0]
+
+
+# steps that train what an earlier step made (on_device_train: an int8 model)
+PREPARE = {"on_device_train": _int8}
 # steps that need images: they train on digits-cnn's 8x8 rows instead of digits-mlp's vectors
 TASKS = {"nas": "digits-cnn"}
 # every field set away from its default, so a step that rebuilt a TrainConfig from a few of them fails
@@ -53,6 +64,8 @@ def test_a_training_step_hands_its_whole_finetune_config_to_the_loop(name, tmp_p
 
     task = build_task(TASKS.get(name, "digits-mlp"))
     model = task.build_model()
+    if name in PREPARE:
+        model = PREPARE[name](model, task)
     initial = str(save_state_dict(tmp_path / "initial.safetensors", model.state_dict()))  # lottery rewinds
     calls = []
 

@@ -2,7 +2,7 @@
 ``benchmarks/tinyml.py --sections fuzz``): every kernel and its options drawn at random (kernel
 sizes, strides, padding, dilation, groups and depthwise, ReLU/ReLU6/none, max and average pooling,
 residual adds, global pooling or flatten, one or two linear layers), with random weights and
-BatchNorm statistics, quantized with slimkit's static int8 on random calibration data."""
+BatchNorm statistics; the callers quantize them (backends do not run techniques)."""
 
 from __future__ import annotations
 
@@ -91,14 +91,3 @@ def random_cnn(seed: int, num_classes: int | None = None) -> tuple[nn.Module, tu
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.3, 0.3)
     return net.eval(), shape
-
-
-def quantized_random_cnn(seed: int, rows: int = 64):
-    """``random_cnn(seed)`` quantized with slimkit's static int8 on ``rows`` random inputs; the
-    int8 model and those inputs."""
-    from slimkit.techniques.quantization.ptq import quantize_static
-
-    net, shape = random_cnn(seed)
-    x = torch.randn(rows, *shape, generator=torch.Generator().manual_seed(seed))
-    q, _ = quantize_static(net, [(x[i:i + 16],) for i in range(0, rows, 16)])
-    return q.eval(), x

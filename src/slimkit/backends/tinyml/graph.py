@@ -35,6 +35,8 @@ import torch.nn.functional as F
 
 from slimkit.backends.tinyml.fixedpoint import quantize_multiplier, quantize_multipliers
 from slimkit.core.errors import UnsupportedModelError
+from slimkit.encoding.integer import IntegerTracer, integer_layers, is_conv
+from slimkit.encoding.layer import EncodedLayer
 
 
 @dataclass
@@ -142,9 +144,7 @@ _LAYER_OP = torch.ops.slimkit_tinyml.layer.default
 def _exported(model: nn.Module, example: torch.Tensor, fx_error: Exception) -> fx.GraphModule:
     """``model``'s graph from torch.export (batch dimension dynamic), each quantized layer one
     ``slimkit_tinyml::layer`` call; the reason in one line when that fails too."""
-    from slimkit.techniques.quantization.ptq import quantized_layers
-
-    layers = list(quantized_layers(model).values())
+    layers = list(integer_layers(model).values())
     start = max(_EXPORTED, default=-1) + 1
     for i, layer in enumerate(layers):
         _EXPORTED[start + i] = layer
@@ -191,6 +191,14 @@ def _clamp_for(activation: nn.Module | None, scale: float, zero_point: int, wher
                                 f"here (ReLU, ReLU6 or none)")
 
 
+def minmax_params(lo: float, hi: float) -> tuple[float, int]:
+    """(scale, zero point) of int8 codes covering [lo, hi] widened to include 0: slimkit's min-max
+    rule for asymmetric activations (8-bit codes, float32 arithmetic), shifted to int8."""
+    lo_t, hi_t = torch.tensor(min(lo, 0.0)), torch.tensor(max(hi, 0.0))
+    scale = ((hi_t - lo_t) / 255).clamp_min(1e-12)
+    return float(scale), int((-torch.round(lo_t / scale)).clamp(0, 255)) - 128
+
+
 def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -199,13 +207,10 @@ class _Lowering:
     def __init__(self, model: nn.Module, example: torch.Tensor, calibration: torch.Tensor | None) -> None:
         from torch.fx.passes.shape_prop import ShapeProp
 
-        from slimkit.techniques.quantization.ptq import _QuantTracer
 
-        from slimkit.techniques.quantization.ptq import quantized_layers
-
-        self.layer_names = {id(m): n for n, m in quantized_layers(model).items()}
+        self.layer_names = {id(m): n for n, m in integer_layers(model).items()}
         try:
-            self.gm = fx.GraphModule(model, _QuantTracer().trace(model))
+            self.gm = fx.GraphModule(model, IntegerTracer().trace(model))
         except Exception as err:  # noqa: BLE001 - third-party code fx cannot trace: torch.export traces it
             self.gm = _exported(model, example, err)
         ShapeProp(self.gm).propagate(example[:1])
@@ -225,11 +230,8 @@ class _Lowering:
             return None
         if self._ranges is None:
             self._ranges = _node_ranges(self.gm, self.calibration)
-        from slimkit.techniques.quantization.qscheme import QuantSpec, qparams_from_range
-
-        lo, hi = self._ranges[node]
-        scale, zero_point = qparams_from_range(lo, hi, QuantSpec(bits=8, symmetric=False))
-        return float(scale), int(zero_point) - 128
+        lo, hi = (float(v) for v in self._ranges[node])
+        return minmax_params(lo, hi)
 
     # which nodes' values the model returns (through aliases)
     def _output_nodes(self) -> set[fx.Node]:
@@ -249,12 +251,10 @@ class _Lowering:
         return found
 
     def _quant_layer(self, node: fx.Node):
-        from slimkit.techniques.quantization.modules import _QuantLayer
-
         if node.op == "call_function" and node.target is _LAYER_OP:
             return _EXPORTED[node.args[1]]
         m = self.modules.get(node.target) if node.op == "call_module" else None
-        return m if isinstance(m, _QuantLayer) else None
+        return m if isinstance(m, EncodedLayer) and m.kind == "quantized" else None
 
     def _is_alias(self, node: fx.Node) -> bool:
         if node.op == "call_module":
@@ -511,8 +511,6 @@ class _Lowering:
                            source=self._where(node)))
 
     def _lower_layer(self, node: fx.Node, layer) -> None:
-        from slimkit.techniques.quantization.modules import QuantConv2d, QuantLinear
-
         where = str(node.target)
         if layer.bypass or layer.input_smoothing is not None:
             raise UnsupportedModelError(f"tinyml: {where} computes in float or rescales its input (SmoothQuant)")
@@ -547,7 +545,7 @@ class _Lowering:
             attrs["act_min"], attrs["act_max"] = -(2 ** 31), 2 ** 31 - 1
         self.env[node] = out = self._new(node, scale, zp, dtype)
         src = self.tensors[x]
-        if isinstance(layer, QuantConv2d):
+        if is_conv(layer):
             if isinstance(layer.padding, str):
                 raise UnsupportedModelError(f"tinyml: {where}: padding {layer.padding!r}; give it in pixels")
             arg, (ph, pw) = node.args[0], _pair(layer.padding)
@@ -558,13 +556,11 @@ class _Lowering:
             if len(in_shape) != 3:
                 raise UnsupportedModelError(f"tinyml: {where}: a conv on a tensor of shape {in_shape}")
             self.ops.append(Op("conv", [x], out, attrs, source=where))
-        elif isinstance(layer, QuantLinear):
+        else:
             if src.numel != weight.shape[1]:
                 raise UnsupportedModelError(f"tinyml: {where}: a linear applied per position ({src.shape}); "
                                             f"flatten before it")
             self.ops.append(Op("linear", [x], out, attrs, source=where))
-        else:
-            raise UnsupportedModelError(f"tinyml: {where}: {type(layer).__name__} has no integer kernel")
 
 
 @torch.no_grad()
@@ -597,8 +593,6 @@ def lower(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor | N
     the range of tensors the model computes in float with no quantizer to take a scale from
     (the input of a first pooling, a residual sum read only by a global pooling). Raises
     ``UnsupportedModelError`` naming the op and module that has no integer kernel here."""
-    from slimkit.techniques.quantization.ptq import quantized_layers
-
-    if not quantized_layers(model):
+    if not integer_layers(model):
         raise UnsupportedModelError("tinyml: the model has no int8 layers; run a static `quantize` step first")
     return _Lowering(model.eval(), example, calibration).run()

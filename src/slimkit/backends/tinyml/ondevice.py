@@ -32,9 +32,9 @@ OPTIMIZER_STATE = {"sgd": 0, "sgd-momentum": 1, "adam": 2, "adamw": 2}  # float3
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    from slimkit.techniques.quantization.ptq import quantized_layers
+    from slimkit.encoding.integer import integer_layers
 
-    layers = quantized_layers(model)
+    layers = integer_layers(model)
     if not layers:
         from slimkit.core.errors import UnsupportedModelError
 
@@ -128,15 +128,15 @@ def on_device_training(model: nn.Module, mode: str) -> Iterator[list[nn.Paramete
     else: activation quantizers keep quantizing but pass gradients straight through, trained
     weights are float32 masters fake-quantized per channel. On leaving, the trained weights'
     int8 codes and scales are written back and the model is frozen again."""
-    from slimkit.techniques.quantization.modules import ActQuant
+    from slimkit.encoding.integer import ActivationQuantizer
 
     weights, biases = trained_sets(model, mode)
     layers = _layers(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    quantizers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
     for m in quantizers:
-        m.forward = types.MethodType(lambda self, x: x + (ActQuant.forward(self, x.detach()) - x).detach(), m)
+        m.forward = types.MethodType(lambda self, x: x + (type(self).forward(self, x.detach()) - x).detach(), m)
     masters = {}
     for name in weights:
         layer = layers[name]
@@ -154,7 +154,7 @@ def on_device_training(model: nn.Module, mode: str) -> Iterator[list[nn.Paramete
                 layer = layers[name]
                 del layer.dequantized_weight
                 del layer._parameters["trained_weight"]
-                layer._set_weight(master.detach())
+                layer.set_weight_(master.detach())
         for m in quantizers:
             del m.forward
         for p in model.parameters():

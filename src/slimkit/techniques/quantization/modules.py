@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.encoding.dense import dense_conv2d, dense_linear
+from slimkit.encoding.integer import ActivationQuantizer
 from slimkit.encoding.layer import EncodedLayer, tensor_bytes
 from slimkit.encoding.twins import take_conv_geometry
 from slimkit.techniques.quantization.observers import ObserverName, make_observer
@@ -67,7 +68,7 @@ def _dtype(spec: QuantSpec) -> torch.dtype:
         raise ValueError(f"QDQ export supports 8-bit codes only, got {spec.bits} bits") from None
 
 
-class ActQuant(nn.Module):
+class ActQuant(ActivationQuantizer):
     """Per-tensor activation quantize-dequantize with a calibrated (scale, zero point)."""
 
     def __init__(self, spec: QuantSpec | None = None, observer: ObserverName = "minmax") -> None:
@@ -217,10 +218,11 @@ class _QuantLayer(EncodedLayer):
         if self.float_weight is None or not isinstance(self, QuantLinear):
             raise RuntimeError("smooth needs a linear layer that still holds its float weight")
         self.float_weight = self.float_weight * factors.to(self.float_weight)
-        self._set_weight(self.float_weight)
+        self.set_weight_(self.float_weight)
         self.register_buffer("input_smoothing", (1.0 / factors).float())
 
-    def _set_weight(self, w: torch.Tensor) -> None:
+    def set_weight_(self, w: torch.Tensor) -> None:
+        """Quantize the float weight ``w`` into this layer's codes and per-channel scales."""
         scale = (w.abs().amax(dim=tuple(range(1, w.dim()))) / self.weight_max).clamp_min(1e-12)
         self.weight_scale.copy_(scale)
         self.weight_int8.copy_(quantize(w, scale, torch.zeros_like(scale, dtype=torch.int32), self.w_spec)

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.data.positions import batch_mask, real_positions, real_rows
+from slimkit.encoding.integer import IntegerTracer
 from slimkit.encoding.twins import plain_type
 from slimkit.techniques.quantization.modules import (ActQuant, QuantConv2d, QuantLinear, _QuantLayer,
                                                      in_place_fake_quant)
@@ -458,9 +459,8 @@ _SAME_VALUES_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.uns
 _SAME_VALUES_METHODS = {"view", "reshape", "flatten", "contiguous", "squeeze", "unsqueeze"}
 
 
-class _QuantTracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (_QuantLayer, ActQuant)) or super().is_leaf_module(m, module_qualified_name)
+class _QuantTracer(IntegerTracer):
+    """Quantized layers and activation quantizers kept whole (the integer protocol's tracer)."""
 
 
 def _same_values(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
