@@ -207,7 +207,6 @@ class _Lowering:
     def __init__(self, model: nn.Module, example: torch.Tensor, calibration: torch.Tensor | None) -> None:
         from torch.fx.passes.shape_prop import ShapeProp
 
-
         self.layer_names = {id(m): n for n, m in integer_layers(model).items()}
         try:
             self.gm = fx.GraphModule(model, IntegerTracer().trace(model))
@@ -595,4 +594,9 @@ def lower(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor | N
     ``UnsupportedModelError`` naming the op and module that has no integer kernel here."""
     if not integer_layers(model):
         raise UnsupportedModelError("tinyml: the model has no int8 layers; run a static `quantize` step first")
-    return _Lowering(model.eval(), example, calibration).run()
+    registered = set(_EXPORTED)
+    try:
+        return _Lowering(model.eval(), example, calibration).run()
+    finally:  # the exported graph is gone: its layers leave the registry the custom op reads
+        for index in set(_EXPORTED) - registered:
+            del _EXPORTED[index]

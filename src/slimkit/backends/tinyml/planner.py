@@ -127,11 +127,3 @@ def place(buffers: list[Buffer]) -> int:
         placed.append(b)
     return max((b.offset + b.size for b in buffers), default=0)
 
-
-def peak_live_bytes(graph: IntGraph) -> int:
-    """The most bytes live at once when every op needs its inputs and output at the same time:
-    the lower bound of any plan without in-place ops (for the report)."""
-    last = _last_uses(graph)
-    first = {graph.input: -1, **{op.output: i for i, op in enumerate(graph.ops)}}
-    return max(sum(graph.tensors[t].nbytes for t in first if first[t] <= i <= last.get(t, first[t]))
-               for i in range(len(graph.ops)))

@@ -67,11 +67,3 @@ def footprint(graph: IntGraph, plan: MemoryPlan, arm: ArmSize | str | None = Non
     flash = arm.flash if measured else graph.const_bytes()
     return Footprint(flash, measured, plan.peak + io, plan.peak, io, graph.macs())
 
-
-def fit_markdown(fp: Footprint) -> str:
-    rows = ["| target | SRAM | flash | fits? |", "|---|---|---|---|"]
-    for t in TARGETS.values():
-        f = fp.fit(t)
-        rows.append(f"| {t.name} ({t.example}) | {fp.sram:,} / {t.sram:,} B | {fp.flash:,} / {t.flash:,} B | "
-                    f"{'yes' if f['fits'] else f['why']} |")
-    return "\n".join(rows)
