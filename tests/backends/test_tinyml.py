@@ -365,3 +365,20 @@ def test_transformers_cnns_that_fx_cannot_trace_go_through_torch_export(name, tm
         choice = choose_patching(graph)
         ran, plan = _c_outputs(choice.graph, codes, tmp_path / "patched", sanitize=False)
         assert np.array_equal(ran.outputs, reference) and plan.peak < plan_memory(graph).peak
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("regnet", "no integer kernel for .*sigmoid"),  # squeeze-excitation
+    ("efficientnet", "fuses SiLU, which has no integer kernel"),
+    ("vit", "reads its tensor 'hf.vit.embeddings.cls_token' outside any layer"),
+])
+def test_transformers_models_without_integer_kernels_are_refused_in_one_line(name, reason):
+    pytest.importorskip("transformers")
+    from slimkit.zoo.thirdparty import FAMILIES
+
+    family = FAMILIES[name]
+    net, x = family.build(10), family.example(8)
+    q, _ = quantize_static(net, [(x,)], weight_max=127)
+    with pytest.raises(UnsupportedModelError, match=reason) as err:
+        lower(q, x[:1], calibration=x)
+    assert "\n" not in str(err.value) and str(err.value).startswith("tinyml: ")
