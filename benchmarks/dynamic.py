@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -104,9 +105,11 @@ def _worker(spec: dict[str, Any]) -> None:
                       "rows": len(per_row)}))
 
 
-def _calibrations(run_dir: Path, step: int, budgets: list[float]) -> dict[str, Any]:
+def _calibrations(run_dir: Path, step: int, budgets: list[float],
+                  criteria: Sequence[str] = ("confidence",)) -> dict[str, Any]:
     """The step's trained exits calibrated both ways on the validation rows (one shared threshold,
-    then per-exit thresholds) at each budget, each scored on the test rows: test accuracy, the
+    then per-exit thresholds) at each budget and for each exit criterion (confidence, entropy,
+    patience: all read the same exit logits), each scored on the test rows: test accuracy, the
     share of the full network's MACs per row and the thresholds."""
     import torch
 
@@ -126,15 +129,20 @@ def _calibrations(run_dir: Path, step: int, budgets: list[float]) -> dict[str, A
     share = torch.tensor(costs, dtype=torch.float64) / costs[-1]
     correct = torch.stack([o.argmax(-1) == test.targets for o in test_logits]).double()
     out: dict[str, Any] = {"exit_macs": costs, "test_full_accuracy": float(correct[-1].mean()), "by_budget": []}
-    for budget in budgets:
-        for mode in ("shared", "per_exit"):
-            cal = ex.calibrate(net, val_logits, val.targets, budget, costs=costs if mode == "per_exit" else None)
-            taken = ex.exits_taken(ex.exit_scores(test_logits[:-1], net.criterion), cal.thresholds)
-            rows = torch.arange(len(taken))
-            out["by_budget"].append({"budget": budget, "mode": mode, "thresholds": cal.thresholds,
-                                     "val_accuracy": cal.quality, "val_full_accuracy": cal.full_quality,
-                                     "test_accuracy": float(correct[taken, rows].mean()),
-                                     "test_macs_share": float(share[taken].mean())})
+    own = net.criterion
+    for criterion in criteria:
+        net.criterion = criterion
+        for budget in budgets:
+            for mode in ("shared", "per_exit"):
+                cal = ex.calibrate(net, val_logits, val.targets, budget, costs=costs if mode == "per_exit" else None)
+                taken = ex.exits_taken(ex.exit_scores(test_logits[:-1], criterion), cal.thresholds)
+                rows = torch.arange(len(taken))
+                out["by_budget"].append({"criterion": criterion, "budget": budget, "mode": mode,
+                                         "thresholds": cal.thresholds, "val_accuracy": cal.quality,
+                                         "val_full_accuracy": cal.full_quality,
+                                         "test_accuracy": float(correct[taken, rows].mean()),
+                                         "test_macs_share": float(share[taken].mean())})
+    net.criterion = own
     return out
 
 
@@ -339,7 +347,7 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
         recipe = {"version": 1, "task": "corpus-cls", "seed": seed, "measure": measure,
                   **({"baseline": {"weights": str(args.baseline_weights)}}
                      if args.baseline_weights and seed == args.seeds[0] else {}),
-                  "steps": [{"early_exit": {"exits": args.text_exits, "budget": args.text_budget,
+                  "steps": [{"early_exit": {"exits": args.text_exits, "budget": args.text_budget, "criterion": args.text_criterion,
                                             "distill": args.text_distill, "train": args.text_train,
                                             "thresholds": args.text_thresholds,
                                             "finetune": {"epochs": args.text_epochs, "lr": args.text_lr}}}]}
@@ -366,7 +374,8 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
                         "exits": exits["metrics"]["macs"]},
                "test_exit_shares": shares, "val_exit_shares": info["val_exit_shares"],
                "test_accuracy_per_exit": info["test_accuracy_per_exit"], "threshold": info["threshold"],
-               "thresholds": info.get("thresholds"), "calibrations": _calibrations(folder / name, 1, args.text_calibrations or [args.text_budget]),
+               "thresholds": info.get("thresholds"), "calibrations": _calibrations(folder / name, 1, args.text_calibrations or [args.text_budget],
+                                                                 args.text_criteria),
                "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
         if not args.no_timing:
             for label, run_dir, step in (("tuned", *tuned_run), ("exits", folder / name, 1)):
@@ -376,7 +385,8 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
         progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned {row['accuracy']['tuned']:.4f}), "
                  f"{100 * row['layers_saved']:.0f}% of layers saved")
     return {"task": "corpus-cls", "budget": args.text_budget, "epochs": args.text_epochs, "lr": args.text_lr,
-            "distill": args.text_distill, "train": args.text_train, "thresholds": args.text_thresholds, "rows": out}
+            "distill": args.text_distill, "train": args.text_train, "thresholds": args.text_thresholds,
+            "criterion": args.text_criterion, "rows": out}
 
 
 def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
@@ -390,8 +400,8 @@ def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
              f"(masked token mean, dense-tanh, Linear) after layers {rows[0]['exits_after']}, trains them "
              + ("jointly with the encoder" if res.get("train", "joint") == "joint" else "on the frozen baseline encoder")
              + f" for {res['epochs']} epochs (lr {res['lr']}, self-distillation weight {res['distill']}), and "
-             + ("calibrates one confidence threshold" if res.get("thresholds", "shared") == "shared"
-                else "calibrates one confidence threshold per exit")
+             + (f"calibrates one {res.get('criterion', 'confidence')} threshold"
+                + ("" if res.get("thresholds", "shared") == "shared" else " per exit"))
              + f" on the validation rows within {res['budget']} of the full network's accuracy. "
              + ("Tuned: the baseline trained for the same extra epochs without exits (the fair control). "
                 if res.get("train", "joint") == "joint" else
@@ -423,13 +433,16 @@ def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
                      f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x faster.")
     if all(r.get("calibrations") for r in rows):
         lines += ["", "The same trained exits calibrated both ways on the validation rows (within the budget there), "
-                      "scored on the test rows (MACs: the share of the full network's, from each exit's counted cost):",
-                  "", "| seed | budget | calibration | thresholds | val acc. (full) | test acc. (full) | test MACs share |",
-                  "|---|---|---|---|---|---|---|"]
+                      "for each exit criterion (confidence: the largest softmax probability; entropy: 1 - normalised "
+                      "entropy; patience: PABEE's count of earlier exits agreeing in a row), scored on the test rows "
+                      "(MACs: the share of the full network's, from each exit's counted cost):",
+                  "", "| seed | criterion | budget | calibration | thresholds | val acc. (full) | test acc. (full) "
+                      "| test MACs share |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             c = r["calibrations"]
             for m in c["by_budget"]:
-                lines.append(f"| {r['seed']} | {m['budget']:g} | {m['mode']} | "
+                lines.append(f"| {r['seed']} | {m.get('criterion', 'confidence')} | {m['budget']:g} | {m['mode']} | "
                              f"{', '.join(f'{t:.3f}' for t in m['thresholds'])} | "
                              f"{m['val_accuracy']:.4f} ({m['val_full_accuracy']:.4f}) | {m['test_accuracy']:.4f} "
                              f"({c['test_full_accuracy']:.4f}) | {m['test_macs_share']:.3f} |")
@@ -859,7 +872,8 @@ SECTIONS = {
     "text-exits": lambda a: f"--seeds {' '.join(map(str, a.seeds))} --text-exits {a.text_exits} "
                             f"--text-budget {a.text_budget} --text-epochs {a.text_epochs} --text-lr {a.text_lr} "
                             f"--text-distill {a.text_distill} --text-train {a.text_train} "
-                            f"--text-thresholds {a.text_thresholds} --rows {a.rows} --repeats {a.repeats}"
+                            f"--text-thresholds {a.text_thresholds} --text-criterion {a.text_criterion} "
+                            f"--text-criteria {' '.join(a.text_criteria)} --rows {a.rows} --repeats {a.repeats}"
                             + (f" --text-calibrations {' '.join(map(str, a.text_calibrations))}"
                                if a.text_calibrations else "")
                             + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
@@ -937,6 +951,11 @@ def main() -> None:
                              "second stage; the baseline is then the control)")
     parser.add_argument("--text-thresholds", choices=["shared", "per_exit"], default="shared",
                         help="text-exits: one confidence threshold, or one per exit")
+    parser.add_argument("--text-criterion", choices=["confidence", "entropy", "patience"], default="confidence",
+                        help="text-exits: the early_exit step's exit criterion")
+    parser.add_argument("--text-criteria", nargs="+", choices=["confidence", "entropy", "patience"],
+                        default=["confidence", "entropy", "patience"],
+                        help="text-exits: criteria the trained exits are also calibrated with (same logits)")
     parser.add_argument("--text-calibrations", type=float, nargs="+",
                         help="text-exits: budgets at which the trained exits are also calibrated both ways and "
                              "scored on the test rows (default: --text-budget)")

@@ -216,6 +216,35 @@ def test_per_exit_thresholds_save_more_than_a_shared_one_within_the_same_budget(
     assert calibrate(net, [final, final, final], targets, 0.0, costs=costs).exit_shares[0] == 1.0
 
 
+def test_auto_criterion_keeps_the_cheapest_calibration_on_the_validation_rows():
+    """Two heads confidently wrong on the hard rows (each a different wrong class) and right but
+    unsure on the easy ones: no confidence or entropy threshold lets an easy row out before the
+    hard ones, while patience (the heads agree only on easy rows) lets the easy rows out at the
+    second head. ``auto`` keeps patience, with its thresholds written into the network."""
+    from slimkit.techniques.dynamic.exit_step import CRITERIA, _calibrate
+
+    torch.manual_seed(0)
+    n = 600
+    targets = torch.randint(0, 4, (n,))
+    hot = lambda t, scale: nn.functional.one_hot(t % 4, 4).float() * scale  # noqa: E731
+    hard = (torch.rand(n) < 0.3)[:, None]
+    e0 = torch.where(hard, hot(targets + 1, 8.0), hot(targets, 0.5))
+    e1 = torch.where(hard, hot(targets + 2, 8.0), hot(targets, 0.5))
+    logits, costs = [e0, e1, hot(targets, 5.0)], [1, 2, 4]
+    net = EarlyExitNetwork([nn.Identity()] * 3, {0: nn.Identity(), 1: nn.Identity()})
+    for per_exit in (True, False):
+        chosen, tried = _calibrate(net, list(CRITERIA), logits, targets, 0.0, costs, per_exit)
+        assert list(tried) == list(CRITERIA) and net.criterion == "patience"
+        assert tried["confidence"]["val_cost"] == pytest.approx(1.0) and tried["entropy"]["val_cost"] == pytest.approx(1.0)
+        easy = 1 - float(hard.float().mean())
+        assert tried["patience"]["val_cost"] == pytest.approx(1 - easy * 0.5)  # easy rows leave at cost 2 of 4
+        assert net.thresholds.tolist() == pytest.approx(tried["patience"]["thresholds"]) == chosen.thresholds
+        assert chosen.quality == 1.0
+    # one criterion: calibrated as asked, whatever it costs
+    chosen, tried = _calibrate(net, ["confidence"], logits, targets, 0.0, None, False)
+    assert net.criterion == "confidence" and list(tried) == ["confidence"] and tried["confidence"]["val_cost"] is None
+
+
 def test_heads_only_training_keeps_its_last_epoch():
     """Validation scores the final exit, which a frozen backbone never changes: keep_best would
     restore the first epoch's heads, so heads-only training keeps the last and refuses keep_best."""
@@ -253,14 +282,16 @@ def test_step_calibrates_exits_within_budget_rebuilds_and_heads_mode_keeps_the_b
     assert quality == pytest.approx(joint["metrics"]["quality"], abs=1e-9)
     # heads only: the backbone (and so the final exit) is exactly the incoming model; per-exit
     # thresholds from each exit's counted MACs, recorded and restored as written
-    heads_base, heads = run({"train": "heads", "thresholds": "per_exit", "budget": 0.0, "finetune": {"epochs": 2}},
-                            "heads")
+    heads_base, heads = run({"train": "heads", "thresholds": "per_exit", "budget": 0.0, "criterion": "auto",
+                             "finetune": {"epochs": 2}}, "heads")
     hinfo = heads["info"]
+    costs = {c: t["val_cost"] for c, t in hinfo["criteria"].items()}  # auto: the cheapest on validation kept
+    assert sorted(costs) == ["confidence", "entropy", "patience"] and costs[hinfo["criterion"]] == min(costs.values())
     assert len(hinfo["exit_macs"]) == 3 and hinfo["exit_macs"][0] < hinfo["exit_macs"][1] < hinfo["exit_macs"][2]
     assert hinfo["val_quality"] >= hinfo["val_full_quality"] and 0 < hinfo["val_cost"] <= 1
     before, _ = rebuild_run_step(tmp_path / "heads", "digits-cnn", 0, heads_base)
     after, _ = rebuild_run_step(tmp_path / "heads", "digits-cnn", 1, heads)
-    assert after.thresholds.tolist() == pytest.approx(hinfo["thresholds"])
+    assert after.thresholds.tolist() == pytest.approx(hinfo["thresholds"]) and after.criterion == hinfo["criterion"]
     after.thresholds.fill_(math.inf)
     from slimkit.tasks.base import build_task
 

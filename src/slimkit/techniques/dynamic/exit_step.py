@@ -31,10 +31,11 @@ class EarlyExitConfig(TrainingStepConfig):
         "strided", description="heads on feature maps: strided (a 3x3 conv-BN-ReLU at stride 2, 2x2 pooling, "
                                "Linear), conv (that conv at stride 1, global pooling, Linear: BranchyNet's, 4x the "
                                "MACs), spatial (4x4 pooling, Linear) or pool (global pooling, Linear)")
-    criterion: Literal["confidence", "entropy", "patience"] = Field(
+    criterion: Literal["confidence", "entropy", "patience", "auto"] = Field(
         "confidence", description="a row leaves at the first exit whose largest softmax probability (or 1 - "
                                   "normalised entropy) reaches the threshold; patience (PABEE): once that many "
-                                  "exits in a row before it agreed with its prediction")
+                                  "exits in a row before it agreed with its prediction; auto: each of the three "
+                                  "calibrated on the validation rows, the one with the lowest mean cost there kept")
     budget: float = Field(0.005, ge=0, le=1, description="quality the exits may lose on the validation rows")
     thresholds: Literal["shared", "per_exit"] = Field(
         "shared", description="shared: one threshold for every exit (the lowest within the budget); per_exit: "
@@ -174,12 +175,13 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
     classes = int(logits.shape[-1])
     hooked = not isinstance(model, nn.Sequential)
     mask_input = ctx.data.train.mask_input
+    criteria: list[ex.Criterion] = list(CRITERIA) if cfg.criterion == "auto" else [cfg.criterion]
     try:
         if hooked:
-            net = ex.attach_hooked_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.head,
+            net = ex.attach_hooked_exits(model, inputs, classes, cfg.after, cfg.exits, criteria[0], cfg.head,
                                          mask_input)
         else:
-            net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, cfg.criterion, cfg.head)
+            net = ex.attach_exits(model, inputs, classes, cfg.after, cfg.exits, criteria[0], cfg.head)
     except ValueError as err:
         raise ConfigError(f"early_exit: {err}") from None
     term = ex.ExitLoss([cfg.exit_weight] * len(net.points), cfg.distill, cfg.temperature)
@@ -187,15 +189,16 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
     fit = ctx.train(net, cfg.finetune, loss_terms=[term], callbacks=callbacks,
                     task_loss_weight=0.0 if cfg.train == "heads" else 1.0, description="early exits")
     val = ctx.data.val
-    costs = ex.exit_costs(net, tuple(t[:1].to(ctx.device) for t in val.inputs)) if cfg.thresholds == "per_exit" \
-        else None
-    result = ex.calibrate(net, _exit_logits(net, val, ctx.device), val.targets.to(ctx.device), cfg.budget,
-                          costs=costs)
+    costs = ex.exit_costs(net, tuple(t[:1].to(ctx.device) for t in val.inputs)) \
+        if cfg.thresholds == "per_exit" or len(criteria) > 1 else None
+    result, tried = _calibrate(net, criteria, _exit_logits(net, val, ctx.device), val.targets.to(ctx.device),
+                               cfg.budget, costs, cfg.thresholds == "per_exit")
     test_logits = _exit_logits(net, ctx.data.test, ctx.device)
     per_exit = [float((o.argmax(-1).cpu() == ctx.data.test.targets).float().mean()) for o in test_logits]
     info: dict[str, Any] = {
         "exits_after": list(net.points) if hooked else [list(dict(model.named_children()))[i] for i in net.points],
-        "placement": "hooks (eager only)" if hooked else "segments", "criterion": cfg.criterion,
+        "placement": "hooks (eager only)" if hooked else "segments", "criterion": net.criterion,
+        **({"criteria": tried} if len(criteria) > 1 else {}),
         "threshold": result.threshold, "thresholds": result.thresholds, "exit_macs": costs,
         "val_cost": result.cost, "val_quality": result.quality, "val_full_quality": result.full_quality,
         "val_exit_shares": result.exit_shares, "test_exit_shares": ex.exit_shares(net, test_logits),
@@ -206,9 +209,34 @@ def early_exit(model: nn.Module, cfg: EarlyExitConfig, ctx: Context) -> StepResu
     else:
         records = [HeadRecord(after=i, kind=_kind(net.heads[str(i)]), features=_features(net.heads[str(i)]),
                               classes=classes) for i in net.points]
-    structure = EarlyExitStructure(criterion=cfg.criterion, heads=records, hooked=hooked,
+    structure = EarlyExitStructure(criterion=net.criterion, heads=records, hooked=hooked,
                                    mask_input=mask_input if hooked else None)
     return StepResult(net, info=info, structure=structure)
+
+
+CRITERIA = ("confidence", "entropy", "patience")
+
+
+def _calibrate(net: nn.Module, criteria: list[Any], logits: list[torch.Tensor], targets: torch.Tensor, budget: float,
+               costs: list[int] | None, per_exit: bool) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """Thresholds for each criterion on the validation rows (``logits``: every exit's); the network
+    keeps the criterion whose calibration costs least per row there (the first of equals), and the
+    tried ones are reported: {criterion: {thresholds, val_quality, val_cost}}."""
+    from slimkit.techniques.dynamic import exits as ex
+
+    tried, best, best_cost = {}, None, None
+    for criterion in criteria:
+        net.criterion = criterion
+        cal = ex.calibrate(net, logits, targets, budget, costs=costs if per_exit else None)
+        cost = cal.cost if cal.cost is not None else (
+            None if costs is None else sum(s * c / costs[-1] for s, c in zip(cal.exit_shares, costs)))
+        tried[criterion] = {"thresholds": list(cal.thresholds), "val_quality": cal.quality, "val_cost": cost}
+        if best is None or (cost is not None and cost < best_cost - 1e-12):
+            best, best_cost = (criterion, cal), cost
+    criterion, cal = best
+    net.criterion = criterion
+    net.thresholds.copy_(torch.tensor(cal.thresholds, dtype=net.thresholds.dtype))
+    return cal, tried
 
 
 def _exit_logits(net: nn.Module, split: Any, device: torch.device, batch: int = 256) -> list[torch.Tensor]:
