@@ -105,6 +105,24 @@ def _worker(spec: dict[str, Any]) -> None:
                       "rows": len(per_row)}))
 
 
+def _test_accuracy(run_dir: Path, step: int) -> float:
+    """Accuracy of a run step's model on its task's test rows as they are now."""
+    import torch
+
+    from slimkit.core.io import read_json
+    from slimkit.core.step import rebuild_model
+    from slimkit.measure.quality import predict
+    from slimkit.tasks.base import build_task
+
+    records = read_json(run_dir / "run-state.json")["steps"][:step + 1]
+    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
+    model = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
+                          str(run_dir / records[-1]["artifact"])).eval()
+    test = task.data.test
+    with torch.no_grad():
+        return float((predict(model, test).argmax(-1) == test.targets).float().mean())
+
+
 def _calibrations(run_dir: Path, step: int, budgets: list[float],
                   criteria: Sequence[str] = ("confidence",)) -> dict[str, Any]:
     """The step's trained exits calibrated both ways on the validation rows (one shared threshold,
@@ -128,8 +146,18 @@ def _calibrations(run_dir: Path, step: int, budgets: list[float],
     costs = ex.exit_costs(net, tuple(t[:1] for t in val.inputs))
     share = torch.tensor(costs, dtype=torch.float64) / costs[-1]
     correct = torch.stack([o.argmax(-1) == test.targets for o in test_logits]).double()
-    out: dict[str, Any] = {"exit_macs": costs, "test_full_accuracy": float(correct[-1].mean()), "by_budget": []}
-    own = net.criterion
+    out: dict[str, Any] = {"exit_macs": costs, "test_full_accuracy": float(correct[-1].mean()), "by_budget": [],
+                           "test_rows": len(test.targets),
+                           "test_accuracy_per_exit": [float(c.mean()) for c in correct]}
+    # the step's own thresholds scored on the task's test rows as they are now, and the paired
+    # standard error of (exits - full) over those rows: how far one seed's difference can be trusted
+    own, rows = net.criterion, torch.arange(len(test.targets))
+    taken = ex.exits_taken(ex.exit_scores(test_logits[:-1], own), net.thresholds.tolist())
+    diff = correct[taken, rows] - correct[-1]
+    out["own"] = {"criterion": own, "thresholds": net.thresholds.tolist(),
+                  "test_accuracy": float(correct[taken, rows].mean()), "test_macs_share": float(share[taken].mean()),
+                  "test_exit_shares": [float((taken == k).double().mean()) for k in range(len(test_logits))],
+                  "paired_se": float(diff.std() / len(diff) ** 0.5)}
     for criterion in criteria:
         net.criterion = criterion
         for budget in budgets:
@@ -364,18 +392,24 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
                          folder / f"{seed}-text-tuned")["steps"][1]
             tuned_run = (folder / f"{seed}-text-tuned", 1)
         info = exits["info"]
+        # accuracies and exit shares scored here on the task's test rows (the step's own thresholds;
+        # the same figures as the run's when its test split is unchanged), with the paired error
+        cal = _calibrations(folder / name, 1, args.text_calibrations or [args.text_budget], args.text_criteria)
         layers = [int(n.rsplit(".", 1)[1]) + 1 for n in info["exits_after"]] + [6]  # layers run per exit
-        shares = info["test_exit_shares"]
+        shares = cal["own"]["test_exit_shares"]
         mean_layers = sum(s * n for s, n in zip(shares, layers))
-        row = {"seed": seed, "exits_after": info["exits_after"], "layers_per_exit": layers,
-               "accuracy": {"baseline": base["metrics"]["quality"], "tuned": tuned["metrics"]["quality"],
-                            "exits": exits["metrics"]["quality"]},
+        accuracy = {"baseline": cal["test_full_accuracy"], "tuned": cal["test_full_accuracy"],
+                    "exits": cal["own"]["test_accuracy"]}
+        if args.text_train != "heads":
+            accuracy.update(baseline=_test_accuracy(folder / name, 0), tuned=_test_accuracy(*tuned_run))
+        row = {"seed": seed, "exits_after": info["exits_after"], "layers_per_exit": layers, "accuracy": accuracy,
+               "criterion": cal["own"]["criterion"], "test_rows": cal["test_rows"],
+               "paired_se": cal["own"]["paired_se"],
                "macs": {"baseline": base["metrics"]["macs"], "tuned": tuned["metrics"]["macs"],
                         "exits": exits["metrics"]["macs"]},
                "test_exit_shares": shares, "val_exit_shares": info["val_exit_shares"],
-               "test_accuracy_per_exit": info["test_accuracy_per_exit"], "threshold": info["threshold"],
-               "thresholds": info.get("thresholds"), "calibrations": _calibrations(folder / name, 1, args.text_calibrations or [args.text_budget],
-                                                                 args.text_criteria),
+               "test_accuracy_per_exit": cal["test_accuracy_per_exit"], "threshold": info["threshold"],
+               "thresholds": info.get("thresholds"), "calibrations": cal,
                "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
         if not args.no_timing:
             for label, run_dir, step in (("tuned", *tuned_run), ("exits", folder / name, 1)):
@@ -409,13 +443,18 @@ def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
              + "Layers: transformer layers run per test row (a row leaving after "
              "layer k runs k of 6); MACs: mean per row over the runner's per-row rows; latency: batch 1, mean over "
              "those rows, each model in its own process.", "",
-             "| seed | baseline acc. | tuned acc. | exits acc. | test rows leaving per exit | accuracy per exit (test) "
-             "| mean layers | layers saved | MACs per row (tuned / exits) | eager b1 ms (tuned / exits) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Accuracies, exit shares and the paired standard error of (exits - tuned) are scored on the task's "
+             "test rows by the benchmark (the step's own criterion and thresholds).", "",
+             "| seed | test rows | criterion | baseline acc. | tuned acc. | exits acc. (paired s.e.) | test rows leaving "
+             "per exit | accuracy per exit (test) | mean layers | layers saved | MACs per row (tuned / exits) "
+             "| eager b1 ms (tuned / exits) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, m, t = r["accuracy"], r["macs"], r["latency_ms"]
         timing = f"{t['tuned@eager']:.2f} / {t['exits@eager']:.2f}" if t else "not timed"
-        lines.append(f"| {r['seed']} | {a['baseline']:.4f} | {a['tuned']:.4f} | {a['exits']:.4f} | "
+        se = f" ({100 * r['paired_se']:.1f} pt)" if "paired_se" in r else ""
+        lines.append(f"| {r['seed']} | {r.get('test_rows', '')} | {r.get('criterion', '')} | {a['baseline']:.4f} | "
+                     f"{a['tuned']:.4f} | {a['exits']:.4f}{se} | "
                      f"{', '.join(f'{s:.2f}' for s in r['test_exit_shares'])} | "
                      f"{', '.join(f'{q:.3f}' for q in r['test_accuracy_per_exit'])} | {r['mean_layers']:.2f} | "
                      f"{100 * r['layers_saved']:.0f}% | {m['tuned'] / 1e6:.1f}M / {m['exits'] / 1e6:.1f}M | {timing} |")
@@ -951,7 +990,7 @@ def main() -> None:
                              "second stage; the baseline is then the control)")
     parser.add_argument("--text-thresholds", choices=["shared", "per_exit"], default="shared",
                         help="text-exits: one confidence threshold, or one per exit")
-    parser.add_argument("--text-criterion", choices=["confidence", "entropy", "patience"], default="confidence",
+    parser.add_argument("--text-criterion", choices=["confidence", "entropy", "patience", "auto"], default="confidence",
                         help="text-exits: the early_exit step's exit criterion")
     parser.add_argument("--text-criteria", nargs="+", choices=["confidence", "entropy", "patience"],
                         default=["confidence", "entropy", "patience"],

@@ -29,17 +29,24 @@ pytest.importorskip("openvino")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "thirdparty"
 TRAIN = TrainConfig(epochs=2, lr=3e-3)
 
-# (family, step): the slice run by default
-SLICE = [("deit", "quantize"), ("deit", "prune"), ("deit", "qat"), ("deit", "cluster"), ("swin", "fuse"),
-         ("swin", "quantize"), ("beit", "fuse"), ("regnet", "qat"), ("distilbert", "lora"),
-         ("deberta_v2", "factorize"), ("dict_output", "quantize"), ("vit_unwrapped", "distill"),
-         ("shared_twice", "quantize"), ("functional_conv", "prune_structured"), ("distilbert", "l0"),
-         ("distilbert", "bayesian_compression")]
+# (family, step, runtimes): the slice run by default. Where the defect a cell guards against was in
+# the model's eager path or in the exporter (which every runtime's file goes through) one runtime
+# checks it; where it was one runtime's, that runtime; the whole matrix runs both everywhere.
+ORT, OV = ("onnxruntime",), ("openvino",)
+SLICE = [("deit", "quantize", ORT), ("deit", "prune", ORT), ("deit", "qat", ORT), ("deit", "cluster", ORT),
+         ("swin", "fuse", ORT),  # the exporter's own decomposition fails: the core-ATen route
+         ("swin", "quantize", OV),  # OpenVINO's int8 reshape -> MatMul -> reshape was 0.73 off
+         ("beit", "fuse", ORT),  # the dynamo graph did not load: the TorchScript route
+         ("regnet", "qat", ORT),  # ONNX Runtime's QLinearConv rounding: judged by the graph
+         ("distilbert", "lora", ORT), ("deberta_v2", "factorize", ORT), ("dict_output", "quantize", RUNTIMES),
+         ("vit_unwrapped", "distill", RUNTIMES), ("shared_twice", "quantize", RUNTIMES),
+         ("functional_conv", "prune_structured", RUNTIMES), ("distilbert", "l0", ORT),
+         ("distilbert", "bayesian_compression", ORT)]
 
 
-def _cells(name: str, steps: list[str], tmp_path) -> list:
+def _cells(name: str, steps: list[str], tmp_path, runtimes: tuple[str, ...] = RUNTIMES) -> list:
     task = family_task(name)
-    return check_model(name, task.build_model, Context(task=task), steps=steps, runtimes=RUNTIMES,
+    return check_model(name, task.build_model, Context(task=task), steps=steps, runtimes=runtimes,
                        workdir=tmp_path, train=TRAIN)
 
 
@@ -47,11 +54,11 @@ def _defects(cells) -> list[str]:
     return [f"{c.model}/{c.step}/{c.runtime}: {c.reason}" for c in cells if c.status == "error"]
 
 
-@pytest.mark.parametrize("name,step", SLICE, ids=[f"{n}-{s}" for n, s in SLICE])
-def test_the_step_works_on_the_family_on_every_runtime(name, step, tmp_path):
-    cells = _cells(name, [step], tmp_path)
+@pytest.mark.parametrize("name,step,runtimes", SLICE, ids=[f"{n}-{s}" for n, s, _ in SLICE])
+def test_the_step_works_on_the_family_on_its_runtimes(name, step, runtimes, tmp_path):
+    cells = _cells(name, [step], tmp_path, runtimes)
     assert not _defects(cells), _defects(cells)
-    assert [c.runtime for c in cells] == ["eager", *RUNTIMES], [c.to_dict() for c in cells]
+    assert [c.runtime for c in cells] == ["eager", *runtimes], [c.to_dict() for c in cells]
     assert all(c.status == "ok" for c in cells), [(c.runtime, c.status, c.reason) for c in cells]
 
 

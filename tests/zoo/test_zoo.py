@@ -125,10 +125,25 @@ def registry_params() -> list:
             for n in list_models()]
 
 
+# Configurations of one family that differ from the family's representative only in width or
+# depth multipliers: the same ONNX operator types (checked for every one of them: the op-type sets
+# of each family are identical), so the default suite exports the representative and `make
+# test-all` (the `slow` mark) exports them all.
+SCALED_CONFIGS = {"efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "mobilenetv1_025", "mobilenetv1_050",
+                  "mobilenetv1_075", "mobilenetv2_035", "mobilenetv2_050", "mobilenetv2_075", "mobilenetv2_140",
+                  "mobilenetv3_large_075", "mobilenetv3_small_075", "shufflenet_v2_x0_5", "shufflenet_v2_x1_5",
+                  "shufflenet_v2_x2_0", "resnet34", "squeezenet1_0"}
+
+
 def export_params() -> list:
-    """Every registered classifier: the export paths differ by configuration, not only by class."""
-    return [pytest.param(n, marks=pytest.mark.skip(reason=NOT_EXPORTABLE[n])) if n in NOT_EXPORTABLE else n
-            for n in list_models() if n not in NOT_CLASSIFIERS]
+    """Every registered classifier; the width and depth variants of a family (SCALED_CONFIGS) are
+    marked slow."""
+    def marks(n: str) -> list:
+        if n in NOT_EXPORTABLE:
+            return [pytest.mark.skip(reason=NOT_EXPORTABLE[n])]
+        return [pytest.mark.slow] if n in SCALED_CONFIGS else []
+
+    return [pytest.param(n, marks=marks(n)) for n in list_models() if n not in NOT_CLASSIFIERS]
 
 
 def calibrate(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -151,7 +166,7 @@ def test_registry_holds_the_zoo():
                 "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
                 "squeezenet1_0", "squeezenet1_1", "resnet18", "resnet34",
                 "lenet_300_100", "lenet5", "mlp_digits", "cnn_digits", "cnn_shapes", "minilm_l6"}
-    assert expected <= set(list_models())
+    assert expected <= set(list_models()) and SCALED_CONFIGS <= set(list_models())
     for name in list_models():
         if name not in NOT_CLASSIFIERS:
             params = inspect.signature(MODELS.get(name)).parameters

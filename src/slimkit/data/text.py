@@ -54,21 +54,22 @@ def corrupted(sentence: str, kind: str, rng, vocabulary: list[str]) -> str:
     raise ValueError(f"unknown corruption {kind!r} (known: {list(CORRUPTIONS)})")
 
 
-def corpus_classification(seed: int = 0, train_variants: int = 2,
-                          val_variants: int = 4) -> dict[str, tuple[list[str], list[int]]]:
+def corpus_classification(seed: int = 0, train_variants: int = 2, val_variants: int = 4,
+                          test_variants: int = 4) -> dict[str, tuple[list[str], list[int]]]:
     """The ``corpus-cls`` rows: the corpus's sentences of 6 words or more, split in file order as
-    the ``minilm`` task splits it (the last 1,000 test, 500 before them validation); each test
-    sentence appears once, with a class drawn uniformly, each training sentence ``train_variants``
-    times and each validation sentence ``val_variants`` times with independent draws (2,000
-    validation rows: at 4 classes and about 50% accuracy, 500 rows would measure accuracy to
-    +-2.2 pt, more than the budgets thresholds are calibrated to). Deterministic in ``seed``; the
-    draws beyond the first validation variant come from a second generator, so the training and
-    test rows do not depend on ``val_variants``."""
+    the ``minilm`` task splits it (the last 1,000 test, 500 before them validation); each training
+    sentence appears ``train_variants`` times, each validation sentence ``val_variants`` times and
+    each test sentence ``test_variants`` times, each time with a class drawn uniformly and its own
+    corruption (2,000 validation and 4,000 test rows: at 4 classes and about 50% accuracy, 1,000
+    rows measure a paired accuracy difference to about +-1 pt, as much as the budgets thresholds
+    are calibrated to). Deterministic in ``seed``; the validation draws beyond the first variant
+    come from a second generator and the test draws beyond the first from a third, so the training
+    rows and the first variant of each split do not depend on the variant counts."""
     import random
 
-    if train_variants < 1 or val_variants < 1:
-        raise ValueError(f"corpus_classification: train_variants and val_variants must be >= 1, got "
-                         f"{train_variants} and {val_variants}")
+    if min(train_variants, val_variants, test_variants) < 1:
+        raise ValueError(f"corpus_classification: train_variants, val_variants and test_variants must be >= 1, got "
+                         f"{train_variants}, {val_variants} and {test_variants}")
     sentences = [s for s in load_sentences() if len(s.split()) >= 6]
     vocabulary = sorted({w.strip(".,;:!?\"'()") for s in sentences for w in s.split()} - {""})
     rng = random.Random(seed)
@@ -84,11 +85,12 @@ def corpus_classification(seed: int = 0, train_variants: int = 2,
                 texts.append(corrupted(s, CORRUPTIONS[label], rng, vocabulary))
                 labels.append(label)
         out[name] = (texts, labels)
-    extra = random.Random(seed + 1)
-    texts, labels = out["val"]
-    for s in parts["val"][0]:
-        for _ in range(val_variants - 1):
-            label = extra.randrange(len(CORRUPTIONS))
-            texts.append(corrupted(s, CORRUPTIONS[label], extra, vocabulary))
-            labels.append(label)
+    for name, variants, offset in (("val", val_variants, 1), ("test", test_variants, 2)):
+        extra = random.Random(seed + offset)
+        texts, labels = out[name]
+        for s in parts[name][0]:
+            for _ in range(variants - 1):
+                label = extra.randrange(len(CORRUPTIONS))
+                texts.append(corrupted(s, CORRUPTIONS[label], extra, vocabulary))
+                labels.append(label)
     return out
