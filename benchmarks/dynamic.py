@@ -411,10 +411,14 @@ def text_exits_section(args, folder: Path, progress) -> dict[str, Any]:
                "test_accuracy_per_exit": cal["test_accuracy_per_exit"], "threshold": info["threshold"],
                "thresholds": info.get("thresholds"), "calibrations": cal,
                "mean_layers": mean_layers, "layers_saved": 1 - mean_layers / layers[-1], "latency_ms": {}}
-        if not args.no_timing:
-            for label, run_dir, step in (("tuned", *tuned_run), ("exits", folder / name, 1)):
-                row["latency_ms"][f"{label}@eager"] = _time_rows(run_dir, step, "eager", args.rows, args.repeats,
-                                                                args.threads)["mean_ms"]
+        if not args.no_timing:  # rounds alternate the two models, each call a fresh process; medians
+            rounds: dict[str, list[float]] = {"tuned": [], "exits": []}
+            for _ in range(args.timing_rounds):
+                for label, run_dir, step in (("tuned", *tuned_run), ("exits", folder / name, 1)):
+                    rounds[label].append(_time_rows(run_dir, step, "eager", args.rows, args.repeats,
+                                                    args.threads)["mean_ms"])
+            row["latency_rounds_ms"] = rounds
+            row["latency_ms"] = {f"{label}@eager": statistics.median(v) for label, v in rounds.items()}
         out.append(row)
         progress(f"seed {seed}: exits {row['accuracy']['exits']:.4f} (tuned {row['accuracy']['tuned']:.4f}), "
                  f"{100 * row['layers_saved']:.0f}% of layers saved")
@@ -468,7 +472,8 @@ def render_text_exits(res: dict[str, Any], command: str, stamp: str) -> str:
               f"against the baseline {100 * mean(lambda r: r['accuracy']['exits'] - r['accuracy']['baseline']):+.2f} pt.",
               f"- Mean MACs per row: {mean(lambda r: r['macs']['tuned'] / r['macs']['exits']):.2f}x fewer."]
     if all(r["latency_ms"] for r in rows):
-        lines.append(f"- Eager batch-1 latency, mean over rows: "
+        lines.append(f"- Eager batch-1 latency, mean over rows (median of {len(rows[0].get('latency_rounds_ms', {}).get('tuned', [0]))} "
+                     f"rounds, each model in a fresh process per round): "
                      f"{mean(lambda r: r['latency_ms']['tuned@eager'] / r['latency_ms']['exits@eager']):.2f}x faster.")
     if all(r.get("calibrations") for r in rows):
         lines += ["", "The same trained exits calibrated both ways on the validation rows (within the budget there), "
@@ -912,7 +917,8 @@ SECTIONS = {
                             f"--text-budget {a.text_budget} --text-epochs {a.text_epochs} --text-lr {a.text_lr} "
                             f"--text-distill {a.text_distill} --text-train {a.text_train} "
                             f"--text-thresholds {a.text_thresholds} --text-criterion {a.text_criterion} "
-                            f"--text-criteria {' '.join(a.text_criteria)} --rows {a.rows} --repeats {a.repeats}"
+                            f"--text-criteria {' '.join(a.text_criteria)} --rows {a.rows} --repeats {a.repeats} "
+                            f"--timing-rounds {a.timing_rounds}"
                             + (f" --text-calibrations {' '.join(map(str, a.text_calibrations))}"
                                if a.text_calibrations else "")
                             + (f" --baseline-weights {a.baseline_weights}" if a.baseline_weights else "")
@@ -990,6 +996,8 @@ def main() -> None:
                              "second stage; the baseline is then the control)")
     parser.add_argument("--text-thresholds", choices=["shared", "per_exit"], default="shared",
                         help="text-exits: one confidence threshold, or one per exit")
+    parser.add_argument("--timing-rounds", type=int, default=3,
+                        help="text-exits: timing rounds (each model in a fresh process per round; medians)")
     parser.add_argument("--text-criterion", choices=["confidence", "entropy", "patience", "auto"], default="confidence",
                         help="text-exits: the early_exit step's exit criterion")
     parser.add_argument("--text-criteria", nargs="+", choices=["confidence", "entropy", "patience"],

@@ -95,5 +95,5 @@ def corpus_cls(cfg: TaskConfig) -> Task:
 
     return classification_task(cfg, default_model="minilm_cls", num_classes=len(CORRUPTIONS),
                                load_data=load_corpus_cls_splits,
-                               baseline=TrainConfig(epochs=3, batch_size=32, lr=5e-5, optimizer="adamw", weight_decay=0.01),
+                               baseline=TrainConfig(epochs=10, batch_size=32, lr=5e-5, optimizer="adamw", weight_decay=0.01),
                                description=corpus_cls.__doc__)
