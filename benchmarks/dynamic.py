@@ -65,25 +65,31 @@ def _time_rows(run_dir: Path, step: int, backend: str, rows: int, repeats: int, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _run_step(run_dir: Path, step: int) -> tuple[Any, Any]:
+    """(task, model in eval mode) of step ``step`` of a finished run (0: the baseline), rebuilt from
+    its recorded structures and checkpoint."""
+    from slimkit.core.io import read_json
+    from slimkit.core.step import rebuild_model
+    from slimkit.tasks.base import build_task
+
+    records = read_json(run_dir / "run-state.json")["steps"][:step + 1]
+    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
+    model = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
+                          str(run_dir / records[-1]["artifact"]))
+    return task, model.eval()
+
+
 def _worker(spec: dict[str, Any]) -> None:
     import time
 
     import torch
 
     import slimkit.backends  # noqa: F401  (registers the runtimes)
-    from slimkit.core.io import read_json
     from slimkit.core.registry import BACKENDS
-    from slimkit.core.step import rebuild_model
     from slimkit.measure.latency import torch_threads
     from slimkit.measure.per_row import spread_rows
-    from slimkit.tasks.base import build_task
 
-    run_dir = Path(spec["run_dir"])
-    state = read_json(run_dir / "run-state.json")
-    records = state["steps"][:spec["step"] + 1]
-    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
-    structures = [(r["technique"], r.get("structure")) for r in records]
-    model = rebuild_model(task.build_model, structures, str(run_dir / records[-1]["artifact"])).eval()
+    task, model = _run_step(Path(spec["run_dir"]), spec["step"])
     rows = spread_rows(task.data.test, spec["rows"], "cpu")
     torch.set_num_threads(spec["threads"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,15 +115,9 @@ def _test_accuracy(run_dir: Path, step: int) -> float:
     """Accuracy of a run step's model on its task's test rows as they are now."""
     import torch
 
-    from slimkit.core.io import read_json
-    from slimkit.core.step import rebuild_model
     from slimkit.measure.quality import predict
-    from slimkit.tasks.base import build_task
 
-    records = read_json(run_dir / "run-state.json")["steps"][:step + 1]
-    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
-    model = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
-                          str(run_dir / records[-1]["artifact"])).eval()
+    task, model = _run_step(run_dir, step)
     test = task.data.test
     with torch.no_grad():
         return float((predict(model, test).argmax(-1) == test.targets).float().mean())
@@ -131,16 +131,10 @@ def _calibrations(run_dir: Path, step: int, budgets: list[float],
     share of the full network's MACs per row and the thresholds."""
     import torch
 
-    from slimkit.core.io import read_json
-    from slimkit.core.step import rebuild_model
-    from slimkit.tasks.base import build_task
     from slimkit.techniques.dynamic import exits as ex
     from slimkit.techniques.dynamic.exit_step import _exit_logits
 
-    records = read_json(run_dir / "run-state.json")["steps"][:step + 1]
-    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
-    net = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
-                        str(run_dir / records[-1]["artifact"])).eval()
+    task, net = _run_step(run_dir, step)
     val, test = task.data.val, task.data.test
     val_logits, test_logits = _exit_logits(net, val, torch.device("cpu")), _exit_logits(net, test, torch.device("cpu"))
     costs = ex.exit_costs(net, tuple(t[:1] for t in val.inputs))
@@ -657,20 +651,14 @@ def ort_paths_section(args, folder: Path, progress) -> dict[str, Any]:
 
     import slimkit.backends  # noqa: F401  (registers the runtimes)
     from slimkit.backends.onnxruntime import export_onnx
-    from slimkit.core.io import read_json
     from slimkit.core.registry import BACKENDS
-    from slimkit.core.step import rebuild_model
     from slimkit.measure.per_row import spread_rows
-    from slimkit.tasks.base import build_task
 
     if args.run_dir is None:
         raise SystemExit("ort-paths: --run-dir must hold a run of the exits section ({seed}-exits)")
     run_dir = args.run_dir / f"{args.seeds[0]}-exits"
     torch.set_num_threads(args.threads)
-    records = read_json(run_dir / "run-state.json")["steps"][:2]
-    task = build_task(json.loads((run_dir / "results.json").read_text())["recipe"]["task"])
-    net = rebuild_model(task.build_model, [(r["technique"], r.get("structure")) for r in records],
-                        str(run_dir / records[-1]["artifact"])).eval()
+    task, net = _run_step(run_dir, 1)
     rows = spread_rows(task.data.test, args.rows, "cpu")
     with torch.no_grad():
         taken = []
