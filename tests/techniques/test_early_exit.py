@@ -140,6 +140,51 @@ def _convs_run(path, row: torch.Tensor) -> int:
                and e["name"].endswith("_kernel_time"))
 
 
+def test_convolutions_inside_the_exit_branches_get_onnx_runtimes_nchwc_kernels(tmp_path):
+    """Each branch holds its own weights, so ONNX Runtime's layout pass converts its convolutions
+    as it does the main graph's (with outer-scope weights they ran the plain, ~3x slower kernel)."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from slimkit.backends.onnx_graph import localize_subgraph_initializers
+    from slimkit.backends.onnxruntime import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    net = attach_exits(model, (x,), 5, after=["3"], head="pool").eval()
+    net.thresholds.fill_(1.5)  # the head runs and never stops a row: the branch always runs
+    path = export_onnx(net.export_graph().eval(), (x,), tmp_path / "graph.onnx")
+    exported = onnx.load(str(path))
+    branches = [a.g for n in exported.graph.node if n.op_type == "If" for a in n.attribute if a.HasField("g")]
+    branch_convs = [n for b in branches for n in b.node if n.op_type == "Conv"]
+    assert branch_convs and all(w in {i.name for b in branches for i in b.initializer}
+                                for n in branch_convs for w in n.input[1:])
+    assert localize_subgraph_initializers(exported.graph) == 0  # nothing left to move
+
+    def branch_conv_domains(model_path):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(model_path.with_suffix(".opt.onnx"))
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        opt = onnx.load(options.optimized_model_filepath)
+        subs = [a.g for n in opt.graph.node if n.op_type == "If" for a in n.attribute if a.HasField("g")]
+        return [n.domain for s in subs for n in s.node if n.op_type in ("Conv", "FusedConv")]
+
+    assert branch_conv_domains(path) and set(branch_conv_domains(path)) == {"com.microsoft.nchwc"}
+    # the control: the same file with the weights moved back to the main graph runs the plain kernel
+    for b in branches:
+        exported.graph.initializer.extend(b.initializer)
+        del b.initializer[:]
+    onnx.save(exported, str(tmp_path / "outer.onnx"))
+    assert "com.microsoft.nchwc" not in set(branch_conv_domains(tmp_path / "outer.onnx"))
+    with torch.no_grad():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        assert torch.allclose(torch.from_numpy(out), net(x), atol=1e-4)
+
+
 def test_default_exits_split_the_macs_and_the_loss_trains_every_head():
     model = _backbone()
     x = torch.randn(4, 3, 16, 16)
