@@ -188,7 +188,8 @@ def unshare_zero_points(model) -> int:
 def compact(model) -> int:
     """Apply every clean-up to an ``onnx.ModelProto`` in place; returns how many re-quantizations
     it removed. Subgraph-free graphs only (what torch.onnx writes for our models); a
-    graph with control flow keeps its structure and only loses debug metadata."""
+    graph with control flow keeps its structure, loses debug metadata, and has each weight that
+    only one branch reads moved into that branch (:func:`localize_subgraph_initializers`)."""
     graphs = [model.graph] + list(model.functions)
     for graph in graphs:
         for node in graph.node:
